@@ -1,0 +1,196 @@
+"""Building blocks shared by every family: parameters with logical axes, RMSNorm, embeddings,
+SwiGLU MLP and rotary position embeddings (default, llama3 and YaRN scaling)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from r1.models.config import ModelConfig, RopeScaling
+from r1.sharding import shard
+
+
+def dtype_of(name: str) -> jnp.dtype:
+    return jnp.dtype(name)
+
+
+def param(
+    rngs: nnx.Rngs | None,
+    shape: Sequence[int],
+    axes: Sequence[str | None],
+    dtype: str,
+    *,
+    fan_in: int | None = None,
+    init: str = "normal",
+) -> nnx.Param:
+    """A parameter carrying its logical axis names in the `axes` metadata.
+
+    `init="normal"` draws N(0, 1/fan_in) (fan_in defaults to the first dimension), "ones" and
+    "zeros" fill constants.
+    """
+    if len(shape) != len(axes):
+        raise ValueError(f"parameter shape {tuple(shape)} and axes {tuple(axes)} differ in rank")
+    dt = dtype_of(dtype)
+    if init == "zeros":
+        value = jnp.zeros(shape, dt)
+    elif init == "ones":
+        value = jnp.ones(shape, dt)
+    elif init == "normal":
+        if rngs is None:
+            raise ValueError("a normal-initialised parameter needs rngs")
+        scale = (fan_in if fan_in is not None else shape[0]) ** -0.5
+        value = (jax.random.normal(rngs.params(), shape, jnp.float32) * scale).astype(dt)
+    else:
+        raise ValueError(f"unknown init {init!r}")
+    return nnx.Param(value, axes=tuple(axes))
+
+
+class RMSNorm(nnx.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32. x: [..., dim]."""
+
+    def __init__(self, dim: int, eps: float, param_dtype: str = "float32", dtype: str = "float32"):
+        self.eps = eps
+        self.dtype = dtype
+        self.weight = param(None, (dim,), ("norm",), param_dtype, init="ones")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(var + self.eps)
+        return (y * self.weight[...].astype(jnp.float32)).astype(dtype_of(self.dtype))
+
+
+class Embed(nnx.Module):
+    """Token embedding table `[vocab, embed]`; `attend` projects back onto the vocabulary."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.dtype = cfg.dtype
+        self.embedding = param(
+            rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg.param_dtype,
+            fan_in=cfg.hidden_size,
+        )
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """tokens: int32[B, T] -> float[B, T, D]."""
+        table = self.embedding[...].astype(dtype_of(self.dtype))
+        return jnp.take(table, tokens, axis=0)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """x: float[B, T, D] -> logits float[B, T, V] with the tied table."""
+        table = self.embedding[...].astype(dtype_of(self.dtype))
+        return jnp.einsum("btd,vd->btv", x, table)
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward: down(silu(x @ gate) * (x @ up))."""
+
+    def __init__(self, cfg: ModelConfig, intermediate_size: int, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, intermediate_size
+        self.dtype = cfg.dtype
+        self.gate = param(rngs, (d, f), ("embed", "mlp"), cfg.param_dtype)
+        self.up = param(rngs, (d, f), ("embed", "mlp"), cfg.param_dtype)
+        self.down = param(rngs, (f, d), ("mlp", "embed"), cfg.param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: float[B, T, D] -> float[B, T, D]."""
+        dt = dtype_of(self.dtype)
+        gate = jnp.einsum("btd,df->btf", x, self.gate[...].astype(dt))
+        up = jnp.einsum("btd,df->btf", x, self.up[...].astype(dt))
+        hidden = shard(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        return jnp.einsum("btf,fd->btd", hidden, self.down[...].astype(dt))
+
+
+# ------------------------------------------------------------------------- rotary embeddings
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    if scale <= 1:
+        return 1.0
+    return 0.1 * mscale * math.log(scale) + 1.0
+
+
+def rope_frequencies(
+    dim: int, theta: float, scaling: RopeScaling | None, max_position_embeddings: int
+) -> tuple[np.ndarray, float]:
+    """Inverse frequencies float32[dim // 2] and the cos/sin scale ("attention factor").
+
+    Follows the published definitions of default RoPE, Llama-3.1 ("llama3") scaling and YaRN
+    (with DeepSeek's mscale / mscale_all_dim correction), matching Hugging Face transformers.
+    """
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
+    inv_freq = (1.0 / (theta**exponents)).astype(np.float32)
+    if scaling is None or scaling.rope_type == "default":
+        return inv_freq, 1.0
+    if scaling.rope_type == "llama3":
+        factor = scaling.factor
+        old_len = scaling.original_max_position_embeddings
+        low_wavelen = old_len / scaling.low_freq_factor
+        high_wavelen = old_len / scaling.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - scaling.low_freq_factor) / (
+            scaling.high_freq_factor - scaling.low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32), 1.0
+    # yarn
+    factor = scaling.factor
+    attention_factor = scaling.attention_factor
+    if attention_factor is None:
+        if scaling.mscale and scaling.mscale_all_dim:
+            attention_factor = _yarn_mscale(factor, scaling.mscale) / _yarn_mscale(
+                factor, scaling.mscale_all_dim
+            )
+        else:
+            attention_factor = _yarn_mscale(factor)
+    original = scaling.original_max_position_embeddings
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+    low = correction_dim(scaling.beta_fast)
+    high = correction_dim(scaling.beta_slow)
+    if scaling.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1)
+    extrapolation_weight = 1 - ramp
+    pos_freqs = theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim)
+    extrapolated = 1.0 / pos_freqs
+    interpolated = 1.0 / (factor * pos_freqs)
+    inv_freq = interpolated * (1 - extrapolation_weight) + extrapolated * extrapolation_weight
+    return inv_freq.astype(np.float32), float(attention_factor)
+
+
+def rope_cos_sin(
+    positions: jax.Array, inv_freq: np.ndarray, attention_factor: float
+) -> tuple[jax.Array, jax.Array]:
+    """positions: int32[B, T] -> (cos, sin) float32[B, T, dim // 2]."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+    return jnp.cos(angles) * attention_factor, jnp.sin(angles) * attention_factor
+
+
+def apply_rope(
+    x: jax.Array, cos: jax.Array, sin: jax.Array, interleaved: bool = False
+) -> jax.Array:
+    """Rotates x: float[B, T, H, D] by (cos, sin): float32[B, T, D // 2].
+
+    `interleaved=False` rotates the halves (x[:D/2], x[D/2:]) as Llama/Qwen do; `True` rotates
+    adjacent pairs (x[2i], x[2i+1]) as DeepSeek does, returning them in half-split order (the
+    order transformers uses; attention scores do not depend on it since q and k share it).
+    """
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    if interleaved:
+        x = jnp.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1)
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    out = jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+    return out.astype(dtype)

@@ -1,0 +1,191 @@
+"""Decoder-only transformer hosting Llama, Qwen2/2.5 and DeepSeek-V3 (MLA + DeepSeekMoE)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from r1.models.attention import Attention, make_attention_mask
+from r1.models.config import ModelConfig
+from r1.models.layers import MLP, Embed, RMSNorm, dtype_of, param
+from r1.sharding import shard
+
+REMAT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass
+class ModelOutput:
+    """Everything a forward pass produces.
+
+    logits: float32[B, T, V]. hidden: float[B, T, D] after the final norm.
+    moe: per MoE layer, the statistics dict its router returned (empty for dense models).
+    mtp_logits: per multi-token-prediction depth k (1-based), float32[B, T, V] predicting token
+    t + 1 + k at position t (empty unless requested).
+    """
+
+    logits: jax.Array
+    hidden: jax.Array
+    moe: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
+    mtp_logits: list[jax.Array] = dataclasses.field(default_factory=list)
+
+
+jax.tree_util.register_dataclass(
+    ModelOutput, data_fields=["logits", "hidden", "moe", "mtp_logits"], meta_fields=[]
+)
+
+
+def _make_attention(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+    if cfg.attention_type == "mla":
+        from r1.models.mla import MLAttention
+
+        return MLAttention(cfg, rngs)
+    return Attention(cfg, rngs)
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + ffn(norm(x)) with a dense MLP or an MoE."""
+
+    def __init__(self, cfg: ModelConfig, layer_index: int, rngs: nnx.Rngs):
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, cfg.dtype)
+        self.attn = _make_attention(cfg, rngs)
+        self.post_attn_norm = RMSNorm(
+            cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, cfg.dtype
+        )
+        self.is_moe = cfg.is_moe_layer(layer_index)
+        if self.is_moe:
+            from r1.models.moe import MoE
+
+            self.mlp = MoE(cfg, rngs)
+        else:
+            self.mlp = MLP(cfg, cfg.intermediate_size, rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        token_mask: jax.Array,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """x: float[B, T, D] -> (float[B, T, D], MoE statistics or {})."""
+        x = x + self.attn(self.input_norm(x), positions, mask)
+        x = shard(x, ("batch", "length", "act_embed"))
+        stats: dict[str, jax.Array] = {}
+        h = self.post_attn_norm(x)
+        if self.is_moe:
+            h, stats = self.mlp(h, token_mask)
+        else:
+            h = self.mlp(h)
+        x = shard(x + h, ("batch", "length", "act_embed"))
+        return x, stats
+
+
+class MTPModule(nnx.Module):
+    """DeepSeek-V3 multi-token prediction depth: h' = block(eh_proj([enorm(emb); hnorm(h)]))."""
+
+    def __init__(self, cfg: ModelConfig, layer_index: int, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.enorm = RMSNorm(d, cfg.rms_norm_eps, cfg.param_dtype, cfg.dtype)
+        self.hnorm = RMSNorm(d, cfg.rms_norm_eps, cfg.param_dtype, cfg.dtype)
+        self.eh_proj = param(rngs, (2 * d, d), (None, "embed"), cfg.param_dtype)
+        self.block = DecoderLayer(cfg, layer_index, rngs)
+        self.final_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.param_dtype, cfg.dtype)
+        self.dtype = cfg.dtype
+
+    def __call__(self, hidden, next_embeddings, positions, mask, token_mask):
+        joined = jnp.concatenate([self.enorm(next_embeddings), self.hnorm(hidden)], axis=-1)
+        h = jnp.einsum("btc,cd->btd", joined, self.eh_proj[...].astype(dtype_of(self.dtype)))
+        h, stats = self.block(h, positions, mask, token_mask)
+        return h, self.final_norm(h), stats
+
+
+class Transformer(nnx.Module):
+    """The language model. `model(tokens)` -> logits float32[B, T, V]."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        self.embed = Embed(cfg, rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, i, rngs) for i in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, cfg.dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = param(
+                rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg.param_dtype
+            )
+        self.mtp = nnx.List(
+            [MTPModule(cfg, cfg.num_layers + k, rngs) for k in range(cfg.num_mtp_layers)]
+        )
+
+    def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
+        """hidden: float[B, T, D] (normed) -> float32[B, T, V]."""
+        if self.config.tie_word_embeddings:
+            logits = self.embed.attend(hidden)
+        else:
+            w = self.lm_head[...].astype(dtype_of(self.config.dtype))
+            logits = jnp.einsum("btd,dv->btv", hidden, w)
+        return shard(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+
+    def forward(
+        self,
+        tokens: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        with_mtp: bool = False,
+    ) -> ModelOutput:
+        """Full forward pass.
+
+        tokens: int32[B, T]. positions: int32[B, T] (default 0..T-1). segment_ids: int32[B, T],
+        attention stays within equal ids (packing; default one segment). attention_mask:
+        bool/int[B, T], 0 marks padding that no token attends to. with_mtp: also run the
+        multi-token-prediction modules.
+        """
+        cfg = self.config
+        b, t = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        if attention_mask is None:
+            token_mask = jnp.ones((b, t), bool)
+        else:
+            token_mask = attention_mask.astype(bool)
+        mask = make_attention_mask(segment_ids, token_mask)
+        x = shard(self.embed(tokens), ("batch", "length", "act_embed"))
+        moe_stats: list[dict[str, jax.Array]] = []
+        for layer in self.layers:
+            x, stats = _run_layer(layer, x, positions, mask, token_mask, cfg.remat_policy)
+            if stats:
+                moe_stats.append(stats)
+        hidden = self.final_norm(x)
+        logits = self.logits_from_hidden(hidden)
+        mtp_logits = []
+        if with_mtp and len(self.mtp):
+            h = x
+            for k, module in enumerate(self.mtp, start=1):
+                shifted = jnp.concatenate(
+                    [tokens[:, k:], jnp.zeros((b, k), tokens.dtype)], axis=1
+                )
+                h, normed, stats = module(h, self.embed(shifted), positions, mask, token_mask)
+                if stats:
+                    moe_stats.append(stats)
+                mtp_logits.append(self.logits_from_hidden(normed))
+        return ModelOutput(logits=logits, hidden=hidden, moe=moe_stats, mtp_logits=mtp_logits)
+
+    def __call__(self, tokens: jax.Array, **kwargs: Any) -> jax.Array:
+        """tokens: int32[B, T] -> logits float32[B, T, V]; keyword arguments as `forward`."""
+        return self.forward(tokens, **kwargs).logits
+
+
+def _run_layer(layer, x, positions, mask, token_mask, policy: str):
+    if policy == "none":
+        return layer(x, positions, mask, token_mask)
+    remat = nnx.remat(lambda lyr, *args: lyr(*args), policy=REMAT_POLICIES[policy])
+    return remat(layer, x, positions, mask, token_mask)

@@ -1,0 +1,281 @@
+"""Device meshes and the one table that maps logical axis names to mesh axes.
+
+Every parameter carries logical axis names in its `axes` metadata (e.g. `("embed", "mlp")`);
+key activations are constrained with `shard(x, ("batch", "length", "act_embed"))`. The rules
+below turn those names into `PartitionSpec`s for the current mesh, so changing a parallelism
+strategy is a change of mesh shape (config) or of rules (config), never of model code.
+
+Mesh axes:
+  data    pure data parallelism (replicated parameters), the axis that crosses slices (DCN).
+  fsdp    data parallelism with parameters and optimizer state sharded (ZeRO-3 style).
+  expert  expert parallelism for MoE layers; acts as a data axis everywhere else.
+  tensor  tensor (model) parallelism over heads, mlp and vocab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
+
+MeshAxes = str | tuple[str, ...] | None
+Rules = tuple[tuple[str, MeshAxes], ...]
+
+# Logical name -> mesh axis (or axes, tried in order). Parameters use `embed`, `mlp`, ...;
+# activations use `batch`, `length`, `act_*` so that a parameter dimension can be sharded
+# (fsdp) while the matching activation dimension is not.
+DEFAULT_RULES: Rules = (
+    # activations
+    ("batch", ("data", "fsdp", "expert")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("act_expert", "expert"),
+    ("act_tokens", ("data", "fsdp", "expert")),
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("q_lora", None),
+    ("kv_lora", None),
+    ("expert", "expert"),
+    ("expert_mlp", "tensor"),
+    ("norm", None),
+    ("layers", None),
+)
+
+_RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("r1_axis_rules", default=DEFAULT_RULES)
+
+
+@contextlib.contextmanager
+def axis_rules(rules: Rules) -> Iterator[Rules]:
+    """Uses `rules` instead of `DEFAULT_RULES` for `shard` and the helpers below."""
+    token = _RULES.set(tuple((name, _as_tuple(axes)) for name, axes in rules))
+    try:
+        yield _RULES.get()
+    finally:
+        _RULES.reset(token)
+
+
+def current_rules() -> Rules:
+    return _RULES.get()
+
+
+def _as_tuple(axes: Any) -> tuple[str, ...] | None:
+    if axes is None:
+        return None
+    if isinstance(axes, str):
+        return (axes,)
+    return tuple(axes)
+
+
+# --------------------------------------------------------------------------------- meshes
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh shape over the four axes; one axis may be -1 ("all remaining devices")."""
+
+    data: int = 1
+    fsdp: int = -1
+    expert: int = 1
+    tensor: int = 1
+
+    def shape(self, num_devices: int) -> tuple[int, ...]:
+        sizes = [self.data, self.fsdp, self.expert, self.tensor]
+        unknown = [i for i, s in enumerate(sizes) if s == -1]
+        for name, size in zip(MESH_AXES, sizes):
+            if size == 0 or size < -1:
+                raise ValueError(f"mesh.{name}={size}: sizes must be positive or -1")
+        if len(unknown) > 1:
+            raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+        known = math.prod(s for s in sizes if s != -1)
+        if unknown:
+            if num_devices % known:
+                raise ValueError(
+                    f"mesh: {num_devices} devices are not divisible by the fixed axes "
+                    f"{dict(zip(MESH_AXES, sizes))}"
+                )
+            sizes[unknown[0]] = num_devices // known
+        if math.prod(sizes) != num_devices:
+            raise ValueError(
+                f"mesh: {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                f"but {num_devices} are available"
+            )
+        return tuple(sizes)
+
+
+def make_mesh(
+    config: MeshConfig | None = None,
+    devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+    """Builds a 4-axis mesh (`MESH_AXES`) from `config` over `devices` (default: all)."""
+    config = config or MeshConfig()
+    devices = list(devices) if devices is not None else jax.devices()
+    shape = config.shape(len(devices))
+    try:
+        from jax.experimental import mesh_utils
+
+        device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+    except (ValueError, NotImplementedError, AssertionError):
+        device_array = np.asarray(devices).reshape(shape)
+    return Mesh(device_array, MESH_AXES)
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Joins a multi-host job (TPU pods find their peers without arguments)."""
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+
+
+# --------------------------------------------------------------------------------- rules
+def logical_to_spec(
+    names: Sequence[str | None],
+    shape: Sequence[int] | None = None,
+    mesh: Mesh | jax.sharding.AbstractMesh | None = None,
+    rules: Rules | None = None,
+) -> PartitionSpec:
+    """Maps logical axis names to a `PartitionSpec`.
+
+    A mesh axis is used at most once per spec; with `shape` and `mesh` given, a mesh axis whose
+    size does not divide the dimension (or is 1) is dropped, so tiny models stay valid on any mesh.
+    """
+    rules = rules if rules is not None else current_rules()
+    table = {name: _as_tuple(axes) for name, axes in rules}
+    used: set[str] = set()
+    spec: list[Any] = []
+    for dim, name in enumerate(names):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in table:
+            raise ValueError(f"logical axis {name!r} has no sharding rule; known: {sorted(table)}")
+        chosen: list[str] = []
+        remaining = shape[dim] if shape is not None else None
+        for axis in table[name] or ():
+            if axis in used:
+                continue
+            if mesh is not None:
+                if axis not in mesh.shape:
+                    continue
+                size = mesh.shape[axis]
+                if size == 1:
+                    continue
+                if remaining is not None:
+                    if remaining % size:
+                        continue
+                    remaining //= size
+            chosen.append(axis)
+            used.add(axis)
+        spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
+    return PartitionSpec(*spec)
+
+
+def named_sharding(
+    names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules | None = None
+) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules))
+
+
+def _active_mesh():
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return None
+    return mesh
+
+
+def shard(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Constrains an activation's sharding by logical names; a no-op outside a mesh context."""
+    mesh = _active_mesh()
+    if mesh is None:
+        return x
+    if len(names) != x.ndim:
+        raise ValueError(f"shard: {len(names)} names {tuple(names)} for an array of rank {x.ndim}")
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))
+
+
+# --------------------------------------------------------------------------------- params
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def variable_axes(variable: nnx.Variable) -> tuple[str | None, ...]:
+    """Logical axis names of a parameter or state variable (replicated when absent)."""
+    meta = variable.get_metadata()
+    axes = meta.get("axes")
+    if axes is None:
+        return (None,) * len(variable.get_value().shape)
+    return tuple(axes)
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
+    """A tree like `state` (an `nnx.State`, possibly abstract) holding a `NamedSharding` per leaf."""
+
+    def one(variable):
+        if not _is_variable(variable):
+            return NamedSharding(mesh, PartitionSpec())
+        axes = variable_axes(variable)
+        shape = variable.get_value().shape
+        if len(axes) != len(shape):
+            raise ValueError(f"variable with axes {axes} has shape {shape}")
+        return variable.replace(named_sharding(axes, shape, mesh, rules))
+
+    return jax.tree.map(one, state, is_leaf=_is_variable)
+
+
+def state_partition_specs(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
+    shardings = state_shardings(state, mesh, rules)
+    return jax.tree.map(lambda s: s.spec, shardings)
+
+
+def create_sharded_model(
+    factory: Callable[[], nnx.Module], mesh: Mesh, rules: Rules | None = None
+) -> nnx.Module:
+    """Initialises `factory()` with every variable created directly in its sharded layout.
+
+    Nothing is materialised on one device first: the model is traced abstractly, its shardings
+    are derived from the logical axis names, and the initialiser is jitted with those
+    shardings as outputs.
+    """
+    abstract = nnx.eval_shape(factory)
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = state_shardings(abstract_state, mesh, rules)
+
+    init = jax.jit(lambda: nnx.split(factory())[1], out_shardings=shardings)
+    with use_mesh(mesh):
+        state = init()
+    return nnx.merge(graphdef, state)
+
+
+def place_state(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
+    """Moves an existing (host or device) state tree into its sharded layout."""
+    shardings = state_shardings(state, mesh, rules)
+    return jax.device_put(state, shardings)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh) -> Iterator[Mesh]:
+    """Makes `mesh` the ambient mesh so `shard(...)` constraints apply while tracing."""
+    with jax.set_mesh(mesh):
+        yield mesh
