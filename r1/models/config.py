@@ -204,6 +204,9 @@ def _coerce(annotation: Any, value: Any, where: str):
         options = typing.get_args(annotation)
         if value is None and type(None) in options:
             return None
+        concrete = [option for option in options if option is not type(None)]
+        if len(concrete) == 1:
+            return _coerce(concrete[0], value, where)
         errors = []
         for option in options:
             if option is type(None):

@@ -62,7 +62,8 @@ class RMSNorm(nnx.Module):
         x32 = x.astype(jnp.float32)
         var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
         y = x32 * jax.lax.rsqrt(var + self.eps)
-        return (y * self.weight[...].astype(jnp.float32)).astype(dtype_of(self.dtype))
+        weight = self.weight[...].astype(jnp.float32).reshape((1,) * (y.ndim - 1) + (-1,))
+        return (y * weight).astype(dtype_of(self.dtype))
 
 
 class Embed(nnx.Module):

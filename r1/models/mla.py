@@ -1,0 +1,261 @@
+"""Multi-head Latent Attention (DeepSeek-V2/V3), matching transformers' `DeepseekV3Attention`.
+
+Shapes: B batch, T query length, S key length, D hidden, H heads, N = qk_nope_head_dim,
+R = qk_rope_head_dim, V = v_head_dim, C = kv_lora_rank, Q = q_lora_rank.
+
+    q        = x @ q_proj                       (or q_b_proj(q_a_norm(x @ q_a_proj)))  [B,T,H,N+R]
+    q_nope, q_rope = split(q);  q_rope = rope(q_rope)
+    kv_latent = kv_a_norm(x @ kv_a_proj)                                              [B,S,C]
+    k_rope    = rope(x @ k_rope_proj)           one rope key shared by all heads      [B,S,R]
+    k_nope, v = split(kv_latent @ kv_b_proj)    W_UK = kv_b_proj[..., :N], W_UV = [..., N:]
+    scores    = (q_nope . k_nope + q_rope . k_rope) * scale,  softmax in float32
+    out       = (probs @ v) @ o_proj
+
+Only `kv_latent` and `k_rope` (C + R values per token and layer) need caching: `attend_latent`
+evaluates the same attention in the absorbed form, folding W_UK into the query and W_UV into
+the output, so the per-head keys and values are never materialised.
+
+Rope: with `cfg.rope_interleave` the rope channels are rotated as adjacent pairs (x[2i],
+x[2i+1]) as DeepSeek's checkpoints store them; the rotated q_rope / k_rope come back in
+half-split order (evens then odds), like transformers. Scores do not depend on that order.
+
+Softmax scale: qk_head_dim^-0.5, times mscale(factor, mscale_all_dim)^2 when rope scaling is
+not "default" and `mscale_all_dim` is set (transformers' `yarn_apply_mscale`; DeepSeek-V3:
+192^-0.5 * (0.1 ln 40 + 1)^2). The YaRN cos/sin "attention factor" (mscale / mscale_all_dim
+ratio) comes from `layers.rope_frequencies`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from r1.models.attention import MASK_VALUE
+from r1.models.config import ModelConfig
+from r1.models.layers import (
+    RMSNorm,
+    apply_rope,
+    dtype_of,
+    param,
+    rope_cos_sin,
+    rope_frequencies,
+)
+from r1.sharding import shard
+
+# transformers and DeepSeek's reference build q_a_layernorm / kv_a_layernorm with the RMSNorm
+# default eps (1e-6), not `config.rms_norm_eps`.
+LATENT_NORM_EPS = 1e-6
+
+
+def _yarn_get_mscale(scale: float, mscale: float) -> float:
+    if scale <= 1:
+        return 1.0
+    return 0.1 * mscale * math.log(scale) + 1.0
+
+
+def mla_softmax_scale(cfg: ModelConfig) -> float:
+    """qk_head_dim^-0.5, with DeepSeek's YaRN mscale_all_dim correction squared."""
+    scale = cfg.qk_head_dim**-0.5
+    rs = cfg.rope_scaling
+    if rs is not None and rs.rope_type != "default" and rs.mscale_all_dim:
+        m = _yarn_get_mscale(rs.factor, rs.mscale_all_dim)
+        scale = scale * m * m
+    return scale
+
+
+def _masked_softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
+    """scores: float32[B, H, T, S], mask: bool[B, T, S] -> float32 probabilities.
+
+    Rows without any valid key get a uniform (finite) average, as in `dot_product_attention`.
+    """
+    scores = jnp.where(mask[:, None, :, :], scores, MASK_VALUE)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+class MLAttention(nnx.Module):
+    """Multi-head Latent Attention. `__call__(x, positions, mask)` like `attention.Attention`.
+
+    Parameters (logical axes) and their transformers (`DeepseekV3Attention`) counterparts, where
+    an `nn.Linear` weight W is [out, in] and y = x @ W.T:
+
+      q_a_proj    [embed, q_lora]            = q_a_proj.weight.T                (q_lora_rank set)
+      q_a_norm    RMSNorm weight [q_lora]    = q_a_layernorm.weight
+      q_b_proj    [q_lora, heads, head_dim]  = q_b_proj.weight.T.reshape(Q, H, N + R)
+      q_proj      [embed, heads, head_dim]   = q_proj.weight.T.reshape(D, H, N + R) (q_lora None)
+      kv_a_proj   [embed, kv_lora]           = kv_a_proj_with_mqa.weight[:C].T
+      k_rope_proj [embed, head_dim]          = kv_a_proj_with_mqa.weight[C:].T  (R columns)
+      kv_a_norm   RMSNorm weight [kv_lora]   = kv_a_layernorm.weight
+      kv_b_proj   [kv_lora, heads, head_dim] = kv_b_proj.weight.T.reshape(C, H, N + V)
+      o_proj      [heads, head_dim, embed]   = o_proj.weight.T.reshape(H, V, D)
+
+    transformers fuses kv_a_proj and k_rope_proj into `kv_a_proj_with_mqa` ([C + R, D]); they
+    are split here so the latent and the rope key carry their own logical axes. With
+    `cfg.attention_bias` (not used by DeepSeek checkpoints) the biases are q_a_bias [q_lora]
+    (= q_a_proj.bias), kv_a_bias [kv_lora] and k_rope_bias [head_dim] (= the two parts of
+    kv_a_proj_with_mqa.bias) and o_bias [embed] (= o_proj.bias); the full-rank q_proj has none.
+    """
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        if cfg.attention_type != "mla":
+            raise ValueError(
+                f"ModelConfig.attention_type: MLAttention needs 'mla', got {cfg.attention_type!r}"
+            )
+        d, h = cfg.hidden_size, cfg.num_heads
+        n, r, v, c = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+        pd = cfg.param_dtype
+        self.dtype = cfg.dtype
+        self.num_heads = h
+        self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim = n, r, v
+        self.kv_lora_rank = c
+        self.q_lora_rank = cfg.q_lora_rank
+        self.rope_interleave = cfg.rope_interleave
+        self.use_bias = cfg.attention_bias
+
+        if cfg.q_lora_rank is not None:
+            ql = cfg.q_lora_rank
+            self.q_a_proj = param(rngs, (d, ql), ("embed", "q_lora"), pd)
+            self.q_a_norm = RMSNorm(ql, LATENT_NORM_EPS, pd, cfg.dtype)
+            self.q_b_proj = param(rngs, (ql, h, n + r), ("q_lora", "heads", "head_dim"), pd)
+            if self.use_bias:
+                self.q_a_bias = param(None, (ql,), ("q_lora",), pd, init="zeros")
+        else:
+            self.q_proj = param(rngs, (d, h, n + r), ("embed", "heads", "head_dim"), pd)
+        self.kv_a_proj = param(rngs, (d, c), ("embed", "kv_lora"), pd)
+        self.k_rope_proj = param(rngs, (d, r), ("embed", "head_dim"), pd)
+        self.kv_a_norm = RMSNorm(c, LATENT_NORM_EPS, pd, cfg.dtype)
+        self.kv_b_proj = param(rngs, (c, h, n + v), ("kv_lora", "heads", "head_dim"), pd)
+        self.o_proj = param(rngs, (h, v, d), ("heads", "head_dim", "embed"), pd, fan_in=h * v)
+        if self.use_bias:
+            self.kv_a_bias = param(None, (c,), ("kv_lora",), pd, init="zeros")
+            self.k_rope_bias = param(None, (r,), ("head_dim",), pd, init="zeros")
+            self.o_bias = param(None, (d,), ("embed",), pd, init="zeros")
+
+        inv_freq, attention_factor = rope_frequencies(
+            r, cfg.rope_theta, cfg.rope_scaling, cfg.max_position_embeddings
+        )
+        self.inv_freq = tuple(float(f) for f in inv_freq)
+        self.rope_attention_factor = attention_factor
+        self.scale = mla_softmax_scale(cfg)
+
+    # ------------------------------------------------------------------ projections
+    def _rope(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """x: float[B, T, H, R] -> rotated, in half-split order when interleaved."""
+        cos, sin = rope_cos_sin(
+            positions, jnp.asarray(self.inv_freq, jnp.float32), self.rope_attention_factor
+        )
+        return apply_rope(x, cos, sin, interleaved=self.rope_interleave)
+
+    def queries(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x: float[B, T, D], positions: int32[B, T] -> (q_nope float[B, T, H, N],
+        q_rope float[B, T, H, R] rotated)."""
+        dt = dtype_of(self.dtype)
+        if self.q_lora_rank is not None:
+            q_latent = jnp.einsum("btd,dq->btq", x, self.q_a_proj[...].astype(dt))
+            if self.use_bias:
+                q_latent = q_latent + self.q_a_bias[...].astype(dt)[None, None, :]
+            q_latent = self.q_a_norm(shard(q_latent, ("batch", "length", None)))
+            q = jnp.einsum("btq,qhk->bthk", q_latent, self.q_b_proj[...].astype(dt))
+        else:
+            q = jnp.einsum("btd,dhk->bthk", x, self.q_proj[...].astype(dt))
+        q = shard(q, ("batch", "length", "act_heads", None))
+        q_nope = q[..., : self.qk_nope_head_dim]
+        q_rope = self._rope(q[..., self.qk_nope_head_dim :], positions)
+        return q_nope, shard(q_rope, ("batch", "length", "act_heads", None))
+
+    def compress_kv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The per-token cache entry.
+
+        x: float[B, T, D], positions: int32[B, T] -> (kv_latent float[B, T, C] after kv_a_norm,
+        k_rope float[B, T, R] rotated): C + R values per token and layer.
+        """
+        dt = dtype_of(self.dtype)
+        kv_latent = jnp.einsum("btd,dc->btc", x, self.kv_a_proj[...].astype(dt))
+        k_rope = jnp.einsum("btd,dr->btr", x, self.k_rope_proj[...].astype(dt))
+        if self.use_bias:
+            kv_latent = kv_latent + self.kv_a_bias[...].astype(dt)[None, None, :]
+            k_rope = k_rope + self.k_rope_bias[...].astype(dt)[None, None, :]
+        kv_latent = self.kv_a_norm(kv_latent)
+        k_rope = self._rope(k_rope[:, :, None, :], positions)[:, :, 0, :]
+        kv_latent = shard(kv_latent, ("batch", "length", None))
+        k_rope = shard(k_rope, ("batch", "length", None))
+        return kv_latent, k_rope
+
+    def output(self, attn: jax.Array) -> jax.Array:
+        """attn: float[B, T, H, V] -> float[B, T, D]."""
+        dt = dtype_of(self.dtype)
+        out = jnp.einsum("bthv,hvd->btd", attn, self.o_proj[...].astype(dt))
+        if self.use_bias:
+            out = out + self.o_bias[...].astype(dt)[None, None, :]
+        return shard(out, ("batch", "length", "act_embed"))
+
+    def _split_kv_b(self) -> tuple[jax.Array, jax.Array]:
+        """W_UK float[C, H, N] and W_UV float[C, H, V] in the compute dtype."""
+        w = self.kv_b_proj[...].astype(dtype_of(self.dtype))
+        return w[..., : self.qk_nope_head_dim], w[..., self.qk_nope_head_dim :]
+
+    # ------------------------------------------------------------------ attention
+    def attend_expanded(
+        self,
+        q_nope: jax.Array,
+        q_rope: jax.Array,
+        kv_latent: jax.Array,
+        k_rope: jax.Array,
+        mask: jax.Array,
+    ) -> jax.Array:
+        """Naive form: expand the latent into per-head keys/values (training, prefill).
+
+        q_nope: [B, T, H, N], q_rope: [B, T, H, R], kv_latent: [B, S, C], k_rope: [B, S, R],
+        mask: bool[B, T, S] -> float[B, T, D].
+        """
+        w_uk, w_uv = self._split_kv_b()
+        k_nope = shard(
+            jnp.einsum("bsc,chn->bshn", kv_latent, w_uk), ("batch", "length", "act_heads", None)
+        )
+        v = shard(
+            jnp.einsum("bsc,chv->bshv", kv_latent, w_uv), ("batch", "length", "act_heads", None)
+        )
+        # The rope key is shared by all heads: no need to broadcast it into [B, S, H, R].
+        scores = jnp.einsum(
+            "bthn,bshn->bhts", q_nope, k_nope, preferred_element_type=jnp.float32
+        ) + jnp.einsum("bthr,bsr->bhts", q_rope, k_rope, preferred_element_type=jnp.float32)
+        probs = _masked_softmax(scores * self.scale, mask).astype(v.dtype)
+        attn = jnp.einsum("bhts,bshv->bthv", probs, v)
+        return self.output(shard(attn, ("batch", "length", "act_heads", None)))
+
+    def attend_latent(
+        self,
+        q_nope: jax.Array,
+        q_rope: jax.Array,
+        kv_latent: jax.Array,
+        k_rope: jax.Array,
+        mask: jax.Array,
+    ) -> jax.Array:
+        """Absorbed form over the latent cache (decoding).
+
+        W_UK is folded into the query (q_latent = q_nope @ W_UK^T, a query in latent space) and
+        W_UV into the output (attention-weighted latent, then W_UV, then o_proj), so the cost
+        per cached token is C + R per head instead of N + V and nothing per head is cached.
+
+        q_nope: [B, T, H, N], q_rope: [B, T, H, R] (rotated), kv_latent: [B, S, C],
+        k_rope: [B, S, R] (rotated), mask: bool[B, T, S] -> float[B, T, D].
+        """
+        w_uk, w_uv = self._split_kv_b()
+        q_latent = jnp.einsum("bthn,chn->bthc", q_nope, w_uk)
+        q_latent = shard(q_latent, ("batch", "length", "act_heads", None))
+        scores = jnp.einsum(
+            "bthc,bsc->bhts", q_latent, kv_latent, preferred_element_type=jnp.float32
+        ) + jnp.einsum("bthr,bsr->bhts", q_rope, k_rope, preferred_element_type=jnp.float32)
+        probs = _masked_softmax(scores * self.scale, mask).astype(kv_latent.dtype)
+        o_latent = jnp.einsum("bhts,bsc->bthc", probs, kv_latent)
+        o_latent = shard(o_latent, ("batch", "length", "act_heads", None))
+        attn = jnp.einsum("bthc,chv->bthv", o_latent, w_uv)
+        return self.output(shard(attn, ("batch", "length", "act_heads", None)))
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+        """x: float[B, T, D]; positions: int32[B, T]; mask: bool[B, T, T] -> float[B, T, D]."""
+        q_nope, q_rope = self.queries(x, positions)
+        kv_latent, k_rope = self.compress_kv(x, positions)
+        return self.attend_expanded(q_nope, q_rope, kv_latent, k_rope, mask)
