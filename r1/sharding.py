@@ -60,7 +60,9 @@ DEFAULT_RULES: Rules = (
     ("layers", None),
 )
 
-_RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("r1_axis_rules", default=DEFAULT_RULES)
+_RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar(
+    "r1_axis_rules", default=DEFAULT_RULES
+)
 
 
 @contextlib.contextmanager
@@ -230,7 +232,7 @@ def variable_axes(variable: nnx.Variable) -> tuple[str | None, ...]:
 
 
 def state_shardings(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
-    """A tree like `state` (an `nnx.State`, possibly abstract) holding a `NamedSharding` per leaf."""
+    """A tree like `state` (an `nnx.State`, maybe abstract) with a `NamedSharding` per leaf."""
 
     def one(variable):
         if not _is_variable(variable):

@@ -29,8 +29,13 @@ def _perturb(model, seed=0):
 
 def _qwen2(tie: bool):
     cfg = transformers.Qwen2Config(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tie,
         max_position_embeddings=128,
     )
     return _perturb(transformers.Qwen2ForCausalLM(cfg))
@@ -38,12 +43,20 @@ def _qwen2(tie: bool):
 
 def _llama():
     cfg = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
         rope_theta=500000.0,
         rope_scaling={
-            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 16,
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
         },
     )
     return _perturb(transformers.LlamaForCausalLM(cfg), seed=1)
@@ -61,7 +74,8 @@ def _padded_batch():
 def _torch_logits(model, tokens, mask, positions):
     with torch.no_grad():
         out = model(
-            torch.tensor(tokens), attention_mask=torch.tensor(mask),
+            torch.tensor(tokens),
+            attention_mask=torch.tensor(mask),
             position_ids=torch.tensor(positions),
         )
     return out.logits.float().numpy()
@@ -70,7 +84,8 @@ def _torch_logits(model, tokens, mask, positions):
 def _r1_logits(model, tokens, mask, positions):
     return np.asarray(
         model(
-            jnp.asarray(tokens, jnp.int32), positions=jnp.asarray(positions, jnp.int32),
+            jnp.asarray(tokens, jnp.int32),
+            positions=jnp.asarray(positions, jnp.int32),
             attention_mask=jnp.asarray(mask),
         )
     )
@@ -81,7 +96,8 @@ def _rel_err(a, b, valid):
 
 
 @pytest.mark.parametrize(
-    "builder", [lambda: _qwen2(False), lambda: _qwen2(True), _llama],
+    "builder",
+    [lambda: _qwen2(False), lambda: _qwen2(True), _llama],
     ids=["qwen2-untied", "qwen2-tied", "llama3-rope"],
 )
 def test_parity_and_round_trip(builder, tmp_path):
@@ -132,9 +148,12 @@ def test_sharded_checkpoint_and_bfloat16(tmp_path):
     b = _r1_logits(model2, tokens, mask, positions)
     np.testing.assert_array_equal(a, b)
     hf.save(model, cfg, str(tmp_path / "bf16"), dtype="bfloat16")
-    assert SafetensorsFile(str(tmp_path / "bf16" / "model.safetensors")).dtype(
-        "model.norm.weight"
-    ).name == "bfloat16"
+    assert (
+        SafetensorsFile(str(tmp_path / "bf16" / "model.safetensors"))
+        .dtype("model.norm.weight")
+        .name
+        == "bfloat16"
+    )
     _, model3 = hf.load(str(tmp_path / "bf16"), param_dtype="bfloat16", dtype="bfloat16")
     assert model3.layers[0].mlp.gate[...].dtype == jnp.bfloat16
     c = _r1_logits(model3, tokens, mask, positions)
@@ -190,7 +209,9 @@ def test_missing_tensor_is_named(tmp_path):
     _qwen2(False).save_pretrained(tmp_path)
     weights = tmp_path / "model.safetensors"
     file = SafetensorsFile(str(weights))
-    tensors = [(n, np.array(file.get(n))) for n in file.names() if "layers.0.self_attn.k_proj" not in n]
+    tensors = [
+        (n, np.array(file.get(n))) for n in file.names() if "layers.0.self_attn.k_proj" not in n
+    ]
     del file
     write_file(str(weights), tensors)
     with pytest.raises(ValueError, match="model.layers.0.self_attn.k_proj.weight.*missing"):

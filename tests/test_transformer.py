@@ -43,7 +43,9 @@ def test_left_padding_does_not_change_real_tokens():
     padded = np.concatenate([np.zeros((1, 3), np.int32), real], axis=1)
     mask = np.array([[0, 0, 0, 1, 1, 1, 1, 1, 1]])
     positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-    out = model(jnp.asarray(padded), positions=jnp.asarray(positions), attention_mask=jnp.asarray(mask))
+    out = model(
+        jnp.asarray(padded), positions=jnp.asarray(positions), attention_mask=jnp.asarray(mask)
+    )
     assert np.isfinite(np.asarray(out)).all()
     np.testing.assert_allclose(out[:, 3:], model(jnp.asarray(real)), rtol=1e-5, atol=1e-5)
 
@@ -94,7 +96,9 @@ def test_rope_default_matches_closed_form():
     xn = np.asarray(x)
     ang = np.asarray(angles)[0, :, :]
     x1, x2 = xn[0, :, 0, :4], xn[0, :, 0, 4:]
-    expected = np.concatenate([x1 * np.cos(ang) - x2 * np.sin(ang), x2 * np.cos(ang) + x1 * np.sin(ang)], -1)
+    expected = np.concatenate(
+        [x1 * np.cos(ang) - x2 * np.sin(ang), x2 * np.cos(ang) + x1 * np.sin(ang)], -1
+    )
     np.testing.assert_allclose(out[0, :, 0], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out[:, 0], x[:, 0], rtol=1e-6)  # position 0 is the identity
 
@@ -104,27 +108,45 @@ def test_llama3_and_yarn_frequencies_match_transformers():
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     llama = transformers.LlamaConfig(
-        hidden_size=128, num_attention_heads=2, rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+        hidden_size=128,
+        num_attention_heads=2,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
     )
     ref, ref_factor = ROPE_INIT_FUNCTIONS["llama3"](llama, None)
     ours, factor = rope_frequencies(
-        64, 500000.0,
-        RopeScaling("llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                    original_max_position_embeddings=64), 2048,
+        64,
+        500000.0,
+        RopeScaling(
+            "llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=64,
+        ),
+        2048,
     )
     np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-6)
     assert factor == ref_factor
 
     qwen = transformers.Qwen2Config(
-        hidden_size=128, num_attention_heads=2, max_position_embeddings=4096,
+        hidden_size=128,
+        num_attention_heads=2,
+        max_position_embeddings=4096,
         rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024},
     )
     ref, ref_factor = ROPE_INIT_FUNCTIONS["yarn"](qwen, None)
     ours, factor = rope_frequencies(
-        64, qwen.rope_parameters["rope_theta"],
-        RopeScaling("yarn", factor=4.0, original_max_position_embeddings=1024), 4096,
+        64,
+        qwen.rope_parameters["rope_theta"],
+        RopeScaling("yarn", factor=4.0, original_max_position_embeddings=1024),
+        4096,
     )
     np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-6)
     assert abs(factor - ref_factor) < 1e-7

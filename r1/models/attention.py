@@ -92,7 +92,9 @@ class Attention(nnx.Module):
             q = q + self.q_bias[...].astype(dt)[None, None]
             k = k + self.k_bias[...].astype(dt)[None, None]
             v = v + self.v_bias[...].astype(dt)[None, None]
-        cos, sin = rope_cos_sin(positions, jnp.asarray(self.inv_freq, jnp.float32), self.rope_attention_factor)
+        cos, sin = rope_cos_sin(
+            positions, jnp.asarray(self.inv_freq, jnp.float32), self.rope_attention_factor
+        )
         q = shard(apply_rope(q, cos, sin), ("batch", "length", "act_heads", None))
         k = shard(apply_rope(k, cos, sin), ("batch", "length", "act_kv_heads", None))
         v = shard(v, ("batch", "length", "act_kv_heads", None))

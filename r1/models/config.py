@@ -187,9 +187,7 @@ def _dataclass_from_dict(cls: type, values: Mapping[str, Any], where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(
-            f"{where}: unknown field(s) {unknown}; valid fields are {sorted(fields)}"
-        )
+        raise ValueError(f"{where}: unknown field(s) {unknown}; valid fields are {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():

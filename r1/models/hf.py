@@ -52,7 +52,9 @@ def _rope_from_hf(hf: dict[str, Any]) -> tuple[float, RopeScaling | None]:
     if rope_type == "default":
         return float(theta), None
     if rope_type not in ("llama3", "yarn"):
-        raise ValueError(f"config.json: rope type {rope_type!r} is not supported (default, llama3, yarn)")
+        raise ValueError(
+            f"config.json: rope type {rope_type!r} is not supported (default, llama3, yarn)"
+        )
     fields = {f.name for f in dataclasses.fields(RopeScaling)}
     values = {k: v for k, v in scaling.items() if k in fields and v is not None}
     values["rope_type"] = rope_type
@@ -137,7 +139,9 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
 def config_to_hf(cfg: ModelConfig, torch_dtype: str = "float32") -> dict[str, Any]:
     """The transformers `config.json` dict for `cfg`."""
     if cfg.family not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"family {cfg.family!r} cannot be saved; supported: {SUPPORTED_MODEL_TYPES}")
+        raise ValueError(
+            f"family {cfg.family!r} cannot be saved; supported: {SUPPORTED_MODEL_TYPES}"
+        )
     rope: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
     if cfg.rope_scaling is not None:
         s = cfg.rope_scaling
@@ -260,7 +264,9 @@ def _heads_in(path: Path, name: str, heads: int, head_dim: int) -> TensorMap:
 
 def _heads_bias(path: Path, name: str, heads: int, head_dim: int) -> TensorMap:
     return TensorMap(
-        (path,), (name,), lambda read: [read(name).reshape(heads, head_dim)],
+        (path,),
+        (name,),
+        lambda read: [read(name).reshape(heads, head_dim)],
         lambda a: [a[0].reshape(-1)],
     )
 
@@ -339,7 +345,9 @@ def _attention_maps(cfg: ModelConfig, p: Path, hf: str) -> list[TensorMap]:
             lambda a: [np.concatenate([a[0].T, a[1].T], axis=0)],
         ),
         _copy((*p, "kv_a_norm", "weight"), f"{hf}.kv_a_layernorm.weight"),
-        _heads_in((*p, "kv_b_proj"), f"{hf}.kv_b_proj.weight", h, cfg.qk_nope_head_dim + cfg.v_head_dim),
+        _heads_in(
+            (*p, "kv_b_proj"), f"{hf}.kv_b_proj.weight", h, cfg.qk_nope_head_dim + cfg.v_head_dim
+        ),
         _heads_out((*p, "o_proj"), f"{hf}.o_proj.weight", h, cfg.v_head_dim),
     ]
     return maps
@@ -392,7 +400,9 @@ def tensor_maps(cfg: ModelConfig) -> list[TensorMap]:
 # =============================================================================== load
 def _read_config(path: str) -> dict[str, Any]:
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: not a directory (expected a Hugging Face model directory)")
+        raise FileNotFoundError(
+            f"{path}: not a directory (expected a Hugging Face model directory)"
+        )
     config_path = os.path.join(path, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory)")
@@ -532,8 +542,10 @@ def save(
         raise ValueError("save: path is required")
     os.makedirs(path, exist_ok=True)
     variables = _flat_variables(nnx.state(model))
-    storage = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else (
-        np.dtype(dtype) if dtype else None
+    storage = (
+        np.dtype(ml_dtypes.bfloat16)
+        if dtype == "bfloat16"
+        else (np.dtype(dtype) if dtype else None)
     )
 
     def host(p: Path) -> np.ndarray:

@@ -72,7 +72,10 @@ class Embed(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.dtype = cfg.dtype
         self.embedding = param(
-            rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg.param_dtype,
+            rngs,
+            (cfg.vocab_size, cfg.hidden_size),
+            ("vocab", "embed"),
+            cfg.param_dtype,
             fan_in=cfg.hidden_size,
         )
 

@@ -65,7 +65,9 @@ class SafetensorsFile:
                 )
             if entry["dtype"] not in DTYPES:
                 raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
-            expected = int(np.prod(entry["shape"], dtype=np.int64)) * DTYPES[entry["dtype"]].itemsize
+            expected = (
+                int(np.prod(entry["shape"], dtype=np.int64)) * DTYPES[entry["dtype"]].itemsize
+            )
             if end - begin != expected:
                 raise ValueError(
                     f"{path}: tensor {name!r} of shape {entry['shape']} {entry['dtype']} needs "

@@ -56,9 +56,7 @@ class DecoderLayer(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer_index: int, rngs: nnx.Rngs):
         self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, cfg.dtype)
         self.attn = _make_attention(cfg, rngs)
-        self.post_attn_norm = RMSNorm(
-            cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, cfg.dtype
-        )
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, cfg.dtype)
         self.is_moe = cfg.is_moe_layer(layer_index)
         if self.is_moe:
             from r1.models.moe import MoE
@@ -170,9 +168,7 @@ class Transformer(nnx.Module):
         if with_mtp and len(self.mtp):
             h = x
             for k, module in enumerate(self.mtp, start=1):
-                shifted = jnp.concatenate(
-                    [tokens[:, k:], jnp.zeros((b, k), tokens.dtype)], axis=1
-                )
+                shifted = jnp.concatenate([tokens[:, k:], jnp.zeros((b, k), tokens.dtype)], axis=1)
                 h, normed, stats = module(h, self.embed(shifted), positions, mask, token_mask)
                 if stats:
                     moe_stats.append(stats)
