@@ -206,7 +206,7 @@ def update_routing_bias(bias: jax.Array, expert_load: jax.Array, rate: float) ->
 
 
 # ------------------------------------------------------------------------ grouped matmuls
-def _resolve_impl(impl: str) -> str:
+def resolve_gmm_impl(impl: str) -> str:
     if impl not in GMM_IMPLS:
         raise ValueError(f"grouped matmul impl {impl!r}: expected one of {GMM_IMPLS}")
     if impl != "auto":
@@ -284,7 +284,7 @@ def grouped_ffn(
     impl: "ragged_dot" (`jax.lax.ragged_dot`, native on GPU/TPU, dense on CPU), "blocked"
     (tiled batched matmul, any backend) or "auto" (ragged_dot on GPU/TPU, blocked on CPU).
     """
-    impl = _resolve_impl(impl)
+    impl = resolve_gmm_impl(impl)
     if impl == "ragged_dot":
         y = _ragged_ffn(x, group_sizes, w_gate, w_up, w_down)
         total = jnp.sum(group_sizes)
@@ -384,7 +384,7 @@ class MoE(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, gmm_impl: str = "auto"):
         if not cfg.is_moe:
             raise ValueError("ModelConfig.n_routed_experts: must be > 0 for an MoE layer")
-        _resolve_impl(gmm_impl)
+        resolve_gmm_impl(gmm_impl)
         d, e, f = cfg.hidden_size, cfg.n_routed_experts, cfg.moe_intermediate_size
         self.cfg = cfg
         self.gmm_impl = gmm_impl
