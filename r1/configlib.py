@@ -25,7 +25,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from r1.models.config import ModelConfig, _dataclass_from_dict
+from r1.models.config import ModelConfig, dataclass_from_dict
 from r1.sharding import MeshConfig
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def to_dataclass(cls: type, values: Any, where: str):
     """`cls(**values)` that names unknown fields, wrong types and invalid values by `where`."""
     mapping = _as_mapping(values, where)
     try:
-        return _dataclass_from_dict(cls, mapping, where)
+        return dataclass_from_dict(cls, mapping, where)
     except (TypeError, ValueError) as err:
         if str(err).startswith(where):
             raise

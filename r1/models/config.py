@@ -177,13 +177,13 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "model") -> ModelConfig:
         """Builds a config from a mapping, naming unknown fields and wrong types."""
-        return _dataclass_from_dict(cls, values, where)
+        return dataclass_from_dict(cls, values, where)
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _dataclass_from_dict(cls: type, values: Mapping[str, Any], where: str):
+def dataclass_from_dict(cls: type, values: Mapping[str, Any], where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -219,7 +219,7 @@ def _coerce(annotation: Any, value: Any, where: str):
             return value
         if isinstance(value, Mapping) or hasattr(value, "to_dict"):
             mapping = value.to_dict() if hasattr(value, "to_dict") else value
-            return _dataclass_from_dict(annotation, mapping, where)
+            return dataclass_from_dict(annotation, mapping, where)
         raise TypeError(f"{where}: expected a mapping for {annotation.__name__}, got {value!r}")
     if annotation is bool:
         if isinstance(value, bool):

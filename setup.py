@@ -1,0 +1,46 @@
+"""Package metadata for r1 (tool settings for pytest and ruff live in pyproject.toml)."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+_README = pathlib.Path(__file__).parent / "README.md"
+
+setup(
+    name="r1",
+    version="0.1.0",
+    description="DeepSeek-R1 training (GRPO, R1-Zero, SFT, distillation) in JAX and Flax NNX.",
+    long_description=_README.read_text(encoding="utf-8") if _README.exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["r1", "r1.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # Flax NNX still moves between minor releases: keep both pins to a tested range.
+        "jax>=0.10.2,<0.13",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.10",
+        "ml-collections>=1.0",
+        "absl-py",
+        "numpy",
+        "safetensors",
+        "tokenizers",
+        "tqdm",
+        "tensorboardX",
+        "matplotlib",
+    ],
+    extras_require={
+        "data": ["seqio", "tensorflow-datasets"],
+        # torch is only ever a test-time reference; 2.13.0 is the CPU build on these machines.
+        "test": [
+            "pytest",
+            "pytest-xdist",
+            "hypothesis",
+            "torch==2.13.0",
+            "transformers>=5.0",
+            "ruff",
+        ],
+    },
+)
