@@ -11,7 +11,7 @@ from flax import nnx
 
 from r1.models.attention import Attention, make_attention_mask
 from r1.models.config import ModelConfig
-from r1.models.layers import MLP, Embed, RMSNorm, dtype_of, param
+from r1.models.layers import MLP, Embed, RMSNorm, dtype_of, key_stream, param
 from r1.sharding import shard
 
 REMAT_POLICIES = {
@@ -108,6 +108,7 @@ class Transformer(nnx.Module):
     """The language model. `model(tokens)` -> logits float32[B, T, V]."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        rngs = key_stream(rngs)
         self.config = cfg
         self.embed = Embed(cfg, rngs)
         self.layers = nnx.List([DecoderLayer(cfg, i, rngs) for i in range(cfg.num_layers)])
