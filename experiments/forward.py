@@ -27,7 +27,14 @@ from ml_collections import config_flags
 
 from r1 import configlib
 from r1.models.transformer import Transformer
-from r1.sharding import create_sharded_model, make_mesh, named_sharding, state_shardings, use_mesh
+from r1.sharding import (
+    create_sharded_model,
+    initialize_distributed,
+    make_mesh,
+    named_sharding,
+    state_shardings,
+    use_mesh,
+)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and variant, e.g. configs/models.py:qwen2_tiny.", lock_config=True
@@ -36,6 +43,15 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Number of training steps to time.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Sequences per step (global).")
 _LENGTH = flags.DEFINE_integer("seq_len", 128, "Tokens per sequence.")
 _LR = flags.DEFINE_float("learning_rate", 1e-3, "AdamW learning rate.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join a multi-host job with jax.distributed.initialize() before building the mesh (TPU pods "
+    "find their peers; elsewhere also pass --coordinator_address/--num_processes/--process_id).",
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def next_token_loss(model: Transformer, tokens: jax.Array) -> jax.Array:
@@ -96,8 +112,10 @@ def run(config, steps: int, batch_size: int, seq_len: int, learning_rate: float)
     rng = np.random.default_rng(experiment.seed)
 
     def batch() -> jax.Array:
+        # Every process draws the same global batch and hands over the slices its devices hold,
+        # so the same code serves one host and a multi-host pod.
         tokens = rng.integers(0, cfg.vocab_size, size=(batch_size, seq_len), dtype=np.int32)
-        return jax.device_put(tokens, batch_sh)
+        return jax.make_array_from_callback(tokens.shape, batch_sh, lambda index: tokens[index])
 
     start = time.perf_counter()
     with use_mesh(mesh):
@@ -129,6 +147,8 @@ def main(argv):
     if _STEPS.value < 1:
         raise app.UsageError("--steps must be >= 1")
     logging.set_verbosity(logging.WARNING)
+    if _DISTRIBUTED.value:
+        initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     jnp.zeros(())  # initialise the backend before timing anything
     rate = run(_CONFIG.value, _STEPS.value, _BATCH.value, _LENGTH.value, _LR.value)
     print(f"forward_tokens_per_sec: {rate:.1f}")
