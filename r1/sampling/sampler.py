@@ -1,0 +1,271 @@
+"""The JAX-native sampler: prefill once per prompt, then a `lax.while_loop` decode with KV cache.
+
+`sample` is a pure, jittable function of (model, prompt arrays, key): the GRPO step calls it
+inside its one compiled program. Shapes are static: one compilation per (prompts, prompt
+bucket, max_new_tokens, num_samples). Row layout of the outputs: prompt p's G completions are
+rows p*G .. p*G + G - 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from r1.models.transformer import Transformer
+from r1.sampling import filters
+from r1.sampling.kv_cache import forward_with_cache, init_cache, repeat_rows
+from r1.sharding import shard
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample. All fields are static (part of the compiled program).
+
+    eos_ids: tokens that end a completion (included in it). stop_sequences: token sequences that
+    end a completion when generated (included). greedy: argmax instead of sampling.
+    """
+
+    max_new_tokens: int = 64
+    num_samples: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    greedy: bool = False
+    eos_ids: tuple[int, ...] = ()
+    stop_sequences: tuple[tuple[int, ...], ...] = ()
+    pad_id: int = 0
+    cache_dtype: str | None = None
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(
+                f"SamplingConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}"
+            )
+        if self.num_samples < 1:
+            raise ValueError(f"SamplingConfig.num_samples must be >= 1, got {self.num_samples}")
+        if not self.greedy and self.temperature <= 0:
+            raise ValueError("SamplingConfig.temperature must be > 0 (or greedy=True)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
+        if any(len(s) == 0 for s in self.stop_sequences):
+            raise ValueError("SamplingConfig.stop_sequences must not contain an empty sequence")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SampleOutput:
+    """Completions for B = P * G rows.
+
+    tokens: int32[B, N], pad_id after the end. mask: bool[B, N], True on generated tokens up to
+    and including EOS / the stop sequence. lengths: int32[B]. truncated: bool[B], the row hit
+    max_new_tokens without ending. logprobs: float32[B, N], log pi(token) under the model's own
+    distribution (temperature 1, no filters) as GRPO's pi_old needs; sampling_logprobs: the same
+    under the distribution actually sampled from (temperature and filters applied). Both are 0
+    where mask is False. prompt_index: int32[B], the prompt each row continues.
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+    lengths: jax.Array
+    truncated: jax.Array
+    logprobs: jax.Array
+    sampling_logprobs: jax.Array
+    prompt_index: jax.Array
+
+
+def prompt_positions(prompt_mask: jax.Array) -> jax.Array:
+    """Positions 0.. of the real tokens of left-padded prompts: int32[P, L] (padding gets 0)."""
+    mask = prompt_mask.astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+
+
+def _stop_hit(buffer: jax.Array, step: jax.Array, sequences) -> jax.Array:
+    """bool[B]: the tokens ending at `step` in buffer int32[B, N] equal one of `sequences`."""
+    hit = jnp.zeros(buffer.shape[0], bool)
+    for seq in sequences:
+        m = len(seq)
+        start = jnp.maximum(step - m + 1, 0)
+        window = jax.lax.dynamic_slice_in_dim(buffer, start, m, axis=1)
+        match = jnp.all(window == jnp.asarray(seq, jnp.int32)[None, :], axis=1)
+        hit = hit | (match & (step >= m - 1))
+    return hit
+
+
+def sample(
+    model: Transformer,
+    prompt_tokens: jax.Array,
+    prompt_mask: jax.Array,
+    key: jax.Array,
+    config: SamplingConfig,
+    row_ids: jax.Array | None = None,
+) -> SampleOutput:
+    """Samples `config.num_samples` completions for each left-padded prompt.
+
+    prompt_tokens: int32[P, L], prompt_mask: bool[P, L] (True on real tokens, which must be
+    right-aligned: left padding). key: a PRNG key. row_ids: int32[P * G] global ids of the rows
+    (default 0..P*G-1); row r's randomness is fold_in(key, row_ids[r]), so a row's sample does not
+    depend on which other rows share the batch. Returns a `SampleOutput` of P * G rows.
+    """
+    cfg = model.config
+    num_prompts, prompt_len = prompt_tokens.shape
+    group = config.num_samples
+    rows = num_prompts * group
+    new = config.max_new_tokens
+    prompt_mask = prompt_mask.astype(bool)
+    if row_ids is None:
+        row_ids = jnp.arange(rows, dtype=jnp.int32)
+    row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(row_ids)
+
+    cache = init_cache(cfg, num_prompts, prompt_len + new, config.cache_dtype)
+    positions = prompt_positions(prompt_mask)
+    logits, cache = forward_with_cache(model, prompt_tokens, positions, prompt_mask, cache, 0)
+    last_logits = logits[:, -1, :]
+    if group > 1:
+        cache = repeat_rows(cache, group)
+        last_logits = jnp.repeat(last_logits, group, axis=0)
+    next_position = jnp.repeat(jnp.sum(prompt_mask, axis=1).astype(jnp.int32), group)
+    eos = jnp.asarray(config.eos_ids or (-1,), jnp.int32)
+
+    def choose(step, logits):
+        logits = logits.astype(jnp.float32)
+        raw_logp = jax.nn.log_softmax(logits, axis=-1)
+        if config.greedy:
+            token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            sampling_logp = raw_logp
+        else:
+            filtered = filters.apply_filters(
+                logits, config.temperature, config.top_k, config.top_p, config.min_p
+            )
+            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
+            token = filters.sample_rows(step_keys, filtered)
+            sampling_logp = jax.nn.log_softmax(filtered, axis=-1)
+        take = lambda lp: jnp.take_along_axis(lp, token[:, None], axis=1)[:, 0]  # noqa: E731
+        return token, take(raw_logp), take(sampling_logp)
+
+    def body(carry):
+        step, logits, done, buffers, cache = carry
+        tokens, mask, logp, slogp = buffers
+        token, lp, slp = choose(step, logits)
+        active = ~done
+        token = jnp.where(active, token, config.pad_id)
+        tokens = tokens.at[:, step].set(token)
+        mask = mask.at[:, step].set(active)
+        logp = logp.at[:, step].set(jnp.where(active, lp, 0.0))
+        slogp = slogp.at[:, step].set(jnp.where(active, slp, 0.0))
+        ended = jnp.any(token[:, None] == eos[None, :], axis=1)
+        if config.stop_sequences:
+            ended = ended | _stop_hit(tokens, step, config.stop_sequences)
+        done = done | (active & ended)
+        position = (next_position + step)[:, None]
+        logits, cache = forward_with_cache(
+            model, token[:, None], position, active[:, None], cache, prompt_len + step
+        )
+        logits = shard(logits[:, 0, :], ("batch", "act_vocab"))
+        return step + 1, logits, done, (tokens, mask, logp, slogp), cache
+
+    def cond(carry):
+        step, _, done, _, _ = carry
+        return (step < new) & ~jnp.all(done)
+
+    buffers = (
+        jnp.full((rows, new), config.pad_id, jnp.int32),
+        jnp.zeros((rows, new), bool),
+        jnp.zeros((rows, new), jnp.float32),
+        jnp.zeros((rows, new), jnp.float32),
+    )
+    carry = (jnp.zeros((), jnp.int32), last_logits, jnp.zeros((rows,), bool), buffers, cache)
+    _, _, done, (tokens, mask, logp, slogp), _ = jax.lax.while_loop(cond, body, carry)
+    lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
+    return SampleOutput(
+        tokens=tokens,
+        mask=mask,
+        lengths=lengths,
+        truncated=~done,
+        logprobs=logp,
+        sampling_logprobs=slogp,
+        prompt_index=jnp.repeat(jnp.arange(num_prompts, dtype=jnp.int32), group),
+    )
+
+
+def make_sampler(graphdef: nnx.GraphDef, config: SamplingConfig, **jit_kwargs: Any):
+    """A jitted `fn(state, prompt_tokens, prompt_mask, key, row_ids=None) -> SampleOutput` for a
+    model split with `nnx.split` (one compilation per input shape)."""
+
+    def run(state, prompt_tokens, prompt_mask, key, row_ids=None):
+        return sample(nnx.merge(graphdef, state), prompt_tokens, prompt_mask, key, config, row_ids)
+
+    return jax.jit(run, **jit_kwargs)
+
+
+# ----------------------------------------------------------------------------- text level
+def bucket_length(length: int, multiple: int = 16) -> int:
+    """Prompt bucket: the next multiple of `multiple` (so few shapes get compiled)."""
+    return max(multiple, -(-length // multiple) * multiple)
+
+
+def left_pad(
+    sequences: Sequence[Sequence[int]], length: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads token lists to int32[N, length] with a bool mask; raises if one is too long."""
+    tokens = np.full((len(sequences), length), pad_id, np.int32)
+    mask = np.zeros((len(sequences), length), bool)
+    for i, seq in enumerate(sequences):
+        if len(seq) > length:
+            raise ValueError(f"prompt {i} has {len(seq)} tokens, more than the bucket {length}")
+        if len(seq):
+            tokens[i, length - len(seq) :] = seq
+            mask[i, length - len(seq) :] = True
+    return tokens, mask
+
+
+def generate(
+    model: Transformer,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    greedy: bool = False,
+    seed: int = 0,
+    stop_strings: Sequence[str] = (),
+) -> list[list[str]]:
+    """Text in, text out, for notebooks and evaluation: `[prompt][sample] -> completion`.
+
+    `tokenizer` needs `encode(str) -> list[int]`, `decode(list[int]) -> str`, `pad_id` and
+    `eos_id` (None or missing: no EOS). Completions are decoded up to and including the end
+    token. Compiles once per (number of prompts, prompt bucket, max_new_tokens).
+    """
+    encoded = [list(tokenizer.encode(p)) for p in prompts]
+    length = bucket_length(max(len(e) for e in encoded))
+    tokens, mask = left_pad(encoded, length, tokenizer.pad_id)
+    eos_id = getattr(tokenizer, "eos_id", None)
+    config = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        num_samples=num_samples,
+        temperature=temperature if not greedy else 1.0,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        greedy=greedy,
+        eos_ids=() if eos_id is None else (int(eos_id),),
+        stop_sequences=tuple(tuple(tokenizer.encode(s)) for s in stop_strings),
+        pad_id=tokenizer.pad_id,
+    )
+    graphdef, state = nnx.split(model)
+    out = make_sampler(graphdef, config)(
+        state, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(seed)
+    )
+    out_tokens, out_mask = np.asarray(out.tokens), np.asarray(out.mask)
+    texts = [tokenizer.decode(out_tokens[r][out_mask[r]].tolist()) for r in range(len(out_tokens))]
+    return [texts[p * num_samples : (p + 1) * num_samples] for p in range(len(prompts))]

@@ -1,0 +1,208 @@
+"""The KV-cache sampler against full forwards, NumPy filter references and statistics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from r1 import sharding, testing
+from r1.models.transformer import Transformer
+from r1.sampling import SamplingConfig, cache_bytes_per_token, filters, generate, init_cache
+from r1.sampling.sampler import left_pad, make_sampler
+
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]]
+CONFIGS = {"dense": testing.tiny_dense_config, "moe_mla": testing.tiny_moe_config}
+
+
+def _model(name, seed=0):
+    return Transformer(CONFIGS[name](), rngs=nnx.Rngs(seed))
+
+
+def _run(model, config, prompts=PROMPTS, bucket=8, seed=0, row_ids=None):
+    tokens, mask = left_pad(prompts, bucket, 0)
+    graphdef, state = nnx.split(model)
+    fn = make_sampler(graphdef, config)
+    return fn(state, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(seed), row_ids)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_greedy_equals_full_forward_argmax(name):
+    model = _model(name)
+    steps = 6
+    out = _run(model, SamplingConfig(max_new_tokens=steps, greedy=True))
+    for row, prompt in enumerate(PROMPTS):
+        seq = list(prompt)
+        for t in range(steps):
+            logits = model(jnp.asarray([seq]))[0, -1]
+            token = int(jnp.argmax(logits))
+            assert token == int(out.tokens[row, t]), (row, t)
+            logp = float(jax.nn.log_softmax(logits)[token])
+            assert abs(logp - float(out.logprobs[row, t])) < 1e-4
+            seq.append(token)
+    assert bool(out.mask.all()) and bool(out.truncated.all())
+    np.testing.assert_array_equal(out.lengths, [steps] * 3)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_sampled_logprobs_equal_teacher_forcing(name):
+    model = _model(name, seed=1)
+    config = SamplingConfig(max_new_tokens=7, num_samples=2, temperature=0.7, top_k=20)
+    out = _run(model, config, seed=3)
+    for row in range(len(PROMPTS) * 2):
+        prompt = PROMPTS[row // 2]
+        completion = np.asarray(out.tokens[row])[np.asarray(out.mask[row])].tolist()
+        logits = model(jnp.asarray([prompt + completion]))[0]
+        start = len(prompt) - 1
+        step_logits = logits[start : start + len(completion)]
+        idx = jnp.asarray(completion)[:, None]
+        raw = jnp.take_along_axis(jax.nn.log_softmax(step_logits), idx, 1)[:, 0]
+        filtered = filters.apply_filters(step_logits, 0.7, 20)
+        sampled = jnp.take_along_axis(jax.nn.log_softmax(filtered), idx, 1)[:, 0]
+        n = len(completion)
+        np.testing.assert_allclose(out.logprobs[row, :n], raw, atol=1e-4)
+        np.testing.assert_allclose(out.sampling_logprobs[row, :n], sampled, atol=1e-4)
+
+
+def test_eos_and_multi_token_stop_sequences():
+    model = _model("dense")
+    free = _run(model, SamplingConfig(max_new_tokens=8, greedy=True))
+    t = np.asarray(free.tokens)
+    eos = int(t[0, 2])
+    stop = (int(t[1, 2]), int(t[1, 3]))
+    assert eos not in t[0, :2]
+    config = SamplingConfig(
+        max_new_tokens=8, greedy=True, eos_ids=(eos,), stop_sequences=(stop,), pad_id=0
+    )
+    out = _run(model, config)
+    tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
+    # row 0 ends with its EOS (included), then only padding
+    np.testing.assert_array_equal(tokens[0, :3], t[0, :3])
+    assert mask[0].tolist() == [True] * 3 + [False] * 5 and (tokens[0, 3:] == 0).all()
+    assert int(out.lengths[0]) == 3 and not bool(out.truncated[0])
+    assert (out.logprobs[0, 3:] == 0).all()
+    # row 1 ends after the two-token stop sequence (unless it met EOS first)
+    first_eos = [i for i in range(8) if t[1, i] == eos]
+    end = min([3] + first_eos)
+    assert int(out.lengths[1]) == end + 1 and not bool(out.truncated[1])
+    assert (tokens[1, end + 1 :] == 0).all()
+
+
+def test_group_sampling_prefills_once_and_rows_are_independent():
+    model = _model("dense")
+    greedy = _run(model, SamplingConfig(max_new_tokens=5, num_samples=3, greedy=True))
+    tokens = np.asarray(greedy.tokens).reshape(3, 3, 5)
+    assert (tokens == tokens[:, :1]).all()  # every group member equals the first
+    np.testing.assert_array_equal(greedy.prompt_index, [0, 0, 0, 1, 1, 1, 2, 2, 2])
+
+    config = SamplingConfig(max_new_tokens=5, num_samples=4)
+    batch = _run(model, config)
+    rows = np.asarray(batch.tokens).reshape(3, 4, 5)
+    assert len({tuple(r) for r in rows[0]}) > 1  # samples within a group differ
+    # the same prompt alone, with the row ids it had in the batch, samples the same tokens
+    alone = _run(model, config, prompts=[PROMPTS[1]], row_ids=jnp.arange(4, 8))
+    np.testing.assert_array_equal(np.asarray(alone.tokens), rows[1])
+
+
+def _numpy_top_p(logits, p):
+    out = np.full_like(logits, -np.inf)
+    for i, row in enumerate(logits):
+        probs = np.exp(row - row.max())
+        probs /= probs.sum()
+        order = np.argsort(-probs, kind="stable")
+        mass = 0.0
+        for j in order:
+            if mass >= p:
+                break
+            out[i, j] = row[j]
+            mass += probs[j]
+        # ties with the last kept probability are kept too
+        kept = probs[out[i] > -np.inf].min()
+        out[i, probs >= kept] = row[probs >= kept]
+    return out
+
+
+def test_filters_match_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(16, 50)).astype(np.float32) * 2
+    for k in (1, 5, 49):
+        ours = np.asarray(filters.top_k_filter(jnp.asarray(logits), k))
+        kth = np.sort(logits, axis=1)[:, -k][:, None]
+        np.testing.assert_array_equal(ours, np.where(logits >= kth, logits, -np.inf))
+    for p in (0.1, 0.5, 0.9):
+        ours = np.asarray(filters.top_p_filter(jnp.asarray(logits), p))
+        np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(_numpy_top_p(logits, p)))
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    ours = np.asarray(filters.min_p_filter(jnp.asarray(logits), 0.2))
+    np.testing.assert_array_equal(np.isfinite(ours), probs >= 0.2 * probs.max(1, keepdims=True))
+    np.testing.assert_allclose(filters.apply_temperature(jnp.asarray(logits), 0.5), logits * 2)
+    with pytest.raises(ValueError, match="temperature"):
+        filters.apply_temperature(jnp.asarray(logits), 0.0)
+
+
+def test_sampled_frequencies_pass_chi_square():
+    probs = np.array([0.05, 0.1, 0.15, 0.3, 0.4])
+    n = 20000
+    logits = jnp.tile(jnp.log(jnp.asarray(probs, jnp.float32))[None], (n, 1))
+    keys = jax.random.split(jax.random.key(7), n)
+    draws = np.asarray(filters.sample_rows(keys, logits))
+    counts = np.bincount(draws, minlength=5)
+    chi2 = float(((counts - n * probs) ** 2 / (n * probs)).sum())
+    assert chi2 < 18.47  # 4 degrees of freedom, p = 0.001
+    # top-k then renormalised: only the top 2 appear, in ratio 3:4
+    filtered = filters.top_k_filter(logits, 2)
+    draws = np.asarray(filters.sample_rows(keys, filtered))
+    counts = np.bincount(draws, minlength=5)
+    assert counts[:3].sum() == 0
+    expected = n * np.array([0.3, 0.4]) / 0.7
+    assert float(((counts[3:] - expected) ** 2 / expected).sum()) < 10.83  # 1 dof, p = 0.001
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_sharded_mesh_gives_the_single_device_output(name, devices):
+    config = SamplingConfig(max_new_tokens=6, num_samples=2, greedy=True)
+    prompts = PROMPTS + [[20, 21, 22]]
+    single = _run(_model(name), config, prompts=prompts)
+    mesh_cfg = sharding.MeshConfig(data=2, fsdp=2, tensor=2)
+    if name == "moe_mla":
+        mesh_cfg = sharding.MeshConfig(data=2, expert=2, tensor=2, fsdp=1)
+    mesh = sharding.make_mesh(mesh_cfg)
+    model = sharding.create_sharded_model(lambda: _model(name), mesh)
+    with sharding.use_mesh(mesh):
+        sharded = _run(model, config, prompts=prompts)
+    np.testing.assert_array_equal(np.asarray(sharded.tokens), np.asarray(single.tokens))
+    np.testing.assert_allclose(sharded.logprobs, single.logprobs, atol=1e-4)
+
+
+def test_mla_cache_holds_only_latent_and_rope_key():
+    cfg = testing.tiny_moe_config()
+    cache = init_cache(cfg, batch=2, max_len=10, dtype="bfloat16")
+    expected = (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * cfg.num_layers * 2
+    assert cache_bytes_per_token(cache) == expected
+    assert set(cache["layers"][0]) == {"kv_latent", "k_rope"}
+    dense = testing.tiny_dense_config()
+    gqa = init_cache(dense, batch=2, max_len=10)
+    assert cache_bytes_per_token(gqa) == 2 * dense.num_kv_heads * dense.head_dim * 2 * 4
+
+
+def test_generate_text_level():
+    tokenizer = testing.DummyTokenizer()
+    model = Transformer(
+        testing.tiny_dense_config(vocab_size=tokenizer.vocab_size), rngs=nnx.Rngs(0)
+    )
+    texts = generate(model, tokenizer, ["12+3=", "hello"], max_new_tokens=5, num_samples=2, seed=1)
+    assert len(texts) == 2 and all(len(group) == 2 for group in texts)
+    assert all(isinstance(t, str) for group in texts for t in group)
+    greedy = generate(model, tokenizer, ["12+3="], max_new_tokens=5, greedy=True)
+    again = generate(model, tokenizer, ["12+3="], max_new_tokens=5, greedy=True)
+    assert greedy == again
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        SamplingConfig(max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="too long|more than the bucket"):
+        left_pad([[1, 2, 3]], 2, 0)
