@@ -41,6 +41,7 @@ setup(
             "torch==2.13.0",
             "transformers>=5.0",
             "ruff",
+            "trl>=1.16,<2",
         ],
     },
 )

@@ -4,10 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch as torch
+import transformers as transformers
 from flax import nnx
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 from r1 import sharding, testing  # noqa: E402
 from r1.models import hf  # noqa: E402

@@ -7,10 +7,9 @@ import shutil
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch as torch
+import transformers as transformers
 from jax.sharding import PartitionSpec as P
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 from r1 import sharding  # noqa: E402
 from r1.models import hf  # noqa: E402

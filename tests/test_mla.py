@@ -9,7 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch as torch
+import transformers.models.deepseek_v3.modeling_deepseek_v3 as hf_ds3
 from flax import nnx
+from transformers import DeepseekV3Config  # noqa: E402
+from transformers.modeling_rope_utils import _compute_yarn_parameters  # noqa: E402
 
 import r1.sharding
 from r1.models.attention import make_attention_mask
@@ -17,11 +21,6 @@ from r1.models.config import RopeScaling
 from r1.models.layers import rope_frequencies
 from r1.models.mla import MLAttention, mla_softmax_scale
 from r1.testing import tiny_moe_config
-
-torch = pytest.importorskip("torch")
-hf_ds3 = pytest.importorskip("transformers.models.deepseek_v3.modeling_deepseek_v3")
-from transformers import DeepseekV3Config  # noqa: E402
-from transformers.modeling_rope_utils import _compute_yarn_parameters  # noqa: E402
 
 B, T = 3, 10
 

@@ -80,7 +80,7 @@ def _by_expert(idx, w, e):
 
 # ------------------------------------------------------------------ 1. transformers parity
 def _hf_moe(cfg, seed):
-    torch = pytest.importorskip("torch")
+    import torch as torch
     from transformers import DeepseekV3Config
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
