@@ -30,6 +30,7 @@ setup(
         "tqdm",
         "tensorboardX",
         "matplotlib",
+        "math-verify>=0.9",
     ],
     extras_require={
         "data": ["seqio", "tensorflow-datasets"],

@@ -28,10 +28,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW_TOKENS = 256
 PROMPT_LEN = 16
 SIZES = {
-    "tiny": dict(vocab_size=512, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, intermediate_size=512),
-    "small": dict(vocab_size=32000, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
-                  num_key_value_heads=4, intermediate_size=1408),
+    "tiny": dict(
+        vocab_size=512,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=512,
+    ),
+    "small": dict(
+        vocab_size=32000,
+        hidden_size=512,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        intermediate_size=1408,
+    ),
 }
 R1_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
 
@@ -43,6 +55,11 @@ def _prompts(batch: int, vocab: int):
 
 
 def _peak_mib() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss would include the parent's)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -54,8 +71,12 @@ def worker_transformers(path: str, size: str, batch: int, threads: int, repeats:
     model = transformers.Qwen2ForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     prompts = torch.tensor(_prompts(batch, SIZES[size]["vocab_size"]), dtype=torch.long)
     kwargs = dict(
-        max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-        attention_mask=torch.ones_like(prompts), pad_token_id=0, eos_token_id=None,
+        max_new_tokens=NEW_TOKENS,
+        min_new_tokens=NEW_TOKENS,
+        do_sample=False,
+        attention_mask=torch.ones_like(prompts),
+        pad_token_id=0,
+        eos_token_id=None,
     )
     with torch.inference_mode():
         model.generate(prompts, **{**kwargs, "max_new_tokens": 8, "min_new_tokens": 8})
@@ -66,8 +87,11 @@ def worker_transformers(path: str, size: str, batch: int, threads: int, repeats:
             times.append(time.perf_counter() - start)
     assert out.shape[1] == PROMPT_LEN + NEW_TOKENS
     seconds = statistics.median(times)
-    return {"tokens_per_sec": batch * NEW_TOKENS / seconds, "peak_mib": _peak_mib(),
-            "first_tokens": out[0, PROMPT_LEN:PROMPT_LEN + 8].tolist()}
+    return {
+        "tokens_per_sec": batch * NEW_TOKENS / seconds,
+        "peak_mib": _peak_mib(),
+        "first_tokens": out[0, PROMPT_LEN : PROMPT_LEN + 8].tolist(),
+    }
 
 
 def worker_r1(path: str, size: str, batch: int, repeats: int) -> dict:
@@ -96,8 +120,12 @@ def worker_r1(path: str, size: str, batch: int, repeats: int) -> dict:
         times.append(time.perf_counter() - start)
     assert int(out.lengths.min()) == NEW_TOKENS
     seconds = statistics.median(times)
-    return {"tokens_per_sec": batch * NEW_TOKENS / seconds, "peak_mib": _peak_mib(),
-            "compile_s": compile_s, "first_tokens": out.tokens[0, :8].tolist()}
+    return {
+        "tokens_per_sec": batch * NEW_TOKENS / seconds,
+        "peak_mib": _peak_mib(),
+        "compile_s": compile_s,
+        "first_tokens": out.tokens[0, :8].tolist(),
+    }
 
 
 def worker_matmul_peak() -> dict:
@@ -122,7 +150,10 @@ def _spawn(args: list[str], env_extra: dict | None = None) -> dict:
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--worker", *args],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{proc.stderr[-3000:]}")
@@ -136,8 +167,9 @@ def _save_weights(directory: str) -> dict[str, str]:
     paths = {}
     for size, dims in SIZES.items():
         torch.manual_seed(0)
-        cfg = transformers.Qwen2Config(**dims, max_position_embeddings=1024,
-                                       tie_word_embeddings=False)
+        cfg = transformers.Qwen2Config(
+            **dims, max_position_embeddings=1024, tie_word_embeddings=False
+        )
         model = transformers.Qwen2ForCausalLM(cfg)
         paths[size] = os.path.join(directory, size)
         model.save_pretrained(paths[size])
@@ -146,7 +178,12 @@ def _save_weights(directory: str) -> dict[str, str]:
 
 def _non_embedding_flops_per_token(size: str) -> float:
     d = SIZES[size]
-    h, layers, f, v = d["hidden_size"], d["num_hidden_layers"], d["intermediate_size"], d["vocab_size"]
+    h, layers, f, v = (
+        d["hidden_size"],
+        d["num_hidden_layers"],
+        d["intermediate_size"],
+        d["vocab_size"],
+    )
     head = h // d["num_attention_heads"]
     attn = h * head * (d["num_attention_heads"] * 2 + d["num_key_value_heads"] * 2)
     return 2.0 * (layers * (attn + 3 * h * f) + h * v)
@@ -161,8 +198,10 @@ def main() -> None:
         print(f"float32 matmul peak (jax, 2048^3): {peak:.1f} GFLOP/s")
         for size in ("tiny", "small"):
             for batch in (32, 1):
-                r1 = _spawn(["r1", paths[size], size, str(batch), str(repeats[size])],
-                            {"XLA_FLAGS": R1_XLA_FLAGS if size == "tiny" else ""})
+                r1 = _spawn(
+                    ["r1", paths[size], size, str(batch), str(repeats[size])],
+                    {"XLA_FLAGS": R1_XLA_FLAGS if size == "tiny" else ""},
+                )
                 peers = {
                     t: _spawn(["hf", paths[size], size, str(batch), str(t), str(repeats[size])])
                     for t in (1, 2)

@@ -1,0 +1,363 @@
+"""The GRPO iteration as ONE compiled program.
+
+    sample G completions per prompt (KV-cache sampler, pi_old log-probs from the sampler)
+    -> rewards (jax.numpy rewards fused; text rewards through jax.pure_callback)
+    -> group advantages -> reference log-probs (skipped when beta == 0)
+    -> mu iterations x M mini-batches of optax updates (lax.scan)
+    -> MoE balancing-bias update -> reference refresh every N steps -> metrics
+
+`make_grpo_step(...)` returns a jitted `step(state, batch) -> (state, metrics, rollout)` with
+explicit in/out shardings and the train state donated.
+
+Memory plan (pod scale): the policy forward over [B, L + N] tokens is the largest activation;
+`ModelConfig.remat_policy` rematerialises each decoder layer, mini-batches (`num_minibatches`)
+bound the rows in one backward pass, the sampler holds only the KV cache (MLA: the latent), and
+parameters, optimizer state and the reference copy are sharded by the same logical-axis rules
+(fsdp / expert / tensor). `experiments/aot.py` (a later issue) compiles this exact step for TPU
+topologies and reports per-chip bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from r1 import sharding
+from r1.models.moe import update_model_routing_biases
+from r1.rl.grpo import (
+    GRPOLossConfig,
+    effective_mask,
+    entropy_from_logits,
+    group_advantages,
+    grpo_loss,
+    loss_denominator,
+    token_logprobs,
+    zero_variance_groups,
+)
+from r1.sampling.sampler import SamplingConfig, sample
+
+Batch = dict[str, jax.Array]
+# (completion tokens int32[B, N], completion mask bool[B, N], truncated bool[B], per-row fields)
+#   -> (total reward float32[B], {name: float32[B]})
+RewardFn = Callable[
+    [jax.Array, jax.Array, jax.Array, dict[str, jax.Array]],
+    tuple[jax.Array, dict[str, jax.Array]],
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """Static settings of the GRPO step.
+
+    group_size: G completions per prompt. sampling: how completions are drawn (its num_samples
+    must equal group_size). num_iterations: mu, passes over each rollout. num_minibatches: M,
+    optimizer updates per pass (B = P * G must be divisible by M * G so groups stay whole).
+    ref_update_every: replace the reference by the policy every this many steps (0: never; R1
+    used 400). accuracy_reward: the reward whose mean is reported as `accuracy` (a 0/1 reward).
+    """
+
+    group_size: int = 8
+    sampling: SamplingConfig = SamplingConfig(num_samples=8)
+    loss: GRPOLossConfig = GRPOLossConfig()
+    advantage_method: str = "std"
+    num_iterations: int = 1
+    num_minibatches: int = 1
+    ref_update_every: int = 0
+    accuracy_reward: str | None = None
+
+    def __post_init__(self):
+        if self.sampling.num_samples != self.group_size:
+            raise ValueError(
+                f"GRPOConfig: sampling.num_samples={self.sampling.num_samples} must equal "
+                f"group_size={self.group_size}"
+            )
+        if self.num_iterations < 1 or self.num_minibatches < 1:
+            raise ValueError("GRPOConfig: num_iterations and num_minibatches must be >= 1")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    """Everything a GRPO run carries from step to step (a pytree; checkpointed whole).
+
+    params: the policy's `nnx.Param`s. extra: its other variables (MoE routing biases).
+    ref_params: the frozen reference policy's params (None when beta == 0).
+    """
+
+    step: jax.Array
+    params: Any
+    extra: Any
+    opt_state: Any
+    rng: jax.Array
+    ref_params: Any = None
+
+
+def init_train_state(
+    model: nnx.Module, optimizer: optax.GradientTransformation, seed: int, with_reference: bool
+) -> tuple[nnx.GraphDef, TrainState]:
+    """Splits `model` into (graphdef, TrainState) with a fresh optimizer state."""
+    graphdef, params, extra = nnx.split(model, nnx.Param, ...)
+    ref = jax.tree.map(jnp.copy, params) if with_reference else None
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        extra=extra,
+        opt_state=optimizer.init(params),
+        rng=jax.random.key_data(jax.random.key(seed)),
+        ref_params=ref,
+    )
+    return graphdef, state
+
+
+def train_state_shardings(
+    state: TrainState, optimizer: optax.GradientTransformation, mesh: Mesh
+) -> TrainState:
+    """NamedShardings for every leaf of `state`: params (and the reference) by the logical-axis
+    rules, optimizer moments like their parameters, scalars replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    param_sh = sharding.state_shardings(state.params, mesh)
+    opt_sh = optax.tree_map_params(
+        optimizer,
+        lambda _, s: s,
+        state.opt_state,
+        param_sh,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+    return TrainState(
+        step=replicated,
+        params=param_sh,
+        extra=sharding.state_shardings(state.extra, mesh),
+        opt_state=opt_sh,
+        rng=replicated,
+        ref_params=None if state.ref_params is None else param_sh,
+    )
+
+
+def _full_sequences(prompt_tokens, prompt_mask, completion, completion_mask, group):
+    """Prompt (left-padded, repeated per group row) + completion: tokens int32[B, L + N],
+    mask bool[B, L + N] and positions int32[B, L + N]."""
+    tokens = jnp.concatenate([jnp.repeat(prompt_tokens, group, axis=0), completion], axis=1)
+    mask = jnp.concatenate(
+        [jnp.repeat(prompt_mask.astype(bool), group, axis=0), completion_mask], axis=1
+    )
+    positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+    return tokens, mask, positions
+
+
+def completion_logprobs(model, tokens, mask, positions, prompt_len: int, completion):
+    """Log-probs float32[B, N] of the completion tokens, the completion logits and the MoE
+    statistics of this forward pass."""
+    output = model.forward(tokens, positions=positions, attention_mask=mask)
+    n = completion.shape[1]
+    logits = output.logits[:, prompt_len - 1 : prompt_len - 1 + n]
+    return token_logprobs(logits, completion), logits, output.moe
+
+
+def _moe_means(moe_stats: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    if not moe_stats:
+        return {}
+    return {
+        "moe/max_mean_load_ratio": jnp.mean(
+            jnp.stack([s["max_mean_load_ratio"] for s in moe_stats])
+        ),
+        "moe/dead_expert_fraction": jnp.mean(
+            jnp.stack([s["dead_expert_fraction"] for s in moe_stats])
+        ),
+    }
+
+
+def grpo_step_fn(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    config: GRPOConfig,
+    reward_fn: RewardFn,
+    bias_update_rate: float = 0.0,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array], dict[str, jax.Array]]]:
+    """The un-jitted step (for `jax.jit(...).lower(...)`, tests and AOT compilation).
+
+    batch: {"prompt_tokens": int32[P, L] left-padded, "prompt_mask": bool[P, L], plus any
+    per-prompt fields [P, ...] handed to the rewards (repeated to [B, ...])}.
+    """
+    group = config.group_size
+    loss_cfg = config.loss
+    minibatch_cfg = dataclasses.replace(
+        loss_cfg, mask_truncated=False, drop_zero_variance_groups=False
+    )
+
+    def step(state: TrainState, batch: Batch):
+        prompt_tokens, prompt_mask = batch["prompt_tokens"], batch["prompt_mask"]
+        num_prompts, prompt_len = prompt_tokens.shape
+        rows = num_prompts * group
+        if rows % (config.num_minibatches * group):
+            raise ValueError(
+                f"GRPO step: {num_prompts} prompts x {group} rows cannot be split into "
+                f"{config.num_minibatches} mini-batches of whole groups"
+            )
+        rng = jax.random.wrap_key_data(state.rng)
+        rng, sample_key = jax.random.split(rng)
+
+        policy = nnx.merge(graphdef, state.params, state.extra)
+        rollout = sample(policy, prompt_tokens, prompt_mask, sample_key, config.sampling)
+        completion, cmask = rollout.tokens, rollout.mask
+        fields = {
+            k: jnp.repeat(v, group, axis=0)
+            for k, v in batch.items()
+            if k not in ("prompt_tokens", "prompt_mask")
+        }
+        rewards, reward_parts = reward_fn(completion, cmask, rollout.truncated, fields)
+        rewards = rewards.astype(jnp.float32)
+        rewards_pg = rewards.reshape(num_prompts, group)
+        advantages = group_advantages(rewards_pg, method=config.advantage_method).reshape(rows)
+
+        tokens, mask, positions = _full_sequences(
+            prompt_tokens, prompt_mask, completion, cmask, group
+        )
+        if loss_cfg.beta > 0:
+            reference = nnx.merge(graphdef, state.ref_params, state.extra)
+            ref_logp, _, _ = completion_logprobs(
+                reference, tokens, mask, positions, prompt_len, completion
+            )
+            ref_logp = jax.lax.stop_gradient(ref_logp)
+        else:
+            ref_logp = None
+        loss_mask = effective_mask(
+            cmask, config=loss_cfg, truncated=rollout.truncated, rewards=rewards_pg
+        )
+        denominator = loss_denominator(loss_mask, config=loss_cfg) / config.num_minibatches
+        old_logp = jax.lax.stop_gradient(rollout.logprobs)
+        per_mb = rows // config.num_minibatches
+
+        def rows_of(x, index):
+            return jax.lax.dynamic_slice_in_dim(x, index * per_mb, per_mb, axis=0)
+
+        def update(carry, index):
+            params, opt_state = carry
+
+            def loss_fn(p):
+                model = nnx.merge(graphdef, p, state.extra)
+                logp, logits, moe = completion_logprobs(
+                    model,
+                    rows_of(tokens, index),
+                    rows_of(mask, index),
+                    rows_of(positions, index),
+                    prompt_len,
+                    rows_of(completion, index),
+                )
+                loss, metrics = grpo_loss(
+                    logp,
+                    rows_of(old_logp, index),
+                    None if ref_logp is None else rows_of(ref_logp, index),
+                    rows_of(advantages, index),
+                    rows_of(loss_mask, index),
+                    config=minibatch_cfg,
+                    denominator=denominator,
+                )
+                moe_loss = sum((s["balance_loss"] for s in moe), jnp.zeros((), jnp.float32))
+                ent = entropy_from_logits(jax.lax.stop_gradient(logits), rows_of(cmask, index))
+                metrics["entropy"] = jnp.sum(ent) / jnp.maximum(jnp.sum(rows_of(cmask, index)), 1)
+                loads = [s["expert_load"] for s in moe]
+                metrics.update(_moe_means(moe))
+                return loss + moe_loss, (metrics, loads)
+
+            (loss, (metrics, loads)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            metrics["grad_norm"] = optax.global_norm(grads)
+            return (params, opt_state), (metrics, loads)
+
+        indices = jnp.tile(jnp.arange(config.num_minibatches), config.num_iterations)
+        (params, opt_state), (mb_metrics, mb_loads) = jax.lax.scan(
+            update, (state.params, state.opt_state), indices
+        )
+        metrics = {k: jnp.mean(v) for k, v in mb_metrics.items()}
+
+        extra = state.extra
+        if bias_update_rate and mb_loads:
+            model = nnx.merge(graphdef, params, extra)
+            stats = [{"expert_load": jnp.sum(load, axis=0)} for load in mb_loads]
+            update_model_routing_biases(model, stats, bias_update_rate)
+            _, _, extra = nnx.split(model, nnx.Param, ...)
+
+        new_step = state.step + 1
+        ref_params = state.ref_params
+        if ref_params is not None and config.ref_update_every > 0:
+            refresh = (new_step % config.ref_update_every) == 0
+            ref_params = jax.tree.map(lambda p, r: jnp.where(refresh, p, r), params, ref_params)
+
+        lengths = rollout.lengths.astype(jnp.float32)
+        metrics.update(
+            {
+                "reward/total": jnp.mean(rewards),
+                "reward/std": jnp.std(rewards),
+                "response_length/mean": jnp.mean(lengths),
+                "response_length/max": jnp.max(lengths),
+                "truncated_frac": jnp.mean(rollout.truncated.astype(jnp.float32)),
+                "zero_variance_group_frac": jnp.mean(
+                    zero_variance_groups(rewards_pg).astype(jnp.float32)
+                ),
+                "generated_tokens": jnp.sum(lengths),
+            }
+        )
+        for name, values in reward_parts.items():
+            metrics[f"reward/{name}"] = jnp.mean(values.astype(jnp.float32))
+        if config.accuracy_reward is not None:
+            if config.accuracy_reward not in reward_parts:
+                raise ValueError(
+                    f"GRPOConfig.accuracy_reward={config.accuracy_reward!r} is not among the "
+                    f"rewards {sorted(reward_parts)}"
+                )
+            metrics["accuracy"] = jnp.mean(
+                (reward_parts[config.accuracy_reward] > 0.5).astype(jnp.float32)
+            )
+        new_state = TrainState(
+            step=new_step,
+            params=params,
+            extra=extra,
+            opt_state=opt_state,
+            rng=jax.random.key_data(rng),
+            ref_params=ref_params,
+        )
+        samples = {"tokens": completion, "mask": cmask, "rewards": rewards}
+        return new_state, metrics, samples
+
+    return step
+
+
+def make_grpo_step(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    config: GRPOConfig,
+    reward_fn: RewardFn,
+    mesh: Mesh,
+    state: TrainState,
+    batch: Batch,
+    bias_update_rate: float = 0.0,
+):
+    """The jitted step with explicit shardings (state donated). `state` and `batch` give the
+    structure (abstract values are fine). Call it under `r1.sharding.use_mesh(mesh)`."""
+    fn = grpo_step_fn(graphdef, optimizer, config, reward_fn, bias_update_rate)
+    state_sh = train_state_shardings(state, optimizer, mesh)
+    batch_sh = {
+        k: sharding.named_sharding(("batch",) + (None,) * (v.ndim - 1), v.shape, mesh)
+        for k, v in batch.items()
+    }
+    replicated = NamedSharding(mesh, PartitionSpec())
+    rows = batch["prompt_tokens"].shape[0] * config.group_size
+    new = config.sampling.max_new_tokens
+    tokens_sh = sharding.named_sharding(("batch", None), (rows, new), mesh)
+    rewards_sh = sharding.named_sharding(("batch",), (rows,), mesh)
+    samples_sh = {"tokens": tokens_sh, "mask": tokens_sh, "rewards": rewards_sh}
+    return jax.jit(
+        fn,
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, replicated, samples_sh),
+        donate_argnums=(0,),
+    )

@@ -1,0 +1,165 @@
+"""The compiled GRPO step: one program, sharded == single device, beta/mu behaviour, callbacks."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from r1 import sharding, testing
+from r1.models.transformer import Transformer
+from r1.rl.grpo import GRPOLossConfig
+from r1.rl.step import GRPOConfig, grpo_step_fn, init_train_state, make_grpo_step
+from r1.sampling.sampler import SamplingConfig, left_pad
+
+TARGET = 7
+
+
+def token_reward(tokens, mask, truncated, fields):
+    """Share of generated tokens equal to TARGET, plus an exact-match bonus on the first token
+    against the per-prompt field `first` (a jax.numpy reward, fused into the step)."""
+    hits = jnp.sum((tokens == TARGET) & mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1)
+    exact = (tokens[:, 0] == fields["first"]).astype(jnp.float32)
+    return hits + exact, {"target_share": hits, "exact": exact}
+
+
+def _setup(cfg, *, beta=0.0, mu=1, minibatches=1, eps=0.2, lr=1e-2, group=4, prompts=4):
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    optimizer = optax.adam(lr)
+    graphdef, state = init_train_state(model, optimizer, seed=0, with_reference=beta > 0)
+    config = GRPOConfig(
+        group_size=group,
+        sampling=SamplingConfig(max_new_tokens=6, num_samples=group, temperature=1.0),
+        loss=GRPOLossConfig(beta=beta, eps_low=eps, eps_high=eps),
+        num_iterations=mu,
+        num_minibatches=minibatches,
+        accuracy_reward="exact",
+    )
+    raw = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]][:prompts]
+    tokens, mask = left_pad(raw, 4, 0)
+    batch = {
+        "prompt_tokens": jnp.asarray(tokens),
+        "prompt_mask": jnp.asarray(mask),
+        "first": jnp.asarray([TARGET, 3, TARGET, 4][:prompts], jnp.int32),
+    }
+    return graphdef, state, optimizer, config, batch
+
+
+def test_step_lowers_to_one_program_and_runs_tiny_moe():
+    cfg = testing.tiny_moe_config(bias_update_rate=0.01)
+    graphdef, state, optimizer, config, batch = _setup(cfg, beta=0.01)
+    step = jax.jit(grpo_step_fn(graphdef, optimizer, config, token_reward, 0.01))
+    lowered = step.lower(state, batch)
+    text = lowered.as_text()
+    assert text.count("func.func public @main") == 1
+    assert "stablehlo.while" in text  # the decode loop is inside the same program
+    new_state, metrics, samples = step(state, batch)
+    for key in (
+        "reward/total",
+        "reward/exact",
+        "accuracy",
+        "kl",
+        "clip_frac",
+        "entropy",
+        "response_length/mean",
+        "moe/max_mean_load_ratio",
+        "loss",
+        "grad_norm",
+    ):
+        assert key in metrics and np.isfinite(float(metrics[key])), key
+    assert int(new_state.step) == 1
+    assert samples["tokens"].shape == (16, 6)
+    bias0 = np.asarray(state.extra["layers"][1]["mlp"]["e_score_correction_bias"][...])
+    bias1 = np.asarray(new_state.extra["layers"][1]["mlp"]["e_score_correction_bias"][...])
+    assert not np.array_equal(bias0, bias1)  # the balancing bias moved
+    assert np.allclose(np.abs(bias1 - bias0), 0.01) or np.any(bias1 == bias0)
+
+
+def test_beta_zero_compiles_no_reference_forward():
+    cfg = testing.tiny_dense_config()
+    counts = {}
+    for beta in (0.0, 0.04):
+        graphdef, state, optimizer, config, batch = _setup(cfg, beta=beta)
+        text = (
+            jax.jit(grpo_step_fn(graphdef, optimizer, config, token_reward))
+            .lower(state, batch)
+            .as_text()
+        )
+        counts[beta] = text.count("stablehlo.dot_general")
+    # the reference forward adds one forward's worth of matmuls (2 layers x 7 + lm_head)
+    assert counts[0.04] - counts[0.0] >= 2 * 7 + 1
+
+
+def test_multiple_iterations_move_the_ratio_and_clip():
+    cfg = testing.tiny_dense_config()
+    graphdef, state, optimizer, config, batch = _setup(cfg, mu=4, minibatches=2, eps=0.05, lr=3e-2)
+    step = jax.jit(grpo_step_fn(graphdef, optimizer, config, token_reward))
+    _, metrics, _ = step(state, batch)
+    assert abs(float(metrics["ratio/mean"]) - 1.0) > 1e-3
+    assert float(metrics["clip_frac"]) > 0.0
+    graphdef, state, optimizer, config, batch = _setup(cfg, mu=1)
+    _, metrics, _ = jax.jit(grpo_step_fn(graphdef, optimizer, config, token_reward))(state, batch)
+    assert abs(float(metrics["ratio/mean"]) - 1.0) < 1e-3
+    assert float(metrics["clip_frac"]) == 0.0
+
+
+def test_text_reward_through_pure_callback():
+    cfg = testing.tiny_dense_config()
+    graphdef, state, optimizer, config, batch = _setup(cfg)
+    config = dataclasses.replace(config, accuracy_reward="has_target")
+    seen = []
+
+    def host_reward(tokens, mask):
+        tokens, mask = np.asarray(tokens), np.asarray(mask)
+        texts = [" ".join(map(str, row[m])) for row, m in zip(tokens, mask)]
+        seen.append(len(texts))
+        return np.asarray([float(str(TARGET) in t.split()) for t in texts], np.float32)
+
+    def reward_fn(tokens, mask, truncated, fields):
+        out = jax.pure_callback(
+            host_reward, jax.ShapeDtypeStruct((tokens.shape[0],), jnp.float32), tokens, mask
+        )
+        return out, {"has_target": out}
+
+    step = jax.jit(grpo_step_fn(graphdef, optimizer, config, reward_fn))
+    _, metrics, samples = step(state, batch)
+    assert seen and seen[0] == 16
+    expected = np.mean(
+        [
+            float(TARGET in row[m])
+            for row, m in zip(np.asarray(samples["tokens"]), np.asarray(samples["mask"]))
+        ]
+    )
+    assert abs(float(metrics["reward/has_target"]) - expected) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "mesh_cfg",
+    [sharding.MeshConfig(data=2, fsdp=2, expert=2), sharding.MeshConfig(fsdp=4, tensor=2)],
+    ids=["data2_fsdp2_expert2", "fsdp4_tensor2"],
+)
+def test_sharded_step_matches_single_device(mesh_cfg, devices):
+    cfg = testing.tiny_moe_config()
+    graphdef, state, optimizer, config, batch = _setup(cfg, beta=0.01)
+    single_state, single_metrics, single_samples = jax.jit(
+        grpo_step_fn(graphdef, optimizer, config, token_reward)
+    )(state, batch)
+
+    mesh = sharding.make_mesh(mesh_cfg)
+    graphdef, state, optimizer, config, batch = _setup(cfg, beta=0.01)
+    step = make_grpo_step(graphdef, optimizer, config, token_reward, mesh, state, batch)
+    with sharding.use_mesh(mesh):
+        new_state, metrics, samples = step(state, batch)
+    np.testing.assert_array_equal(
+        np.asarray(samples["tokens"]), np.asarray(single_samples["tokens"])
+    )
+    for key, value in single_metrics.items():
+        np.testing.assert_allclose(
+            float(metrics[key]), float(value), rtol=1e-4, atol=1e-5, err_msg=key
+        )
+    w = new_state.params["layers"][1]["mlp"]["w_up"][...]
+    ref = single_state.params["layers"][1]["mlp"]["w_up"][...]
+    assert np.abs(np.asarray(w) - np.asarray(ref)).max() < 1e-4
