@@ -33,7 +33,7 @@ setup(
         "math-verify>=0.9",
     ],
     extras_require={
-        "data": ["seqio", "tensorflow-datasets"],
+        "data": ["seqio>=0.0.20", "tensorflow-datasets>=4.9", "pyarrow>=14"],
         # torch is only ever a test-time reference; 2.13.0 is the CPU build on these machines.
         "test": [
             "pytest",
@@ -43,6 +43,7 @@ setup(
             "transformers>=5.0",
             "ruff",
             "trl>=1.16,<2",
+            "pyarrow>=14",
         ],
     },
 )

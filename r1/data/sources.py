@@ -1,0 +1,441 @@
+r"""Question/answer sources from local files (JSONL, JSON, Parquet) and TFDS, schema-checked.
+
+Layouts (`LAYOUTS`):
+* "gsm8k": `question`, `answer` whose last line is `#### 42`; the gold answer is the number
+  after `####` (thousands separators removed); difficulty = number of solution lines (steps).
+* "math": `problem`, `solution` with the final answer in the last `\boxed{...}` (nested braces
+  handled; `\fbox{}` and `\boxed 5` too); difficulty = `level` ("Level 3" -> 3) when present.
+* "r1": rows already in r1's form, `prompt` and `answer` (e.g. written by
+  `r1.data.procedural`), optional `difficulty`, `task`, `id`.
+* "auto" (default): the first layout whose fields the file's first usable row has.
+
+Every row becomes `{"prompt", "answer", "difficulty", "task", "id", ...}`. Rows with missing
+fields or an unparsable answer are skipped and counted in a `LoadReport` (reason -> count; the
+first few reasons are logged with their line numbers). A file with no valid row at all (wrong
+layout, not JSON, empty) raises `ValueError` naming the file.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("gsm8k", "math", "r1")
+_REQUIRED = {
+    "gsm8k": ("question", "answer"),
+    "math": ("problem", "solution"),
+    "r1": ("prompt", "answer"),
+}
+
+
+class RowError(ValueError):
+    """Why one row was skipped; `reason` is a short category used for counting."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+# ------------------------------------------------------------------------------ answer extraction
+_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
+
+
+def extract_gsm8k_answer(solution: str) -> str:
+    """The gold answer of a GSM8K solution: the text after the last `####`, as a number string.
+
+    Raises `RowError` when there is no `####` or what follows is not a number.
+    """
+    if "####" not in solution:
+        raise RowError("no '####' in answer")
+    text = solution.rsplit("####", 1)[1].strip()
+    text = text.replace(",", "").replace("$", "").rstrip(".").strip()
+    if not _NUMBER.match(text):
+        raise RowError("answer after '####' is not a number", repr(text[:40]))
+    return text
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the last `\boxed{...}` / `\fbox{...}` in `text` (braces balanced), or of
+    `\boxed x` (up to the next space or `$`); None when there is none or it is unbalanced."""
+    starts = [m for m in re.finditer(r"\\(?:boxed|fbox)\s*(\{)?", text)]
+    for m in reversed(starts):
+        if m.group(1) is None:
+            rest = text[m.end() :]
+            token = re.match(r"[^\s$]+", rest)
+            if token and m.group(0).endswith((" ", "\t")):
+                return token.group(0)
+            continue
+        depth, i = 1, m.end()
+        while i < len(text):
+            c = text[i]
+            if c == "\\" and i + 1 < len(text):  # skip escaped characters such as \{ \}
+                i += 2
+                continue
+            if c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[m.end() : i]
+            i += 1
+        return None  # the last \boxed is unbalanced: do not fall back to an earlier one
+    return None
+
+
+def extract_math_answer(solution: str) -> str:
+    r"""The gold answer of a MATH solution: the content of its last `\boxed{}` (stripped)."""
+    boxed = last_boxed(solution)
+    if boxed is None:
+        raise RowError("no \\boxed{} answer in solution")
+    boxed = boxed.strip()
+    if not boxed:
+        raise RowError("empty \\boxed{} answer")
+    return boxed
+
+
+# ------------------------------------------------------------------------------ row conversion
+def _text_field(raw: dict[str, Any], key: str) -> str:
+    if key not in raw or raw[key] is None:
+        raise RowError(f"missing field '{key}'")
+    value = raw[key]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise RowError(f"field '{key}' is not text", type(value).__name__)
+    value = str(value)
+    if not value.strip():
+        raise RowError(f"empty field '{key}'")
+    return value
+
+
+def _int_or(value: Any, default: int) -> int:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = re.search(r"-?\d+", value)
+        if m:
+            return int(m.group())
+    return default
+
+
+def convert_row(raw: Any, layout: str, task: str) -> dict[str, Any]:
+    """One raw record -> an r1 row (raises `RowError` with the reason when it must be skipped)."""
+    if not isinstance(raw, dict):
+        raise RowError("row is not an object", type(raw).__name__)
+    if layout == "gsm8k":
+        question, solution = _text_field(raw, "question"), _text_field(raw, "answer")
+        answer = extract_gsm8k_answer(solution)
+        steps = [ln for ln in solution.rsplit("####", 1)[0].splitlines() if ln.strip()]
+        row = {"prompt": question, "answer": answer, "solution": solution, "difficulty": len(steps)}
+    elif layout == "math":
+        problem, solution = _text_field(raw, "problem"), _text_field(raw, "solution")
+        row = {
+            "prompt": problem,
+            "answer": extract_math_answer(solution),
+            "solution": solution,
+            "difficulty": _int_or(raw.get("level"), 0),
+        }
+        if isinstance(raw.get("type"), str):
+            row["subject"] = raw["type"]
+    elif layout == "r1":
+        row = dict(raw)
+        row["prompt"] = _text_field(raw, "prompt")
+        row["answer"] = _text_field(raw, "answer").strip()
+        row["difficulty"] = _int_or(raw.get("difficulty"), 0)
+    else:
+        raise ValueError(f"layout: expected one of {LAYOUTS} or 'auto', got {layout!r}")
+    row.setdefault("task", raw.get("task") if isinstance(raw.get("task"), str) else task)
+    if "id" in raw and raw["id"] is not None:
+        row["id"] = str(raw["id"])
+    return row
+
+
+def detect_layout(raw: Any) -> str | None:
+    """The first layout whose required fields all appear in `raw` (a dict), else None."""
+    if not isinstance(raw, dict):
+        return None
+    for layout in LAYOUTS:
+        if all(k in raw for k in _REQUIRED[layout]):
+            return layout
+    return None
+
+
+# ------------------------------------------------------------------------------ reports
+@dataclasses.dataclass
+class LoadReport:
+    """What loading one source did: rows read/kept, and why the rest were skipped."""
+
+    name: str
+    layout: str = "auto"
+    num_read: int = 0
+    num_kept: int = 0
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    examples: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def skip(self, where: str, reason: str, detail: str, max_logged: int) -> None:
+        self.skipped[reason] += 1
+        if len(self.examples) < max_logged:
+            msg = f"{self.name}:{where}: skipped ({reason}{': ' + detail if detail else ''})"
+            self.examples.append(msg)
+            log.warning(msg)
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{r}: {n}" for r, n in self.skipped.most_common())
+        return (
+            f"{self.name}: kept {self.num_kept} of {self.num_read} rows (layout {self.layout})"
+            + (f"; skipped {reasons}" if reasons else "")
+        )
+
+
+def convert_records(
+    records: Iterable[tuple[str, Any]],
+    *,
+    name: str,
+    layout: str = "auto",
+    task: str | None = None,
+    max_logged: int = 5,
+    id_prefix: str | None = None,
+) -> tuple[list[dict[str, Any]], LoadReport]:
+    """Schema-check `(location, raw_record)` pairs; raw records that are exceptions (e.g. a
+    JSON decode error) count as skipped. Raises `ValueError` naming `name` if none is valid."""
+    report = LoadReport(name=name, layout=layout)
+    task = task or (layout if layout != "auto" else None)
+    rows: list[dict[str, Any]] = []
+    id_prefix = id_prefix if id_prefix is not None else os.path.basename(name)
+    for where, raw in records:
+        report.num_read += 1
+        if isinstance(raw, Exception):
+            report.skip(where, getattr(raw, "reason", "invalid record"), str(raw)[:80], max_logged)
+            continue
+        if report.layout == "auto":
+            detected = detect_layout(raw)
+            if detected is None:
+                keys = sorted(raw)[:8] if isinstance(raw, dict) else type(raw).__name__
+                report.skip(where, "no known layout", f"fields {keys}", max_logged)
+                continue
+            report.layout = detected
+        try:
+            row = convert_row(raw, report.layout, task or report.layout)
+        except RowError as e:
+            report.skip(where, e.reason, str(e)[len(e.reason) + 2 :], max_logged)
+            continue
+        row.setdefault("id", f"{id_prefix}:{where}")
+        rows.append(row)
+        report.num_kept += 1
+    if not rows:
+        raise ValueError(
+            f"{name}: no valid row (expected layout {layout!r}: "
+            + " or ".join(f"{lay} {_REQUIRED[lay]}" for lay in LAYOUTS)
+            + f"); {report.summary()}"
+        )
+    if report.num_skipped:
+        log.warning("%s", report.summary())
+    return rows, report
+
+
+# ------------------------------------------------------------------------------ files
+def _jsonl_records(path: str) -> Iterable[tuple[str, Any]]:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"line {lineno}", json.loads(line)
+            except json.JSONDecodeError as e:
+                yield f"line {lineno}", RowError("invalid JSON", str(e))
+
+
+def _json_records(path: str) -> Iterable[tuple[str, Any]]:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        # Many ".json" files are JSON lines in disguise.
+        yield from _jsonl_records(path)
+        return
+    if isinstance(obj, dict):
+        # {"data": [...]} / {"rows": [...]} / a single record
+        lists = [v for v in obj.values() if isinstance(v, list)]
+        obj = lists[0] if len(lists) == 1 else [obj]
+    if not isinstance(obj, list):
+        raise ValueError(f"{path}: expected a JSON list of rows, got {type(obj).__name__}")
+    for i, raw in enumerate(obj):
+        yield f"row {i}", raw
+
+
+def _parquet_records(path: str) -> Iterable[tuple[str, Any]]:
+    try:
+        import pyarrow.parquet as pq  # noqa: PLC0415 - optional dependency
+    except ImportError as e:
+        raise ImportError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from e
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise ValueError(f"{path}: not a readable Parquet file ({e})") from e
+    for i, raw in enumerate(table.to_pylist()):
+        yield f"row {i}", raw
+
+
+def load_file(
+    path: str | os.PathLike,
+    layout: str = "auto",
+    *,
+    task: str | None = None,
+    max_logged: int = 5,
+) -> tuple[list[dict[str, Any]], LoadReport]:
+    """Rows of one local file (`.jsonl`, `.json`, `.parquet`), schema-checked.
+
+    Args:
+      path: the file.
+      layout: "gsm8k", "math", "r1" or "auto".
+      task: the rows' `task` field (default: the layout name, or the row's own `task`).
+      max_logged: how many skipped rows to log (and keep in `report.examples`).
+
+    Returns:
+      `(rows, report)`; `report.num_skipped` and `report.skipped` (reason -> count) say what
+      was dropped. Raises `FileNotFoundError` for a missing file and `ValueError` naming the
+      file when no row is valid.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such data file")
+    if layout != "auto" and layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS} or 'auto', got {layout!r}")
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        records = _parquet_records(path)
+    elif lower.endswith(".json"):
+        records = _json_records(path)
+    elif lower.endswith((".jsonl", ".ndjson")):
+        records = _jsonl_records(path)
+    else:
+        raise ValueError(f"{path}: unknown file type (expected .jsonl, .json or .parquet)")
+    return convert_records(records, name=path, layout=layout, task=task, max_logged=max_logged)
+
+
+def load_files(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    layout: str = "auto",
+    *,
+    task: str | None = None,
+    max_logged: int = 5,
+) -> tuple[list[dict[str, Any]], list[LoadReport]]:
+    """`load_file` over several files (a glob pattern is expanded), rows concatenated."""
+    import glob  # noqa: PLC0415
+
+    if isinstance(paths, str | os.PathLike):
+        spec = os.fspath(paths)
+        expanded = sorted(glob.glob(spec)) if glob.has_magic(spec) else [spec]
+        if not expanded:
+            raise FileNotFoundError(f"{spec}: pattern matches no file")
+        paths = expanded
+    rows: list[dict[str, Any]] = []
+    reports = []
+    for p in paths:
+        r, rep = load_file(p, layout, task=task, max_logged=max_logged)
+        rows += r
+        reports.append(rep)
+    return rows, reports
+
+
+# ------------------------------------------------------------------------------ TFDS
+def load_tfds(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    layout: str = "auto",
+    task: str | None = None,
+    max_logged: int = 5,
+    field_map: dict[str, str] | None = None,
+) -> tuple[list[dict[str, Any]], LoadReport]:
+    """Rows of a TFDS dataset already prepared in `data_dir` (never downloads).
+
+    Uses `tfds.data_source` (random access, no TensorFlow graph) when the dataset was prepared
+    as ArrayRecord, else `tfds.as_numpy`. `field_map` renames features first (e.g.
+    `{"input": "question"}`). Bytes features are decoded as UTF-8.
+    """
+    try:
+        import tensorflow_datasets as tfds  # noqa: PLC0415 - optional `data` extra
+    except ImportError as e:
+        raise ImportError("load_tfds needs tensorflow-datasets: pip install 'r1[data]'") from e
+    source_name = f"tfds:{name}/{split}"
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
+    except Exception as e:
+        raise ValueError(f"{source_name}: cannot open the dataset in {data_dir} ({e})") from e
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"{source_name}: not prepared in data_dir={builder.data_dir!r} (r1 never downloads "
+            "data: prepare it with `tfds build` first)"
+        )
+
+    def decode(x: Any) -> Any:
+        if isinstance(x, bytes):
+            return x.decode("utf-8", errors="replace")
+        if hasattr(x, "tolist") and getattr(x, "ndim", 1) == 0:
+            return decode(x.tolist())
+        return x
+
+    def records() -> Iterable[tuple[str, Any]]:
+        file_format = getattr(builder.info, "file_format", None)
+        if "array_record" in str(getattr(file_format, "value", file_format)):
+            it: Iterable[Any] = builder.as_data_source(split=split)
+        else:
+            it = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+        for i, ex in enumerate(it):
+            raw = {k: decode(v) for k, v in dict(ex).items()}
+            for old, new in (field_map or {}).items():
+                if old in raw:
+                    raw[new] = raw.pop(old)
+            yield f"example {i}", raw
+
+    return convert_records(
+        records(),
+        name=source_name,
+        layout=layout,
+        task=task or name,
+        max_logged=max_logged,
+        id_prefix=f"{name}/{split}",
+    )
+
+
+# ------------------------------------------------------------------------------ in memory
+class RowSource:
+    """A grain random-access source over rows in memory (what the pipeline consumes).
+
+    Build one from files with `RowSource.from_files(...)`; `reports` keeps the load reports.
+    """
+
+    def __init__(self, rows: Sequence[dict[str, Any]], reports: Sequence[LoadReport] = ()):
+        self.rows = list(rows)
+        self.reports = list(reports)
+
+    @classmethod
+    def from_files(cls, paths: Any, layout: str = "auto", **kwargs: Any) -> RowSource:
+        rows, reports = load_files(paths, layout, **kwargs)
+        return cls(rows, reports)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+    def __repr__(self) -> str:
+        return f"RowSource({len(self.rows)} rows)"

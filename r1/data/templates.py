@@ -1,0 +1,204 @@
+r"""Prompt and response templates, as pure string functions.
+
+* `R1_ZERO_TEMPLATE` / `render_r1_zero`: the DeepSeek-R1-Zero template, verbatim (R1 report,
+  Table 1), with the question substituted for `{prompt}`.
+* `render_r1_zero_completion` / `render_r1_zero_example`: the completion the template asks for,
+  `<think> ... </think> <answer> ... </answer>`, used to build pretraining / SFT corpora.
+* `render_chat`: chat templates for instruct and distilled models (`qwen` ChatML, `llama3`,
+  `deepseek_r1`), with `<think>` handling: earlier assistant turns lose their reasoning (as the
+  DeepSeek-R1 chat template does) and the generation prompt can open `<think>\n` (as the
+  R1 authors recommend, so the model never skips thinking).
+* `render_readable` / `split_readable`: the R1 cold-start "readable" response format
+  `|special_token|<reasoning_process>|special_token|<summary>`.
+
+Everything here is a pure function of strings: no tokenizer, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+ANSWER_OPEN = "<answer>"
+ANSWER_CLOSE = "</answer>"
+TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant "
+    "solves it. The assistant first thinks about the reasoning process in the mind and then "
+    "provides the user with the answer. The reasoning process and answer are enclosed within "
+    "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning "
+    "process here </think> <answer> answer here </answer>. User: {prompt}. Assistant:"
+)
+# The fixed text before and after the question (the demo tokenizer makes each one token).
+R1_ZERO_PREFIX, R1_ZERO_SUFFIX = R1_ZERO_TEMPLATE.split("{prompt}")
+
+# The instruction DeepSeek appends to math prompts at evaluation time (R1 report).
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+READABLE_SPECIAL_TOKEN = "|special_token|"
+
+
+def render_r1_zero(prompt: str) -> str:
+    """The R1-Zero prompt for one question: the template with `prompt` substituted.
+
+    The template itself ends "User: {prompt}. Assistant:", so a trailing full stop in `prompt`
+    is kept as is (the paper's template is used verbatim, not "fixed").
+    """
+    return R1_ZERO_TEMPLATE.replace("{prompt}", prompt)
+
+
+def render_r1_zero_completion(thinking: str, answer: str) -> str:
+    """The completion R1-Zero is rewarded for:
+    `" <think>{thinking}</think> <answer>{answer}</answer>"`.
+
+    It starts with a space because the prompt ends with "Assistant:". Empty `thinking` gives
+    `<think></think>` (a direct answer that still satisfies the format).
+    """
+    return f" {THINK_OPEN}{thinking}{THINK_CLOSE} {ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
+
+
+def render_r1_zero_example(prompt: str, thinking: str, answer: str) -> str:
+    """A full training text: `render_r1_zero(prompt) + render_r1_zero_completion(...)`."""
+    return render_r1_zero(prompt) + render_r1_zero_completion(thinking, answer)
+
+
+# ------------------------------------------------------------------------------ chat templates
+CHAT_FORMATS = ("qwen", "llama3", "deepseek_r1")
+
+_DS_BOS = "<｜begin▁of▁sentence｜>"
+_DS_EOS = "<｜end▁of▁sentence｜>"
+_DS_USER = "<｜User｜>"
+_DS_ASSISTANT = "<｜Assistant｜>"
+
+
+def strip_thinking(text: str) -> str:
+    """The part of an assistant message after its last `</think>` (the visible answer).
+
+    Text without `</think>` is returned unchanged (stripped of surrounding whitespace only if
+    a think block was removed).
+    """
+    if THINK_CLOSE not in text:
+        return text
+    return text.split(THINK_CLOSE)[-1].lstrip()
+
+
+def render_chat(
+    messages: Sequence[Mapping[str, str]] | str,
+    *,
+    format: str = "deepseek_r1",  # noqa: A002 - the natural name for the chat format
+    system: str | None = None,
+    add_generation_prompt: bool = True,
+    open_think: bool = True,
+    keep_thinking: bool = False,
+    add_bos: bool = True,
+) -> str:
+    r"""Render a conversation in an instruct/distilled model's chat format.
+
+    Args:
+      messages: a list of `{"role": "user"|"assistant"|"system", "content": str}`, or one user
+        prompt as a string.
+      format: "qwen" (ChatML, Qwen2/2.5 instruct), "llama3" (Llama-3.x instruct) or
+        "deepseek_r1" (DeepSeek-R1 and its distilled Qwen/Llama students).
+      system: an optional system message placed first (a "system" message in `messages` wins).
+      add_generation_prompt: end with the assistant header so the model answers next.
+      open_think: with `add_generation_prompt`, also open `<think>\n` so the model starts with
+        its reasoning (the DeepSeek-R1 usage recommendation; applies to every format).
+      keep_thinking: keep `<think>...</think>` in earlier assistant turns. The default drops
+        it, as DeepSeek-R1's template does (history carries only final answers).
+      add_bos: begin with the BOS text for formats that spell it (llama3, deepseek_r1). Turn
+        this off when the tokenizer adds BOS itself.
+
+    Returns:
+      The prompt text. Matches the Hugging Face chat templates of those model families for
+      plain text messages (no tools).
+    """
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    msgs = [dict(m) for m in messages]
+    for i, m in enumerate(msgs):
+        if m.get("role") not in ("system", "user", "assistant") or "content" not in m:
+            raise ValueError(
+                f"messages[{i}]: expected a role of system/user/assistant and a content, got {m!r}"
+            )
+    if msgs and msgs[0]["role"] == "system":
+        system = msgs.pop(0)["content"]
+    if any(m["role"] == "system" for m in msgs):
+        raise ValueError("messages: a system message is only allowed first")
+
+    def assistant_text(content: str) -> str:
+        return content if keep_thinking else strip_thinking(content)
+
+    out: list[str] = []
+    if format == "qwen":
+        if system is not None:
+            out.append(f"<|im_start|>system\n{system}<|im_end|>\n")
+        for m in msgs:
+            content = assistant_text(m["content"]) if m["role"] == "assistant" else m["content"]
+            out.append(f"<|im_start|>{m['role']}\n{content}<|im_end|>\n")
+        if add_generation_prompt:
+            out.append("<|im_start|>assistant\n")
+    elif format == "llama3":
+        if add_bos:
+            out.append("<|begin_of_text|>")
+        if system is not None:
+            out.append(f"<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>")
+        for m in msgs:
+            content = assistant_text(m["content"]) if m["role"] == "assistant" else m["content"]
+            out.append(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{content}<|eot_id|>")
+        if add_generation_prompt:
+            out.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    elif format == "deepseek_r1":
+        if add_bos:
+            out.append(_DS_BOS)
+        if system is not None:
+            out.append(system)
+        for m in msgs:
+            if m["role"] == "user":
+                out.append(_DS_USER + m["content"])
+            else:
+                out.append(_DS_ASSISTANT + assistant_text(m["content"]) + _DS_EOS)
+        if add_generation_prompt:
+            out.append(_DS_ASSISTANT)
+    else:
+        raise ValueError(f"format: expected one of {CHAT_FORMATS}, got {format!r}")
+    if add_generation_prompt and open_think:
+        out.append(THINK_OPEN + "\n")
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------ readable format
+def render_readable(
+    reasoning: str, summary: str, special_token: str | tuple[str, str] = READABLE_SPECIAL_TOKEN
+) -> str:
+    """R1's readable cold-start format: `|special_token|<reasoning>|special_token|<summary>`.
+
+    Pass `special_token` to use a real tag pair instead, e.g. DeepSeek-R1's released models
+    use `<think>` ... `</think>`: `render_readable(r, s, ("<think>\\n", "\\n</think>\\n\\n"))`.
+    """
+    if isinstance(special_token, str):
+        open_tok = close_tok = special_token
+    else:
+        open_tok, close_tok = special_token
+    return f"{open_tok}{reasoning}{close_tok}{summary}"
+
+
+def split_readable(
+    text: str, special_token: str | tuple[str, str] = READABLE_SPECIAL_TOKEN
+) -> tuple[str, str] | None:
+    """Inverse of `render_readable`: `(reasoning, summary)`, or None if `text` is not in the
+    format."""
+    if isinstance(special_token, str):
+        open_tok = close_tok = special_token
+    else:
+        open_tok, close_tok = special_token
+    if not text.startswith(open_tok):
+        return None
+    rest = text[len(open_tok) :]
+    if close_tok not in rest:
+        return None
+    reasoning, summary = rest.split(close_tok, 1)
+    if open_tok in reasoning:
+        return None
+    return reasoning, summary

@@ -1,0 +1,412 @@
+"""The GRPO trainer: the stateful shell around the compiled step.
+
+    python -m experiments.train --config=configs/r1_zero.py:tiny --workdir=runs/demo
+
+It builds the mesh, tokenizer, policy (from a local HF-layout base checkpoint or random), the
+prompt pipeline (grain) and the reward bridge from the config; restores the latest checkpoint
+of `workdir` (train state + data iterator position) if there is one; then loops: one compiled
+GRPO step per batch, metrics to `workdir/metrics.jsonl` + TensorBoard, sample completions to
+`workdir/samples.jsonl`, held-out greedy evaluation (accuracy and length per difficulty), an
+orbax checkpoint every `train.checkpoint_every` steps and on SIGTERM, and `workdir/curves.png`
+at the end. A NaN/inf loss or gradient stops the run before anything of that step is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections import defaultdict
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from r1 import checkpoint as ckpt_lib
+from r1 import configlib, sharding
+from r1 import logging as r1_logging
+from r1.data import pipeline, procedural
+from r1.data.tokenizers import build_demo_tokenizer
+from r1.models import hf
+from r1.models.transformer import Transformer
+from r1.rewards.tokens import TagIds, arithmetic_tokens, format_strict_tokens
+from r1.rl.grpo import GRPOLossConfig
+from r1.rl.reward_bridge import RewardBridge, encode_text_fields
+from r1.rl.step import GRPOConfig, init_train_state, make_grpo_step, train_state_shardings
+from r1.sampling.sampler import SamplingConfig, bucket_length, left_pad, sample
+
+log = logging.getLogger(__name__)
+
+CURVE_PANELS = (
+    ("reward", ("reward/total",)),
+    ("accuracy", ("accuracy", "eval/accuracy")),
+    ("response length", ("response_length/mean", "eval/response_length/mean")),
+    ("KL", ("kl",)),
+)
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or gradient became NaN/inf."""
+
+
+# ----------------------------------------------------------------------------- builders
+def build_tokenizer(config) -> Any:
+    kind = config.tokenizer.kind
+    if kind == "demo":
+        return build_demo_tokenizer()
+    if kind == "hf":
+        from r1.data.tokenizers import HFTokenizer
+
+        return HFTokenizer.from_file(config.tokenizer.path)
+    raise ValueError(f"config.tokenizer.kind: expected 'demo' or 'hf', got {kind!r}")
+
+
+def build_policy(config, model_cfg, mesh) -> Transformer:
+    path = config.init.hf_path
+    if path:
+        path = os.path.expanduser(path)
+        if not os.path.isabs(path) and not os.path.exists(path):
+            path = os.path.join(configlib.REPO_ROOT, path)
+        loaded_cfg, model = hf.load(
+            path,
+            mesh=mesh,
+            dtype=model_cfg.dtype,
+            param_dtype=model_cfg.param_dtype,
+            remat_policy=model_cfg.remat_policy,
+            bias_update_rate=model_cfg.bias_update_rate,
+            aux_loss_alpha=model_cfg.aux_loss_alpha,
+        )
+        return model
+    seed = int(config.seed)
+    return sharding.create_sharded_model(lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)), mesh)
+
+
+def build_task(config):
+    kwargs = dict(config.data.task_kwargs)
+    return procedural.make_task(config.data.task, **kwargs)
+
+
+def _batch_to_arrays(batch: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Pipeline batch (numpy, object fields) -> step batch (arrays only) and the prompt texts."""
+    arrays = {"prompt_tokens": batch["tokens"].astype(np.int32), "prompt_mask": batch["mask"]}
+    answers = [str(a) for a in batch["answer"]]
+    try:
+        arrays["target"] = np.asarray([int(a) for a in answers], np.int32)
+    except ValueError:
+        pass
+    if "difficulty" in batch:
+        arrays["difficulty"] = np.asarray(batch["difficulty"], np.int32)
+    arrays.update(encode_text_fields({"answer": answers}))
+    return arrays, list(batch["prompt_text"])
+
+
+def _global(array: np.ndarray, sharding_: jax.sharding.Sharding) -> jax.Array:
+    """A process-local batch slice -> the global array (the same call on every process)."""
+    if jax.process_count() == 1:
+        return jax.device_put(array, sharding_)
+    return jax.make_array_from_process_local_data(sharding_, array)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def make_evaluator(config, tokenizer, graphdef, mesh, model_cfg):
+    """Greedy decoding on a fixed held-out set: accuracy and length overall and per difficulty."""
+    task = build_task(config)
+    rows = procedural.fixed_set(task, int(config.seed) + 1, int(config.eval.per_difficulty))
+    texts = [pipeline.render_r1_zero_row(r) for r in rows]
+    encoded = [tokenizer.encode(t, add_bos=True) for t in texts]
+    length = max(len(e) for e in encoded)
+    tokens, mask = left_pad(encoded, bucket_length(length), tokenizer.pad_id)
+    targets = np.asarray([int(r["answer"]) for r in rows], np.int32)
+    difficulty = np.asarray([r["difficulty"] for r in rows], np.int32)
+    sampling = SamplingConfig(
+        max_new_tokens=int(config.rl.max_new_tokens),
+        greedy=True,
+        eos_ids=(tokenizer.eos_id,),
+        pad_id=tokenizer.pad_id,
+    )
+    ids = TagIds.from_tokenizer(tokenizer)
+
+    @jax.jit
+    def run(params, extra, tokens, mask, targets):
+        model = nnx.merge(graphdef, params, extra)
+        out = sample(model, tokens, mask, jax.random.key(0), sampling)
+        correct = arithmetic_tokens(out.tokens, out.mask, ids=ids, target=targets)
+        formatted = format_strict_tokens(out.tokens, out.mask, ids=ids)
+        return correct, formatted, out.lengths, out.truncated
+
+    tokens_j, mask_j, targets_j = map(jnp.asarray, (tokens, mask, targets))
+
+    def evaluator(state) -> dict[str, float]:
+        with sharding.use_mesh(mesh):
+            correct, formatted, lengths, truncated = jax.device_get(
+                run(state.params, state.extra, tokens_j, mask_j, targets_j)
+            )
+        metrics = {
+            "eval/accuracy": float(np.mean(correct)),
+            "eval/format": float(np.mean(formatted)),
+            "eval/response_length/mean": float(np.mean(lengths)),
+            "eval/truncated_frac": float(np.mean(truncated)),
+        }
+        for d in sorted(set(difficulty.tolist())):
+            sel = difficulty == d
+            metrics[f"eval/accuracy/difficulty_{d}"] = float(np.mean(correct[sel]))
+            metrics[f"eval/response_length/difficulty_{d}"] = float(np.mean(lengths[sel]))
+        return metrics
+
+    return evaluator
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclasses.dataclass
+class _Stop:
+    requested: bool = False
+
+
+def _optimizer(config) -> optax.GradientTransformation:
+    opt = config.optimizer
+    schedule = optax.warmup_constant_schedule(0.0, float(opt.learning_rate), int(opt.warmup_steps))
+    parts = []
+    if float(opt.grad_clip) > 0:
+        parts.append(optax.clip_by_global_norm(float(opt.grad_clip)))
+    parts.append(
+        optax.adamw(
+            schedule, b1=float(opt.b1), b2=float(opt.b2), weight_decay=float(opt.weight_decay)
+        )
+    )
+    return optax.chain(*parts)
+
+
+def grpo_config_from(config, tokenizer) -> GRPOConfig:
+    rl = config.rl
+    group = int(rl.group_size)
+    sampling = SamplingConfig(
+        max_new_tokens=int(rl.max_new_tokens),
+        num_samples=group,
+        temperature=float(rl.temperature),
+        top_p=float(rl.top_p),
+        top_k=int(rl.top_k),
+        eos_ids=(tokenizer.eos_id,),
+        pad_id=tokenizer.pad_id,
+    )
+    loss = GRPOLossConfig(
+        eps_low=float(rl.eps_low),
+        eps_high=float(rl.eps_high),
+        beta=float(rl.beta),
+        ratio_level=rl.ratio_level,
+        aggregation=rl.aggregation,
+        max_length=int(rl.max_new_tokens),
+        mask_truncated=bool(rl.mask_truncated),
+        drop_zero_variance_groups=bool(rl.drop_zero_variance_groups),
+    )
+    return GRPOConfig(
+        group_size=group,
+        sampling=sampling,
+        loss=loss,
+        advantage_method=rl.advantage,
+        num_iterations=int(rl.num_iterations),
+        num_minibatches=int(rl.num_minibatches),
+        ref_update_every=int(rl.ref_update_every),
+        accuracy_reward=rl.accuracy_reward or None,
+    )
+
+
+def train(config, workdir: str) -> dict[str, float]:
+    """Runs (or resumes) a GRPO experiment in `workdir`; returns the last metrics."""
+    os.makedirs(workdir, exist_ok=True)
+    experiment = configlib.parse_experiment(
+        config, num_devices=jax.device_count(), extra_sections=EXTRA_SECTIONS
+    )
+    model_cfg = experiment.model
+    mesh = sharding.make_mesh(experiment.mesh)
+    tokenizer = build_tokenizer(config)
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise ValueError(
+            f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size}"
+        )
+    is_main = jax.process_index() == 0
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+    optimizer = _optimizer(config)
+    grpo_cfg = grpo_config_from(config, tokenizer)
+    with sharding.use_mesh(mesh):
+        policy = build_policy(config, model_cfg, mesh)
+    graphdef, state = init_train_state(
+        policy, optimizer, experiment.seed, with_reference=grpo_cfg.loss.beta > 0
+    )
+    state_sh = train_state_shardings(state, optimizer, mesh)
+    state = jax.device_put(state, state_sh)
+
+    prompts_per_process = int(config.rl.prompts_per_step) // jax.process_count()
+    task = build_task(config)
+    dataset = pipeline.prompt_dataset(
+        procedural.ProceduralSource(task, experiment.seed, split="train"),
+        tokenizer,
+        batch_size=prompts_per_process,
+        buckets=tuple(config.data.buckets),
+        seed=experiment.seed,
+        shuffle=False,
+        num_threads=1,
+    )
+    data_iter = iter(dataset)
+
+    checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
+    writer = r1_logging.MetricWriter(workdir, enabled=is_main)
+    start_step = 0
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh
+    )
+    restored = checkpointer.restore_latest(abstract)
+    if restored is not None:
+        start_step, state, data_state = restored
+        if data_state:
+            data_iter.set_state(data_state)
+        writer.truncate_after(start_step)
+        samples_path = os.path.join(workdir, "samples.jsonl")
+        if is_main and os.path.exists(samples_path):
+            rows = [r for r in r1_logging.read_jsonl(samples_path) if r["step"] <= start_step]
+            with open(samples_path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+        log.warning("resumed from step %d in %s", start_step, workdir)
+
+    bridge = RewardBridge([tuple(t) for t in config.rewards], tokenizer)
+    evaluator = make_evaluator(config, tokenizer, graphdef, mesh, model_cfg)
+    steps = int(config.train.steps)
+    stop = _Stop()
+    previous = signal.signal(signal.SIGTERM, lambda *_: setattr(stop, "requested", True))
+    compiled: dict[tuple, Any] = {}
+    last: dict[str, float] = {}
+    progress = _progress(steps, start_step, is_main)
+    try:
+        if start_step == 0 and int(config.eval.every) > 0:
+            last = evaluator(state)
+            writer.write(0, last)
+        for step in range(start_step + 1, steps + 1):
+            batch_np, prompt_texts = _batch_to_arrays(next(data_iter))
+            key = tuple((k, v.shape) for k, v in sorted(batch_np.items()))
+            if key not in compiled:
+                abstract_batch = {
+                    k: jax.ShapeDtypeStruct(
+                        (v.shape[0] * jax.process_count(), *v.shape[1:]), v.dtype
+                    )
+                    for k, v in batch_np.items()
+                }
+                compiled[key] = make_grpo_step(
+                    graphdef,
+                    optimizer,
+                    grpo_cfg,
+                    bridge,
+                    mesh,
+                    state,
+                    abstract_batch,
+                    bias_update_rate=model_cfg.bias_update_rate,
+                )
+            step_fn = compiled[key]
+            batch_sh = {
+                k: sharding.named_sharding(
+                    ("batch",) + (None,) * (v.ndim - 1),
+                    (v.shape[0] * jax.process_count(), *v.shape[1:]),
+                    mesh,
+                )
+                for k, v in batch_np.items()
+            }
+            batch = {k: _global(v, batch_sh[k]) for k, v in batch_np.items()}
+            start = time.perf_counter()
+            with sharding.use_mesh(mesh):
+                new_state, metrics, samples = step_fn(state, batch)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            seconds = time.perf_counter() - start
+            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+                raise NonFiniteError(
+                    f"step {step}: non-finite loss ({metrics['loss']}) or gradient norm "
+                    f"({metrics['grad_norm']}); stopping without saving this step. The last "
+                    f"checkpoint is intact in {checkpointer.directory}"
+                )
+            state = new_state
+            metrics["step_seconds"] = seconds
+            metrics["tokens_per_sec"] = metrics["generated_tokens"] / seconds
+            for name, count in sorted(bridge.failures.items()):
+                metrics[f"reward_failures/{name}"] = float(count)
+            every = int(config.eval.every)
+            if every > 0 and (step % every == 0 or step == steps):
+                metrics.update(evaluator(state))
+            writer.write(step, metrics)
+            last = metrics
+            if (
+                is_main
+                and int(config.train.samples_every) > 0
+                and (step % int(config.train.samples_every) == 0 or step == 1)
+            ):
+                _write_samples(
+                    workdir,
+                    step,
+                    tokenizer,
+                    prompt_texts,
+                    samples,
+                    int(config.rl.group_size),
+                    int(config.train.samples_per_log),
+                )
+            progress.update(1)
+            progress.set_postfix(
+                reward=f"{metrics['reward/total']:.3f}",
+                acc=f"{metrics.get('accuracy', float('nan')):.2f}",
+                len=f"{metrics['response_length/mean']:.1f}",
+                tok_s=f"{metrics['tokens_per_sec']:.0f}",
+            )
+            if step % int(config.train.checkpoint_every) == 0 or step == steps or stop.requested:
+                checkpointer.save(step, state, data_iter.get_state())
+            if stop.requested:
+                log.warning("SIGTERM: saved step %d, exiting", step)
+                break
+    finally:
+        progress.close()
+        signal.signal(signal.SIGTERM, previous)
+        checkpointer.close()
+        writer.close()
+    if is_main and os.path.exists(writer.path):
+        r1_logging.plot_curves(writer.path, os.path.join(workdir, "curves.png"), CURVE_PANELS)
+    return last
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="grpo", unit="step")
+
+
+def _write_samples(workdir, step, tokenizer, prompt_texts, samples, group, limit):
+    tokens = np.asarray(jax.device_get(samples["tokens"]))
+    mask = np.asarray(jax.device_get(samples["mask"]))
+    rewards = np.asarray(jax.device_get(samples["rewards"]))
+    rows = []
+    for r in range(min(limit, len(tokens))):
+        prompt = prompt_texts[r // group] if r // group < len(prompt_texts) else ""
+        rows.append(
+            {
+                "prompt": prompt[-200:],
+                "completion": tokenizer.decode(tokens[r][mask[r]].tolist()),
+                "reward": float(rewards[r]),
+            }
+        )
+    r1_logging.append_samples(os.path.join(workdir, "samples.jsonl"), step, rows)
+
+
+EXTRA_SECTIONS = ("init", "tokenizer", "data", "rl", "rewards", "optimizer", "train", "eval")
+
+
+def per_difficulty(rows: list[dict[str, Any]], key: str) -> dict[int, float]:
+    """Mean of `key` per difficulty over metric rows (helper for notebooks and plots)."""
+    out = defaultdict(list)
+    for row in rows:
+        for name, value in row.items():
+            if name.startswith(f"{key}/difficulty_"):
+                out[int(name.rsplit("_", 1)[1])].append(value)
+    return {d: float(np.mean(v)) for d, v in sorted(out.items())}
