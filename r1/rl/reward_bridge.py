@@ -105,6 +105,10 @@ class RewardBridge:
 
     def __call__(self, tokens, mask, truncated, fields):
         batch = tokens.shape[0]
+        # The sampler's mask includes the EOS token; rewards judge the text before it.
+        eos_id = getattr(self.tokenizer, "eos_id", None)
+        if eos_id is not None:
+            mask = mask & (tokens != eos_id)
         total = jnp.zeros((batch,), jnp.float32)
         parts: dict[str, jax.Array] = {}
         numeric = {k: v for k, v in fields.items() if not k.endswith(BYTES_SUFFIX)}

@@ -137,8 +137,9 @@ def make_evaluator(config, tokenizer, graphdef, mesh, model_cfg):
     def run(params, extra, tokens, mask, targets):
         model = nnx.merge(graphdef, params, extra)
         out = sample(model, tokens, mask, jax.random.key(0), sampling)
-        correct = arithmetic_tokens(out.tokens, out.mask, ids=ids, target=targets)
-        formatted = format_strict_tokens(out.tokens, out.mask, ids=ids)
+        text_mask = out.mask & (out.tokens != tokenizer.eos_id)
+        correct = arithmetic_tokens(out.tokens, text_mask, ids=ids, target=targets)
+        formatted = format_strict_tokens(out.tokens, text_mask, ids=ids)
         return correct, formatted, out.lengths, out.truncated
 
     tokens_j, mask_j, targets_j = map(jnp.asarray, (tokens, mask, targets))
