@@ -205,12 +205,17 @@ def grpo_step_fn(
         rng, sample_key = jax.random.split(rng)
 
         policy = nnx.merge(graphdef, state.params, state.extra)
-        rollout = sample(policy, prompt_tokens, prompt_mask, sample_key, config.sampling)
+        row_ids = None
+        if "row_index" in batch:  # keys follow the data row, not its position in the batch
+            row_ids = (batch["row_index"][:, None] * group + jnp.arange(group)[None, :]).reshape(-1)
+        rollout = sample(
+            policy, prompt_tokens, prompt_mask, sample_key, config.sampling, row_ids=row_ids
+        )
         completion, cmask = rollout.tokens, rollout.mask
         fields = {
             k: jnp.repeat(v, group, axis=0)
             for k, v in batch.items()
-            if k not in ("prompt_tokens", "prompt_mask")
+            if k not in ("prompt_tokens", "prompt_mask", "row_index")
         }
         rewards, reward_parts = reward_fn(completion, cmask, rollout.truncated, fields)
         rewards = rewards.astype(jnp.float32)

@@ -14,6 +14,7 @@ at the end. A NaN/inf loss or gradient stops the run before anything of that ste
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -24,7 +25,6 @@ from collections import defaultdict
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -103,15 +103,38 @@ def _batch_to_arrays(batch: dict[str, Any]) -> tuple[dict[str, np.ndarray], list
         pass
     if "difficulty" in batch:
         arrays["difficulty"] = np.asarray(batch["difficulty"], np.int32)
+    if "id" in batch:
+        # Procedural ids end in the row's index: sampling keys follow the row, not its position
+        # in the batch, so a batch split across hosts samples what one host would.
+        try:
+            arrays["row_index"] = np.asarray(
+                [int(str(i).rsplit("-", 1)[1]) for i in batch["id"]], np.int32
+            )
+        except (IndexError, ValueError):
+            pass
     arrays.update(encode_text_fields({"answer": answers}))
     return arrays, list(batch["prompt_text"])
 
 
+def _replicated(array: np.ndarray, mesh) -> jax.Array:
+    """The same host array on every process -> a replicated global array."""
+    target = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
+
+
 def _global(array: np.ndarray, sharding_: jax.sharding.Sharding) -> jax.Array:
-    """A process-local batch slice -> the global array (the same call on every process)."""
+    """A process-local batch slice -> the global batch array (every process calls this).
+
+    The slices are all-gathered on the hosts first (prompt batches are small), so the global
+    array is right whatever the batch sharding is, even when the batch is too small to be split
+    over the mesh and ends up replicated.
+    """
     if jax.process_count() == 1:
         return jax.device_put(array, sharding_)
-    return jax.make_array_from_process_local_data(sharding_, array)
+    from jax.experimental import multihost_utils
+
+    full = np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return jax.make_array_from_callback(full.shape, sharding_, lambda index: full[index])
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -133,7 +156,9 @@ def make_evaluator(config, tokenizer, graphdef, mesh, model_cfg):
     )
     ids = TagIds.from_tokenizer(tokenizer)
 
-    @jax.jit
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    @functools.partial(jax.jit, out_shardings=replicated)
     def run(params, extra, tokens, mask, targets):
         model = nnx.merge(graphdef, params, extra)
         out = sample(model, tokens, mask, jax.random.key(0), sampling)
@@ -142,7 +167,7 @@ def make_evaluator(config, tokenizer, graphdef, mesh, model_cfg):
         formatted = format_strict_tokens(out.tokens, text_mask, ids=ids)
         return correct, formatted, out.lengths, out.truncated
 
-    tokens_j, mask_j, targets_j = map(jnp.asarray, (tokens, mask, targets))
+    tokens_j, mask_j, targets_j = (_replicated(a, mesh) for a in (tokens, mask, targets))
 
     def evaluator(state) -> dict[str, float]:
         with sharding.use_mesh(mesh):
@@ -252,7 +277,10 @@ def train(config, workdir: str) -> dict[str, float]:
         procedural.ProceduralSource(task, experiment.seed, split="train"),
         tokenizer,
         batch_size=prompts_per_process,
-        buckets=tuple(config.data.buckets),
+        # Every process must pad to the same length to form one global batch.
+        buckets=tuple(config.data.buckets)
+        if jax.process_count() == 1
+        else (max(config.data.buckets),),
         seed=experiment.seed,
         shuffle=False,
         num_threads=1,
@@ -341,6 +369,10 @@ def train(config, workdir: str) -> dict[str, float]:
                 metrics.update(evaluator(state))
             writer.write(step, metrics)
             last = metrics
+            if int(config.train.samples_every) > 0 and (
+                step % int(config.train.samples_every) == 0 or step == 1
+            ):
+                samples = _gather(samples)  # a collective: every process takes part
             if (
                 is_main
                 and int(config.train.samples_every) > 0
@@ -381,6 +413,14 @@ def _progress(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc="grpo", unit="step")
+
+
+def _gather(tree):
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _write_samples(workdir, step, tokenizer, prompt_texts, samples, group, limit):
