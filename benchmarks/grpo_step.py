@@ -1,0 +1,425 @@
+"""One GRPO step: r1's single compiled program vs TRL's `GRPOTrainer` (torch, CPU).
+
+    python benchmarks/grpo_step.py          # tiny model (the small one only if it fits 10 min)
+    python benchmarks/grpo_step.py --small  # also the small model (about 20 GiB, 15+ minutes)
+
+Settings on both sides: 16 prompts of 16 tokens x G=8 completions = 128 rows, 128 new tokens
+per completion (end-of-sequence never ends a completion, so every step generates
+16 x 8 x 128 = 16,384 tokens), temperature 1.0, mu = 1 (`num_iterations=1`), beta = 0.04 (the
+reference forward counts), clip eps 0.2, the GRPO paper's per-sequence loss aggregation
+(TRL `loss_type="grpo"`, r1 `aggregation="sequence_mean"`), group std advantages, Adam at lr 1e-6
+(TRL's default; its AdamW has weight decay 0), one optimizer update per step, float32. The reward is
+the share of completion tokens equal to one id (`jax.numpy` in r1, fused into the step; a Python
+function over `completion_ids` in TRL).
+
+The same Qwen2-shaped weights (saved once with `save_pretrained`) are loaded into r1 with
+`r1.models.hf.load` and by TRL from the saved directory (policy and reference). TRL needs a
+tokenizer: a WordLevel one over the model's vocabulary (`t3` .. `tN` plus 3 specials) built
+with `tokenizers`, so the prompts' text encodes back to exactly the token ids r1 receives. TRL
+generates with `min_new_tokens=128` so that no completion ends early. Each measurement runs in
+its own subprocess; TRL runs at 1 and 2 torch threads and its best is kept. r1's compile time is
+printed apart; times are medians over the steps after the first (TRL: `on_step_begin` to
+`on_step_end`, which spans generation, rewards, reference and policy passes and the optimizer
+step). Other processes on the machine skew both sides: the load average is printed.
+
+Last line: `speedup_vs_trl: X` (TRL seconds per step over r1 seconds per step, tiny model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_PROMPTS = 16
+GROUP = 8
+NEW_TOKENS = 128
+PROMPT_LEN = 16
+BETA = 0.04
+LR = 1e-6
+TARGET = 7  # the reward: share of completion tokens equal to this id
+PAD_ID, EOS_ID = 0, 1
+SIZES = {
+    "tiny": dict(
+        vocab_size=512,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=512,
+    ),
+    "small": dict(
+        vocab_size=32000,
+        hidden_size=512,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        intermediate_size=1408,
+    ),
+}
+STEPS = {"tiny": 6, "small": 1}  # TRL optimizer steps / r1 timed steps (the first one excluded)
+SMALL_WORK_RATIO = 45  # small / tiny seconds per step (r1 measured ~43x; 56M vs 1.1M parameters)
+BUDGET_S = 570.0  # the whole script stays under 10 minutes
+R1_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
+START = time.perf_counter()
+
+
+def _prompt_ids(vocab: int) -> list[list[int]]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return rng.integers(3, vocab, size=(NUM_PROMPTS, PROMPT_LEN)).tolist()
+
+
+def _peak_mib() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss would include the parent's)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker_r1(path: str, size: str, steps: int, cap_s: float) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from r1 import sharding
+    from r1.models import hf
+    from r1.rl.grpo import GRPOLossConfig
+    from r1.rl.step import GRPOConfig, init_train_state, make_grpo_step
+    from r1.sampling.sampler import SamplingConfig, left_pad
+
+    def reward(tokens, mask, truncated, fields):
+        share = jnp.sum((tokens == TARGET) & mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1)
+        return share, {"target_share": share}
+
+    start = time.perf_counter()
+    _, model = hf.load(path)
+    optimizer = optax.adam(LR)
+    graphdef, state = init_train_state(model, optimizer, seed=0, with_reference=True)
+    load_s = time.perf_counter() - start
+    config = GRPOConfig(
+        group_size=GROUP,
+        sampling=SamplingConfig(
+            max_new_tokens=NEW_TOKENS, num_samples=GROUP, temperature=1.0, eos_ids=()
+        ),
+        loss=GRPOLossConfig(beta=BETA, eps_low=0.2, eps_high=0.2, aggregation="sequence_mean"),
+        num_iterations=1,
+    )
+    tokens, mask = left_pad(_prompt_ids(SIZES[size]["vocab_size"]), PROMPT_LEN, PAD_ID)
+    batch = {"prompt_tokens": jnp.asarray(tokens), "prompt_mask": jnp.asarray(mask)}
+    mesh = sharding.make_mesh()
+    step = make_grpo_step(graphdef, optimizer, config, reward, mesh, state, batch)
+    with sharding.use_mesh(mesh):
+        start = time.perf_counter()
+        compiled = step.lower(state, batch).compile()
+        compile_s = time.perf_counter() - start
+        times, cpu, generated = [], [], []
+        begin = time.perf_counter()
+        for i in range(steps + 1):
+            if i >= 3 and time.perf_counter() - begin > cap_s:
+                break  # a loaded machine: keep the 10-minute promise with fewer steps
+            start, start_cpu = time.perf_counter(), time.process_time()
+            state, metrics, samples = compiled(state, batch)
+            jax.block_until_ready((state, metrics))
+            times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+            generated.append(int(jnp.sum(samples["mask"])))
+    return {
+        "seconds_per_step": statistics.median(times[1:]),
+        "cpu_seconds_per_step": statistics.median(cpu[1:]),
+        "first_step_s": times[0],
+        "step_times": times,
+        "compile_s": compile_s,
+        "load_s": load_s,
+        "generated_tokens_per_step": generated,
+        "completion_shape": list(samples["tokens"].shape),
+        "kl": float(metrics["kl"]) if "kl" in metrics else None,
+        "peak_mib": _peak_mib(),
+    }
+
+
+def worker_trl(path: str, size: str, threads: int, steps: int, cap_s: float) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    import datasets
+    import transformers
+    import trl
+
+    transformers.logging.set_verbosity_error()
+    tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(path)
+    texts = [tokenizer.decode(ids) for ids in _prompt_ids(SIZES[size]["vocab_size"])]
+    assert [tokenizer(t)["input_ids"] for t in texts] == _prompt_ids(SIZES[size]["vocab_size"])
+    dataset = datasets.Dataset.from_dict({"prompt": texts})
+    generated: list[int] = []
+    rows: list[int] = []
+
+    def target_share(completions, completion_ids, **kwargs):
+        generated.append(sum(len(ids) for ids in completion_ids))
+        rows.append(len(completion_ids))
+        return [sum(t == TARGET for t in ids) / max(len(ids), 1) for ids in completion_ids]
+
+    class Timer(transformers.TrainerCallback):
+        def __init__(self):
+            self.begin: list[float] = []
+            self.end: list[float] = []
+            self.cpu: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begin.append(time.perf_counter())
+            self.cpu.append(time.process_time())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.end.append(time.perf_counter())
+            self.cpu[-1] = time.process_time() - self.cpu[-1]
+            if len(self.end) >= 3 and self.end[-1] - self.begin[0] > cap_s:
+                control.should_training_stop = True  # a loaded machine: fewer steps
+
+    timer = Timer()
+    with tempfile.TemporaryDirectory() as out:
+        args = trl.GRPOConfig(
+            output_dir=out,
+            per_device_train_batch_size=NUM_PROMPTS * GROUP,
+            gradient_accumulation_steps=1,
+            num_generations=GROUP,
+            max_completion_length=NEW_TOKENS,
+            generation_kwargs={"min_new_tokens": NEW_TOKENS},
+            temperature=1.0,
+            beta=BETA,
+            num_iterations=1,
+            epsilon=0.2,
+            loss_type="grpo",
+            scale_rewards="group",
+            learning_rate=LR,
+            max_steps=steps + 1,
+            use_vllm=False,
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            report_to=[],
+            logging_strategy="no",
+            save_strategy="no",
+            disable_tqdm=True,
+            model_init_kwargs={"dtype": "float32"},
+            seed=0,
+            dataloader_num_workers=0,
+        )
+        start = time.perf_counter()
+        trainer = trl.GRPOTrainer(
+            model=path,
+            reward_funcs=target_share,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[timer],
+        )
+        init_s = time.perf_counter() - start
+        trainer.train()
+    times = [e - b for b, e in zip(timer.begin, timer.end, strict=True)]
+    between = [b - a for a, b in zip(timer.end, timer.end[1:])]
+    return {
+        "seconds_per_step": statistics.median(times[1:]),
+        "cpu_seconds_per_step": statistics.median(timer.cpu[1:]),
+        "end_to_end_s": statistics.median(between),
+        "first_step_s": times[0],
+        "step_times": times,
+        "init_s": init_s,
+        "generated_tokens_per_step": generated,
+        "rows_per_step": rows,
+        "peak_mib": _peak_mib(),
+    }
+
+
+def _spawn(args: list[str], env_extra: dict | None = None, timeout: float = 600) -> dict:
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=max(timeout, 1),
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _save(directory: str, size: str) -> str:
+    """Random Qwen2 weights (seed 0) and a WordLevel tokenizer over the same vocabulary."""
+    import tokenizers
+    import torch
+    import transformers
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    path = os.path.join(directory, size)
+    vocab_size = SIZES[size]["vocab_size"]
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(
+        **SIZES[size],
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        bos_token_id=None,
+    )
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(path)
+    specials = {"<pad>": PAD_ID, "<eos>": EOS_ID, "<unk>": 2}
+    vocab = {**specials, **{f"t{i}": i for i in range(3, vocab_size)}}
+    raw = tokenizers.Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = WhitespaceSplit()
+    raw.decoder = tokenizers.decoders.WordPiece(prefix="##", cleanup=False)
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+    tok.padding_side = "left"
+    tok.save_pretrained(path)
+    return path
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load avg {one:.2f} (1 min) / {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
+def _remaining(budget: bool) -> float:
+    return BUDGET_S - (time.perf_counter() - START) if budget else 3600.0
+
+
+def _run_size(path: str, size: str, budget: bool = True) -> dict:
+    """r1, then TRL at 2 and 1 torch threads. Each worker gets a share of the time left (it
+    stops after fewer steps when the machine is loaded); a TRL worker that still runs out of
+    time is dropped (the other thread count stands)."""
+    steps = STEPS[size]
+    shares = [0.3, 0.5, 1.0]  # of the time left when each worker starts
+    r1 = _spawn(
+        ["r1", path, size, str(steps), f"{shares[0] * _remaining(budget):.0f}"],
+        {"XLA_FLAGS": R1_XLA_FLAGS if size == "tiny" else ""},
+        timeout=_remaining(budget),
+    )
+    print(f"  [{size}] r1 done ({_load()})", flush=True)
+    peers = {}
+    for threads, share in zip((2, 1), shares[1:], strict=True):
+        # the worker's own cap leaves room for its start-up and its last step
+        cap = share * _remaining(budget) - 60
+        try:
+            peers[threads] = _spawn(
+                ["trl", path, size, str(threads), str(steps), f"{cap:.0f}"],
+                timeout=_remaining(budget) if share == 1.0 else share * _remaining(budget) + 60,
+            )
+            print(f"  [{size}] TRL {threads} thread(s) done ({_load()})", flush=True)
+        except subprocess.TimeoutExpired:
+            print(f"  [{size}] TRL {threads} thread(s) ran out of time ({_load()})", flush=True)
+    if not peers:
+        raise RuntimeError(f"{size}: no TRL run finished within the time budget")
+    return {"r1": r1, "trl": peers}
+
+
+def _report(size: str, result: dict) -> float:
+    r1, peers = result["r1"], result["trl"]
+    best = min(peers, key=lambda t: peers[t]["seconds_per_step"])
+    trl = peers[best]
+    expected = NUM_PROMPTS * GROUP * NEW_TOKENS
+    ratio = trl["seconds_per_step"] / r1["seconds_per_step"]
+    print(f"\n{size}: {NUM_PROMPTS} prompts x G={GROUP} x {NEW_TOKENS} new tokens, beta={BETA}")
+    print(
+        "| side | s/step (median) | CPU s/step | first step s | steps timed | compile / init s "
+        "| tokens/step | peak MiB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| r1 (one jitted program) | {r1['seconds_per_step']:.2f} "
+        f"| {r1['cpu_seconds_per_step']:.2f} | {r1['first_step_s']:.2f} "
+        f"| {len(r1['step_times']) - 1} | compile {r1['compile_s']:.1f} "
+        f"| {r1['generated_tokens_per_step'][-1]} | {r1['peak_mib']:.0f} |"
+    )
+    for threads, peer in sorted(peers.items()):
+        mark = ", best" if threads == best else ""
+        print(
+            f"| TRL GRPOTrainer (torch {threads} thread{'s' if threads > 1 else ''}{mark}) "
+            f"| {peer['seconds_per_step']:.2f} | {peer['cpu_seconds_per_step']:.2f} "
+            f"| {peer['first_step_s']:.2f} | {len(peer['step_times']) - 1} "
+            f"| init {peer['init_s']:.1f} | {peer['generated_tokens_per_step'][-1]} "
+            f"| {peer['peak_mib']:.0f} |"
+        )
+    print(f"r1 step times: {', '.join(f'{t:.2f}' for t in r1['step_times'])} s")
+    for threads, peer in sorted(peers.items()):
+        print(
+            f"TRL {threads} thread(s) step times: "
+            f"{', '.join(f'{t:.2f}' for t in peer['step_times'])} s "
+            f"(step end to step end: {peer['end_to_end_s']:.2f} s)"
+        )
+    ok_r1 = all(n == expected for n in r1["generated_tokens_per_step"])
+    ok_trl = all(
+        n == expected and rows == NUM_PROMPTS * GROUP
+        for peer in peers.values()
+        for n, rows in zip(peer["generated_tokens_per_step"], peer["rows_per_step"], strict=True)
+    )
+    print(
+        f"generated tokens per step: expected {expected}; r1 {r1['generated_tokens_per_step']} "
+        f"(completions {r1['completion_shape']}); TRL {trl['generated_tokens_per_step']} over "
+        f"{trl['rows_per_step'][-1]} rows; all as expected: {ok_r1 and ok_trl}"
+    )
+    print(
+        f"{size} seconds per step: r1 {r1['seconds_per_step']:.2f}, TRL "
+        f"{trl['seconds_per_step']:.2f} (torch {best} threads): TRL / r1 = {ratio:.2f}; "
+        f"r1 {expected / r1['seconds_per_step']:.0f} generated tok/s per step vs TRL "
+        f"{expected / trl['seconds_per_step']:.0f}"
+    )
+    return ratio
+
+
+def main() -> None:
+    print(f"machine at start: {_load()}", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _save(tmp, "tiny")
+        results["tiny"] = _run_size(path, "tiny")
+        elapsed = time.perf_counter() - START
+        # The small model costs about 45x the tiny one per step (r1 measured ~160 s per
+        # step here with ~20 GiB peak memory, and TRL is of the same order), so 2 steps on each
+        # of 3 workers do not fit the 10-minute budget: it runs only when asked (`--small`,
+        # no time limit) or if the estimate below fits.
+        trl_tiny = min(p["seconds_per_step"] for p in results["tiny"]["trl"].values())
+        estimate = SMALL_WORK_RATIO * trl_tiny * (STEPS["small"] + 1) * 3 + 60
+        if "--small" in sys.argv or elapsed + estimate < BUDGET_S:
+            try:
+                small_path = _save(tmp, "small")
+                results["small"] = _run_size(small_path, "small", budget="--small" not in sys.argv)
+            except (RuntimeError, subprocess.TimeoutExpired) as err:
+                print(f"small model failed: {str(err)[-500:]}", flush=True)
+        else:
+            print(
+                f"small model skipped: about {estimate:.0f} s needed after {elapsed:.0f} s spent "
+                f"would pass the {BUDGET_S:.0f} s budget (run with --small to force it)",
+                flush=True,
+            )
+    print(f"machine at end: {_load()}")
+    ratio = _report("tiny", results["tiny"])
+    if "small" in results:
+        _report("small", results["small"])
+    print(f"total wall time {time.perf_counter() - START:.0f} s")
+    print(f"speedup_vs_trl: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        kind, *rest = sys.argv[2:]
+        if kind == "r1":
+            out = worker_r1(rest[0], rest[1], int(rest[2]), float(rest[3]))
+        else:
+            out = worker_trl(rest[0], rest[1], int(rest[2]), int(rest[3]), float(rest[4]))
+        print(json.dumps(out))
+    else:
+        main()
