@@ -63,7 +63,11 @@ def main(argv):
     model = Transformer(model_cfg, rngs=nnx.Rngs(_SEED.value))
     graphdef, params, extra = nnx.split(model, nnx.Param, ...)
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, _LR.value, warmup_steps=50, decay_steps=_STEPS.value, end_value=_LR.value / 20
+        0.0,
+        _LR.value,
+        warmup_steps=min(50, _STEPS.value // 4),
+        decay_steps=_STEPS.value,
+        end_value=_LR.value / 20,
     )
     optimizer = optax.chain(
         optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01)
