@@ -44,6 +44,9 @@ setup(
             "ruff",
             "trl>=1.16,<2",
             "pyarrow>=14",
+            "nbclient>=0.10",
+            "nbformat>=5.9",
+            "ipykernel>=6",
         ],
     },
 )

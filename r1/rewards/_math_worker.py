@@ -11,8 +11,9 @@ import json
 import sys
 
 
-def _parse_gold(parse, text):
-    # A bare gold answer ("[1, 2)", "\\frac{1}{2}") is LaTeX: wrap it so the whole is parsed.
+def _parse_answer(parse, text):
+    # A bare answer ("[1, 2)", "\\frac{1}{2}", the inside of <answer>) is LaTeX: wrap it so the
+    # whole is parsed (gold and prediction alike).
     wrapped = "$" + text + "$"
     first = (text, wrapped) if ("$" in text or "\\boxed" in text) else (wrapped, text)
     for candidate in first + ("\\boxed{" + text + "}",):
@@ -57,11 +58,11 @@ def main() -> None:
         try:
             request = json.loads(line)
             _TIMEOUT[0] = max(1, int(request.get("timeout", 5)))
-            gold = _parse_gold(parse, request["gold"])
+            gold = _parse_answer(parse, request["gold"])
             if not gold:
                 result = {"ok": False, "reason": "bad_gold"}
             else:
-                pred = parse(request["pred"], parsing_timeout=_TIMEOUT[0], raise_on_error=True)
+                pred = _parse_answer(parse, request["pred"])
                 if not pred:
                     result = {"ok": False, "reason": "unparsable"}
                 else:
