@@ -116,13 +116,13 @@ def tiny() -> ml_collections.ConfigDict:
     c.init.hf_path = "assets/demo_base"
     c.tokenizer.kind = "demo"
     c.data.task_kwargs = ml_collections.ConfigDict(
-        dict(min_terms=2, max_terms=8, min_digits=1, max_digits=1)
+        dict(min_terms=2, max_terms=10, min_digits=1, max_digits=1)
     )
     c.data.buckets = (32, 48)
     c.rl.update(
         prompts_per_step=16,
         group_size=8,
-        max_new_tokens=80,
+        max_new_tokens=96,
         beta=0.0,
         ref_update_every=0,
         eps_low=0.2,

@@ -31,11 +31,11 @@ from r1.models import hf
 from r1.models.transformer import Transformer
 
 _OUT = flags.DEFINE_string("out", "assets/demo_base", "Output directory (HF layout).")
-_STEPS = flags.DEFINE_integer("steps", 1200, "Optimizer steps.")
+_STEPS = flags.DEFINE_integer("steps", 700, "Optimizer steps.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Sequences per step.")
-_LENGTH = flags.DEFINE_integer("seq_len", 128, "Tokens per sequence (prompt + completion).")
-_LR = flags.DEFINE_float("learning_rate", 3e-3, "Peak AdamW learning rate (cosine decay).")
-_THINK = flags.DEFINE_float("think_fraction", 0.25, "Share of examples that show their work.")
+_LENGTH = flags.DEFINE_integer("seq_len", 112, "Tokens per sequence (prompt + completion).")
+_LR = flags.DEFINE_float("learning_rate", 2e-3, "Peak AdamW learning rate (cosine decay).")
+_THINK = flags.DEFINE_float("think_fraction", 0.2, "Share of examples that show their work.")
 _SEED = flags.DEFINE_integer("seed", 1234, "Seed of the corpus and the initialisation.")
 _CONFIG = flags.DEFINE_string("config", "configs/r1_zero.py:tiny", "Config giving the model.")
 
