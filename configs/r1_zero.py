@@ -129,7 +129,7 @@ def tiny() -> ml_collections.ConfigDict:
         eps_high=0.28,
     )
     c.rewards = (("arithmetic_tokens", 1.0, {}), ("format_strict_tokens", 0.1, {}))
-    c.optimizer.update(learning_rate=3e-5, warmup_steps=0)
+    c.optimizer.update(learning_rate=1e-4, warmup_steps=0)
     c.train.update(steps=60, checkpoint_every=10, samples_every=10)
     c.eval.update(every=10, per_difficulty=16)
     return c

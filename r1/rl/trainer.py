@@ -197,7 +197,9 @@ class _Stop:
 
 def _optimizer(config) -> optax.GradientTransformation:
     opt = config.optimizer
-    schedule = optax.warmup_constant_schedule(0.0, float(opt.learning_rate), int(opt.warmup_steps))
+    lr, warmup = float(opt.learning_rate), int(opt.warmup_steps)
+    # optax's warmup with 0 steps would stay at its initial value (0) forever.
+    schedule = optax.warmup_constant_schedule(0.0, lr, warmup) if warmup > 0 else lr
     parts = []
     if float(opt.grad_clip) > 0:
         parts.append(optax.clip_by_global_norm(float(opt.grad_clip)))
