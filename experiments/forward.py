@@ -32,6 +32,7 @@ from r1.sharding import (
     initialize_distributed,
     make_mesh,
     named_sharding,
+    optimizer_shardings,
     state_shardings,
     use_mesh,
 )
@@ -82,15 +83,7 @@ def run(config, steps: int, batch_size: int, seq_len: int, learning_rate: float)
     batch_sh = named_sharding(("batch", "length"), (batch_size, seq_len), mesh)
 
     tx = optax.adamw(learning_rate)
-    # mu and nu mirror the parameters, so they take the parameters' shardings; counts replicate.
-    opt_sh = optax.tree_map_params(
-        tx,
-        lambda _, sharding: sharding,
-        jax.eval_shape(tx.init, params),
-        param_sh,
-        transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, nnx.Variable),
-    )
+    opt_sh = optimizer_shardings(tx, jax.eval_shape(tx.init, params), param_sh, mesh)
     with use_mesh(mesh):
         opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
 

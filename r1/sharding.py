@@ -270,6 +270,21 @@ def create_sharded_model(
     return nnx.merge(graphdef, state)
 
 
+def optimizer_shardings(optimizer: Any, opt_state: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Shardings of an optax state: moments mirror their parameters' shardings, counters and
+    other non-parameter leaves are replicated. opt_state may be abstract."""
+    import optax
+
+    return optax.tree_map_params(
+        optimizer,
+        lambda _, s: s,
+        opt_state,
+        param_shardings,
+        transform_non_params=lambda _: NamedSharding(mesh, PartitionSpec()),
+        is_leaf=_is_variable,
+    )
+
+
 def place_state(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
     """Moves an existing (host or device) state tree into its sharded layout."""
     shardings = state_shardings(state, mesh, rules)

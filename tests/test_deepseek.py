@@ -211,41 +211,10 @@ def test_param_count_rule_for_deepseek_v3():
     = total minus the routed experts a token does not use (n_routed - top_k per MoE layer):
     37.6B, the report's "37B".
     """
-    from r1.models.config import ModelConfig, RopeScaling
+    from r1 import configlib
 
-    cfg = ModelConfig(
-        family="deepseek_v3",
-        vocab_size=129280,
-        hidden_size=7168,
-        num_layers=61,
-        num_heads=128,
-        num_kv_heads=128,
-        head_dim=0,
-        intermediate_size=18432,
-        attention_type="mla",
-        q_lora_rank=1536,
-        kv_lora_rank=512,
-        qk_nope_head_dim=128,
-        qk_rope_head_dim=64,
-        v_head_dim=128,
-        n_routed_experts=256,
-        n_shared_experts=1,
-        moe_intermediate_size=2048,
-        num_experts_per_tok=8,
-        n_group=8,
-        topk_group=4,
-        routed_scaling_factor=2.5,
-        first_k_dense_replace=3,
-        num_mtp_layers=1,
-        max_position_embeddings=163840,
-        rope_scaling=RopeScaling(
-            "yarn",
-            factor=40.0,
-            original_max_position_embeddings=4096,
-            mscale=1.0,
-            mscale_all_dim=1.0,
-        ),
-    )
+    cfg = configlib.model_config(configlib.load_config("configs/models.py:deepseek_v3"))
+    assert cfg.num_mtp_layers == 1 and cfg.n_routed_experts == 256
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     params = nnx.state(abstract, nnx.Param)
     total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))

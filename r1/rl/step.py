@@ -123,14 +123,7 @@ def train_state_shardings(
     rules, optimizer moments like their parameters, scalars replicated."""
     replicated = NamedSharding(mesh, PartitionSpec())
     param_sh = sharding.state_shardings(state.params, mesh)
-    opt_sh = optax.tree_map_params(
-        optimizer,
-        lambda _, s: s,
-        state.opt_state,
-        param_sh,
-        transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, nnx.Variable),
-    )
+    opt_sh = sharding.optimizer_shardings(optimizer, state.opt_state, param_sh, mesh)
     return TrainState(
         step=replicated,
         params=param_sh,
