@@ -30,7 +30,10 @@ def _run(model, config, prompts=PROMPTS, bucket=8, seed=0, row_ids=None):
 def test_greedy_equals_full_forward_argmax(name):
     model = _model(name)
     steps = 6
-    out = _run(model, SamplingConfig(max_new_tokens=steps, greedy=True))
+    # Three decode segments: the cache grows 8+2 -> 8+4 -> 8+6 slots between while-loops.
+    config = SamplingConfig(max_new_tokens=steps, greedy=True, decode_segments=3)
+    assert config.segment_ends() == (2, 4, 6)
+    out = _run(model, config)
     for row, prompt in enumerate(PROMPTS):
         seq = list(prompt)
         for t in range(steps):
@@ -47,7 +50,9 @@ def test_greedy_equals_full_forward_argmax(name):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_sampled_logprobs_equal_teacher_forcing(name):
     model = _model(name, seed=1)
-    config = SamplingConfig(max_new_tokens=7, num_samples=2, temperature=0.7, top_k=20)
+    config = SamplingConfig(
+        max_new_tokens=7, num_samples=2, temperature=0.7, top_k=20, decode_segments=2
+    )
     out = _run(model, config, seed=3)
     for row in range(len(PROMPTS) * 2):
         prompt = PROMPTS[row // 2]
@@ -206,3 +211,16 @@ def test_config_validation():
         SamplingConfig(top_p=0.0)
     with pytest.raises(ValueError, match="too long|more than the bucket"):
         left_pad([[1, 2, 3]], 2, 0)
+    with pytest.raises(ValueError, match="decode_segments"):
+        SamplingConfig(max_new_tokens=4, decode_segments=5)
+    assert SamplingConfig(max_new_tokens=256).segment_ends() == (64, 128, 192, 256)
+    assert SamplingConfig(max_new_tokens=10, decode_segments=3).segment_ends() == (4, 7, 10)
+
+
+def test_argmax_rows_and_gumbel_sampling_match_jax():
+    logits = jax.random.normal(jax.random.key(0), (16, 50))
+    logits = logits.at[3, 5].set(9.0).at[3, 7].set(9.0)  # a tie: the first index wins
+    np.testing.assert_array_equal(filters.argmax_rows(logits), jnp.argmax(logits, axis=-1))
+    keys = jax.random.split(jax.random.key(1), 16)
+    expected = jax.vmap(jax.random.categorical)(keys, logits)
+    np.testing.assert_array_equal(filters.sample_rows(keys, logits), expected)

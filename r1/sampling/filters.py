@@ -68,9 +68,25 @@ def apply_filters(
     return min_p_filter(logits, min_p)
 
 
+def argmax_rows(logits: jax.Array) -> jax.Array:
+    """First index of the row maximum: float[B, V] -> int32[B] (as `jnp.argmax`, without NaNs).
+
+    Written as a max-reduce and a min-reduce over masked indices: two vectorised passes, where
+    XLA's CPU lowering of argmax (a variadic value-index reduce) is several times slower; the
+    decode loop runs this once per generated token.
+    """
+    vocab = logits.shape[-1]
+    best = jnp.max(logits, axis=-1, keepdims=True)
+    index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.min(jnp.where(logits == best, index, vocab), axis=-1).astype(jnp.int32)
+
+
 def sample_rows(keys: jax.Array, logits: jax.Array) -> jax.Array:
     """One categorical draw per row with that row's own key: keys [B] (typed or uint32[B, 2]),
-    logits float32[B, V] -> int32[B]. A row's draw does not depend on the other rows."""
-    return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, logits).astype(
-        jnp.int32
-    )
+    logits float32[B, V] -> int32[B]. A row's draw does not depend on the other rows.
+
+    Gumbel-max: argmax(logits + Gumbel noise), the noise drawn per row from its key (the same
+    draw `jax.random.categorical(key, row)` makes).
+    """
+    noise = jax.vmap(lambda key: jax.random.gumbel(key, logits.shape[-1:], logits.dtype))(keys)
+    return argmax_rows(logits + noise)

@@ -64,6 +64,28 @@ def cache_bytes_per_token(cache: Cache) -> int:
     return total // (batch * max_len)
 
 
+# The slot (sequence) axis of each cache entry.
+SLOT_AXIS = {"k": 3, "v": 2, "kv_latent": 1, "k_rope": 1, "valid": 1}
+
+
+def grow_cache(cache: Cache, max_len: int) -> Cache:
+    """The cache with its slot axis zero-padded to `max_len` slots (the new slots invalid)."""
+
+    def pad(name, array):
+        extra = max_len - array.shape[SLOT_AXIS[name]]
+        if extra < 0:
+            raise ValueError(f"grow_cache: {name} has more than {max_len} slots already")
+        widths = [(0, 0)] * array.ndim
+        widths[SLOT_AXIS[name]] = (0, extra)
+        return jnp.pad(array, widths)
+
+    layers = [
+        _constrain({name: pad(name, array) for name, array in layer.items()})
+        for layer in cache["layers"]
+    ]
+    return {"layers": layers, "valid": pad("valid", cache["valid"])}
+
+
 def repeat_rows(cache: Cache, repeats: int) -> Cache:
     """Each row repeated `repeats` times consecutively (prompt p -> rows p*G .. p*G+G-1)."""
     return jax.tree.map(lambda x: jnp.repeat(x, repeats, axis=0), cache)
@@ -87,11 +109,33 @@ def _gqa_cached(attn, x, positions, layer, index, mask):
     b, t, h, d = q.shape
     kv_heads = k_cache.shape[1]
     qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
-    scores = jnp.einsum("btkgd,bkds->bkgts", qg, k_cache, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, None, :, :], scores * attn.scale, MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, v_cache).reshape(b, t, h, d)
+    if t == 1:
+        out = _decode_attention(qg[:, 0], k_cache, v_cache, mask[:, 0], attn.scale)
+        out = out.reshape(b, 1, h, d)
+    else:
+        scores = jnp.einsum(
+            "btkgd,bkds->bkgts", qg, k_cache, preferred_element_type=jnp.float32
+        )
+        scores = jnp.where(mask[:, None, None, :, :], scores * attn.scale, MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
+        out = jnp.einsum("bkgts,bksd->btkgd", probs, v_cache).reshape(b, t, h, d)
     return attn.output(out), {"k": k_cache, "v": v_cache}
+
+
+def _decode_attention(q, k_cache, v_cache, mask, scale):
+    """One query token per row as broadcast-multiply-and-reduce instead of batched matmuls.
+
+    q: [B, KV, G, D]; k_cache: [B, KV, D, S]; v_cache: [B, KV, S, D]; mask: bool[B, S]
+    -> [B, KV, G, D]. With one query per row each (row, kv head) pair is a matrix-vector
+    product: XLA fuses the reduce form into one pass over the cache, where the batched-dot form
+    runs B x KV tiny GEMMs (3x slower on CPU at batch 32). Same memory traffic on accelerators.
+    """
+    q32 = q.astype(jnp.float32)
+    scores = jnp.sum(q32[..., None] * k_cache[:, :, None].astype(jnp.float32), axis=3)
+    scores = jnp.where(mask[:, None, None, :], scores * scale, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.sum(probs[..., None] * v_cache[:, :, None].astype(jnp.float32), axis=3)
+    return out.astype(v_cache.dtype)
 
 
 def _mla_cached(attn, x, positions, layer, index, mask):

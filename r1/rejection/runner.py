@@ -1,0 +1,630 @@
+"""The rejection-sampling loop: prompts -> k samples each -> rewards -> selection -> JSONL.
+
+    python -m experiments.rejection_sample --config=configs/rejection_sample.py:tiny \
+        --workdir=runs/rejection_tiny
+
+`run` is the shell around the pure parts: it takes batches of prompts in order, asks a
+`Policy` for k completions per prompt, scores them with a `RewardSpec`, keeps rows with
+`r1.rejection.select.select` and appends them to `workdir/traces.jsonl` (row format:
+docs/rejection_sampling.md). `SamplerPolicy` is the real policy (the compiled sampler of
+`r1.sampling.sampler`); tests plug in a fake one with known outputs.
+
+Resuming. After every batch the rows are appended and fsync'd, then `workdir/progress.json` is
+replaced atomically with the number of prompts done, the byte size of traces.jsonl and the
+running counts. A restarted job truncates traces.jsonl to the recorded size (dropping the rows
+of a batch whose progress was never recorded), checks that every remaining row belongs to a
+finished prompt and continues with the next prompt. Sample `j` of prompt `i` draws its
+randomness from `fold_in(key(seed), i * k + j)`, independent of batching, so the resumed file
+equals the file of an unbroken run. A workdir made with another configuration (checkpoint,
+seed, prompts, sampling, rewards or selection) is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+from flax import nnx
+
+from r1 import configlib, sharding
+from r1.data import procedural, sources, templates
+from r1.rejection.filters import FilterConfig, extract_cot
+from r1.rejection.select import Candidate, SelectConfig, Selection, select
+from r1.rewards import RewardResult, RewardSpec, get
+from r1.rewards.extract import THINK_CLOSE, answer_content
+from r1.sampling.sampler import SamplingConfig, bucket_length, left_pad, make_sampler
+
+log = logging.getLogger(__name__)
+
+TRACES, PROGRESS, REPORT = "traces.jsonl", "progress.json", "report.json"
+TEMPLATES = ("r1_zero", *templates.CHAT_FORMATS)
+EXTRA_SECTIONS = ("init", "tokenizer", "data", "sampling", "rewards", "select", "filters")
+
+
+# ----------------------------------------------------------------------------- policies
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """One sampled completion: its text (EOS removed), whether it hit the token limit without
+    ending, and how many tokens were generated."""
+
+    text: str
+    truncated: bool = False
+    num_tokens: int = 0
+
+
+class Policy(Protocol):
+    """Anything that samples: `policy(prompts, prompt_indices) -> [prompt][sample] Completion`.
+
+    prompts: the rendered (templated) prompt texts. prompt_indices: each prompt's stable
+    position in the whole prompt set, which seeds its samples (so that results do not depend on
+    batching). Every prompt gets the same number of samples.
+    """
+
+    def __call__(
+        self, prompts: Sequence[str], prompt_indices: Sequence[int]
+    ) -> list[list[Completion]]: ...
+
+
+class SamplerPolicy:
+    """The compiled JAX sampler as a `Policy`.
+
+    Prompts are tokenised (`add_bos`), left-padded to a multiple of `bucket_multiple` tokens and
+    the batch is padded to `batch_size` prompts (repeating the last one; the extra outputs are
+    discarded), so one program is compiled per prompt bucket. With a `mesh` the batch is
+    replicated over it and the outputs are gathered replicated (every process gets all rows).
+    """
+
+    def __init__(
+        self,
+        model: nnx.Module,
+        tokenizer: Any,
+        sampling: SamplingConfig,
+        *,
+        seed: int,
+        batch_size: int,
+        mesh: jax.sharding.Mesh | None = None,
+        add_bos: bool = True,
+        bucket_multiple: int = 16,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"SamplerPolicy: batch_size must be >= 1, got {batch_size}")
+        self.tokenizer, self.sampling, self.mesh = tokenizer, sampling, mesh
+        self.batch_size, self.add_bos, self.bucket_multiple = batch_size, add_bos, bucket_multiple
+        self.key = jax.random.key(seed)
+        self._graphdef, self._state = nnx.split(model)
+        jit_kwargs = {}
+        if mesh is not None:
+            self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            jit_kwargs["out_shardings"] = self._replicated
+        self._sample = make_sampler(self._graphdef, sampling, **jit_kwargs)
+        self._end_ids = np.asarray(sampling.eos_ids, np.int32)
+
+    def _put(self, array: np.ndarray) -> jax.Array | np.ndarray:
+        if self.mesh is None:
+            return array
+        return jax.make_array_from_callback(array.shape, self._replicated, lambda i: array[i])
+
+    def __call__(
+        self, prompts: Sequence[str], prompt_indices: Sequence[int]
+    ) -> list[list[Completion]]:
+        n, k = len(prompts), self.sampling.num_samples
+        if n != len(prompt_indices):
+            raise ValueError(f"SamplerPolicy: {n} prompts but {len(prompt_indices)} indices")
+        if not 0 < n <= self.batch_size:
+            raise ValueError(f"SamplerPolicy: expected 1..{self.batch_size} prompts, got {n}")
+        encoded = [list(self.tokenizer.encode(p, add_bos=self.add_bos)) for p in prompts]
+        encoded += [encoded[-1]] * (self.batch_size - n)
+        indices = list(prompt_indices) + [prompt_indices[-1]] * (self.batch_size - n)
+        length = bucket_length(max(len(e) for e in encoded), self.bucket_multiple)
+        tokens, mask = left_pad(encoded, length, self.tokenizer.pad_id)
+        row_ids = (np.asarray(indices, np.int64)[:, None] * k + np.arange(k)[None, :]).reshape(-1)
+        if row_ids.max() >= 2**31:
+            raise ValueError("SamplerPolicy: prompt index * num_samples exceeds int32")
+        args = (self._put(tokens), self._put(mask), self.key, self._put(row_ids.astype(np.int32)))
+        if self.mesh is None:
+            out = self._sample(self._state, *args)
+        else:
+            with sharding.use_mesh(self.mesh):
+                out = self._sample(self._state, *args)
+        out_tokens, out_mask, truncated, lengths = jax.device_get(
+            (out.tokens, out.mask, out.truncated, out.lengths)
+        )
+        keep = out_mask & ~np.isin(out_tokens, self._end_ids)
+        results = []
+        for p in range(n):
+            rows = range(p * k, (p + 1) * k)
+            results.append(
+                [
+                    Completion(
+                        text=self.tokenizer.decode(out_tokens[r][keep[r]].tolist()),
+                        truncated=bool(truncated[r]),
+                        num_tokens=int(lengths[r]),
+                    )
+                    for r in rows
+                ]
+            )
+        return results
+
+
+# ----------------------------------------------------------------------------- rows
+def split_response(response: str) -> tuple[str | None, str | None]:
+    """`(reasoning, answer)` of a response, stripped; None for a part that cannot be found.
+
+    reasoning: the CoT (`r1.rejection.filters.extract_cot`) when the response closes its
+    ``</think>``. answer: the last ``<answer>`` content if any, else the text after
+    ``</think>`` (`templates.strip_thinking`) when there is one.
+    """
+    reasoning = extract_cot(response).strip() if THINK_CLOSE in response else None
+    content = answer_content(response)
+    if content is not None:
+        return reasoning, content.strip()
+    if THINK_CLOSE in response:
+        return reasoning, templates.strip_thinking(response).strip()
+    return reasoning, None
+
+
+def trace_row(
+    prompt_row: Mapping[str, Any], candidate: Candidate, provenance: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The JSONL row of one kept candidate (format: docs/rejection_sampling.md)."""
+    reasoning, answer = split_response(candidate.completion)
+    return {
+        "prompt": prompt_row["prompt"],
+        "response": candidate.completion,
+        "reasoning": reasoning,
+        "answer": answer,
+        "task": prompt_row.get("task"),
+        "prompt_id": candidate.prompt_id,
+        "sample_index": candidate.sample_index,
+        "num_tokens": candidate.num_tokens,
+        "provenance": {
+            **provenance,
+            "rewards": {k: float(v) for k, v in candidate.rewards.items()},
+        },
+    }
+
+
+def reward_fields(
+    spec: RewardSpec, rows: Sequence[Mapping[str, Any]], completions: Sequence[Completion]
+) -> dict[str, list[Any]]:
+    """The batch fields the spec's rewards read, one entry per completion.
+
+    A field comes from the prompt row; `target` falls back to the row's `answer`, `lengths` is
+    the generated token count. A field no row has is left out (the reward then says which
+    field it needs, unless a term's kwargs provide it).
+    """
+    wanted = {f for t in spec.terms for f in get(t.name).fields if f not in t.kwargs}
+    wanted.discard("correct")  # comes from `correct_from` inside RewardSpec
+    fields: dict[str, list[Any]] = {}
+    for name in sorted(wanted):
+        if name == "lengths":
+            fields[name] = [c.num_tokens for c in completions]
+        elif all(name in r for r in rows):
+            fields[name] = [r[name] for r in rows]
+        elif name == "target" and all("answer" in r for r in rows):
+            fields[name] = [r["answer"] for r in rows]
+    return fields
+
+
+# ----------------------------------------------------------------------------- progress
+def _atomic_write_json(path: str, value: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_progress(path: str, progress: Mapping[str, Any]) -> None:
+    _atomic_write_json(path, progress)
+
+
+def fingerprint(identity: Mapping[str, Any]) -> str:
+    """A short hash of the run's identity (JSON of it, keys sorted)."""
+    text = json.dumps(identity, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _fresh_progress(identity: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "fingerprint": fingerprint(identity),
+        "prompts_done": 0,
+        "batches_done": 0,
+        "traces_bytes": 0,
+        "candidates": 0,
+        "kept": 0,
+        "prompts_with_rows": 0,
+        "dropped": {},
+        "filter_hits": {},
+        "reward_sums": {},
+        "reward_failures": {},
+        "seconds": 0.0,
+    }
+
+
+def _resume(
+    workdir: str, identity: Mapping[str, Any], prompt_ids: Sequence[str], write: bool = True
+) -> dict:
+    """The progress to continue from. With `write` (the writing process) traces.jsonl is
+    truncated to its recorded size and its rows are checked against the prompts done."""
+    traces, progress_path = os.path.join(workdir, TRACES), os.path.join(workdir, PROGRESS)
+    if not os.path.exists(progress_path):
+        if os.path.exists(traces) and os.path.getsize(traces) > 0:
+            raise ValueError(
+                f"{traces} exists without {PROGRESS}: not written by this tool's resumable "
+                "loop; use a new workdir"
+            )
+        return _fresh_progress(identity)
+    with open(progress_path) as f:
+        progress = json.load(f)
+    if progress.get("fingerprint") != fingerprint(identity):
+        raise ValueError(
+            f"{workdir} holds a rejection-sampling run with another configuration (checkpoint, "
+            "seed, prompts, sampling, rewards or selection differ); use a new workdir"
+        )
+    if not write:
+        return progress
+    size = os.path.getsize(traces) if os.path.exists(traces) else 0
+    if size < progress["traces_bytes"]:
+        raise ValueError(
+            f"{traces} has {size} bytes but {PROGRESS} recorded {progress['traces_bytes']}: "
+            "the traces file was cut; cannot resume"
+        )
+    if size > progress["traces_bytes"]:
+        log.warning("dropping %d bytes of an unfinished batch", size - progress["traces_bytes"])
+        with open(traces, "r+b") as f:
+            f.truncate(progress["traces_bytes"])
+    done = set(prompt_ids[: progress["prompts_done"]])
+    if os.path.exists(traces):
+        with open(traces, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                pid = json.loads(line)["prompt_id"]
+                if pid not in done:
+                    raise ValueError(
+                        f"{traces} line {lineno}: prompt {pid!r} is not among the "
+                        f"{progress['prompts_done']} prompts recorded as done"
+                    )
+    return progress
+
+
+# ----------------------------------------------------------------------------- the loop
+def _default_render(row: Mapping[str, Any]) -> str:
+    return templates.render_r1_zero(row["prompt"])
+
+
+def run(
+    prompts: Sequence[Mapping[str, Any]],
+    policy: Policy,
+    spec: RewardSpec,
+    select_config: SelectConfig,
+    workdir: str,
+    *,
+    batch_size: int,
+    provenance: Mapping[str, Any],
+    render: Callable[[Mapping[str, Any]], str] = _default_render,
+    identity: Mapping[str, Any] | None = None,
+    write: bool = True,
+    progress_bar: bool = False,
+) -> dict[str, Any]:
+    """Rejection-samples `prompts` into `workdir/traces.jsonl`, resuming a previous run.
+
+    Args:
+      prompts: rows with unique `id`, `prompt` (the question) and the fields the rewards read
+        (`answer`, `target`, ...).
+      policy: the sampler (`SamplerPolicy`, or a fake in tests).
+      spec: the rewards; `select_config`'s reward labels must be among its terms.
+      select_config: correctness, filters, deduplication and cap.
+      batch_size: prompts per policy call.
+      provenance: copied into every row's `provenance` (checkpoint, seed, config).
+      render: prompt row -> the text the policy continues (default: R1-Zero template).
+      identity: what must match for a resume (default: provenance, prompt ids, selection,
+        reward terms, batch size).
+      write: False on processes other than the first of a multi-host job (they sample, only the
+        first writes).
+      progress_bar: show a tqdm bar.
+
+    Returns:
+      the report (also written to `workdir/report.json`): counts of candidates, kept rows and
+      drops by reason, filter hits, mean reward per term, reward failures, seconds.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ids = [str(r.get("id", "")) for r in prompts]
+    if any(not i for i in ids):
+        raise ValueError("every prompt row needs a non-empty 'id' (the resume key)")
+    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if repeated:
+        raise ValueError(f"prompt ids must be unique; repeated: {repeated[:5]}")
+    labels = [t.label for t in spec.terms]
+    missing = [label for label in select_config.reward_labels if label not in labels]
+    if missing:
+        raise ValueError(
+            f"selection reads reward(s) {missing} that are not scored; terms: {labels}"
+        )
+    if identity is None:
+        identity = {
+            "provenance": dict(provenance),
+            "batch_size": batch_size,
+            "select": repr(select_config),
+            "rewards": repr(spec.terms),
+        }
+    identity = {**identity, "prompt_ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+    os.makedirs(workdir, exist_ok=True)
+    traces_path = os.path.join(workdir, TRACES)
+    progress_path = os.path.join(workdir, PROGRESS)
+    progress = _resume(workdir, identity, ids, write)
+    if write and not os.path.exists(progress_path):
+        _write_progress(progress_path, progress)
+    start = progress["prompts_done"]
+    bar = _progress(len(prompts), start, progress_bar)
+    try:
+        for lo in range(start, len(prompts), batch_size):
+            began = time.perf_counter()
+            batch = list(prompts[lo : lo + batch_size])
+            texts = [render(r) for r in batch]
+            outputs = policy(texts, list(range(lo, lo + len(batch))))
+            if len(outputs) != len(batch):
+                raise ValueError(f"policy returned {len(outputs)} groups for {len(batch)} prompts")
+            flat = [(r, t, c, j) for r, t, g in zip(batch, texts, outputs) for j, c in enumerate(g)]
+            scored = spec(
+                [t for _, t, _, _ in flat],
+                [c.text for _, _, c, _ in flat],
+                **reward_fields(spec, [r for r, _, _, _ in flat], [c for _, _, c, _ in flat]),
+            )
+            candidates = [
+                Candidate(
+                    prompt_id=str(r["id"]),
+                    sample_index=j,
+                    completion=c.text,
+                    rewards={k: float(v[i]) for k, v in scored.breakdown.items()},
+                    truncated=c.truncated,
+                    num_tokens=c.num_tokens,
+                )
+                for i, (r, _, c, j) in enumerate(flat)
+            ]
+            chosen = select(candidates, select_config)
+            by_id = {str(r["id"]): r for r in batch}
+            lines = [
+                json.dumps(trace_row(by_id[c.prompt_id], c, provenance), ensure_ascii=False)
+                for c in chosen.kept
+            ]
+            _accumulate(progress, chosen, scored, len(batch), time.perf_counter() - began)
+            if write:
+                data = "".join(line + "\n" for line in lines).encode("utf-8")
+                with open(traces_path, "ab") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                progress["traces_bytes"] += len(data)
+                _write_progress(progress_path, progress)
+            bar.update(len(batch))
+            bar.set_postfix(kept=progress["kept"], candidates=progress["candidates"])
+    finally:
+        bar.close()
+    report = make_report(progress, len(prompts), provenance)
+    if write:
+        _atomic_write_json(os.path.join(workdir, REPORT), report)
+    return report
+
+
+def _accumulate(
+    progress: dict, chosen: Selection, scored: RewardResult, num_prompts: int, seconds: float
+) -> None:
+    progress["prompts_done"] += num_prompts
+    progress["batches_done"] += 1
+    progress["candidates"] += chosen.num_candidates
+    progress["kept"] += len(chosen.kept)
+    progress["prompts_with_rows"] += len({c.prompt_id for c in chosen.kept})
+    for key, new in (("dropped", chosen.dropped), ("filter_hits", chosen.filter_hits)):
+        progress[key] = dict(sorted((Counter(progress[key]) + Counter(new)).items()))
+    sums = Counter(progress["reward_sums"])
+    for label, values in scored.breakdown.items():
+        sums[label] += float(np.sum(values))
+    progress["reward_sums"] = dict(sorted(sums.items()))
+    failures = Counter(progress["reward_failures"]) + Counter(scored.failures)
+    progress["reward_failures"] = dict(sorted(failures.items()))
+    progress["seconds"] += seconds
+
+
+def make_report(
+    progress: Mapping[str, Any], num_prompts: int, provenance: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The summary written to report.json, from the accumulated progress."""
+    candidates = progress["candidates"]
+    return {
+        "provenance": dict(provenance),
+        "prompts": num_prompts,
+        "prompts_done": progress["prompts_done"],
+        "prompts_with_rows": progress["prompts_with_rows"],
+        "candidates": candidates,
+        "kept": progress["kept"],
+        "kept_fraction": progress["kept"] / candidates if candidates else 0.0,
+        "dropped": dict(progress["dropped"]),
+        "filter_hits": dict(progress["filter_hits"]),
+        "reward_means": {
+            k: v / candidates if candidates else 0.0 for k, v in progress["reward_sums"].items()
+        },
+        "reward_failures": dict(progress["reward_failures"]),
+        "seconds": progress["seconds"],
+    }
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="rejection", unit="prompt")
+
+
+# ----------------------------------------------------------------------------- from a config
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """`config.data`: where prompts come from and how they are rendered.
+
+    source: "procedural" (`task`, `task_kwargs`, `split`, the first `num_prompts` rows for
+    `config.seed`) or "files" (`files`: a path, glob or comma-separated paths of JSONL / JSON /
+    Parquet in a `r1.data.sources` layout; the first `num_prompts` rows, 0: all).
+    template: "r1_zero" or a chat format of `r1.data.templates.render_chat` (which opens
+    ``<think>``). add_bos: the tokenizer prepends BOS (chat formats then omit their BOS text).
+    """
+
+    source: str = "procedural"
+    task: str = "add"
+    task_kwargs: dict = dataclasses.field(default_factory=dict)
+    split: str = "train"
+    files: str = ""
+    layout: str = "auto"
+    num_prompts: int = 0
+    template: str = "r1_zero"
+    add_bos: bool = True
+
+    def __post_init__(self):
+        if self.source not in ("procedural", "files"):
+            raise ValueError(f"source: expected 'procedural' or 'files', got {self.source!r}")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"template: expected one of {TEMPLATES}, got {self.template!r}")
+        if self.num_prompts < 0 or (self.source == "procedural" and self.num_prompts == 0):
+            raise ValueError(f"num_prompts: expected > 0 (>= 0 for files), got {self.num_prompts}")
+        if self.source == "files" and not self.files:
+            raise ValueError("files: source='files' needs a path, glob or comma-separated paths")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSection:
+    """`config.sampling`: k = num_samples per prompt, prompts_per_batch per sampler call, the
+    sampler's settings (`r1.sampling.sampler.SamplingConfig`) and the prompt bucket multiple."""
+
+    num_samples: int = 8
+    prompts_per_batch: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    bucket_multiple: int = 16
+
+    def __post_init__(self):
+        for name in ("num_samples", "prompts_per_batch", "bucket_multiple"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+
+
+def load_prompts(data: DataSection, seed: int) -> list[dict[str, Any]]:
+    """The prompt rows of `config.data` (see `DataSection`)."""
+    if data.source == "procedural":
+        task = procedural.make_task(data.task, **dict(data.task_kwargs))
+        return [procedural.generate(task, seed, i, data.split) for i in range(data.num_prompts)]
+    paths: Any = data.files
+    if "," in paths:
+        paths = [p.strip() for p in paths.split(",") if p.strip()]
+    rows, _ = sources.load_files(paths, data.layout)
+    return rows[: data.num_prompts] if data.num_prompts else rows
+
+
+def make_render(data: DataSection) -> Callable[[Mapping[str, Any]], str]:
+    """Prompt row -> the text the policy continues, for `data.template`."""
+    if data.template == "r1_zero":
+        return _default_render
+    fmt, add_bos = data.template, not data.add_bos
+    return lambda row: templates.render_chat(row["prompt"], format=fmt, add_bos=add_bos)
+
+
+def parse_sections(config: Any) -> tuple[DataSection, SamplingSection, SelectConfig]:
+    """The typed `data`, `sampling` and `select` (+ `filters`) sections; errors name the field."""
+    data = configlib.to_dataclass(DataSection, config["data"], "config.data")
+    sampling = configlib.to_dataclass(SamplingSection, config["sampling"], "config.sampling")
+    filters = configlib.to_dataclass(FilterConfig, config["filters"], "config.filters")
+    values = dict(config["select"])
+    try:
+        values["min_rewards"] = tuple((str(n), float(m)) for n, m in values.get("min_rewards", ()))
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"config.select.min_rewards: expected (label, minimum) pairs: {err}"
+        ) from err
+    select_cfg = configlib.to_dataclass(
+        SelectConfig, {**values, "filters": filters}, "config.select"
+    )
+    return data, sampling, select_cfg
+
+
+def run_from_config(config: Any, workdir: str, config_name: str = "") -> dict[str, Any]:
+    """Builds mesh, tokenizer, policy (`config.init.hf_path`), prompts and rewards from an
+    experiment config (configs/rejection_sample.py) and runs `run` in `workdir`."""
+    from r1.rl import trainer  # noqa: PLC0415 - reuse its builders; heavy import kept local
+
+    experiment = configlib.parse_experiment(
+        config, num_devices=jax.device_count(), extra_sections=EXTRA_SECTIONS
+    )
+    data, sampling_section, select_cfg = parse_sections(config)
+    if not config.init.hf_path:
+        raise ValueError("config.init.hf_path: rejection sampling needs a checkpoint to sample")
+    spec = RewardSpec.from_config(config.rewards)
+    mesh = sharding.make_mesh(experiment.mesh)
+    tokenizer = trainer.build_tokenizer(config)
+    if tokenizer.vocab_size > experiment.model.vocab_size:
+        raise ValueError(
+            f"config.model.vocab_size={experiment.model.vocab_size} is smaller than the "
+            f"tokenizer's {tokenizer.vocab_size}"
+        )
+    with sharding.use_mesh(mesh):
+        model = trainer.build_policy(config, experiment.model, mesh)
+    sampling = SamplingConfig(
+        max_new_tokens=sampling_section.max_new_tokens,
+        num_samples=sampling_section.num_samples,
+        temperature=sampling_section.temperature,
+        top_p=sampling_section.top_p,
+        top_k=sampling_section.top_k,
+        min_p=sampling_section.min_p,
+        eos_ids=(tokenizer.eos_id,),
+        pad_id=tokenizer.pad_id,
+    )
+    policy = SamplerPolicy(
+        model,
+        tokenizer,
+        sampling,
+        seed=experiment.seed,
+        batch_size=sampling_section.prompts_per_batch,
+        mesh=mesh,
+        add_bos=data.add_bos,
+        bucket_multiple=sampling_section.bucket_multiple,
+    )
+    prompts = load_prompts(data, experiment.seed)
+    provenance = {
+        "checkpoint": str(config.init.hf_path),
+        "seed": experiment.seed,
+        "config": config_name,
+        "sampling": dataclasses.asdict(sampling_section),
+    }
+    identity = {
+        "provenance": provenance,
+        "data": repr(data),
+        "select": repr(select_cfg),
+        "rewards": repr(spec.terms),
+    }
+    is_main = jax.process_index() == 0
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    return run(
+        prompts,
+        policy,
+        spec,
+        select_cfg,
+        workdir,
+        batch_size=sampling_section.prompts_per_batch,
+        provenance=provenance,
+        render=make_render(data),
+        identity=identity,
+        write=is_main,
+        progress_bar=is_main,
+    )

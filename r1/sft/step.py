@@ -1,0 +1,275 @@
+"""The SFT loss (pure) and the compiled SFT step with gradient accumulation.
+
+Loss: the mean next-token NLL over *target* tokens: positions t whose next token t + 1 is a
+response token (`loss_mask`) of the same packed example (`segment_ids`). Prompt tokens, padding
+and the first token of the next packed example are never targets, so a packed batch and the same
+examples unpacked give the same loss. With MTP modules, depth k predicts token t + 1 + k under
+the same rule and `mtp_weight` times the mean over depths is added (DeepSeek-V3); MoE layers add
+their (alpha-weighted) balance loss.
+
+Gradient accumulation: the batch's B rows are split into `num_microbatches` interleaved
+micro-batches (row j goes to micro-batch j mod M, so each stays spread over the data axes) and
+a `lax.scan` sums their gradients. Every micro-batch divides its NLL sum by the token count of
+the *whole* batch, so the accumulated gradient equals the full-batch gradient exactly (up to
+float summation order), however the target tokens are spread over the micro-batches.
+
+`make_sft_step(...)` returns a jitted `step(state, batch) -> (state, metrics)` with explicit
+in/out shardings (state like the GRPO step's `TrainState`, batch rows on the `batch` axis) and
+the train state donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from r1 import sharding
+from r1.losses import balance_loss, token_cross_entropy
+from r1.models.moe import update_model_routing_biases
+from r1.models.transformer import ModelOutput
+from r1.rl.step import TrainState, train_state_shardings
+
+Batch = dict[str, jax.Array]
+BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """Static settings of the SFT step.
+
+    num_microbatches: M, gradient-accumulation micro-batches per optimizer update (the batch's
+    rows must be divisible by M). mtp_weight: lambda of the MTP loss (used only when the model
+    has MTP modules; 0 skips them).
+    """
+
+    num_microbatches: int = 1
+    mtp_weight: float = 0.0
+
+    def __post_init__(self):
+        if self.num_microbatches < 1:
+            raise ValueError(
+                f"SFTConfig.num_microbatches: expected >= 1, got {self.num_microbatches}"
+            )
+        if self.mtp_weight < 0:
+            raise ValueError(f"SFTConfig.mtp_weight: expected >= 0, got {self.mtp_weight}")
+
+
+# ----------------------------------------------------------------------------- pure loss
+def target_mask(loss_mask: jax.Array, segment_ids: jax.Array, shift: int = 1) -> jax.Array:
+    """bool[B, T - shift]: True at t when token t + shift is a target of t's own example.
+
+    loss_mask: bool[B, T] (response tokens); segment_ids: int32[B, T] (0 = padding).
+    """
+    same = segment_ids[:, shift:] == segment_ids[:, :-shift]
+    return loss_mask[:, shift:].astype(bool) & same & (segment_ids[:, shift:] > 0)
+
+
+def num_mtp_depths(model: nnx.Module, config: SFTConfig) -> int:
+    """How many MTP depths the loss uses: the model's MTP modules when mtp_weight > 0."""
+    return len(model.mtp) if config.mtp_weight > 0 else 0
+
+
+def target_counts(batch: Batch, mtp_depths: int = 0) -> jax.Array:
+    """float32[1 + K]: target tokens of the next-token loss and of each MTP depth."""
+    counts = [
+        jnp.sum(target_mask(batch["loss_mask"], batch["segment_ids"], 1 + k))
+        for k in range(mtp_depths + 1)
+    ]
+    return jnp.stack(counts).astype(jnp.float32)
+
+
+def _nll_sum(logits, tokens, mask, shift):
+    nll = token_cross_entropy(logits[:, :-shift], tokens[:, shift:])
+    correct = jnp.argmax(logits[:, :-shift], axis=-1) == tokens[:, shift:]
+    m = mask.astype(jnp.float32)
+    return jnp.sum(nll * m), jnp.sum(correct.astype(jnp.float32) * m)
+
+
+def sft_loss(
+    output: ModelOutput,
+    batch: Batch,
+    *,
+    mtp_weight: float = 0.0,
+    denominators: jax.Array | None = None,
+    balance_scale: float = 1.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The SFT loss of one forward pass and its parts.
+
+    output: the model's output on `batch["tokens"]` (its `mtp_logits`, if any, are used with
+    `mtp_weight`). batch: tokens, segment_ids, loss_mask [B, T]. denominators: float32[1 + K]
+    target-token counts to divide by (default: this batch's own, i.e. a masked mean; the step
+    passes the whole batch's counts to each micro-batch). balance_scale multiplies the MoE
+    balance loss (1 / M per micro-batch).
+
+    Returns (loss, metrics): loss/next_token, loss/mtp, loss/balance and token_accuracy, each
+    already divided by the denominators so that they add up over micro-batches.
+    """
+    tokens, loss_mask, segments = batch["tokens"], batch["loss_mask"], batch["segment_ids"]
+    depths = len(output.mtp_logits) if mtp_weight > 0 else 0
+    if denominators is None:
+        denominators = target_counts(batch, depths)
+    den = jnp.maximum(denominators, 1.0)
+    nll, correct = _nll_sum(output.logits, tokens, target_mask(loss_mask, segments, 1), 1)
+    main = nll / den[0]
+    mtp = jnp.zeros((), jnp.float32)
+    for k in range(1, depths + 1):
+        mask = target_mask(loss_mask, segments, 1 + k)
+        mtp = mtp + _nll_sum(output.mtp_logits[k - 1], tokens, mask, 1 + k)[0] / den[k] / depths
+    balance = balance_loss(output) * balance_scale
+    loss = main + mtp_weight * mtp + balance
+    metrics = {
+        "loss/next_token": main,
+        "loss/mtp": mtp,
+        "loss/balance": balance,
+        "token_accuracy": correct / den[0],
+    }
+    return loss, metrics
+
+
+def forward(model: nnx.Module, batch: Batch, with_mtp: bool = False) -> ModelOutput:
+    """The model on a (packed) batch: per-example positions, segment-restricted attention,
+    padding (segment 0) masked out."""
+    return model.forward(
+        batch["tokens"],
+        positions=batch["positions"],
+        segment_ids=batch["segment_ids"],
+        attention_mask=batch["segment_ids"] > 0,
+        with_mtp=with_mtp,
+    )
+
+
+def _moe_means(moe_stats: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    keys = ("max_mean_load_ratio", "dead_expert_fraction")
+    if not moe_stats:
+        return {}
+    return {f"moe/{k}": jnp.mean(jnp.stack([s[k] for s in moe_stats])) for k in keys}
+
+
+def _interleave(x: jax.Array, m: int) -> jax.Array:
+    """[B, ...] -> [M, B / M, ...] with row j in micro-batch j mod M."""
+    b = x.shape[0]
+    return jnp.moveaxis(x.reshape(b // m, m, *x.shape[1:]), 1, 0)
+
+
+def sft_grads(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    extra: Any,
+    batch: Batch,
+    config: SFTConfig,
+    grad_shardings: Any = None,
+) -> tuple[Any, dict[str, jax.Array], list[jax.Array]]:
+    """The full-batch gradient, accumulated over `config.num_microbatches` micro-batches.
+
+    Returns (grads like params, metrics, per-MoE-layer expert loads summed over micro-batches).
+    metrics: loss and its parts (full-batch values), token_accuracy, target_tokens, MoE means.
+    """
+    m = config.num_microbatches
+    rows = batch["tokens"].shape[0]
+    if rows % m:
+        raise ValueError(f"SFT step: {rows} rows cannot be split into {m} micro-batches")
+    model = nnx.merge(graphdef, params, extra)
+    depths = num_mtp_depths(model, config)
+    denominators = target_counts(batch, depths)
+    micro = {k: _interleave(batch[k], m) for k in BATCH_KEYS}
+
+    def loss_fn(p, mb):
+        output = forward(nnx.merge(graphdef, p, extra), mb, with_mtp=depths > 0)
+        loss, metrics = sft_loss(
+            output,
+            mb,
+            mtp_weight=config.mtp_weight,
+            denominators=denominators,
+            balance_scale=1.0 / m,
+        )
+        metrics["loss"] = loss
+        moe = _moe_means(output.moe)
+        return loss, (metrics, moe, [s["expert_load"] for s in output.moe])
+
+    def accumulate(acc, mb):
+        (_, (metrics, moe, loads)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
+        acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads)
+        if grad_shardings is not None:
+            acc = jax.lax.with_sharding_constraint(acc, grad_shardings)
+        return acc, (metrics, moe, loads)
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    summed, (metrics, moe, loads) = jax.lax.scan(accumulate, zeros, micro)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), summed, params)
+    out = {k: jnp.sum(v) for k, v in metrics.items()}
+    out.update({k: jnp.mean(v) for k, v in moe.items()})
+    out["target_tokens"] = denominators[0]
+    return grads, out, [jnp.sum(load, axis=0) for load in loads]
+
+
+def sft_step_fn(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    config: SFTConfig,
+    bias_update_rate: float = 0.0,
+    grad_shardings: Any = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The un-jitted step (for `jax.jit(...).lower(...)`, tests and AOT compilation).
+
+    batch: tokens, segment_ids, positions int32[B, T] and loss_mask bool[B, T]
+    (`r1.sft.data`). One optimizer update per call; MoE routing biases move by the expert
+    loads of the whole batch.
+    """
+
+    def step(state: TrainState, batch: Batch):
+        grads, metrics, loads = sft_grads(
+            graphdef, state.params, state.extra, batch, config, grad_shardings
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        extra = state.extra
+        if bias_update_rate and loads:
+            model = nnx.merge(graphdef, params, extra)
+            update_model_routing_biases(
+                model, [{"expert_load": load} for load in loads], bias_update_rate
+            )
+            _, _, extra = nnx.split(model, nnx.Param, ...)
+        new_state = dataclasses.replace(
+            state, step=state.step + 1, params=params, extra=extra, opt_state=opt_state
+        )
+        return new_state, metrics
+
+    return step
+
+
+def batch_shardings(batch: Batch, mesh: Mesh) -> dict[str, NamedSharding]:
+    """Rows on the `batch` logical axis, tokens unsharded."""
+    return {
+        k: sharding.named_sharding(("batch",) + (None,) * (v.ndim - 1), v.shape, mesh)
+        for k, v in batch.items()
+    }
+
+
+def make_sft_step(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    config: SFTConfig,
+    mesh: Mesh,
+    state: TrainState,
+    batch: Batch,
+    bias_update_rate: float = 0.0,
+):
+    """The jitted step with explicit shardings (state donated). `state` and `batch` give the
+    structure (abstract values are fine). Call it under `r1.sharding.use_mesh(mesh)`."""
+    state_sh = train_state_shardings(state, optimizer, mesh)
+    fn = sft_step_fn(graphdef, optimizer, config, bias_update_rate, grad_shardings=state_sh.params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        fn,
+        in_shardings=(state_sh, batch_shardings(batch, mesh)),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    )
