@@ -34,6 +34,9 @@ setup(
     ],
     extras_require={
         "data": ["seqio>=0.0.20", "tensorflow-datasets>=4.9", "pyarrow>=14"],
+        # Ahead-of-time compilation for TPU topologies on any host (experiments/aot.py); the
+        # libtpu release that matches the pinned jax. The plain install never imports it.
+        "tpu": ["libtpu==0.0.52"],
         # torch is only ever a test-time reference; 2.13.0 is the CPU build on these machines.
         "test": [
             "pytest",

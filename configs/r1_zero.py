@@ -13,9 +13,14 @@ qwen2_5_7b_math (TPU v5p-32: run the same command on every host):
         --config.init.hf_path=/ckpt/Qwen2.5-Math-7B --config.tokenizer.path=/ckpt/Qwen2.5-Math-7B \
         --workdir=gs://bucket/r1_zero_7b
 
-deepseek_v3 (the paper's hyperparameters; TPU v5p-2048, i.e. topology v5p:8x8x16 x 2 slices):
+deepseek_v3 (the paper's hyperparameters; TPU v5p-2048, i.e. 1024 v5p chips, topology
+v5p:8x8x16; the same mesh code fits any v5p slice of >= 512 chips, fsdp takes the rest):
     python -m experiments.train --config=configs/r1_zero.py:deepseek_v3 \
         --config.init.hf_path=/ckpt/DeepSeek-V3-Base --workdir=gs://bucket/r1_zero_v3
+
+Non-tiny variants name their target pod in `train.topology` / `train.slices`; compile their
+real step for it on any CPU host (see docs/pod_plan.md):
+    python -m experiments.aot --config=configs/r1_zero.py:deepseek_v3
 
 Sections: model, mesh, seed (see configs/models.py); init (base checkpoint, HF layout),
 tokenizer, data (prompt source and buckets), rl (GRPO), rewards ((name, weight, kwargs) triples,
@@ -116,13 +121,13 @@ def tiny() -> ml_collections.ConfigDict:
     c.init.hf_path = "assets/demo_base"
     c.tokenizer.kind = "demo"
     c.data.task_kwargs = ml_collections.ConfigDict(
-        dict(min_terms=2, max_terms=10, min_digits=1, max_digits=1)
+        dict(min_terms=2, max_terms=12, min_digits=1, max_digits=1)
     )
     c.data.buckets = (32, 48)
     c.rl.update(
         prompts_per_step=16,
         group_size=8,
-        max_new_tokens=96,
+        max_new_tokens=112,
         beta=0.0,
         ref_update_every=0,
         eps_low=0.2,
@@ -146,6 +151,7 @@ def qwen2_5_1_5b_gsm8k() -> ml_collections.ConfigDict:
     c.mesh.update(data=1, fsdp=-1)
     c.rl.update(prompts_per_step=32, group_size=8, max_new_tokens=1024, beta=0.04)
     c.optimizer.learning_rate = 1e-6
+    c.train.topology, c.train.slices = "v5e:2x4", 1
     return c
 
 
@@ -154,24 +160,32 @@ def qwen2_5_7b_math() -> ml_collections.ConfigDict:
     c.mesh.update(data=1, fsdp=-1, tensor=4)
     c.rl.update(prompts_per_step=32, group_size=16, max_new_tokens=4096, beta=0.001)
     c.optimizer.learning_rate = 1e-6
+    c.train.topology, c.train.slices = "v5p:4x4x1", 1
     return c
 
 
 def deepseek_v3() -> ml_collections.ConfigDict:
     """The paper's R1-Zero run: lr 3e-6, KL 0.001, T 1.0, G 16, 32 questions per step, 32,768
-    tokens, reference refreshed every 400 steps, 10,400 steps; 16 mini-batches per rollout."""
+    tokens, reference refreshed every 400 steps, 10,400 steps, mu = 1.
+
+    The paper splits each rollout of 8,192 outputs into 16 mini-batches, i.e. one optimizer
+    update per 512 outputs = 32 questions x 16: exactly one step here (num_minibatches=1).
+    Mesh: experts over 64 devices, heads/mlp/vocab over 2, fsdp over the rest (8 on 1024 chips,
+    4 on 512); the 512 rows spread over fsdp x expert. See docs/pod_plan.md."""
     c = _hf("deepseek_v3")
-    c.mesh.update(data=2, fsdp=-1, expert=64, tensor=1)
+    c.mesh.update(data=1, fsdp=-1, expert=64, tensor=2)
     c.rl.update(
         prompts_per_step=32,
         group_size=16,
         max_new_tokens=32768,
         beta=0.001,
         ref_update_every=400,
-        num_minibatches=16,
+        num_minibatches=1,
+        num_iterations=1,
         eps_low=0.2,
         eps_high=0.2,
     )
+    c.train.topology, c.train.slices = "v5p:8x8x16", 1
     c.optimizer.learning_rate = 3e-6
     c.train.steps = 10400
     c.train.checkpoint_every = 100

@@ -129,13 +129,30 @@ def make_mesh(
     config = config or MeshConfig()
     devices = list(devices) if devices is not None else jax.devices()
     shape = config.shape(len(devices))
-    try:
-        from jax.experimental import mesh_utils
+    from jax.experimental import mesh_utils
 
+    slices = num_slices(devices)
+    if slices > 1:
+        # Multi-slice: only the data axis crosses slices (DCN); the rest stays on one slice's ICI.
+        if shape[0] % slices:
+            raise ValueError(
+                f"mesh.data={shape[0]}: the devices span {slices} slices and only the data axis "
+                f"crosses slices, so mesh.data must be a multiple of {slices}"
+            )
+        ici = (shape[0] // slices, *shape[1:])
+        dcn = (slices,) + (1,) * (len(shape) - 1)
+        device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices)
+        return Mesh(device_array, MESH_AXES)
+    try:
         device_array = mesh_utils.create_device_mesh(shape, devices=devices)
     except (ValueError, NotImplementedError, AssertionError):
         device_array = np.asarray(devices).reshape(shape)
     return Mesh(device_array, MESH_AXES)
+
+
+def num_slices(devices: Sequence[jax.Device]) -> int:
+    """How many TPU slices `devices` span (1 for CPU/GPU devices and single slices)."""
+    return len({getattr(d, "slice_index", 0) or 0 for d in devices})
 
 
 def initialize_distributed(

@@ -211,7 +211,12 @@ def resolve_gmm_impl(impl: str) -> str:
         raise ValueError(f"grouped matmul impl {impl!r}: expected one of {GMM_IMPLS}")
     if impl != "auto":
         return impl
-    return "ragged_dot" if jax.default_backend() in _RAGGED_DOT_PLATFORMS else "blocked"
+    # The mesh's platform, not the default backend: compiling ahead of time for a TPU topology
+    # on a CPU host must pick the TPU kernel.
+    mesh = _active_mesh()
+    device = getattr(mesh, "abstract_device", None) if mesh is not None else None
+    platform = device.platform if device is not None else jax.default_backend()
+    return "ragged_dot" if platform in _RAGGED_DOT_PLATFORMS else "blocked"
 
 
 def _swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:

@@ -184,5 +184,13 @@ class Transformer(nnx.Module):
 def _run_layer(layer, x, positions, mask, token_mask, policy: str):
     if policy == "none":
         return layer(x, positions, mask, token_mask)
-    remat = nnx.remat(lambda lyr, *args: lyr(*args), policy=REMAT_POLICIES[policy])
-    return remat(layer, x, positions, mask, token_mask)
+    # A plain jax.checkpoint over the layer's state: the forward pass mutates nothing, and
+    # nnx.remat's state write-back fails when the layer mixes variables of different traces
+    # (parameters under jax.grad, MoE routing biases closed over from the enclosing step).
+    graphdef, state = nnx.split(layer)
+
+    def run(state, *args):
+        return nnx.merge(graphdef, state)(*args)
+
+    remat = jax.checkpoint(run, policy=REMAT_POLICIES[policy])
+    return remat(state, x, positions, mask, token_mask)

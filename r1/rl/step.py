@@ -116,6 +116,31 @@ def init_train_state(
     return graphdef, state
 
 
+def abstract_train_state(
+    model_factory: Callable[[], nnx.Module],
+    optimizer: optax.GradientTransformation,
+    seed: int,
+    with_reference: bool,
+) -> tuple[nnx.GraphDef, TrainState]:
+    """`init_train_state` without memory: (graphdef, TrainState of `jax.ShapeDtypeStruct`s).
+
+    The model is built with `nnx.eval_shape`, so even a 671B-parameter state costs nothing; its
+    leaves keep their logical-axis metadata, so `train_state_shardings` gives exactly the
+    shardings the real state gets (ahead-of-time compilation, checkpoint restore targets).
+    """
+    graphdef, params, extra = nnx.split(nnx.eval_shape(model_factory), nnx.Param, ...)
+    rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(seed)))
+    state = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=params,
+        extra=extra,
+        opt_state=jax.eval_shape(optimizer.init, params),
+        rng=rng,
+        ref_params=params if with_reference else None,
+    )
+    return graphdef, state
+
+
 def train_state_shardings(
     state: TrainState, optimizer: optax.GradientTransformation, mesh: Mesh
 ) -> TrainState:

@@ -276,14 +276,17 @@ def generate(
     greedy: bool = False,
     seed: int = 0,
     stop_strings: Sequence[str] = (),
+    add_bos: bool = True,
 ) -> list[list[str]]:
     """Text in, text out, for notebooks and evaluation: `[prompt][sample] -> completion`.
 
-    `tokenizer` needs `encode(str) -> list[int]`, `decode(list[int]) -> str`, `pad_id` and
-    `eos_id` (None or missing: no EOS). Completions are decoded up to and including the end
-    token. Compiles once per (number of prompts, prompt bucket, max_new_tokens).
+    `tokenizer` needs `encode(str, add_bos=...) -> list[int]`, `decode(list[int]) -> str`,
+    `pad_id` and `eos_id` (None or missing: no EOS). Prompts get the tokenizer's BOS first as in
+    training (`add_bos`; a no-op for tokenizers without one, e.g. Qwen). Completions are decoded
+    up to and including the end token. Compiles once per (number of prompts, prompt bucket,
+    max_new_tokens).
     """
-    encoded = [list(tokenizer.encode(p)) for p in prompts]
+    encoded = [list(tokenizer.encode(p, add_bos=add_bos)) for p in prompts]
     length = bucket_length(max(len(e) for e in encoded))
     tokens, mask = left_pad(encoded, length, tokenizer.pad_id)
     eos_id = getattr(tokenizer, "eos_id", None)

@@ -1,0 +1,45 @@
+r"""Reward-model training entry point (Bradley-Terry on preference pairs).
+
+    python -m experiments.train_rm --config=configs/reward_model.py:tiny --workdir=runs/rm_tiny
+    python -m experiments.train_rm --config=configs/reward_model.py:tiny --workdir=runs/x \
+        --config.rm.region=whole --config.train.steps=100
+
+Re-running the same command on an existing workdir resumes from its last checkpoint. Outputs:
+metrics.jsonl, rm_eval.json (held-out pair accuracy), export/ (the model, HF layout).
+On a multi-host slice run the same command on every host with --distributed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from r1 import sharding
+from r1.rm.trainer import train_rm
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py:<variant>")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, checkpoints, export).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None or not _WORKDIR.value:
+        raise app.UsageError("--config=configs/<file>.py:<variant> and --workdir are required")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    if _DISTRIBUTED.value:
+        sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    final = train_rm(_CONFIG.value, _WORKDIR.value)
+    for key in ("eval/accuracy", "eval/loss"):
+        if key in final:
+            print(f"{key}: {final[key]:.4f}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,760 @@
+"""Ahead-of-time compilation of r1's real steps for TPU pods, on a CPU-only host.
+
+With the `libtpu` package installed (`pip install -e .[tpu]`), JAX can describe any TPU topology
+(`v5p:8x8x16`, `v5e:2x2`, ...; several slices with `num_slices`) without the hardware, and XLA
+compiles a jitted function for it. The compiled executable states the exact bytes one device
+needs (`memory_analysis`) and the compiler's cost model (`cost_analysis`: flops, bytes, seconds).
+
+The pieces here build the program exactly as the trainer does: the mesh through
+`r1.sharding.make_mesh` (multi-slice: the data axis crosses slices), the train state through
+`r1.rl.step.abstract_train_state` (the trainer's `init_train_state`, abstractly) and
+`train_state_shardings`, the optimizer and GRPO settings through the trainer's own config
+readers, and the step through `make_grpo_step`. Only weights are missing.
+
+    devices = topology_devices("v5p:8x8x16")
+    mesh = build_mesh(config, devices)
+    program = grpo_program(config, mesh)
+    report = compile_report(program, ...)
+
+Cost model caveat: XLA counts each loop body once (the decode `while_loop` and the mini-batch
+`scan` alike). `compile_report` therefore also compiles one decode step of the sampler's cached
+forward pass on the same mesh and adds it `max_new_tokens - 1` more times. The update `scan`
+(`num_minibatches * num_iterations` passes) is still counted once: the report flags it when
+there is more than one pass. Seconds are a roofline over the chip's peak flop/s and HBM
+bandwidth, from the compiler's counts (see `AOTReport`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import pathlib
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from r1 import configlib, sharding
+from r1.models.config import ModelConfig
+from r1.models.layers import dtype_of
+from r1.models.transformer import Transformer
+from r1.rl import step as step_lib
+
+GIB = 1024**3
+# libtpu guards the TPU against two processes with a lock file; describing a topology touches no
+# TPU, so concurrent compilations (tests, other users of the host) must not collide on it.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipSpec:
+    """One TPU chip: HBM bytes, peak dense bf16 flop/s and HBM bandwidth in bytes/s (public
+    spec sheets)."""
+
+    name: str
+    device_kind: str
+    hbm_bytes: int
+    peak_bf16_flops: float
+    hbm_bandwidth: float
+
+
+CHIPS = {
+    "v4": ChipSpec("v4", "TPU v4", 32 * GIB, 275e12, 1228e9),
+    "v5e": ChipSpec("v5e", "TPU v5 lite", 16 * GIB, 197e12, 819e9),
+    "v5p": ChipSpec("v5p", "TPU v5", 95 * GIB, 459e12, 2765e9),
+    "v6e": ChipSpec("v6e", "TPU v6 lite", 32 * GIB, 918e12, 1640e9),
+}
+
+
+def chip_for(devices: Sequence[Any]) -> ChipSpec:
+    kind = devices[0].device_kind
+    for spec in CHIPS.values():
+        if spec.device_kind == kind:
+            return spec
+    known = [c.device_kind for c in CHIPS.values()]
+    raise ValueError(f"unknown TPU device kind {kind!r}; known: {known}")
+
+
+def devices_per_chip(devices: Sequence[Any]) -> int:
+    """JAX devices per chip: 2 on v4 topologies (one per TensorCore), else 1 (megacore / one
+    core)."""
+    cores = {getattr(d, "core_on_chip", 0) for d in devices}
+    return max(1, len(cores))
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silences libtpu's C++ start-up warnings (TPU_ACCELERATOR_TYPE, worker hostnames), which
+    concern running on a TPU VM, not describing a topology."""
+    fd = 2
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def topology_devices(topology: str, num_slices: int = 1) -> list[Any]:
+    """The devices of a TPU topology, e.g. `v5p:8x8x16` (1024 chips), `v5e:2x2`, `v4:2x2x2`.
+
+    No TPU is needed: `libtpu` describes the topology. num_slices > 1: that many identical
+    slices joined by the data-center network (devices carry `slice_index`).
+    """
+    name = topology.split(":", 1)[0]
+    if ":" not in topology or name not in CHIPS:
+        raise ValueError(
+            f"--topology={topology!r}: expected <chip>:<shape> with chip one of {sorted(CHIPS)}, "
+            "e.g. v5p:8x8x16 or v5e:2x2"
+        )
+    if num_slices < 1:
+        raise ValueError(f"--slices={num_slices}: must be >= 1")
+    try:
+        from jax.experimental import topologies
+    except ImportError as err:  # pragma: no cover - jax always ships it
+        raise ImportError("jax.experimental.topologies is missing from this jax") from err
+    try:
+        with _quiet_stderr():
+            desc = topologies.get_topology_desc(
+                platform="tpu", topology_name=topology, num_slices=num_slices
+            )
+    except Exception as err:
+        raise RuntimeError(
+            f"cannot describe TPU topology {topology!r} ({err}). Is libtpu installed "
+            "(pip install -e .[tpu])?"
+        ) from err
+    return list(desc.devices)
+
+
+# --------------------------------------------------------------------------------- mesh
+def pod_mesh_config(mesh: sharding.MeshConfig, num_slices: int) -> sharding.MeshConfig:
+    """The config's mesh on `num_slices` slices: data parallelism crosses slices, so a config
+    with data=1 gets data=num_slices; an explicit data size must be a multiple of it."""
+    if num_slices > 1 and mesh.data == 1:
+        return dataclasses.replace(mesh, data=num_slices)
+    if num_slices > 1 and mesh.data != -1 and mesh.data % num_slices:
+        raise ValueError(
+            f"mesh.data={mesh.data} is not a multiple of --slices={num_slices}; the data axis is "
+            "the one that crosses slices"
+        )
+    return mesh
+
+
+def build_mesh(config: Any, devices: Sequence[Any]) -> Mesh:
+    """The trainer's mesh (`r1.sharding.make_mesh` over the config's `mesh` section) on
+    `devices`, which may span several slices."""
+    mesh_cfg = pod_mesh_config(configlib.mesh_config(config), sharding.num_slices(devices))
+    return sharding.make_mesh(mesh_cfg, devices)
+
+
+# --------------------------------------------------------------------------------- programs
+@dataclasses.dataclass
+class Program:
+    """A jitted step with abstract, sharded arguments, ready for `.lower(*args)`.
+
+    kind: "grpo" or "sft". state: the TrainState of `jax.ShapeDtypeStruct`s with shardings.
+    rows / new_tokens / prompt_len: the step's shape (new_tokens 0 for SFT).
+    """
+
+    kind: str
+    mesh: Mesh
+    model: ModelConfig
+    graphdef: Any
+    step: Any
+    state: Any
+    batch: dict[str, jax.ShapeDtypeStruct]
+    rows: int
+    prompt_len: int
+    new_tokens: int
+    passes: int
+    cache_dtype: str | None = None
+
+
+def _with_shardings(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+def stand_in_tokenizer(config: Any) -> Any:
+    """The run's tokenizer when it can be built here, else the demo tokenizer: the step only
+    takes static tag/digit ids from it, which do not change the program's size."""
+    from r1.rl import trainer
+
+    kind, path = config.tokenizer.kind, config.tokenizer.path
+    if kind == "demo" or (kind == "hf" and path and pathlib.Path(path).exists()):
+        return trainer.build_tokenizer(config)
+    from r1.data.tokenizers import build_demo_tokenizer
+
+    return build_demo_tokenizer()
+
+
+def grpo_program(config: Any, mesh: Mesh) -> Program:
+    """The trainer's GRPO step for `config` on `mesh`, with the config's real batch (prompts per
+    step x group), prompt bucket (the largest) and generation length."""
+    from r1.rewards import get as get_reward
+    from r1.rl import trainer
+    from r1.rl.reward_bridge import BYTES_SUFFIX, RewardBridge
+
+    experiment = configlib.parse_experiment(config, extra_sections=trainer.EXTRA_SECTIONS)
+    model_cfg = experiment.model
+    tokenizer = stand_in_tokenizer(config)
+    optimizer = trainer._optimizer(config)
+    grpo_cfg = trainer.grpo_config_from(config, tokenizer)
+    graphdef, state = step_lib.abstract_train_state(
+        lambda: Transformer(model_cfg, rngs=nnx.Rngs(experiment.seed)),
+        optimizer,
+        experiment.seed,
+        with_reference=grpo_cfg.loss.beta > 0,
+    )
+    prompts = int(config.rl.prompts_per_step)
+    prompt_len = int(max(config.data.buckets))
+    batch = {
+        "prompt_tokens": jax.ShapeDtypeStruct((prompts, prompt_len), jnp.int32),
+        "prompt_mask": jax.ShapeDtypeStruct((prompts, prompt_len), jnp.bool_),
+        "row_index": jax.ShapeDtypeStruct((prompts,), jnp.int32),
+    }
+    bridge = RewardBridge([tuple(t) for t in config.rewards], tokenizer)
+    for name, _, _ in bridge.terms:
+        reward = get_reward(name)
+        for field in reward.fields:
+            if reward.kind == "token":
+                batch[field] = jax.ShapeDtypeStruct((prompts,), jnp.int32)
+            else:
+                batch[field + BYTES_SUFFIX] = jax.ShapeDtypeStruct((prompts, 64), jnp.uint8)
+    step = step_lib.make_grpo_step(
+        graphdef,
+        optimizer,
+        grpo_cfg,
+        bridge,
+        mesh,
+        state,
+        batch,
+        bias_update_rate=model_cfg.bias_update_rate,
+    )
+    state_sh = step_lib.train_state_shardings(state, optimizer, mesh)
+    batch_sh = {
+        k: sharding.named_sharding(("batch",) + (None,) * (v.ndim - 1), v.shape, mesh)
+        for k, v in batch.items()
+    }
+    return Program(
+        kind="grpo",
+        mesh=mesh,
+        model=model_cfg,
+        graphdef=graphdef,
+        step=step,
+        state=_with_shardings(state, state_sh),
+        batch=_with_shardings(batch, batch_sh),
+        rows=prompts * grpo_cfg.group_size,
+        prompt_len=prompt_len,
+        new_tokens=grpo_cfg.sampling.max_new_tokens,
+        passes=grpo_cfg.num_minibatches * grpo_cfg.num_iterations,
+        cache_dtype=grpo_cfg.sampling.cache_dtype,
+    )
+
+
+def sft_program(config: Any, mesh: Mesh) -> Program:
+    """The SFT step (`r1.sft.step.make_sft_step`) at the config's `sft` batch shape."""
+    try:
+        from r1.sft import step as sft_step
+    except ImportError as err:
+        raise ValueError("--step=sft needs r1/sft (r1.sft.step.make_sft_step)") from err
+    from r1.rl import trainer
+
+    mapping = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    sft = mapping.get("sft")
+    needed = ("batch_size", "max_length")
+    if not isinstance(sft, dict) or any(k not in sft for k in needed):
+        raise ValueError(
+            f"--step=sft: the config needs a `sft` section with {list(needed)} "
+            f"(and optionally num_microbatches, mtp_weight); got {sorted(mapping)}"
+        )
+    model_cfg = configlib.model_config(config)
+    seed = int(mapping.get("seed", 0))
+    optimizer = trainer._optimizer(config)
+    graphdef, state = step_lib.abstract_train_state(
+        lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)), optimizer, seed, with_reference=False
+    )
+    rows, length = int(sft["batch_size"]), int(sft["max_length"])
+    batch = {
+        "tokens": jax.ShapeDtypeStruct((rows, length), jnp.int32),
+        "segment_ids": jax.ShapeDtypeStruct((rows, length), jnp.int32),
+        "positions": jax.ShapeDtypeStruct((rows, length), jnp.int32),
+        "loss_mask": jax.ShapeDtypeStruct((rows, length), jnp.bool_),
+    }
+    sft_cfg = sft_step.SFTConfig(
+        num_microbatches=int(sft.get("num_microbatches", 1)),
+        mtp_weight=float(sft.get("mtp_weight", 0.0)),
+    )
+    step = sft_step.make_sft_step(
+        graphdef, optimizer, sft_cfg, mesh, state, batch, model_cfg.bias_update_rate
+    )
+    state_sh = step_lib.train_state_shardings(state, optimizer, mesh)
+    return Program(
+        kind="sft",
+        mesh=mesh,
+        model=model_cfg,
+        graphdef=graphdef,
+        step=step,
+        state=_with_shardings(state, state_sh),
+        batch=_with_shardings(batch, sft_step.batch_shardings(batch, mesh)),
+        rows=rows,
+        prompt_len=length,
+        new_tokens=0,
+        passes=1,
+    )
+
+
+# --------------------------------------------------------------------------------- bytes
+def shard_bytes(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded `ShapeDtypeStruct`s (the largest shard)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+        total += math.prod(shape) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def global_bytes(tree: Any) -> int:
+    return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def kv_cache_bytes(program: Program) -> int:
+    """Per-device bytes of the sampler's KV cache for all rows (prompt bucket + new tokens).
+
+    MLA caches the latent + rope key (C + R values per token and layer), GQA keys and values
+    (2 KV D); rows are split over the mesh axes of the `batch` rule, as the sampler shards them.
+    """
+    if program.kind != "grpo":
+        return 0
+    cfg = program.model
+    if cfg.attention_type == "mla":
+        per_token = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    else:
+        per_token = 2 * cfg.num_kv_heads * cfg.head_dim
+    itemsize = jnp.dtype(dtype_of(program.cache_dtype or cfg.dtype)).itemsize
+    slots = program.prompt_len + program.new_tokens
+    spec = sharding.logical_to_spec(("batch",), (program.rows,), program.mesh)
+    axes = spec[0] if spec[0] is not None else ()
+    axes = (axes,) if isinstance(axes, str) else axes
+    split = math.prod(program.mesh.shape[a] for a in axes)
+    rows = -(-program.rows // split)
+    return rows * slots * per_token * itemsize * cfg.num_layers
+
+
+# --------------------------------------------------------------------------------- buffers
+@dataclasses.dataclass(frozen=True)
+class Buffer:
+    """One allocation of the compiled program on one device."""
+
+    bytes: int
+    kind: str  # parameter / output / temp / ...
+    shape: str
+    op: str  # the instruction and, when known, its source op_name
+
+
+_ALLOC = re.compile(r"^allocation (\d+): size (\d+)(.*)$")
+_VALUE = re.compile(r"^ value: <\d+ ([^ ]+) @[^>]*> \(size=(\d+),offset=\d+\): (.*)$")
+_OPNAME = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name="([^"]+)"')
+
+
+def parse_buffer_assignment(text: str, hlo_text: str = "", limit: int = 10) -> list[Buffer]:
+    """The largest allocations in an XLA `*buffer-assignment.txt` dump (largest first), each
+    named by its biggest value and that value's source `op_name` from the optimized HLO."""
+    op_names = {}
+    for line in hlo_text.splitlines():
+        m = _OPNAME.match(line)
+        if m:
+            op_names[m.group(1)] = m.group(2)
+    buffers = []
+    current = None
+    for line in text.splitlines():
+        m = _ALLOC.match(line)
+        if m:
+            if current:
+                buffers.append(current)
+            rest = m.group(3)
+            kind = "temp"
+            for word in ("parameter", "output", "constant", "thread-local", "preallocated-temp"):
+                if word in rest:
+                    kind = word
+                    break
+            current = {"bytes": int(m.group(2)), "kind": kind, "best": (0, "", "")}
+            continue
+        m = _VALUE.match(line)
+        if m and current is not None:
+            size = int(m.group(2))
+            if size > current["best"][0]:
+                shape = m.group(3).split("{")[0]
+                current["best"] = (size, shape, m.group(1))
+    if current:
+        buffers.append(current)
+    buffers.sort(key=lambda b: -b["bytes"])
+    out = []
+    for b in buffers[:limit]:
+        _, shape, name = b["best"]
+        op = name + (f" ({op_names[name]})" if name in op_names else "")
+        out.append(Buffer(bytes=b["bytes"], kind=b["kind"], shape=shape, op=op))
+    return out
+
+
+def _find_dump(directory: str, suffix: str) -> str:
+    files = sorted(pathlib.Path(directory).rglob(f"*{suffix}"), key=lambda p: p.stat().st_size)
+    return files[-1].read_text() if files else ""
+
+
+# --------------------------------------------------------------------------------- report
+@dataclasses.dataclass
+class AOTReport:
+    """What one device of the pod needs for one step, and the compiler's cost estimate.
+
+    Bytes are per device (a v4 chip is 2 devices; v5e/v5p/v6e chips are 1). `params`,
+    `opt_state`, `ref_params`, `other_state` (MoE balancing biases, step, rng) and `batch` are
+    the shards of the step's arguments; `outputs` and `temporaries` (activations, the KV cache,
+    gathered weights, gradients) come from the compiled executable; `kv_cache` is the part of
+    the temporaries the sampler's cache takes (computed from its layout). `per_chip_bytes` is
+    the executable's peak: arguments + outputs - donated aliases + temporaries + code.
+
+    Flops / seconds: the compiler's cost model for one device, summed over devices. XLA counts
+    each loop body once; `flops` adds the decode step `new_tokens - 1` more times (the worst
+    case: every row generates the maximum length); the update body stays counted once, so with
+    `passes` > 1 the estimate is low (the text report says so). `estimated_seconds` is the
+    roofline max(flops / peak, bytes / HBM bandwidth) per device. Estimates from the compiler's
+    cost model, not measurements.
+    """
+
+    config: str
+    step: str
+    topology: str
+    slices: int
+    chips: int
+    devices: int
+    chip: str
+    mesh: dict[str, int]
+    hbm_bytes: int
+    params: int
+    opt_state: int
+    ref_params: int
+    other_state: int
+    batch: int
+    kv_cache: int
+    temporaries: int
+    outputs: int
+    aliased: int
+    code: int
+    per_chip_bytes: int
+    fits: bool
+    total_param_bytes: int
+    flops: float
+    compiled_flops: float
+    estimated_seconds: float
+    rows: int
+    new_tokens: int
+    passes: int
+    generated_tokens: int
+    tokens_per_second: float
+    mfu: float
+    compile_seconds: float
+    largest: list[Buffer] = dataclasses.field(default_factory=list)
+    error: str = ""
+    advice: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON line: every scalar field plus the largest buffers."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "largest"}
+        out["largest"] = [dataclasses.asdict(b) for b in self.largest[:5]]
+        return out
+
+    def text(self) -> str:
+        g = lambda b: f"{b / GIB:8.2f} GiB"  # noqa: E731
+        lines = [
+            f"{self.config}  step={self.step}  topology={self.topology} x {self.slices} slice(s)",
+            f"  {self.chips} chips ({self.devices} devices, {self.chip}), mesh {self.mesh}",
+            f"  per device (HBM {self.hbm_bytes / GIB:.2f} GiB):",
+            f"    parameters           {g(self.params)}",
+            f"    optimizer state      {g(self.opt_state)}",
+            f"    reference parameters {g(self.ref_params)}",
+            f"    other state + batch  {g(self.other_state + self.batch)}",
+            f"    temporaries          {g(self.temporaries)}  (activations, gradients, "
+            "gathered weights, KV cache)",
+            f"      of which KV cache  {g(self.kv_cache)}",
+            f"    outputs              {g(self.outputs)}  (donated: {g(self.aliased).strip()})",
+            f"    peak                 {g(self.per_chip_bytes)}  -> "
+            + ("FITS" if self.fits else "DOES NOT FIT"),
+        ]
+        if self.error:
+            lines.append(f"  compiler: {self.error}")
+        if self.flops:
+            lines += [
+                "  compiler cost-model estimate (not a measurement):",
+                f"    {self.flops / 1e12:,.1f} TFLOP per step "
+                f"({self.compiled_flops / 1e12:,.1f} as compiled, loop bodies once)",
+                f"    {self.flops / max(self.generated_tokens, 1) / 1e9:,.2f} GFLOP per generated "
+                f"token ({self.rows} rows x {self.new_tokens} tokens)"
+                if self.new_tokens
+                else f"    rows {self.rows}",
+                f"    {self.estimated_seconds:,.2f} s per step (roofline), "
+                f"{self.tokens_per_second:,.0f} generated tokens/s, MFU {100 * self.mfu:.1f}%",
+            ]
+            if self.passes > 1:
+                lines.append(
+                    f"    note: the update scan ({self.passes} passes) is counted once: low"
+                )
+        if self.largest:
+            lines.append("  largest buffers on one device:")
+            for b in self.largest:
+                lines.append(f"    {b.bytes / GIB:8.2f} GiB  {b.kind:<12} {b.shape}  {b.op}")
+        for a in self.advice:
+            lines.append(f"  advice: {a}")
+        return "\n".join(lines)
+
+
+def advice_for(program: Program, report: AOTReport) -> list[str]:
+    """Which mesh axis or memory setting would help, from where the bytes are."""
+    tips = []
+    mesh = dict(program.mesh.shape)
+    state = report.params + report.opt_state + report.ref_params
+    if state > 0.4 * report.hbm_bytes:
+        tips.append(
+            f"parameters + optimizer state + reference take {state / GIB:.1f} GiB per device: "
+            f"shard them over more devices (raise mesh.fsdp / mesh.expert, now {mesh}), use "
+            "more chips, or keep param_dtype=bfloat16"
+        )
+    if report.kv_cache > 0.25 * report.hbm_bytes:
+        tips.append(
+            f"the KV cache takes {report.kv_cache / GIB:.1f} GiB per device: spread the "
+            f"{program.rows} rows over more devices (the batch rule uses data/fsdp/expert) or "
+            "use a bfloat16 cache (SamplingConfig.cache_dtype)"
+        )
+    attention = [b for b in report.largest if "bhts" in b.op or "bkgts" in b.op]
+    if attention and attention[0].bytes > 0.25 * report.hbm_bytes:
+        tips.append(
+            f"attention scores {attention[0].shape} take {attention[0].bytes / GIB:.1f} GiB: the "
+            "training forward materialises [heads, T, S] per row; long sequences need a blockwise "
+            "(flash) attention with a recomputing backward, or more mesh.tensor to split heads"
+        )
+    vocab = program.model.vocab_size
+    logits = [
+        b
+        for b in report.largest
+        if b.shape.endswith(f",{vocab}]")
+        or any(b.shape.endswith(f",{vocab // t}]") for t in (2, 4, 8) if vocab % t == 0)
+    ]
+    if logits:
+        tips.append(
+            f"full-vocabulary logits {logits[0].shape} ({logits[0].bytes / GIB:.1f} GiB each): "
+            "compute completion log-probs in sequence chunks, or raise mesh.tensor (vocab split)"
+        )
+    if report.temporaries > 0.4 * report.hbm_bytes:
+        remat = program.model.remat_policy
+        tips.append(
+            f"temporaries take {report.temporaries / GIB:.1f} GiB per device: "
+            + (
+                "set model.remat_policy='full'"
+                if remat != "full"
+                else "remat is already 'full'; raise rl.num_minibatches or split rows over more "
+                "devices (mesh.fsdp / mesh.expert)"
+            )
+            + (", or mesh.tensor to split heads/mlp/vocab" if mesh.get("tensor", 1) == 1 else "")
+        )
+    return tips
+
+
+def _cost(compiled: Any) -> tuple[float, float]:
+    """(flops, bytes accessed) of one device's program, from the compiler's cost model."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list):  # older jax returned one dict per program
+        cost = cost[0]
+    return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+
+
+def roofline_seconds(flops: float, bytes_accessed: float, chip: ChipSpec, per_chip: int) -> float:
+    """max(compute time, memory time) of one device at the chip's peak rates. (The compiler's
+    own `optimal_seconds` is not used: it is negative for programs with data-dependent loops.)"""
+    return max(
+        flops / (chip.peak_bf16_flops / per_chip), bytes_accessed / (chip.hbm_bandwidth / per_chip)
+    )
+
+
+def decode_step_cost(program: Program) -> tuple[float, float]:
+    """Per-device flops and bytes accessed of one decode step (the sampler's cached forward pass for
+    one token against the full-length cache) compiled on the program's mesh."""
+    from r1.sampling.kv_cache import forward_with_cache, init_cache
+
+    rows, slots = program.rows, program.prompt_len + program.new_tokens
+    params = jax.tree.map(lambda x: x, program.state.params)
+    extra = program.state.extra
+    rows_sh = sharding.named_sharding(("batch", None), (rows, 1), program.mesh)
+    tok = jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=rows_sh)
+    msk = jax.ShapeDtypeStruct((rows, 1), jnp.bool_, sharding=rows_sh)
+    graphdef, cache_dtype = program.graphdef, program.cache_dtype
+
+    def one(params, extra, token, mask):
+        model = nnx.merge(graphdef, params, extra)
+        cache = init_cache(model.config, rows, slots, cache_dtype)
+        logits, _ = forward_with_cache(model, token, token, mask, cache, slots - 1)
+        return logits
+
+    with sharding.use_mesh(program.mesh):
+        compiled = jax.jit(one).lower(params, extra, tok, msk).compile()
+    return _cost(compiled)
+
+
+def compile_report(
+    program: Program,
+    *,
+    config_name: str,
+    topology: str,
+    slices: int,
+    devices: Sequence[Any],
+    buffers: int = 8,
+    loop_costs: bool = True,
+) -> AOTReport:
+    """Lowers and compiles `program` for `devices`, and reads memory and cost from the
+    executable. A program that does not fit comes back with fits=False, the compiler's message
+    and the largest buffers from its buffer assignment (no exception)."""
+    import time
+
+    chip = chip_for(devices)
+    per_chip = devices_per_chip(devices)
+    hbm = chip.hbm_bytes // per_chip
+    state = program.state
+    params = shard_bytes(state.params)
+    opt = shard_bytes(state.opt_state)
+    ref = shard_bytes(state.ref_params) if state.ref_params is not None else 0
+    other = shard_bytes((state.step, state.extra, state.rng))
+    batch = shard_bytes(program.batch)
+    start = time.perf_counter()
+    error = ""
+    compiled = None
+    with tempfile.TemporaryDirectory(prefix="r1_aot_") as dump:
+        options = {"xla_dump_to": dump, "xla_dump_hlo_as_text": True}
+        with sharding.use_mesh(program.mesh):
+            lowered = program.step.lower(state, program.batch)
+        try:
+            compiled = lowered.compile(options)
+        except Exception as err:  # the TPU compiler's out-of-memory error
+            message = str(err)
+            if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
+                raise
+            error = message.splitlines()[0]
+        assignment = _find_dump(dump, "buffer-assignment.txt")
+        hlo = _find_dump(dump, "after_optimizations.txt")
+        largest = parse_buffer_assignment(assignment, hlo, buffers)
+    seconds = time.perf_counter() - start
+    if compiled is not None:
+        # What the executable really takes: its own input shardings, not the requested ones.
+        state_sh = compiled.input_shardings[0][0]
+        compiled_state = _with_shardings(jax.tree.map(lambda x: x, state), state_sh)
+        params = shard_bytes(compiled_state.params)
+        opt = shard_bytes(compiled_state.opt_state)
+        if state.ref_params is not None:
+            ref = shard_bytes(compiled_state.ref_params)
+        mem = compiled.memory_analysis()
+        temps, outputs = int(mem.temp_size_in_bytes), int(mem.output_size_in_bytes)
+        aliased, code = int(mem.alias_size_in_bytes), int(mem.generated_code_size_in_bytes)
+        arguments = int(mem.argument_size_in_bytes)
+        peak = arguments + outputs - aliased + temps + code
+        flops_dev, bytes_dev = _cost(compiled)
+    else:
+        needed = re.search(r"\(([\d.]+)([TGMK])\) exceeds available HBM", error)
+        scale = {"T": 1024 * GIB, "G": GIB, "M": 1024**2, "K": 1024}
+        temps = int(float(needed.group(1)) * scale[needed.group(2)]) if needed else 0
+        outputs = aliased = code = 0
+        peak = params + opt + ref + other + batch + temps
+        flops_dev = bytes_dev = 0.0
+    n_dev = len(devices)
+    compiled_flops = flops_dev * n_dev
+    if compiled is not None and loop_costs and program.kind == "grpo" and program.new_tokens > 1:
+        d_flops, d_bytes = decode_step_cost(program)
+        flops_dev += d_flops * (program.new_tokens - 1)
+        bytes_dev += d_bytes * (program.new_tokens - 1)
+    flops = flops_dev * n_dev
+    est = roofline_seconds(flops_dev, bytes_dev, chip, per_chip) if compiled is not None else 0.0
+    generated = program.rows * program.new_tokens
+    peak_flops = chip.peak_bf16_flops / per_chip * n_dev
+    report = AOTReport(
+        config=config_name,
+        step=program.kind,
+        topology=topology,
+        slices=slices,
+        chips=n_dev // per_chip,
+        devices=n_dev,
+        chip=chip.name,
+        mesh={k: int(v) for k, v in program.mesh.shape.items()},
+        hbm_bytes=hbm,
+        params=params,
+        opt_state=opt,
+        ref_params=ref,
+        other_state=other,
+        batch=batch,
+        kv_cache=kv_cache_bytes(program),
+        temporaries=temps,
+        outputs=outputs,
+        aliased=aliased,
+        code=code,
+        per_chip_bytes=peak,
+        fits=compiled is not None and peak <= hbm,
+        total_param_bytes=global_bytes(state.params),
+        flops=flops,
+        compiled_flops=compiled_flops,
+        estimated_seconds=est,
+        rows=program.rows,
+        new_tokens=program.new_tokens,
+        passes=program.passes,
+        generated_tokens=generated,
+        tokens_per_second=generated / est if est > 0 else 0.0,
+        mfu=flops / (est * peak_flops) if est > 0 else 0.0,
+        compile_seconds=seconds,
+        largest=largest,
+        error=error,
+    )
+    if not report.fits:
+        report.advice = advice_for(program, report)
+    return report
+
+
+STEPS = ("grpo", "sft", "rm")
+
+
+def target_of(config: Any) -> tuple[str, int]:
+    """(topology, slices) a config names in `train.topology` / `train.slices` ("" if none)."""
+    train = config.get("train") if hasattr(config, "get") else None
+    if train is None or "topology" not in train:
+        return "", 1
+    return str(train.topology), int(train.get("slices", 1))
+
+
+def run(
+    config: Any,
+    config_name: str,
+    topology: str,
+    slices: int = 1,
+    step: str = "grpo",
+    loop_costs: bool = True,
+) -> AOTReport:
+    """Builds and compiles the config's `step` for `topology` x `slices`; returns the report."""
+    if step not in STEPS:
+        raise ValueError(f"--step={step!r}: expected one of {STEPS}")
+    if step == "rm":
+        raise ValueError("--step=rm needs a reward-model step (r1/rm), which r1 does not have yet")
+    devices = topology_devices(topology, slices)
+    mesh = build_mesh(config, devices)
+    program = grpo_program(config, mesh) if step == "grpo" else sft_program(config, mesh)
+    return compile_report(
+        program,
+        config_name=config_name,
+        topology=topology,
+        slices=slices,
+        devices=devices,
+        loop_costs=loop_costs,
+    )

@@ -1,0 +1,166 @@
+"""Ahead-of-time compilation for TPU topologies (r1/aot.py, experiments/aot.py).
+
+Needs the `tpu` extra (libtpu). The compile tests are slow on a loaded 2-core host (the TPU
+compiler takes 1-4 minutes for the tiny GRPO step), so they are marked slow.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from r1 import aot, configlib, sharding
+from r1.models.transformer import Transformer
+from r1.rl import trainer
+from r1.rl.step import abstract_train_state, init_train_state, train_state_shardings
+
+TINY = "configs/r1_zero.py:tiny"
+REPO = str(configlib.REPO_ROOT)
+
+
+def _libtpu():
+    pytest.importorskip("libtpu", reason="needs the tpu extra: pip install -e .[tpu]")
+
+
+def test_trainer_and_aot_share_mesh_and_state_shardings(devices):
+    config = configlib.load_config(TINY)
+    experiment = configlib.parse_experiment(config, extra_sections=trainer.EXTRA_SECTIONS)
+    # The trainer's way: a real model, a real state.
+    mesh = sharding.make_mesh(experiment.mesh)
+    optimizer = trainer._optimizer(config)
+    model = sharding.create_sharded_model(
+        lambda: Transformer(experiment.model, rngs=nnx.Rngs(experiment.seed)), mesh
+    )
+    _, state = init_train_state(model, optimizer, experiment.seed, with_reference=True)
+    real = train_state_shardings(state, optimizer, mesh)
+    # The aot way: the same config, no weights.
+    aot_mesh = aot.build_mesh(config, devices)
+    assert aot_mesh.shape == mesh.shape
+    assert [d.id for d in aot_mesh.devices.flat] == [d.id for d in mesh.devices.flat]
+    _, abstract = abstract_train_state(
+        lambda: Transformer(experiment.model, rngs=nnx.Rngs(experiment.seed)),
+        optimizer,
+        experiment.seed,
+        with_reference=True,
+    )
+    shapes = jax.tree.map(lambda x: (x.shape, x.dtype), state)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), abstract) == shapes
+    planned = train_state_shardings(abstract, optimizer, aot_mesh)
+    real_specs = jax.tree.leaves(jax.tree.map(lambda s: s.spec, real))
+    planned_specs = jax.tree.leaves(jax.tree.map(lambda s: s.spec, planned))
+    assert real_specs == planned_specs
+    assert any(spec != jax.sharding.PartitionSpec() for spec in planned_specs)  # fsdp is used
+
+
+def test_parse_buffer_assignment_names_largest_first():
+    text = "\n".join(
+        [
+            "allocation 0: size 1024, parameter 0, shape |f32[16,16]| at ShapeIndex {}:",
+            " value: <3 param.1 @0> (size=1024,offset=0): f32[16,16]{1,0}",
+            "allocation 1: size 8388608, preallocated-temp:",
+            " value: <7 fusion.2 @0> (size=4194304,offset=0): f32[1024,1024]{1,0}",
+            " value: <8 dot.5 @0> (size=8388608,offset=0): bf16[2048,2048]{1,0}",
+            "allocation 2: size 512, output shape is |f32[]|, maybe-live-out:",
+            " value: <9 add.3 @0> (size=512,offset=0): f32[]",
+        ]
+    )
+    hlo = '  %dot.5 = bf16[2048,2048]{1,0} dot(...), metadata={op_name="jit(step)/attn/scores"}'
+    found = aot.parse_buffer_assignment(text, hlo, limit=2)
+    assert [b.bytes for b in found] == [8388608, 1024]
+    assert found[0].shape == "bf16[2048,2048]" and found[0].kind == "preallocated-temp"
+    assert "jit(step)/attn/scores" in found[0].op
+    assert found[1].kind == "parameter"
+
+
+def test_pod_mesh_config_puts_slices_on_data():
+    mesh = sharding.MeshConfig(data=1, fsdp=-1, expert=4)
+    assert aot.pod_mesh_config(mesh, 2).data == 2
+    assert aot.pod_mesh_config(mesh, 1) == mesh
+    with pytest.raises(ValueError, match="multiple of --slices"):
+        aot.pod_mesh_config(sharding.MeshConfig(data=3), 2)
+
+
+def test_topology_names_are_checked():
+    with pytest.raises(ValueError, match="v5p:8x8x16"):
+        aot.topology_devices("h100:8")
+
+
+def test_multi_slice_mesh_crosses_slices_on_data_only():
+    _libtpu()
+    devices = aot.topology_devices("v5e:2x2", num_slices=2)
+    assert len(devices) == 8
+    config = configlib.load_config(TINY)
+    mesh = aot.build_mesh(config, devices)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "expert": 1, "tensor": 1}
+    slice_of = np.vectorize(lambda d: d.slice_index)(mesh.devices)
+    assert (slice_of[0] == 0).all() and (slice_of[1] == 1).all()
+
+
+def _expected_param_bytes(report_state_params, fsdp: int) -> int:
+    """Independent of the rules table: DEFAULT_RULES shard only `embed` (over fsdp) when
+    tensor = expert = 1, so a parameter with an `embed` axis divisible by fsdp is split fsdp
+    ways and every other one is replicated."""
+    total = 0
+    for leaf in jax.tree.leaves(report_state_params, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        axes = leaf.get_metadata().get("axes") or ()
+        value = leaf.get_value()
+        nbytes = math.prod(value.shape) * np.dtype(value.dtype).itemsize
+        dims = [value.shape[i] for i, a in enumerate(axes) if a == "embed"]
+        total += nbytes // fsdp if dims and dims[0] % fsdp == 0 else nbytes
+    return total
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topology,devices_expected", [("v5e:2x2", 4), ("v4:2x2x2", 16)])
+def test_tiny_grpo_step_compiles_with_rule_sharded_params(topology, devices_expected):
+    _libtpu()
+    config = configlib.load_config(TINY)
+    report = aot.run(config, TINY, topology, loop_costs=False)
+    assert report.devices == devices_expected
+    assert report.fits and report.per_chip_bytes < report.hbm_bytes
+    fsdp = report.mesh["fsdp"]
+    assert fsdp == devices_expected
+    experiment = configlib.parse_experiment(config, extra_sections=trainer.EXTRA_SECTIONS)
+    _, state = abstract_train_state(
+        lambda: Transformer(experiment.model, rngs=nnx.Rngs(0)), optax.sgd(0.1), 0, False
+    )
+    expected = _expected_param_bytes(state.params, fsdp)
+    assert report.total_param_bytes == _expected_param_bytes(state.params, 1)
+    assert abs(report.params - expected) <= 0.02 * expected, (report.params, expected)
+    assert report.params < report.total_param_bytes / 2  # really sharded
+    assert report.flops > 0 and report.estimated_seconds > 0
+    assert report.temporaries > 0 and report.kv_cache > 0
+
+
+@pytest.mark.slow
+def test_entry_point_fails_with_largest_buffers_when_it_does_not_fit(tmp_path):
+    _libtpu()
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.aot",
+        f"--config={TINY}",
+        "--topology=v5e:2x2",
+        # The tiny model with a 64k-token rollout of 8192 rows: the KV cache and the
+        # activations cannot fit 4 x 16 GiB.
+        "--config.rl.prompts_per_step=1024",
+        "--config.rl.max_new_tokens=8192",
+        "--config.model.max_position_embeddings=16384",
+    ]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "DOES NOT FIT" in out.stdout
+    assert "largest buffers on one device" in out.stdout
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["fits"] is False and summary["per_chip_bytes"] > summary["hbm_bytes"]
+    assert summary["largest"] and summary["largest"][0]["bytes"] > 0
+    assert summary["advice"]
