@@ -103,12 +103,22 @@ def _base() -> ml_collections.ConfigDict:
         )
     )
     c.rewards = (("arithmetic_tokens", 1.0, {}), ("format_strict_tokens", 1.0, {}))
+    # Rewards computed by frozen models inside the step: (kind, weight, kwargs) with kind
+    # "reward_model" (kwargs: path, region "summary" | "whole") or "judge" (see r1/rl/trainer.py).
+    c.model_rewards = ()
     c.optimizer = ml_collections.ConfigDict(
         dict(learning_rate=3e-6, warmup_steps=0, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0)
     )
     c.train = ml_collections.ConfigDict(
         dict(
-            steps=1000, checkpoint_every=50, keep_checkpoints=3, samples_every=10, samples_per_log=8
+            steps=1000,
+            checkpoint_every=50,
+            keep_checkpoints=3,
+            samples_every=10,
+            samples_per_log=8,
+            # Write the final policy in Hugging Face layout (+ tokenizer) to workdir/export.
+            export=False,
+            export_dtype="",
         )
     )
     c.eval = ml_collections.ConfigDict(dict(every=50, per_difficulty=16))

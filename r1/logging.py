@@ -91,13 +91,23 @@ def append_samples(path: str, step: int, rows: Sequence[Mapping[str, Any]]) -> N
 
 
 def plot_curves(metrics_path: str, out_path: str, panels: Sequence[tuple[str, Sequence[str]]]):
-    """One PNG with a panel per (title, metric keys) from metrics.jsonl; keys absent are skipped."""
+    """One PNG with a panel per (title, metric keys) from metrics.jsonl; keys absent are skipped.
+
+    A key ending in `*` stands for every metric with that prefix (e.g.
+    `eval/accuracy/difficulty_*`), ordered by a trailing number when there is one. Panels with no
+    data at all are left out.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = read_jsonl(metrics_path)
+    names = sorted({k for r in rows for k in r})
+    panels = [(title, _expand_keys(keys, names)) for title, keys in panels]
+    panels = [(t, keys) for t, keys in panels if any(k in r for r in rows for k in keys)] or [
+        ("no metrics", ())
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     axes = np.atleast_1d(axes)
     for ax, (title, keys) in zip(axes, panels):
@@ -114,3 +124,19 @@ def plot_curves(metrics_path: str, out_path: str, panels: Sequence[tuple[str, Se
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
+
+
+def _expand_keys(keys: Sequence[str], names: Sequence[str]) -> list[str]:
+    """Keys with `prefix*` patterns replaced by the matching metric names."""
+
+    def order(name: str):
+        tail = name.rstrip("0123456789")
+        return (tail, int(name[len(tail) :]) if len(tail) < len(name) else -1)
+
+    out = []
+    for key in keys:
+        if key.endswith("*"):
+            out += sorted((n for n in names if n.startswith(key[:-1])), key=order)
+        else:
+            out.append(key)
+    return out

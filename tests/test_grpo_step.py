@@ -163,3 +163,61 @@ def test_sharded_step_matches_single_device(mesh_cfg, devices):
     w = new_state.params["layers"][1]["mlp"]["w_up"][...]
     ref = single_state.params["layers"][1]["mlp"]["w_up"][...]
     assert np.abs(np.asarray(w) - np.asarray(ref)).max() < 1e-4
+
+
+def test_reward_model_runs_inside_the_sharded_step(devices):
+    """A frozen reward model is one more input of the one program; its score is added with its
+    weight, logged as reward/<name>, and equals scoring the rollout outside the step."""
+    from r1.rl.step import ModelReward
+    from r1.rm.model import RewardModel
+    from r1.rm.reward import make_frozen_scorer
+
+    cfg = testing.tiny_dense_config()
+    graphdef, state, optimizer, config, batch = _setup(cfg)
+    rm_graphdef, rm_state = nnx.split(RewardModel(cfg, rngs=nnx.Rngs(3)))
+    scorer = make_frozen_scorer(rm_graphdef, region="whole")
+
+    def score(frozen, prompt_tokens, prompt_mask, completion, mask, fields):
+        return scorer(frozen, prompt_tokens, prompt_mask, completion, mask), {}
+
+    weight = 0.5
+    reward = ModelReward("helpful", weight, score)
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=4))
+    frozen = {"helpful": rm_state}
+    step = make_grpo_step(
+        graphdef,
+        optimizer,
+        config,
+        token_reward,
+        mesh,
+        state,
+        batch,
+        model_rewards=(reward,),
+        frozen=frozen,
+    )
+    text = step.lower(state, batch, frozen).as_text()
+    assert text.count("func.func public @main") == 1
+    with sharding.use_mesh(mesh):
+        _, metrics, samples = step(state, batch, frozen)
+    group = config.group_size
+    expected = scorer(
+        rm_state,
+        jnp.repeat(batch["prompt_tokens"], group, 0),
+        jnp.repeat(batch["prompt_mask"], group, 0),
+        jnp.asarray(samples["tokens"]),
+        jnp.asarray(samples["mask"]),
+    )
+    rule, _ = token_reward(
+        jnp.asarray(samples["tokens"]),
+        jnp.asarray(samples["mask"]),
+        None,
+        {"first": jnp.repeat(batch["first"], group, 0)},
+    )
+    np.testing.assert_allclose(float(metrics["reward/helpful"]), float(expected.mean()), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(samples["rewards"]), np.asarray(rule + weight * expected), atol=1e-5
+    )
+    assert samples["correct"].shape == (len(samples["tokens"]),)
+    with pytest.raises(ValueError, match="no frozen model state"):
+        jax.eval_shape(grpo_step_fn(graphdef, optimizer, config, token_reward, 0.0, (reward,)),
+                       state, batch)

@@ -52,6 +52,29 @@ RewardFn = Callable[
 ]
 
 
+# (frozen model state, prompt tokens int32[B, L], prompt mask bool[B, L], completion int32[B, N],
+#  completion mask bool[B, N], per-row fields) -> (score float32[B], {part name: float32[B]})
+ModelScoreFn = Callable[
+    [Any, jax.Array, jax.Array, jax.Array, jax.Array, dict[str, jax.Array]],
+    tuple[jax.Array, dict[str, jax.Array]],
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelReward:
+    """A reward computed by a frozen model inside the compiled step (a reward model, a judge).
+
+    The model's state is another input of the step (`frozen[name]`, sharded by the same rules,
+    never donated, under stop_gradient), like the reference policy: sampling, judging and the
+    update stay one program. The score is added to the rule rewards with `weight`; it and its
+    parts are logged as `reward/<name>` and `reward/<name>/<part>`.
+    """
+
+    name: str
+    weight: float
+    score: ModelScoreFn
+
+
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
     """Static settings of the GRPO step.
@@ -198,11 +221,14 @@ def grpo_step_fn(
     config: GRPOConfig,
     reward_fn: RewardFn,
     bias_update_rate: float = 0.0,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array], dict[str, jax.Array]]]:
-    """The un-jitted step (for `jax.jit(...).lower(...)`, tests and AOT compilation).
+    model_rewards: tuple[ModelReward, ...] = (),
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array], dict[str, jax.Array]]]:
+    """The un-jitted `step(state, batch, frozen=None)` (for `jax.jit(...).lower(...)`, tests and
+    AOT compilation).
 
     batch: {"prompt_tokens": int32[P, L] left-padded, "prompt_mask": bool[P, L], plus any
-    per-prompt fields [P, ...] handed to the rewards (repeated to [B, ...])}.
+    per-prompt fields [P, ...] handed to the rewards (repeated to [B, ...])}. frozen: {name:
+    model state} for each of `model_rewards`.
     """
     group = config.group_size
     loss_cfg = config.loss
@@ -210,7 +236,11 @@ def grpo_step_fn(
         loss_cfg, mask_truncated=False, drop_zero_variance_groups=False
     )
 
-    def step(state: TrainState, batch: Batch):
+    def step(state: TrainState, batch: Batch, frozen: dict[str, Any] | None = None):
+        frozen = frozen or {}
+        missing = [r.name for r in model_rewards if r.name not in frozen]
+        if missing:
+            raise ValueError(f"GRPO step: no frozen model state given for rewards {missing}")
         prompt_tokens, prompt_mask = batch["prompt_tokens"], batch["prompt_mask"]
         num_prompts, prompt_len = prompt_tokens.shape
         rows = num_prompts * group
@@ -237,6 +267,24 @@ def grpo_step_fn(
         }
         rewards, reward_parts = reward_fn(completion, cmask, rollout.truncated, fields)
         rewards = rewards.astype(jnp.float32)
+        if model_rewards:
+            reward_parts = dict(reward_parts)
+            row_prompts = jnp.repeat(prompt_tokens, group, axis=0)
+            row_prompt_mask = jnp.repeat(prompt_mask.astype(bool), group, axis=0)
+            for model_reward in model_rewards:
+                score, parts = model_reward.score(
+                    jax.lax.stop_gradient(frozen[model_reward.name]),
+                    row_prompts,
+                    row_prompt_mask,
+                    completion,
+                    cmask,
+                    fields,
+                )
+                score = jax.lax.stop_gradient(score.astype(jnp.float32))
+                rewards = rewards + model_reward.weight * score
+                reward_parts[model_reward.name] = score
+                for part, values in parts.items():
+                    reward_parts[f"{model_reward.name}/{part}"] = values
         rewards_pg = rewards.reshape(num_prompts, group)
         advantages = group_advantages(rewards_pg, method=config.advantage_method).reshape(rows)
 
@@ -348,7 +396,12 @@ def grpo_step_fn(
             rng=jax.random.key_data(rng),
             ref_params=ref_params,
         )
-        samples = {"tokens": completion, "mask": cmask, "rewards": rewards}
+        correct = (
+            reward_parts[config.accuracy_reward] > 0.5
+            if config.accuracy_reward is not None
+            else jnp.zeros_like(rewards, bool)
+        )
+        samples = {"tokens": completion, "mask": cmask, "rewards": rewards, "correct": correct}
         return new_state, metrics, samples
 
     return step
@@ -363,10 +416,16 @@ def make_grpo_step(
     state: TrainState,
     batch: Batch,
     bias_update_rate: float = 0.0,
+    model_rewards: tuple[ModelReward, ...] = (),
+    frozen: dict[str, Any] | None = None,
 ):
     """The jitted step with explicit shardings (state donated). `state` and `batch` give the
-    structure (abstract values are fine). Call it under `r1.sharding.use_mesh(mesh)`."""
-    fn = grpo_step_fn(graphdef, optimizer, config, reward_fn, bias_update_rate)
+    structure (abstract values are fine). Call it under `r1.sharding.use_mesh(mesh)`.
+
+    Without model rewards it is `step(state, batch)`; with them `step(state, batch, frozen)`,
+    where `frozen` ({name: nnx.State}, given here for its structure) is sharded by the rules
+    and not donated."""
+    fn = grpo_step_fn(graphdef, optimizer, config, reward_fn, bias_update_rate, model_rewards)
     state_sh = train_state_shardings(state, optimizer, mesh)
     batch_sh = {
         k: sharding.named_sharding(("batch",) + (None,) * (v.ndim - 1), v.shape, mesh)
@@ -377,10 +436,26 @@ def make_grpo_step(
     new = config.sampling.max_new_tokens
     tokens_sh = sharding.named_sharding(("batch", None), (rows, new), mesh)
     rewards_sh = sharding.named_sharding(("batch",), (rows,), mesh)
-    samples_sh = {"tokens": tokens_sh, "mask": tokens_sh, "rewards": rewards_sh}
+    samples_sh = {
+        "tokens": tokens_sh,
+        "mask": tokens_sh,
+        "rewards": rewards_sh,
+        "correct": rewards_sh,
+    }
+    out_shardings = (state_sh, replicated, samples_sh)
+    if not model_rewards:
+        return jax.jit(
+            lambda state, batch: fn(state, batch),
+            in_shardings=(state_sh, batch_sh),
+            out_shardings=out_shardings,
+            donate_argnums=(0,),
+        )
+    if frozen is None:
+        raise ValueError("make_grpo_step: model_rewards need `frozen` (their model states)")
+    frozen_sh = {name: sharding.state_shardings(value, mesh) for name, value in frozen.items()}
     return jax.jit(
         fn,
-        in_shardings=(state_sh, batch_sh),
-        out_shardings=(state_sh, replicated, samples_sh),
+        in_shardings=(state_sh, batch_sh, frozen_sh),
+        out_shardings=out_shardings,
         donate_argnums=(0,),
     )

@@ -34,12 +34,19 @@ from r1 import configlib, sharding
 from r1 import logging as r1_logging
 from r1.data import pipeline, procedural
 from r1.data.tokenizers import build_demo_tokenizer
+from r1.metrics.behaviour import behaviour_metrics
 from r1.models import hf
 from r1.models.transformer import Transformer
 from r1.rewards.tokens import TagIds, arithmetic_tokens, format_strict_tokens
 from r1.rl.grpo import GRPOLossConfig
 from r1.rl.reward_bridge import RewardBridge, encode_text_fields
-from r1.rl.step import GRPOConfig, init_train_state, make_grpo_step, train_state_shardings
+from r1.rl.step import (
+    GRPOConfig,
+    ModelReward,
+    init_train_state,
+    make_grpo_step,
+    train_state_shardings,
+)
 from r1.sampling.sampler import SamplingConfig, bucket_length, left_pad, sample
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,9 @@ CURVE_PANELS = (
     ("accuracy", ("accuracy", "eval/accuracy")),
     ("response length", ("response_length/mean", "eval/response_length/mean")),
     ("KL", ("kl",)),
+    ("held-out accuracy by difficulty", ("eval/accuracy/difficulty_*",)),
+    ("held-out length by difficulty", ("eval/response_length/difficulty_*",)),
+    ("reflection words per 1k tokens", ("behaviour/reflection_per_1k",)),
 )
 
 
@@ -91,6 +101,61 @@ def build_policy(config, model_cfg, mesh) -> Transformer:
 def build_task(config):
     kwargs = dict(config.data.task_kwargs)
     return procedural.make_task(config.data.task, **kwargs)
+
+
+def build_model_rewards(config, tokenizer, mesh) -> tuple[tuple[ModelReward, ...], dict]:
+    """The frozen-model rewards of `config.model_rewards` ((kind, weight, kwargs) triples) and
+    their states, loaded (sharded) at start so that a bad path fails before the first step.
+
+    kind "reward_model": kwargs `path` (a directory written by `r1.rm.model.save`, e.g. a
+    `train_rm` export), `region` ("summary": the text after the last `</think>`, for
+    helpfulness; "whole": the whole response, for harmlessness), optional `missing`.
+    kind "judge": kwargs as `r1.rewards.judge.make_judge_reward`.
+    """
+    rewards, frozen = [], {}
+    for index, entry in enumerate(config.get("model_rewards", ()) or ()):
+        where = f"config.model_rewards[{index}]"
+        try:
+            kind, weight, kwargs = entry
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected (kind, weight, kwargs), got {entry!r}") from None
+        kwargs = dict(kwargs or {})
+        name = str(kwargs.pop("name", kind if kind not in frozen else f"{kind}_{index}"))
+        if kind == "reward_model":
+            from r1.rm import model as rm_model
+            from r1.rm.reward import make_frozen_scorer
+
+            path = kwargs.pop("path", None)
+            if not path or not os.path.isdir(path):
+                raise ValueError(f"{where}: reward model path {path!r} is not a directory")
+            _, rm = rm_model.load(path, mesh=mesh)
+            rm_graphdef, rm_state = nnx.split(rm)
+            scorer = make_frozen_scorer(
+                rm_graphdef,
+                region=kwargs.pop("region", "summary"),
+                think_close=tokenizer.encode("</think>"),
+                missing=kwargs.pop("missing", "empty"),
+                eos_id=tokenizer.eos_id,
+            )
+            if kwargs:
+                raise ValueError(f"{where}: unknown reward_model options {sorted(kwargs)}")
+
+            def score(state, prompt_tokens, prompt_mask, completion, mask, fields, f=scorer):
+                return f(state, prompt_tokens, prompt_mask, completion, mask), {}
+
+            rewards.append(ModelReward(name, float(weight), score))
+            frozen[name] = rm_state
+        elif kind == "judge":
+            from r1.rewards import judge as judge_lib
+
+            reward, state = judge_lib.make_judge_reward(
+                name=name, weight=float(weight), tokenizer=tokenizer, mesh=mesh, **kwargs
+            )
+            rewards.append(reward)
+            frozen[name] = state
+        else:
+            raise ValueError(f"{where}: unknown kind {kind!r} (expected reward_model or judge)")
+    return tuple(rewards), frozen
 
 
 def _batch_to_arrays(batch: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -309,9 +374,11 @@ def train(config, workdir: str) -> dict[str, float]:
         log.warning("resumed from step %d in %s", start_step, workdir)
 
     bridge = RewardBridge([tuple(t) for t in config.rewards], tokenizer)
+    model_rewards, frozen = build_model_rewards(config, tokenizer, mesh)
     evaluator = make_evaluator(config, tokenizer, graphdef, mesh, model_cfg)
     steps = int(config.train.steps)
     stop = _Stop()
+    finished = False
     previous = signal.signal(signal.SIGTERM, lambda *_: setattr(stop, "requested", True))
     compiled: dict[tuple, Any] = {}
     last: dict[str, float] = {}
@@ -339,6 +406,8 @@ def train(config, workdir: str) -> dict[str, float]:
                     state,
                     abstract_batch,
                     bias_update_rate=model_cfg.bias_update_rate,
+                    model_rewards=model_rewards,
+                    frozen=frozen or None,
                 )
             step_fn = compiled[key]
             batch_sh = {
@@ -352,7 +421,10 @@ def train(config, workdir: str) -> dict[str, float]:
             batch = {k: _global(v, batch_sh[k]) for k, v in batch_np.items()}
             start = time.perf_counter()
             with sharding.use_mesh(mesh):
-                new_state, metrics, samples = step_fn(state, batch)
+                if model_rewards:
+                    new_state, metrics, samples = step_fn(state, batch, frozen)
+                else:
+                    new_state, metrics, samples = step_fn(state, batch)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             seconds = time.perf_counter() - start
             if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
@@ -366,15 +438,21 @@ def train(config, workdir: str) -> dict[str, float]:
             metrics["tokens_per_sec"] = metrics["generated_tokens"] / seconds
             for name, count in sorted(bridge.failures.items()):
                 metrics[f"reward_failures/{name}"] = float(count)
+            samples = _gather(samples)  # a collective: every process takes part
+            metrics.update(
+                _behaviour(
+                    samples,
+                    tokenizer,
+                    batch_np.get("difficulty"),
+                    int(config.rl.group_size),
+                    str(config.get("language", "en")),
+                )
+            )
             every = int(config.eval.every)
             if every > 0 and (step % every == 0 or step == steps):
                 metrics.update(evaluator(state))
             writer.write(step, metrics)
             last = metrics
-            if int(config.train.samples_every) > 0 and (
-                step % int(config.train.samples_every) == 0 or step == 1
-            ):
-                samples = _gather(samples)  # a collective: every process takes part
             if (
                 is_main
                 and int(config.train.samples_every) > 0
@@ -401,11 +479,24 @@ def train(config, workdir: str) -> dict[str, float]:
             if stop.requested:
                 log.warning("SIGTERM: saved step %d, exiting", step)
                 break
+        finished = not stop.requested
     finally:
         progress.close()
         signal.signal(signal.SIGTERM, previous)
         checkpointer.close()
         writer.close()
+    if finished and config.train.get("export", False):
+        from r1.sft.trainer import export_model
+
+        export_model(
+            graphdef,
+            state,
+            model_cfg,
+            tokenizer,
+            str(config.tokenizer.get("path", "") or ""),
+            os.path.join(workdir, "export"),
+            str(config.train.get("export_dtype", "") or ""),
+        )
     if is_main and os.path.exists(writer.path):
         r1_logging.plot_curves(writer.path, os.path.join(workdir, "curves.png"), CURVE_PANELS)
     return last
@@ -425,6 +516,25 @@ def _gather(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def _behaviour(samples, tokenizer, difficulty, group: int, language: str) -> dict[str, float]:
+    """Reasoning-behaviour metrics of this step's completions (reflection words, length and
+    accuracy per difficulty; r1/metrics/behaviour.py). On multi-host runs `difficulty` is this
+    process's share, so the per-difficulty split is only made when it covers every row."""
+    tokens = np.asarray(samples["tokens"])
+    mask = np.asarray(samples["mask"])
+    texts = [tokenizer.decode(tokens[r][mask[r]].tolist()) for r in range(len(tokens))]
+    rows_difficulty = None
+    if difficulty is not None and len(difficulty) * group == len(tokens):
+        rows_difficulty = np.repeat(np.asarray(difficulty), group).tolist()
+    return behaviour_metrics(
+        texts,
+        mask.sum(axis=1).tolist(),
+        np.asarray(samples["correct"]).astype(bool).tolist(),
+        rows_difficulty,
+        language=language,
+    )
+
+
 def _write_samples(workdir, step, tokenizer, prompt_texts, samples, group, limit):
     tokens = np.asarray(jax.device_get(samples["tokens"]))
     mask = np.asarray(jax.device_get(samples["mask"]))
@@ -442,7 +552,17 @@ def _write_samples(workdir, step, tokenizer, prompt_texts, samples, group, limit
     r1_logging.append_samples(os.path.join(workdir, "samples.jsonl"), step, rows)
 
 
-EXTRA_SECTIONS = ("init", "tokenizer", "data", "rl", "rewards", "optimizer", "train", "eval")
+EXTRA_SECTIONS = (
+    "init",
+    "tokenizer",
+    "data",
+    "rl",
+    "rewards",
+    "model_rewards",
+    "optimizer",
+    "train",
+    "eval",
+)
 
 
 def per_difficulty(rows: list[dict[str, Any]], key: str) -> dict[int, float]:
