@@ -5,6 +5,12 @@ tiny (CPU, 2 cores, well under a minute; the demo base checkpoint on the demo's 
     python -m experiments.rejection_sample --config=configs/rejection_sample.py:tiny \
         --workdir=runs/rejection_tiny
 
+tiny_judge (CPU; the tiny variant where a quarter of the sums have their answer written in words,
+graded by a tiny generative judge trained first, in about a minute, on synthetic verdicts):
+    python -m experiments.train_judge --out=runs/tiny_judge
+    python -m experiments.rejection_sample --config=configs/rejection_sample.py:tiny_judge \
+        --workdir=runs/rejection_tiny_judge
+
 qwen2_5_7b_math (TPU v5p-32 or a v4/v5e host; a local HF checkpoint of the stage-2 policy and
 local JSONL / Parquet prompts; run the same command on every host with --distributed):
     python -m experiments.rejection_sample --config=configs/rejection_sample.py:qwen2_5_7b_math \
@@ -15,8 +21,9 @@ Re-running a command on its workdir resumes where it stopped, without duplicatin
 
 Sections: model, mesh, seed (see configs/models.py); init (checkpoint, HF layout), tokenizer,
 data (prompt source, template), sampling (k, batch, sampler settings), rewards ((name, weight,
-kwargs) text rewards of r1/rewards), select (correctness, cap), filters (readability thresholds);
-see docs/rejection_sampling.md.
+kwargs) text rewards of r1/rewards), select (correctness, cap), filters (readability thresholds),
+judge (a generative judge for the rows of `judge.tasks`, which no rule checks; path "" = none);
+see docs/rejection_sampling.md and docs/judge.md.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import ml_collections
 
 from r1 import configlib
 
-VARIANTS = ("tiny", "qwen2_5_7b_math")
+VARIANTS = ("tiny", "tiny_judge", "qwen2_5_7b_math")
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -45,6 +52,7 @@ def _base() -> ml_collections.ConfigDict:
             num_prompts=0,
             template="r1_zero",
             add_bos=True,
+            answer_words_fraction=0.0,
         )
     )
     c.sampling = ml_collections.ConfigDict(
@@ -81,6 +89,9 @@ def _base() -> ml_collections.ConfigDict:
             min_cot_chars=1,
         )
     )
+    c.judge = ml_collections.ConfigDict(
+        dict(path="", tasks=(), batch_size=8, template="", verdict_format="", max_new_tokens=0)
+    )
     return c
 
 
@@ -110,6 +121,16 @@ def tiny() -> ml_collections.ConfigDict:
     # Only samples that show their work (a reasoning dataset); CoTs are digits and symbols, so
     # the language rule never fires here (no words), and paragraphs are short.
     c.filters.update(min_cot_chars=1, max_paragraph_chars=400)
+    return c
+
+
+def tiny_judge() -> ml_collections.ConfigDict:
+    """`tiny` with a quarter of the sums (answers 0..99) answered in words ("forty-six", task
+    "add_words"): exact match cannot grade them, the tiny judge of experiments/train_judge.py
+    does (its verdict becomes the `arithmetic` score of those rows, recorded in provenance)."""
+    c = tiny()
+    c.data.answer_words_fraction = 0.25
+    c.judge.update(path="runs/tiny_judge", tasks=("add_words",), batch_size=16)
     return c
 
 

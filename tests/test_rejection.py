@@ -10,6 +10,7 @@ import json
 import os
 
 import ml_collections
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -425,6 +426,99 @@ def test_reward_fields_maps_target_and_lengths():
     comps = [runner.Completion("a", num_tokens=3)]
     fields = runner.reward_fields(spec, [{"answer": "5"}], comps)
     assert fields == {"target": ["5"], "lengths": [3]}
+
+
+# ----------------------------------------------------------------------------- judged rows
+class WordsJudge:
+    """A judge double with known verdicts: CORRECT when the words reference names the
+    prediction's number (the tiny trained judge's job, decided here by rule)."""
+
+    identity = {"model": "words-rule", "config": "test", "verdict_format": "tags"}
+
+    def __init__(self):
+        self.asked = []
+
+    def score(self, rows):
+        from r1.rewards.judge_data import words_to_number
+
+        self.asked += list(rows)
+        scores, verdicts, reasons = [], [], []
+        for r in rows:
+            if r["prediction"] is None:
+                scores.append(0.0), verdicts.append(None), reasons.append("no_answer")
+                continue
+            ok = str(words_to_number(r["reference"])) == r["prediction"]
+            scores.append(float(ok))
+            verdicts.append("[[CORRECT]]" if ok else "[[INCORRECT]]")
+            reasons.append("")
+        info = {"verdicts": verdicts, "reasons": reasons}
+        return np.asarray(scores, np.float32), info
+
+
+def test_judge_grades_rows_without_a_rule_checker(tmp_path):
+    from r1.rewards.judge_data import number_to_words
+
+    rows = sum_rows(10)
+    for row in rows[::2]:  # even prompts: the answer in words, a task no rule checks
+        row.update(answer=number_to_words(int(row["answer"])), task="add_words")
+    judge = WordsJudge()
+    report = runner.run(
+        rows,
+        FakePolicy(),
+        SPEC,
+        SELECT,
+        str(tmp_path / "judged"),
+        batch_size=3,
+        provenance=PROVENANCE,
+        judge=judge,
+        judge_tasks=("add_words",),
+    )
+    plain = run_fake(tmp_path / "plain", FakePolicy())
+    judged_rows, plain_rows = read_rows(tmp_path / "judged"), read_rows(tmp_path / "plain")
+    # The judge decides exactly what exact match decides on the digits: same kept set.
+    key = [(r["prompt_id"], r["sample_index"]) for r in judged_rows]
+    assert key == [(r["prompt_id"], r["sample_index"]) for r in plain_rows]
+    assert report["kept"] == plain["kept"] and report["dropped"] == plain["dropped"]
+    assert report["judge"] == {"judged": 20, "correct": 15, "unparseable": 0, "no_answer": 0}
+    assert not any(k.startswith("arithmetic/") for k in report["reward_failures"])
+    assert len(judge.asked) == 20 and judge.asked[0]["reference"] == "one"
+    assert judge.asked[0]["prediction"] == "1" and judge.asked[0]["reasoning"] == "0+1=1"
+    for row in judged_rows:
+        if row["task"] == "add_words":
+            assert row["provenance"] == {
+                **PROVENANCE,
+                "correctness": "judge",
+                "judge": {**WordsJudge.identity, "verdict": "[[CORRECT]]"},
+                "rewards": {"arithmetic": 1.0, "format_strict": 1.0},
+            }
+        else:
+            assert row["provenance"] == {
+                **PROVENANCE,
+                "rewards": {"arithmetic": 1.0, "format_strict": 1.0},
+            }
+    with pytest.raises(ValueError, match="judge_tasks"):
+        runner.run(
+            rows,
+            FakePolicy(),
+            SPEC,
+            SELECT,
+            str(tmp_path / "x"),
+            batch_size=3,
+            provenance={},
+            judge=judge,
+        )
+
+
+def test_judge_config_section_errors(tmp_path):
+    with pytest.raises(ValueError, match="tasks"):
+        runner.JudgeSection(path="runs/j")
+    with pytest.raises(ValueError, match="path"):
+        runner.JudgeSection(tasks=("add_words",))
+    assert runner.build_judge(runner.JudgeSection()) is None
+    with pytest.raises(FileNotFoundError, match="train_judge"):
+        runner.build_judge(runner.JudgeSection(path=str(tmp_path / "no"), tasks=("a",)))
+    with pytest.raises(ValueError, match="answer_words_fraction"):
+        runner.DataSection(answer_words_fraction=1.5, num_prompts=1)
 
 
 # ----------------------------------------------------------------------------- compiled sampler

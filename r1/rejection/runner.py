@@ -17,6 +17,11 @@ finished prompt and continues with the next prompt. Sample `j` of prompt `i` dra
 randomness from `fold_in(key(seed), i * k + j)`, independent of batching, so the resumed file
 equals the file of an unbroken run. A workdir made with another configuration (checkpoint,
 seed, prompts, sampling, rewards or selection) is refused.
+
+Judged rows. Rows whose `task` is in `judge_tasks` have no rule checker: a generative judge
+(`r1.rewards.judge.Judge`) reads their reference answer and the completion's answer and its
+verdict becomes the `correct_reward` score (through the ``judge_verdict`` reward; the other
+reward terms score them as usual). Their provenance names the judge and holds its verdict.
 """
 
 from __future__ import annotations
@@ -39,15 +44,25 @@ from r1 import configlib, sharding
 from r1.data import procedural, sources, templates
 from r1.rejection.filters import FilterConfig, extract_cot
 from r1.rejection.select import Candidate, SelectConfig, Selection, select
-from r1.rewards import RewardResult, RewardSpec, get
+from r1.rewards import RewardResult, RewardSpec, RewardTerm, get
 from r1.rewards.extract import THINK_CLOSE, answer_content
+from r1.rewards.judge import Judge, JudgeConfig, load_judge_config
 from r1.sampling.sampler import SamplingConfig, bucket_length, left_pad, make_sampler
 
 log = logging.getLogger(__name__)
 
 TRACES, PROGRESS, REPORT = "traces.jsonl", "progress.json", "report.json"
 TEMPLATES = ("r1_zero", *templates.CHAT_FORMATS)
-EXTRA_SECTIONS = ("init", "tokenizer", "data", "sampling", "rewards", "select", "filters")
+EXTRA_SECTIONS = (
+    "init",
+    "tokenizer",
+    "data",
+    "sampling",
+    "rewards",
+    "select",
+    "filters",
+    "judge",
+)
 
 
 # ----------------------------------------------------------------------------- policies
@@ -215,6 +230,82 @@ def reward_fields(
     return fields
 
 
+def judge_spec(spec: RewardSpec, correct_label: str) -> RewardSpec:
+    """`spec` with the term labelled `correct_label` replaced by ``judge_verdict`` (same label
+    and weight): how the rows a judge grades are scored."""
+    labels = [t.label for t in spec.terms]
+    if correct_label not in labels:
+        raise ValueError(f"judge: correct reward {correct_label!r} is not among the terms {labels}")
+    terms = tuple(
+        RewardTerm("judge_verdict", t.weight, {}, key=t.label) if t.label == correct_label else t
+        for t in spec.terms
+    )
+    return RewardSpec(terms)
+
+
+def score_batch(
+    spec: RewardSpec,
+    rows: Sequence[Mapping[str, Any]],
+    prompts: Sequence[str],
+    completions: Sequence[Completion],
+    *,
+    correct_label: str,
+    judge: Judge | None = None,
+    judge_tasks: Sequence[str] = (),
+) -> tuple[RewardResult, dict[int, dict[str, Any]]]:
+    """Scores a flat batch: rows whose task is in `judge_tasks` with `judge_spec` and the judge's
+    verdicts, the others with `spec`. Returns the merged `RewardResult` (rows in input order)
+    and, per judged row index, {"verdict", "score", "reason"}."""
+    judged = [i for i, r in enumerate(rows) if judge is not None and r.get("task") in judge_tasks]
+    judged_set = set(judged)
+    ruled = [i for i in range(len(rows)) if i not in judged_set]
+    parts: list[tuple[list[int], RewardResult]] = []
+    verdicts: dict[int, dict[str, Any]] = {}
+    if ruled:
+        sub_rows, sub_comps = [rows[i] for i in ruled], [completions[i] for i in ruled]
+        result = spec(
+            [prompts[i] for i in ruled],
+            [c.text for c in sub_comps],
+            **reward_fields(spec, sub_rows, sub_comps),
+        )
+        parts.append((ruled, result))
+    if judged:
+        assert judge is not None
+        jspec = judge_spec(spec, correct_label)
+        sub_rows, sub_comps = [rows[i] for i in judged], [completions[i] for i in judged]
+        asked = []
+        for row, comp in zip(sub_rows, sub_comps):
+            reasoning, answer = split_response(comp.text)
+            asked.append(
+                {
+                    "reference": row.get("answer"),
+                    "prediction": answer,
+                    "question": row.get("prompt"),
+                    "reasoning": reasoning,
+                }
+            )
+        scores, info = judge.score(asked)
+        fields = reward_fields(jspec, sub_rows, sub_comps)
+        fields.update(judge_score=list(scores), judge_reason=list(info["reasons"]))
+        result = jspec([prompts[i] for i in judged], [c.text for c in sub_comps], **fields)
+        parts.append((judged, result))
+        for k, i in enumerate(judged):
+            verdicts[i] = {
+                "verdict": info["verdicts"][k],
+                "score": float(scores[k]),
+                "reason": info["reasons"][k],
+            }
+    total = np.zeros(len(rows), np.float32)
+    breakdown = {t.label: np.zeros(len(rows), np.float32) for t in spec.terms}
+    failures: Counter[str] = Counter()
+    for index, result in parts:
+        total[index] = result.total
+        for label, values in result.breakdown.items():
+            breakdown[label][index] = values
+        failures.update(result.failures)
+    return RewardResult(total, breakdown, dict(failures)), verdicts
+
+
 # ----------------------------------------------------------------------------- progress
 def _atomic_write_json(path: str, value: Any) -> None:
     tmp = f"{path}.tmp"
@@ -315,6 +406,8 @@ def run(
     identity: Mapping[str, Any] | None = None,
     write: bool = True,
     progress_bar: bool = False,
+    judge: Judge | None = None,
+    judge_tasks: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Rejection-samples `prompts` into `workdir/traces.jsonl`, resuming a previous run.
 
@@ -332,6 +425,8 @@ def run(
       write: False on processes other than the first of a multi-host job (they sample, only the
         first writes).
       progress_bar: show a tqdm bar.
+      judge: a generative judge for the rows of `judge_tasks` (see the module docstring).
+      judge_tasks: row `task` values the judge grades instead of `select_config.correct_reward`.
 
     Returns:
       the report (also written to `workdir/report.json`): counts of candidates, kept rows and
@@ -351,6 +446,8 @@ def run(
         raise ValueError(
             f"selection reads reward(s) {missing} that are not scored; terms: {labels}"
         )
+    if (judge is None) != (not judge_tasks):
+        raise ValueError("judge and judge_tasks go together: give both or neither")
     if identity is None:
         identity = {
             "provenance": dict(provenance),
@@ -359,6 +456,8 @@ def run(
             "rewards": repr(spec.terms),
         }
     identity = {**identity, "prompt_ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+    if judge is not None:
+        identity["judge"] = {**judge.identity, "tasks": sorted(judge_tasks)}
     os.makedirs(workdir, exist_ok=True)
     traces_path = os.path.join(workdir, TRACES)
     progress_path = os.path.join(workdir, PROGRESS)
@@ -376,10 +475,14 @@ def run(
             if len(outputs) != len(batch):
                 raise ValueError(f"policy returned {len(outputs)} groups for {len(batch)} prompts")
             flat = [(r, t, c, j) for r, t, g in zip(batch, texts, outputs) for j, c in enumerate(g)]
-            scored = spec(
+            scored, verdicts = score_batch(
+                spec,
+                [r for r, _, _, _ in flat],
                 [t for _, t, _, _ in flat],
-                [c.text for _, _, c, _ in flat],
-                **reward_fields(spec, [r for r, _, _, _ in flat], [c for _, _, c, _ in flat]),
+                [c for _, _, c, _ in flat],
+                correct_label=select_config.correct_reward,
+                judge=judge,
+                judge_tasks=judge_tasks,
             )
             candidates = [
                 Candidate(
@@ -394,11 +497,21 @@ def run(
             ]
             chosen = select(candidates, select_config)
             by_id = {str(r["id"]): r for r in batch}
-            lines = [
-                json.dumps(trace_row(by_id[c.prompt_id], c, provenance), ensure_ascii=False)
-                for c in chosen.kept
-            ]
+            flat_index = {(c.prompt_id, c.sample_index): i for i, c in enumerate(candidates)}
+            lines = []
+            for c in chosen.kept:
+                verdict = verdicts.get(flat_index[(c.prompt_id, c.sample_index)])
+                row_provenance = dict(provenance)
+                if verdict is not None and judge is not None:
+                    row_provenance.update(
+                        correctness="judge",
+                        judge={**judge.identity, "verdict": verdict["verdict"]},
+                    )
+                row = trace_row(by_id[c.prompt_id], c, row_provenance)
+                lines.append(json.dumps(row, ensure_ascii=False))
             _accumulate(progress, chosen, scored, len(batch), time.perf_counter() - began)
+            if verdicts:
+                _count_verdicts(progress, verdicts.values())
             if write:
                 data = "".join(line + "\n" for line in lines).encode("utf-8")
                 with open(traces_path, "ab") as f:
@@ -436,12 +549,24 @@ def _accumulate(
     progress["seconds"] += seconds
 
 
+def _count_verdicts(progress: dict, verdicts: Any) -> None:
+    counts = Counter(progress.get("judge", {}))
+    for v in verdicts:
+        counts["judged"] += 1
+        counts["correct"] += v["score"] > 0.5
+        counts["unparseable"] += v["reason"] not in ("", "no_answer")
+        counts["no_answer"] += v["reason"] == "no_answer"
+    progress["judge"] = {
+        k: int(counts[k]) for k in ("judged", "correct", "unparseable", "no_answer")
+    }
+
+
 def make_report(
     progress: Mapping[str, Any], num_prompts: int, provenance: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The summary written to report.json, from the accumulated progress."""
     candidates = progress["candidates"]
-    return {
+    report = {
         "provenance": dict(provenance),
         "prompts": num_prompts,
         "prompts_done": progress["prompts_done"],
@@ -457,6 +582,9 @@ def make_report(
         "reward_failures": dict(progress["reward_failures"]),
         "seconds": progress["seconds"],
     }
+    if "judge" in progress:
+        report["judge"] = dict(progress["judge"])
+    return report
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -475,6 +603,8 @@ class DataSection:
     Parquet in a `r1.data.sources` layout; the first `num_prompts` rows, 0: all).
     template: "r1_zero" or a chat format of `r1.data.templates.render_chat` (which opens
     ``<think>``). add_bos: the tokenizer prepends BOS (chat formats then omit their BOS text).
+    answer_words_fraction: procedural only; that share of rows gets its answer written in words
+    and task "<task>_words" (`r1.rewards.judge_data.with_word_answers`), for a judge to grade.
     """
 
     source: str = "procedural"
@@ -486,8 +616,14 @@ class DataSection:
     num_prompts: int = 0
     template: str = "r1_zero"
     add_bos: bool = True
+    answer_words_fraction: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.answer_words_fraction <= 1.0:
+            raise ValueError(
+                f"answer_words_fraction: expected a value in [0, 1], got "
+                f"{self.answer_words_fraction}"
+            )
         if self.source not in ("procedural", "files"):
             raise ValueError(f"source: expected 'procedural' or 'files', got {self.source!r}")
         if self.template not in TEMPLATES:
@@ -518,11 +654,69 @@ class SamplingSection:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
 
 
+@dataclasses.dataclass(frozen=True)
+class JudgeSection:
+    """`config.judge`: path "" (no judge) or a judge directory (`Judge.load`: HF layout with its
+    tokenizer and judge_config.json); tasks: the row tasks it grades; batch_size: rows per judge
+    call; template / verdict_format / max_new_tokens: override the saved judging config ("" or
+    0: as saved)."""
+
+    path: str = ""
+    tasks: tuple[str, ...] = ()
+    batch_size: int = 8
+    template: str = ""
+    verdict_format: str = ""
+    max_new_tokens: int = 0
+
+    def __post_init__(self):
+        if self.path and not self.tasks:
+            raise ValueError("tasks: a judge needs the row tasks it grades (e.g. ('add_words',))")
+        if self.tasks and not self.path:
+            raise ValueError("path: judge.tasks is set but judge.path is empty")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
+
+    def judge_config(self, saved: JudgeConfig) -> JudgeConfig:
+        """The saved judging config with this section's overrides."""
+        changes: dict[str, Any] = {"batch_size": self.batch_size}
+        if self.template:
+            changes["template"] = self.template
+        if self.verdict_format:
+            changes["verdict_format"] = self.verdict_format
+        if self.max_new_tokens:
+            changes["max_new_tokens"] = self.max_new_tokens
+        return dataclasses.replace(saved, **changes)
+
+
+def build_judge(section: JudgeSection, mesh: jax.sharding.Mesh | None = None) -> Judge | None:
+    """The judge of `config.judge` (None when its path is empty); load errors name the path."""
+    if not section.path:
+        return None
+    path = os.path.expanduser(section.path)
+    if not os.path.isabs(path) and not os.path.exists(path):
+        path = os.path.join(configlib.REPO_ROOT, path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"config.judge.path: {section.path} is not a directory (train one with "
+            "`python -m experiments.train_judge --out=DIR`)"
+        )
+    try:
+        config = section.judge_config(load_judge_config(path))
+    except ValueError as err:
+        raise ValueError(f"config.judge: {err}") from err
+    return Judge.load(path, config, mesh=mesh)
+
+
 def load_prompts(data: DataSection, seed: int) -> list[dict[str, Any]]:
     """The prompt rows of `config.data` (see `DataSection`)."""
     if data.source == "procedural":
         task = procedural.make_task(data.task, **dict(data.task_kwargs))
-        return [procedural.generate(task, seed, i, data.split) for i in range(data.num_prompts)]
+        rows = [procedural.generate(task, seed, i, data.split) for i in range(data.num_prompts)]
+        if data.answer_words_fraction > 0:
+            from r1.rewards.judge_data import with_word_answers  # noqa: PLC0415
+
+            rows = with_word_answers(rows, data.answer_words_fraction)
+        return rows
     paths: Any = data.files
     if "," in paths:
         paths = [p.strip() for p in paths.split(",") if p.strip()]
@@ -565,6 +759,9 @@ def run_from_config(config: Any, workdir: str, config_name: str = "") -> dict[st
         config, num_devices=jax.device_count(), extra_sections=EXTRA_SECTIONS
     )
     data, sampling_section, select_cfg = parse_sections(config)
+    judge_section = configlib.to_dataclass(
+        JudgeSection, config.get("judge", {}) or {}, "config.judge"
+    )
     if not config.init.hf_path:
         raise ValueError("config.init.hf_path: rejection sampling needs a checkpoint to sample")
     spec = RewardSpec.from_config(config.rewards)
@@ -575,6 +772,7 @@ def run_from_config(config: Any, workdir: str, config_name: str = "") -> dict[st
             f"config.model.vocab_size={experiment.model.vocab_size} is smaller than the "
             f"tokenizer's {tokenizer.vocab_size}"
         )
+    judge = build_judge(judge_section, mesh)  # before the policy: a bad judge fails at start
     with sharding.use_mesh(mesh):
         model = trainer.build_policy(config, experiment.model, mesh)
     sampling = SamplingConfig(
@@ -606,6 +804,7 @@ def run_from_config(config: Any, workdir: str, config_name: str = "") -> dict[st
     }
     identity = {
         "provenance": provenance,
+        "judge": repr(judge_section),
         "data": repr(data),
         "select": repr(select_cfg),
         "rewards": repr(spec.terms),
@@ -627,4 +826,6 @@ def run_from_config(config: Any, workdir: str, config_name: str = "") -> dict[st
         identity=identity,
         write=is_main,
         progress_bar=is_main,
+        judge=judge,
+        judge_tasks=judge_section.tasks,
     )

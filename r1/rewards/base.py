@@ -96,6 +96,7 @@ def _load_builtin_rewards() -> None:
         code,
         countdown,
         format,
+        judge,
         language,
         math,
         shaping,

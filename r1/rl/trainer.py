@@ -22,6 +22,7 @@ import os
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -103,16 +104,22 @@ def build_task(config):
     return procedural.make_task(config.data.task, **kwargs)
 
 
-def build_model_rewards(config, tokenizer, mesh) -> tuple[tuple[ModelReward, ...], dict]:
-    """The frozen-model rewards of `config.model_rewards` ((kind, weight, kwargs) triples) and
-    their states, loaded (sharded) at start so that a bad path fails before the first step.
+def build_model_rewards(
+    config, tokenizer, mesh
+) -> tuple[tuple[ModelReward, ...], dict[str, Any], list[Callable]]:
+    """The frozen-model rewards of `config.model_rewards` ((kind, weight, kwargs) triples), their
+    states (loaded, sharded, at start so that a bad path fails before the first step) and the
+    batch-field encoders they need (`encoder(answers) -> {field: array[P, ...]}`).
 
     kind "reward_model": kwargs `path` (a directory written by `r1.rm.model.save`, e.g. a
     `train_rm` export), `region` ("summary": the text after the last `</think>`, for
     helpfulness; "whole": the whole response, for harmlessness), optional `missing`.
-    kind "judge": kwargs as `r1.rewards.judge.make_judge_reward`.
+    kind "judge": kwargs `path` (a judge directory, e.g. from `experiments.train_judge`; its
+    tokenizer must extend the policy's without moving ids). The judge reads each prompt's
+    reference answer (the `answer` field, encoded with the judge's tokenizer) and the policy's
+    final answer, and generates a verdict inside the step (r1/rewards/judge.py).
     """
-    rewards, frozen = [], {}
+    rewards, frozen, encoders = [], {}, []
     for index, entry in enumerate(config.get("model_rewards", ()) or ()):
         where = f"config.model_rewards[{index}]"
         try:
@@ -148,14 +155,45 @@ def build_model_rewards(config, tokenizer, mesh) -> tuple[tuple[ModelReward, ...
         elif kind == "judge":
             from r1.rewards import judge as judge_lib
 
-            reward, state = judge_lib.make_judge_reward(
-                name=name, weight=float(weight), tokenizer=tokenizer, mesh=mesh, **kwargs
+            path = kwargs.pop("path", None)
+            if kwargs:
+                raise ValueError(f"{where}: unknown judge options {sorted(kwargs)}")
+            if any(k == "judge" for k, _, _ in (config.model_rewards or ())[:index]):
+                raise ValueError(f"{where}: only one judge reward per run")
+            judge = judge_lib.Judge.load(path, mesh=mesh)
+            judge_graphdef, judge_state = nnx.split(judge.model)
+            judge_fn = judge_lib.make_judge_reward(
+                judge_graphdef,
+                judge_lib.JudgeTokens.from_tokenizer(judge.tokenizer, judge.config),
+                TagIds.from_tokenizer(tokenizer),
+                judge.config.max_new_tokens,
+                name=name,
             )
-            rewards.append(reward)
-            frozen[name] = state
+
+            def score(
+                state, prompt_tokens, prompt_mask, completion, mask, fields, f=judge_fn, n=name
+            ):
+                scores, parts = f(completion, mask, None, fields, state)
+                prefix = f"{n}/"
+                return scores, {k[len(prefix) :]: v for k, v in parts.items() if "/" in k}
+
+            width = judge.config.max_field_tokens
+
+            def encode(answers, tok=judge.tokenizer, width=width):
+                ids = [list(tok.encode(str(a)))[:width] for a in answers]
+                tokens = np.full((len(ids), width), int(tok.pad_id), np.int32)
+                field_mask = np.zeros((len(ids), width), bool)
+                for row, row_ids in enumerate(ids):
+                    tokens[row, : len(row_ids)] = row_ids
+                    field_mask[row, : len(row_ids)] = True
+                return {"judge_reference_tokens": tokens, "judge_reference_mask": field_mask}
+
+            rewards.append(ModelReward(name, float(weight), score))
+            frozen[name] = judge_state
+            encoders.append(encode)
         else:
             raise ValueError(f"{where}: unknown kind {kind!r} (expected reward_model or judge)")
-    return tuple(rewards), frozen
+    return tuple(rewards), frozen, encoders
 
 
 def _batch_to_arrays(batch: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -374,7 +412,7 @@ def train(config, workdir: str) -> dict[str, float]:
         log.warning("resumed from step %d in %s", start_step, workdir)
 
     bridge = RewardBridge([tuple(t) for t in config.rewards], tokenizer)
-    model_rewards, frozen = build_model_rewards(config, tokenizer, mesh)
+    model_rewards, frozen, field_encoders = build_model_rewards(config, tokenizer, mesh)
     evaluator = make_evaluator(config, tokenizer, graphdef, mesh, model_cfg)
     steps = int(config.train.steps)
     stop = _Stop()
@@ -388,7 +426,10 @@ def train(config, workdir: str) -> dict[str, float]:
             last = evaluator(state)
             writer.write(0, last)
         for step in range(start_step + 1, steps + 1):
-            batch_np, prompt_texts = _batch_to_arrays(next(data_iter))
+            raw_batch = next(data_iter)
+            batch_np, prompt_texts = _batch_to_arrays(raw_batch)
+            for encode in field_encoders:
+                batch_np.update(encode([str(a) for a in raw_batch["answer"]]))
             key = tuple((k, v.shape) for k, v in sorted(batch_np.items()))
             if key not in compiled:
                 abstract_batch = {
