@@ -1,0 +1,619 @@
+"""The DeepSeek-R1 pipeline: four stages, each in its own sub-directory of the run, resumable.
+
+    python -m experiments.r1_pipeline --config=configs/r1.py:tiny --workdir=runs/r1_tiny
+
+Stages (REFERENCE.md, "R1 (four stages)"), each built from the existing trainers by deriving
+the sub-config they expect from the pipeline config (configs/r1.py):
+
+1. `1_cold_start`: SFT of the base (`init.hf_path`) on cold-start traces (`cold_start.files`,
+   or `cold_start_rows`: readable traces of the procedural task) -> `sft/export`.
+2. `2_reasoning_rl`: GRPO from stage 1 with accuracy + format + language-consistency rewards
+   -> `rl/` (orbax checkpoints) and `export/` (the last checkpoint in HF layout).
+3. `3_rejection_sft`: rejection sampling from stage 2 (`rejection/traces.jsonl`) plus general
+   rows (`rejection.general_files`, or `general_rows`: synthetic polite replies), then SFT of
+   the *base* model on both -> `sft/export`.
+4. `4_all_scenarios_rl`: a reward model (`reward_model/export`, the policy's tokenizer), then
+   GRPO from stage 3 with rule rewards, the reward model joining for the last
+   `all_scenarios_rl.rm_steps` steps -> `rl/`, `export/`.
+
+After each stage the model is evaluated on the task's held-out set: `<stage>/eval.json` and
+`eval.md`; `eval_summary.json` in the run directory collects them. A stage writes `DONE.json`
+only when everything it makes is complete; a stage with one is skipped, a stage without one is
+run again and resumes through its trainer's own checkpoints (SFT / GRPO / RM checkpoints, the
+rejection sampler's progress file). `pipeline_log.jsonl` records what each invocation did
+(`skip`, `start`, `resume`, `done`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from r1 import checkpoint as ckpt_lib
+from r1 import configlib, sharding
+from r1.data import procedural, templates
+
+log = logging.getLogger(__name__)
+
+DONE = "DONE.json"
+EVAL = "eval.json"
+LOG = "pipeline_log.jsonl"
+SUMMARY = "eval_summary.json"
+STAGES = ("1_cold_start", "2_reasoning_rl", "3_rejection_sft", "4_all_scenarios_rl")
+SUMMARY_KEYS = ("pass@1", "response_length", "truncated", "no_answer")
+
+
+# ----------------------------------------------------------------------------- stage runner
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A pipeline stage: `run(directory, previous)` does the work in `directory` and returns its
+    outputs (JSON values; paths relative to the run directory), `previous` maps earlier stage
+    names to their outputs."""
+
+    name: str
+    run: Callable[[str, Mapping[str, Mapping[str, Any]]], dict[str, Any]]
+
+
+def _is_main() -> bool:
+    return jax.process_index() == 0
+
+
+def _atomic_json(path: str, value: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _log_event(workdir: str, stage: str, event: str, **extra: Any) -> None:
+    log.warning("stage %s: %s %s", stage, event, extra or "")
+    if _is_main():
+        with open(os.path.join(workdir, LOG), "a") as f:
+            f.write(json.dumps({"time": time.time(), "stage": stage, "event": event, **extra}))
+            f.write("\n")
+
+
+def read_done(directory: str) -> dict[str, Any] | None:
+    """The `DONE.json` of a stage directory, or None when the stage is not complete."""
+    path = os.path.join(directory, DONE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_stages(stages: Sequence[Stage], workdir: str) -> dict[str, dict[str, Any]]:
+    """Runs `stages` in order under `workdir/<stage.name>/`, skipping completed ones.
+
+    A stage whose directory holds `DONE.json` is skipped (its recorded outputs are passed on);
+    otherwise it runs ("resume" when its directory already has content from an interrupted
+    run) and `DONE.json` is written, atomically, after it returns. An exception leaves no
+    marker, so the next invocation runs that stage again. Returns {stage name: outputs}.
+    """
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stage names must be unique, got {names}")
+    os.makedirs(workdir, exist_ok=True)
+    outputs: dict[str, dict[str, Any]] = {}
+    for stage in stages:
+        directory = os.path.join(workdir, stage.name)
+        done = read_done(directory)
+        if done is not None:
+            _log_event(workdir, stage.name, "skip")
+            outputs[stage.name] = dict(done.get("outputs", {}))
+            continue
+        partial = os.path.isdir(directory) and bool(os.listdir(directory))
+        _log_event(workdir, stage.name, "resume" if partial else "start")
+        os.makedirs(directory, exist_ok=True)
+        start = time.perf_counter()
+        result = stage.run(directory, dict(outputs))
+        seconds = time.perf_counter() - start
+        _barrier(f"r1_pipeline_{stage.name}")
+        if _is_main():
+            _atomic_json(
+                os.path.join(directory, DONE),
+                {"stage": stage.name, "outputs": result, "seconds": seconds, "time": time.time()},
+            )
+        _log_event(workdir, stage.name, "done", seconds=round(seconds, 1))
+        outputs[stage.name] = result
+    return outputs
+
+
+# ----------------------------------------------------------------------------- synthetic data
+COLD_START_OPENERS = ("Step by step:", "Add them:")
+COLD_START_CLOSERS = ("So", "The sum is")
+
+
+def cold_start_rows(task: Any, num: int, seed: int) -> list[dict[str, Any]]:
+    """`num` cold-start rows of a procedural `task` (train split, seed `seed`), in R1's readable
+    format: a worded chain of thought around the task's worked solution, then a summary.
+
+    The readable format's special token is the `<think>` / `</think>` pair (as DeepSeek-R1's
+    released models use) and the summary is the `<answer>` block, so stage 2's strict format
+    and accuracy rules accept the traces: `response = " <think>R</think> <answer>A</answer>"`.
+    Rows: {prompt, response, reasoning, answer, task, id, source}.
+    """
+    if num < 1:
+        raise ValueError(f"cold_start.num_examples: expected >= 1, got {num}")
+    rows = []
+    for i in range(num):
+        row = procedural.generate(task, seed, i, "train")
+        pick = np.random.default_rng([seed, i, 7]).integers(0, 2, size=2)
+        reasoning = (
+            f"{COLD_START_OPENERS[pick[0]]} {task.thinking(row)}. "
+            f"{COLD_START_CLOSERS[pick[1]]} {row['answer']}."
+        )
+        summary = f"{templates.ANSWER_OPEN}{row['answer']}{templates.ANSWER_CLOSE}"
+        response = templates.render_readable(
+            reasoning, summary, (f" {templates.THINK_OPEN}", f"{templates.THINK_CLOSE} ")
+        )
+        rows.append(
+            {
+                "prompt": row["prompt"],
+                "response": response,
+                "reasoning": reasoning,
+                "answer": row["answer"],
+                "task": row["task"],
+                "id": row["id"],
+                "source": "r1.pipeline.cold_start_rows",
+            }
+        )
+    return rows
+
+
+GENERAL_REQUESTS = (
+    ("Say hello", "a greeting", "Hello there!"),
+    ("Thank me for visiting", "thanks", "Thank you for stopping by!"),
+    ("Wish me a good day", "a kind wish", "Have a wonderful day!"),
+    ("Say goodbye", "a farewell", "Goodbye, and take care!"),
+    ("Offer to help", "an offer of help", "I am here whenever you need me."),
+    ("Cheer me up", "encouragement", "You are doing great, keep going!"),
+)
+
+
+def general_rows(num: int, seed: int) -> list[dict[str, Any]]:
+    """`num` synthetic non-reasoning rows (R1's ~200k writing / QA / self-cognition samples in
+    miniature): a short request, a one-sentence thought, a polite reply ending with one of the
+    polite closings the synthetic preference pairs reward (`r1.rm.data.POLITE`).
+    Rows: {prompt, response, task: "general", id, source}."""
+    from r1.rm.data import POLITE  # noqa: PLC0415
+
+    if num < 1:
+        raise ValueError(f"rejection.general_examples: expected >= 1, got {num}")
+    rng = np.random.default_rng([seed, 11])
+    rows = []
+    for i in range(num):
+        request, what, reply = GENERAL_REQUESTS[int(rng.integers(len(GENERAL_REQUESTS)))]
+        closing = POLITE[int(rng.integers(len(POLITE)))]
+        thought = f"The user asks for {what}, so I reply briefly and kindly."
+        response = templates.render_r1_zero_completion(thought, f"{reply} {closing}")
+        rows.append(
+            {
+                "prompt": request,
+                "response": response,
+                "task": "general",
+                "id": f"general-{seed}-{i}",
+                "source": "r1.pipeline.general_rows",
+            }
+        )
+    return rows
+
+
+def write_jsonl(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Writes `rows` as JSONL atomically (process 0 only; the others wait)."""
+    if _is_main():
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        os.replace(tmp, path)
+    _barrier(f"r1_pipeline_write_{os.path.basename(path)}")
+
+
+# ----------------------------------------------------------------------------- sub-configs
+def _dict(value: Any) -> Any:
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def _resolve(path: str) -> str:
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path) and not os.path.exists(path):
+        candidate = os.path.join(configlib.REPO_ROOT, path)
+        if os.path.exists(candidate):
+            return candidate
+    return path
+
+
+def common_sections(config: Any, hf_path: str) -> dict[str, Any]:
+    """model, mesh, seed, init (`hf_path`) and tokenizer of the policy; an "hf" tokenizer with
+    no path reads the base checkpoint's (`config.init.hf_path`)."""
+    tokenizer = dict(_dict(config.tokenizer))
+    if tokenizer.get("kind") == "hf" and not tokenizer.get("path"):
+        tokenizer["path"] = _resolve(str(config.init.hf_path))
+    return {
+        "model": _dict(config.model),
+        "mesh": _dict(config.mesh),
+        "seed": int(config.seed),
+        "init": {"hf_path": hf_path},
+        "tokenizer": tokenizer,
+    }
+
+
+def _task(config: Any) -> tuple[str, dict[str, Any]]:
+    return str(config.task.name), dict(_dict(config.task.kwargs))
+
+
+def sft_config(
+    config: Any, section: Any, hf_path: str, files: Sequence[str]
+) -> ml_collections.ConfigDict:
+    """The SFT trainer's config (configs/sft.py layout) for `section` (config.cold_start or
+    config.sft) on `files`, starting from `hf_path`, exporting its final model."""
+    task, kwargs = _task(config)
+    data = dict(_dict(section.data))
+    data.update(source="files", files=tuple(files), task=task, task_kwargs=kwargs)
+    out = common_sections(config, hf_path)
+    out.update(
+        data=data,
+        sft=_dict(section.sft),
+        optimizer=_dict(section.optimizer),
+        train={**_dict(section.train), "export": True},
+        eval={"every": 0, "per_difficulty": 1, "max_new_tokens": 1},
+    )
+    return ml_collections.ConfigDict(out)
+
+
+def rl_config(
+    config: Any,
+    section: Any,
+    hf_path: str,
+    *,
+    steps: int | None = None,
+    model_rewards: tuple = (),
+) -> ml_collections.ConfigDict:
+    """The GRPO trainer's config (configs/r1_zero.py layout) for `section` (reasoning_rl or
+    all_scenarios_rl), starting from `hf_path`; `steps` overrides `train.steps`."""
+    task, kwargs = _task(config)
+    out = common_sections(config, hf_path)
+    train = dict(_dict(section.train))
+    if steps is not None:
+        train["steps"] = steps
+    out.update(
+        data={**_dict(section.data), "task": task, "task_kwargs": kwargs},
+        rl=_dict(section.rl),
+        rewards=tuple(tuple(t) for t in section.rewards),
+        model_rewards=model_rewards,
+        optimizer=_dict(section.optimizer),
+        train=train,
+        eval=_dict(section.eval),
+    )
+    return ml_collections.ConfigDict(out)
+
+
+def rejection_config(config: Any, hf_path: str) -> ml_collections.ConfigDict:
+    """The rejection sampler's config (configs/rejection_sample.py layout) on the task's
+    training prompts, sampling `hf_path`."""
+    section = config.rejection
+    task, kwargs = _task(config)
+    out = common_sections(config, hf_path)
+    data = dict(_dict(section.data))
+    data.update(source="procedural", task=task, task_kwargs=kwargs, files="", layout="auto")
+    out.update(
+        data=data,
+        sampling=_dict(section.sampling),
+        rewards=tuple(tuple(t) for t in section.rewards),
+        select=_dict(section.select),
+        filters=_dict(section.filters),
+    )
+    return ml_collections.ConfigDict(out)
+
+
+def reward_model_config(config: Any) -> ml_collections.ConfigDict:
+    """The RM trainer's config (configs/reward_model.py layout): its own model section, the
+    policy's tokenizer and mesh."""
+    section = config.reward_model
+    init = dict(_dict(section.init))
+    if bool(section.get("from_base", False)) and not init.get("hf_path"):
+        init["hf_path"] = str(config.init.hf_path)
+    out = common_sections(config, "")
+    out.update(
+        model=_dict(section.model),
+        init=init,
+        data=_dict(section.data),
+        rm=_dict(section.rm),
+        optimizer=_dict(section.optimizer),
+        train=_dict(section.train),
+        eval=_dict(section.eval),
+    )
+    return ml_collections.ConfigDict(out)
+
+
+# ----------------------------------------------------------------------------- shared steps
+def _sft(cfg: ml_collections.ConfigDict, directory: str) -> str:
+    """Runs (or resumes) SFT in `directory`; returns its export directory, checked complete."""
+    from r1.sft.trainer import train_sft  # noqa: PLC0415
+
+    export = os.path.join(directory, "export")
+    # A stale or half-written export must not pass for this run's: train_sft re-exports on a
+    # resume that finds its last step done.
+    if _is_main() and os.path.isdir(export):
+        shutil.rmtree(export)
+    _barrier("r1_pipeline_sft_clean")
+    train_sft(cfg, directory)
+    if not os.path.exists(os.path.join(export, "config.json")):
+        raise RuntimeError(
+            f"SFT in {directory} stopped before its last step (SIGTERM?); run the pipeline "
+            "again to resume it"
+        )
+    return export
+
+
+def grpo_export(cfg: ml_collections.ConfigDict, run_dir: str, out: str) -> int:
+    """Restores the latest checkpoint of the GRPO run `run_dir` (made with `cfg`) and writes its
+    policy in HF layout (plus tokenizer files) to `out`; returns the checkpoint's step."""
+    from r1.rl import trainer as rl_trainer  # noqa: PLC0415
+    from r1.rl.step import init_train_state, train_state_shardings  # noqa: PLC0415
+    from r1.sft.trainer import export_model  # noqa: PLC0415
+
+    experiment = configlib.parse_experiment(
+        cfg, num_devices=jax.device_count(), extra_sections=rl_trainer.EXTRA_SECTIONS
+    )
+    mesh = sharding.make_mesh(experiment.mesh)
+    tokenizer = rl_trainer.build_tokenizer(cfg)
+    optimizer = rl_trainer._optimizer(cfg)
+    with sharding.use_mesh(mesh):
+        policy = rl_trainer.build_policy(cfg, experiment.model, mesh)
+    graphdef, state = init_train_state(
+        policy, optimizer, experiment.seed, with_reference=float(cfg.rl.beta) > 0
+    )
+    del policy
+    shardings = train_state_shardings(state, optimizer, mesh)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+    )
+    del state
+    checkpointer = ckpt_lib.Checkpointer(run_dir, keep=int(cfg.train.keep_checkpoints))
+    try:
+        restored = checkpointer.restore_latest(abstract)
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"no GRPO checkpoint restores in {run_dir}/checkpoints")
+    step, state, _ = restored
+    export_model(
+        graphdef, state, experiment.model, tokenizer, str(cfg.tokenizer.get("path", "")), out
+    )
+    return int(step)
+
+
+def _grpo(cfg: ml_collections.ConfigDict, run_dir: str) -> None:
+    """Runs (or resumes) GRPO in `run_dir` and checks it reached `train.steps`."""
+    from r1.rl.trainer import train  # noqa: PLC0415
+
+    train(cfg, run_dir)
+    steps = int(cfg.train.steps)
+    checkpointer = ckpt_lib.Checkpointer(run_dir)
+    try:
+        saved = checkpointer.all_steps()
+    finally:
+        checkpointer.close()
+    if not saved or saved[-1] < steps:
+        raise RuntimeError(
+            f"GRPO in {run_dir} stopped at step {saved[-1] if saved else 0} of {steps} "
+            "(SIGTERM?); run the pipeline again to resume it"
+        )
+
+
+def evaluate_stage(config: Any, hf_path: str, directory: str, stage: str) -> dict[str, Any]:
+    """Evaluates the HF-layout model at `hf_path` on the task's held-out set (config.eval);
+    writes `directory/eval.json` and `eval.md`; returns the result."""
+    from r1.evaluation import runner  # noqa: PLC0415
+    from r1.rl import trainer as rl_trainer  # noqa: PLC0415
+
+    cfg = ml_collections.ConfigDict(common_sections(config, hf_path))
+    experiment = configlib.parse_experiment(
+        cfg, num_devices=jax.device_count(), extra_sections=("init", "tokenizer")
+    )
+    mesh = sharding.make_mesh(experiment.mesh)
+    tokenizer = rl_trainer.build_tokenizer(cfg)
+    with sharding.use_mesh(mesh):
+        model = rl_trainer.build_policy(cfg, experiment.model, mesh)
+    name, kwargs = _task(config)
+    rows = procedural.fixed_set(
+        procedural.make_task(name, **kwargs),
+        int(config.eval.seed),
+        int(config.eval.per_difficulty),
+        split=str(config.eval.split),
+    )
+    eval_cfg = runner.EvalConfig.from_config(config.eval.eval, "config.eval.eval")
+    result = runner.evaluate(model, tokenizer, rows, eval_cfg, mesh=mesh)
+    result["stage"] = stage
+    result["checkpoint"] = {"hf_path": hf_path}
+    result["data"] = f"procedural:{name}:{config.eval.split}"
+    if _is_main():
+        runner.write_json(result, os.path.join(directory, EVAL))
+        runner.write_markdown(result, os.path.join(directory, "eval.md"))
+    return result
+
+
+# ----------------------------------------------------------------------------- the four stages
+def make_stages(config: Any, workdir: str) -> list[Stage]:
+    """The four R1 stages for `config` (configs/r1.py), writing under `workdir`."""
+    base = str(config.init.hf_path)
+
+    def rel(path: str) -> str:
+        return os.path.relpath(path, workdir)
+
+    def path(outputs: Mapping[str, Mapping[str, Any]], stage: str, key: str) -> str:
+        return os.path.join(workdir, outputs[stage][key])
+
+    def cold_start(directory: str, outputs: Mapping) -> dict[str, Any]:
+        section = config.cold_start
+        files = [f.strip() for f in str(section.files).split(",") if f.strip()]
+        if not files:
+            name, kwargs = _task(config)
+            target = os.path.join(directory, "cold_start.jsonl")
+            rows = cold_start_rows(
+                procedural.make_task(name, **kwargs), int(section.num_examples), int(config.seed)
+            )
+            write_jsonl(target, rows)
+            files = [target]
+        export = _sft(sft_config(config, section, base, files), os.path.join(directory, "sft"))
+        evaluate_stage(config, export, directory, STAGES[0])
+        return {"export": rel(export), "eval": rel(os.path.join(directory, EVAL))}
+
+    def reasoning_rl(directory: str, outputs: Mapping) -> dict[str, Any]:
+        start = path(outputs, STAGES[0], "export")
+        cfg = rl_config(config, config.reasoning_rl, start)
+        run_dir = os.path.join(directory, "rl")
+        _grpo(cfg, run_dir)
+        export = os.path.join(directory, "export")
+        step = grpo_export(cfg, run_dir, export)
+        evaluate_stage(config, export, directory, STAGES[1])
+        return {"export": rel(export), "eval": rel(os.path.join(directory, EVAL)), "step": step}
+
+    def rejection_sft(directory: str, outputs: Mapping) -> dict[str, Any]:
+        from r1.rejection.runner import run_from_config  # noqa: PLC0415
+
+        section = config.rejection
+        sampled = path(outputs, STAGES[1], "export")
+        rejection_dir = os.path.join(directory, "rejection")
+        report = run_from_config(
+            rejection_config(config, sampled), rejection_dir, "configs/r1.py:rejection"
+        )
+        if report.get("kept", 0) < 1:
+            raise RuntimeError(
+                f"rejection sampling kept no sample ({report.get('dropped')}); see "
+                f"{rejection_dir}/report.json"
+            )
+        general = [f.strip() for f in str(section.general_files).split(",") if f.strip()]
+        if not general:
+            target = os.path.join(directory, "general.jsonl")
+            write_jsonl(target, general_rows(int(section.general_examples), int(config.seed)))
+            general = [target]
+        traces = os.path.join(rejection_dir, "traces.jsonl")
+        # Stage 3 fine-tunes the base model, not the stage-2 policy.
+        export = _sft(
+            sft_config(config, config.sft, base, [traces, *general]),
+            os.path.join(directory, "sft"),
+        )
+        evaluate_stage(config, export, directory, STAGES[2])
+        return {
+            "export": rel(export),
+            "eval": rel(os.path.join(directory, EVAL)),
+            "traces": rel(traces),
+            "kept": int(report["kept"]),
+        }
+
+    def all_scenarios_rl(directory: str, outputs: Mapping) -> dict[str, Any]:
+        from r1.rm.trainer import train_rm  # noqa: PLC0415
+
+        section = config.all_scenarios_rl
+        rm_dir = os.path.join(directory, "reward_model")
+        rm_export = os.path.join(rm_dir, "export")
+        rm_metrics = train_rm(reward_model_config(config), rm_dir)
+        if not os.path.exists(os.path.join(rm_export, "config.json")):
+            raise RuntimeError(f"reward model training in {rm_dir} did not finish; run again")
+        start = path(outputs, STAGES[2], "export")
+        total, rm_steps = int(section.train.steps), int(section.rm_steps)
+        if not 0 <= rm_steps <= total:
+            raise ValueError(
+                f"config.all_scenarios_rl.rm_steps: expected 0..train.steps={total}, got {rm_steps}"
+            )
+        run_dir = os.path.join(directory, "rl")
+        # Rule rewards only, then the reward model joins for the last rm_steps steps (R1: the
+        # last 400 of 1,700, against reward hacking). One run directory: the second call
+        # resumes the first's checkpoint.
+        if total - rm_steps > 0:
+            _grpo(rl_config(config, section, start, steps=total - rm_steps), run_dir)
+        model_rewards = (
+            (
+                "reward_model",
+                float(section.rm_weight),
+                {"path": rm_export, "region": str(section.rm_region)},
+            ),
+        )
+        cfg = rl_config(config, section, start, model_rewards=model_rewards if rm_steps else ())
+        _grpo(cfg, run_dir)
+        export = os.path.join(directory, "export")
+        step = grpo_export(cfg, run_dir, export)
+        evaluate_stage(config, export, directory, STAGES[3])
+        return {
+            "export": rel(export),
+            "eval": rel(os.path.join(directory, EVAL)),
+            "reward_model": rel(rm_export),
+            "reward_model_eval_accuracy": float(rm_metrics.get("eval/accuracy", float("nan"))),
+            "step": step,
+        }
+
+    return [
+        Stage(STAGES[0], cold_start),
+        Stage(STAGES[1], reasoning_rl),
+        Stage(STAGES[2], rejection_sft),
+        Stage(STAGES[3], all_scenarios_rl),
+    ]
+
+
+def summarize(workdir: str, stage_names: Sequence[str] = STAGES) -> dict[str, Any]:
+    """{stage: overall metrics of its eval.json} for every stage that has one; written to
+    `workdir/eval_summary.json`."""
+    summary: dict[str, Any] = {}
+    for name in stage_names:
+        path = os.path.join(workdir, name, EVAL)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            result = json.load(f)
+        overall = result.get("overall", {})
+        summary[name] = {k: overall[k] for k in overall if k in SUMMARY_KEYS or "@" in k}
+        summary[name]["num_problems"] = result.get("num_problems")
+    if _is_main():
+        _atomic_json(os.path.join(workdir, SUMMARY), summary)
+    return summary
+
+
+def run_pipeline(config: Any, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) the four R1 stages of `config` (configs/r1.py) in `workdir`.
+
+    Returns {"stages": {stage: outputs}, "summary": {stage: overall eval metrics}}.
+    """
+    configlib.parse_experiment(
+        config,
+        num_devices=jax.device_count(),
+        extra_sections=(
+            "init",
+            "tokenizer",
+            "task",
+            "cold_start",
+            "reasoning_rl",
+            "rejection",
+            "sft",
+            "reward_model",
+            "all_scenarios_rl",
+            "eval",
+        ),
+    )
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if _is_main():
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    outputs = run_stages(make_stages(config, workdir), workdir)
+    return {"stages": outputs, "summary": summarize(workdir)}

@@ -1,0 +1,297 @@
+"""The R1 pipeline (r1/pipeline.py): stage skipping and resume with fake stages, the synthetic
+cold-start and general data, the sub-configs each trainer receives, and (slow) the tiny pipeline
+end to end through the command line, killed during stage 2 and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+
+from r1 import configlib, pipeline, rewards
+from r1.data import procedural, templates
+from r1.rejection import runner as rejection_runner
+from r1.rl import trainer as rl_trainer
+from r1.rm import trainer as rm_trainer
+from r1.rm.data import POLITE
+from r1.sft import trainer as sft_trainer
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _events(workdir) -> list[tuple[str, str]]:
+    with open(os.path.join(workdir, pipeline.LOG)) as f:
+        return [(e["stage"], e["event"]) for e in map(json.loads, f)]
+
+
+# ----------------------------------------------------------------------------- stage runner
+def _fake_stages(calls: list[str], fail_at: str | None = None):
+    def make(name):
+        def run(directory, previous):
+            calls.append(name)
+            with open(os.path.join(directory, "partial.txt"), "a") as f:
+                f.write("x")
+            if name == fail_at:
+                raise RuntimeError(f"{name} killed")
+            return {"export": f"{name}/export", "saw": sorted(previous)}
+
+        return pipeline.Stage(name, run)
+
+    return [make(n) for n in ("a", "b", "c")]
+
+
+def test_stages_run_in_order_and_pass_outputs(tmp_path):
+    calls: list[str] = []
+    out = pipeline.run_stages(_fake_stages(calls), str(tmp_path))
+    assert calls == ["a", "b", "c"]
+    assert out["c"]["saw"] == ["a", "b"] and out["a"]["saw"] == []
+    for name in "abc":
+        done = pipeline.read_done(str(tmp_path / name))
+        assert done["stage"] == name and done["outputs"] == out[name]
+    assert _events(tmp_path) == [(n, e) for n in "abc" for e in ("start", "done")]
+
+
+def test_completed_stages_are_skipped(tmp_path):
+    calls: list[str] = []
+    first = pipeline.run_stages(_fake_stages(calls), str(tmp_path))
+    marker = tmp_path / "b" / pipeline.DONE
+    mtime = marker.stat().st_mtime_ns
+    second = pipeline.run_stages(_fake_stages(calls), str(tmp_path))
+    assert calls == ["a", "b", "c"]  # nothing ran again
+    assert second == first  # outputs come from the markers
+    assert marker.stat().st_mtime_ns == mtime
+    assert _events(tmp_path)[-3:] == [("a", "skip"), ("b", "skip"), ("c", "skip")]
+
+
+def test_failed_stage_leaves_no_marker_and_resumes(tmp_path):
+    calls: list[str] = []
+    with pytest.raises(RuntimeError, match="b killed"):
+        pipeline.run_stages(_fake_stages(calls, fail_at="b"), str(tmp_path))
+    assert pipeline.read_done(str(tmp_path / "a")) is not None
+    assert pipeline.read_done(str(tmp_path / "b")) is None
+    assert not (tmp_path / "c").exists()
+    out = pipeline.run_stages(_fake_stages(calls), str(tmp_path))
+    assert calls == ["a", "b", "b", "c"]
+    # Stage b ran again in the directory its interrupted run left (its trainer resumes there).
+    assert (tmp_path / "b" / "partial.txt").read_text() == "xx"
+    assert _events(tmp_path)[-5:] == [
+        ("a", "skip"),
+        ("b", "resume"),
+        ("b", "done"),
+        ("c", "start"),
+        ("c", "done"),
+    ]
+    assert out["c"]["saw"] == ["a", "b"]
+
+
+def test_duplicate_stage_names_rejected(tmp_path):
+    stage = pipeline.Stage("a", lambda d, p: {})
+    with pytest.raises(ValueError, match="unique"):
+        pipeline.run_stages([stage, stage], str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- synthetic data
+def test_cold_start_rows_are_readable_and_pass_the_stage_2_rules():
+    task = procedural.make_task("add", min_terms=2, max_terms=4, min_digits=1, max_digits=1)
+    rows = pipeline.cold_start_rows(task, 16, seed=0)
+    assert rows == pipeline.cold_start_rows(task, 16, seed=0)  # deterministic
+    completions = [r["response"] for r in rows]
+    prompts = [templates.render_r1_zero(r["prompt"]) for r in rows]
+    answers = [r["answer"] for r in rows]
+    assert list(rewards.get("format_strict")(prompts, completions)) == [1.0] * 16
+    assert list(rewards.get("arithmetic")(prompts, completions, target=answers)) == [1.0] * 16
+    assert list(rewards.get("language")(prompts, completions, language="en")) == [1.0] * 16
+    for row in rows:
+        reasoning, summary = templates.split_readable(row["response"], (" <think>", "</think> "))
+        assert reasoning == row["reasoning"] and summary == f"<answer>{row['answer']}</answer>"
+        assert task.thinking(procedural.generate(task, 0, int(row["id"].rsplit("-", 1)[1])))
+        assert row["answer"] in reasoning
+    with pytest.raises(ValueError, match="num_examples"):
+        pipeline.cold_start_rows(task, 0, seed=0)
+
+
+def test_general_rows_are_formatted_and_polite():
+    rows = pipeline.general_rows(12, seed=3)
+    assert len({r["id"] for r in rows}) == 12 and all(r["task"] == "general" for r in rows)
+    completions = [r["response"] for r in rows]
+    assert list(rewards.get("format_strict")([""] * 12, completions)) == [1.0] * 12
+    for text in completions:
+        answer = text.split(templates.ANSWER_OPEN)[1].split(templates.ANSWER_CLOSE)[0]
+        assert answer.endswith(POLITE)
+    with pytest.raises(ValueError, match="general_examples"):
+        pipeline.general_rows(0, seed=0)
+
+
+# ----------------------------------------------------------------------------- sub-configs
+@pytest.mark.parametrize("variant", ["tiny", "qwen2_5_7b"])
+def test_sub_configs_are_what_the_trainers_accept(variant):
+    config = configlib.load_config(str(ROOT / f"configs/r1.py:{variant}"))
+    task = (config.task.name, dict(config.task.kwargs))
+
+    sft = pipeline.sft_config(config, config.cold_start, "/ckpt/base", ["/d/a.jsonl"])
+    configlib.parse_experiment(sft, extra_sections=sft_trainer.EXTRA_SECTIONS)
+    sections = sft_trainer.parse_sections(sft)
+    assert sections.data.source == "files" and sections.data.files == ("/d/a.jsonl",)
+    assert sections.train.export and sft.init.hf_path == "/ckpt/base"
+
+    rl = pipeline.rl_config(config, config.reasoning_rl, "/s1/export")
+    configlib.parse_experiment(rl, extra_sections=rl_trainer.EXTRA_SECTIONS)
+    assert (rl.data.task, dict(rl.data.task_kwargs)) == task
+    assert [r[0] for r in rl.rewards] == ["arithmetic_tokens", "format_strict_tokens", "language"]
+    assert rl.init.hf_path == "/s1/export" and rl.model_rewards == ()
+
+    model_rewards = (("reward_model", 0.5, {"path": "/rm", "region": "summary"}),)
+    rl4 = pipeline.rl_config(
+        config, config.all_scenarios_rl, "/s3", steps=7, model_rewards=model_rewards
+    )
+    assert rl4.train.steps == 7 and rl4.rl.temperature == 0.7
+    assert rl4.model_rewards[0][2]["path"] == "/rm"
+
+    rej = pipeline.rejection_config(config, "/s2/export")
+    configlib.parse_experiment(rej, extra_sections=rejection_runner.EXTRA_SECTIONS)
+    data, sampling, select = rejection_runner.parse_sections(rej)
+    assert data.source == "procedural" and data.task == task[0]
+    assert select.correct_reward == "arithmetic"
+
+    rm = pipeline.reward_model_config(config)
+    configlib.parse_experiment(rm, extra_sections=rm_trainer.EXTRA_SECTIONS)
+    assert dict(rm.tokenizer) == dict(rl.tokenizer)  # the RM reads the policy's token ids
+    assert dict(rm.model) == dict(config.reward_model.model)
+    if variant == "qwen2_5_7b":
+        assert rm.init.hf_path == config.init.hf_path  # from_base
+        assert config.all_scenarios_rl.rm_steps == 400
+        assert config.all_scenarios_rl.train.steps == 1700
+
+
+def test_unknown_section_is_named(tmp_path):
+    config = configlib.load_config(str(ROOT / "configs/r1.py:tiny"))
+    values = config.to_dict()
+    values["stage5"] = {}
+    with pytest.raises(ValueError, match="stage5"):
+        pipeline.run_pipeline(ml_collections.ConfigDict(values), str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- end to end
+def _env() -> dict[str, str]:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # One CPU device: the pipeline runs as a user would run it (faster than 8 fake devices).
+    env["XLA_FLAGS"] = " ".join(
+        f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f
+    )
+    return env
+
+
+def _command(workdir) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "experiments.r1_pipeline",
+        "--config=configs/r1.py:tiny",
+        f"--workdir={workdir}",
+    ]
+
+
+def _mtimes(directory) -> dict[str, int]:
+    return {
+        str(p.relative_to(directory)): p.stat().st_mtime_ns
+        for p in pathlib.Path(directory).rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    """Runs the tiny pipeline, SIGKILLs it once stage 2 has saved a GRPO checkpoint, then runs
+    the same command again to the end."""
+    workdir = tmp_path_factory.mktemp("r1_pipeline")
+    checkpoints = workdir / "2_reasoning_rl" / "rl" / "checkpoints"
+    log_path = workdir / "first_run.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            _command(workdir), cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.time() + 600
+        try:
+            while time.time() < deadline and proc.poll() is None:
+                if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+                    break
+                time.sleep(0.2)
+            assert proc.poll() is None, f"pipeline ended early:\n{log_path.read_text()[-3000:]}"
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    killed_at = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    stage1 = _mtimes(workdir / "1_cold_start")
+    started = time.time()
+    result = subprocess.run(
+        _command(workdir), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900
+    )
+    return {
+        "workdir": workdir,
+        "result": result,
+        "killed_at": killed_at,
+        "stage1": stage1,
+        "seconds": time.time() - started,
+    }
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_runs_all_four_stages(killed_and_resumed):
+    result = killed_and_resumed["result"]
+    assert result.returncode == 0, result.stderr[-4000:]
+    workdir = killed_and_resumed["workdir"]
+    for stage in pipeline.STAGES:
+        with open(workdir / stage / pipeline.EVAL) as f:
+            table = json.load(f)
+        assert table["stage"] == stage and table["num_problems"] == 9
+        assert 0.0 <= table["overall"]["pass@1"] <= 1.0
+        assert pipeline.read_done(str(workdir / stage)) is not None
+        assert (workdir / stage / "eval.md").read_text().startswith("| task |")
+    with open(workdir / pipeline.SUMMARY) as f:
+        summary = json.load(f)
+    assert list(summary) == list(pipeline.STAGES)
+    assert json.loads(result.stdout) == summary
+    # Stage 3 kept rejection samples; stage 4's reward model learned its synthetic rule.
+    done3 = pipeline.read_done(str(workdir / "3_rejection_sft"))["outputs"]
+    assert done3["kept"] >= 1
+    done4 = pipeline.read_done(str(workdir / "4_all_scenarios_rl"))["outputs"]
+    assert done4["reward_model_eval_accuracy"] > 0.5
+    # The reward model scored only the last rm_steps steps of stage 4.
+    with open(workdir / "4_all_scenarios_rl" / "rl" / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    with_rm = [r["step"] for r in rows if "reward/reward_model" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and with_rm == [3, 4]
+
+
+@pytest.mark.slow
+def test_killed_pipeline_resumes_at_stage_2(killed_and_resumed):
+    result = killed_and_resumed["result"]
+    assert result.returncode == 0, result.stderr[-4000:]
+    workdir = killed_and_resumed["workdir"]
+    assert killed_and_resumed["killed_at"], "the kill came before stage 2 saved a checkpoint"
+    events = _events(workdir)
+    second = events[events.index(("1_cold_start", "skip")) :]
+    assert second[:3] == [
+        ("1_cold_start", "skip"),
+        ("2_reasoning_rl", "resume"),
+        ("2_reasoning_rl", "done"),
+    ]
+    # Stage 1's files were not touched by the second run.
+    assert _mtimes(workdir / "1_cold_start") == killed_and_resumed["stage1"]
+    # Stage 2's GRPO run continued from its checkpoint: every step logged exactly once.
+    resumed = re.findall(r"resumed from step (\d+) in \S*2_reasoning_rl/rl", result.stderr)
+    assert resumed and int(resumed[0]) in killed_and_resumed["killed_at"]
+    with open(workdir / "2_reasoning_rl" / "rl" / "metrics.jsonl") as f:
+        steps = [json.loads(line)["step"] for line in f]
+    assert steps == [1, 2, 3, 4]
