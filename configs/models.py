@@ -348,6 +348,11 @@ def deepseek_v3() -> dict[str, Any]:
         mtp_loss_weight=0.3,
         dtype="bfloat16",
         remat_policy="full",
+        # Long-sequence execution (docs/pod_plan.md): blockwise attention over 512-token tiles,
+        # log-probs 1,024 positions at a time, MoE dispatch 256 device-local tokens at a time.
+        attention_block_size=512,
+        logits_chunk_size=1024,
+        moe_token_chunk_size=256,
     )
 
 

@@ -74,6 +74,14 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    # Execution (not architecture; HF conversion ignores them). attention_block_size: training /
+    # prefill self-attention longer than this runs blockwise in tiles of this many tokens
+    # (0: always dense [T, T] scores). logits_chunk_size: log-probs over the vocabulary are
+    # computed this many positions at a time (0: all at once). moe_token_chunk_size: the
+    # expert-parallel MoE dispatches this many local tokens at a time (0: all at once).
+    attention_block_size: int = 0
+    logits_chunk_size: int = 0
+    moe_token_chunk_size: int = 0
     attention_type: str = "gqa"
     # Multi-head Latent Attention (attention_type="mla").
     q_lora_rank: int | None = None
@@ -114,6 +122,8 @@ class ModelConfig:
             "remat_policy",
             f"expected one of {REMAT_POLICIES}, got {self.remat_policy!r}",
         )
+        for name in ("attention_block_size", "logits_chunk_size", "moe_token_chunk_size"):
+            need(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         need(
             self.attention_type in ATTENTION_TYPES,
             "attention_type",

@@ -33,7 +33,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from r1.models.attention import MASK_VALUE
+from r1.models.attention import (
+    MASK_VALUE,
+    AttentionMask,
+    blockwise_attention,
+    dense_mask,
+    use_blockwise,
+)
 from r1.models.config import ModelConfig
 from r1.models.layers import (
     RMSNorm,
@@ -139,6 +145,7 @@ class MLAttention(nnx.Module):
         self.inv_freq = tuple(float(f) for f in inv_freq)
         self.rope_attention_factor = attention_factor
         self.scale = mla_softmax_scale(cfg)
+        self.block_size = cfg.attention_block_size
 
     # ------------------------------------------------------------------ projections
     def _rope(self, x: jax.Array, positions: jax.Array) -> jax.Array:
@@ -203,12 +210,14 @@ class MLAttention(nnx.Module):
         q_rope: jax.Array,
         kv_latent: jax.Array,
         k_rope: jax.Array,
-        mask: jax.Array,
+        mask: AttentionMask,
     ) -> jax.Array:
         """Naive form: expand the latent into per-head keys/values (training, prefill).
 
         q_nope: [B, T, H, N], q_rope: [B, T, H, R], kv_latent: [B, S, C], k_rope: [B, S, R],
-        mask: bool[B, T, S] -> float[B, T, D].
+        mask: bool[B, T, S], or a `SegmentMask` for self-attention (S = T), which runs
+        `blockwise_attention` when T exceeds `ModelConfig.attention_block_size`
+        -> float[B, T, D].
         """
         w_uk, w_uv = self._split_kv_b()
         k_nope = shard(
@@ -217,6 +226,18 @@ class MLAttention(nnx.Module):
         v = shard(
             jnp.einsum("bsc,chv->bshv", kv_latent, w_uv), ("batch", "length", "act_heads", None)
         )
+        if use_blockwise(mask, q_nope.shape[1], self.block_size):
+            # One key per head: [k_nope | k_rope] with the shared rope key broadcast over heads.
+            q = jnp.concatenate([q_nope, q_rope], axis=-1)
+            rope_shape = (*k_nope.shape[:3], k_rope.shape[-1])
+            k_rope_h = jnp.broadcast_to(k_rope[:, :, None, :], rope_shape)
+            k = shard(
+                jnp.concatenate([k_nope, k_rope_h.astype(k_nope.dtype)], axis=-1),
+                ("batch", "length", "act_heads", None),
+            )
+            attn = blockwise_attention(q, k, v, mask, self.scale, self.block_size)
+            return self.output(shard(attn, ("batch", "length", "act_heads", None)))
+        mask = dense_mask(mask)
         # The rope key is shared by all heads: no need to broadcast it into [B, S, H, R].
         scores = jnp.einsum(
             "bthn,bshn->bhts", q_nope, k_nope, preferred_element_type=jnp.float32
@@ -231,7 +252,7 @@ class MLAttention(nnx.Module):
         q_rope: jax.Array,
         kv_latent: jax.Array,
         k_rope: jax.Array,
-        mask: jax.Array,
+        mask: AttentionMask,
     ) -> jax.Array:
         """Absorbed form over the latent cache (decoding).
 
@@ -242,6 +263,7 @@ class MLAttention(nnx.Module):
         q_nope: [B, T, H, N], q_rope: [B, T, H, R] (rotated), kv_latent: [B, S, C],
         k_rope: [B, S, R] (rotated), mask: bool[B, T, S] -> float[B, T, D].
         """
+        mask = dense_mask(mask)
         w_uk, w_uv = self._split_kv_b()
         q_latent = jnp.einsum("bthn,chn->bthc", q_nope, w_uk)
         q_latent = shard(q_latent, ("batch", "length", "act_heads", None))
@@ -254,8 +276,9 @@ class MLAttention(nnx.Module):
         attn = jnp.einsum("bthc,chv->bthv", o_latent, w_uv)
         return self.output(shard(attn, ("batch", "length", "act_heads", None)))
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
-        """x: float[B, T, D]; positions: int32[B, T]; mask: bool[B, T, T] -> float[B, T, D]."""
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: AttentionMask) -> jax.Array:
+        """x: float[B, T, D]; positions: int32[B, T]; mask: bool[B, T, T] or a `SegmentMask`
+        -> float[B, T, D]."""
         q_nope, q_rope = self.queries(x, positions)
         kv_latent, k_rope = self.compress_kv(x, positions)
         return self.attend_expanded(q_nope, q_rope, kv_latent, k_rope, mask)

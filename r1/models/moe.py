@@ -340,11 +340,45 @@ def _spec_axes(entry) -> tuple[str, ...]:
     return (entry,) if isinstance(entry, str) else tuple(entry)
 
 
-def _routed_experts(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, impl):
-    """Plain path without a mesh, `shard_map` expert parallelism under one. x: float[N, D]."""
+def _in_token_chunks(fn, chunk: int, x, idx, weight, keep):
+    """fn(x, idx, weight, keep) -> float[N, D], applied to `chunk` tokens at a time.
+
+    A `lax.scan` over chunks with the body under `jax.checkpoint`: the dispatch buffers
+    (gathered tokens, sorted rows, expert activations) exist for one chunk at a time in the
+    forward and in the backward. Padding tokens (keep False) fill the last chunk.
+    """
+    n = x.shape[0]
+    if chunk <= 0 or n <= chunk:
+        return fn(x, idx, weight, keep)
+    num = -(-n // chunk)
+    pad = num * chunk - n
+    if pad:
+        x, idx, weight = (jnp.pad(a, ((0, pad), (0, 0))) for a in (x, idx, weight))
+        keep = jnp.pad(keep, ((0, pad), (0, 0)))
+
+    @jax.checkpoint
+    def body(carry, xs):
+        return carry, fn(*xs)
+
+    chunks = tuple(a.reshape(num, chunk, *a.shape[1:]) for a in (x, idx, weight, keep))
+    _, y = jax.lax.scan(body, None, chunks)
+    return y.reshape(num * chunk, -1)[:n]
+
+
+def _routed_experts(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, impl, chunk=0):
+    """Plain path without a mesh, `shard_map` expert parallelism under one. x: float[N, D].
+
+    chunk: dispatch this many (device-local) tokens at a time (0: all at once)."""
     mesh = _active_mesh()
     if mesh is None or math.prod(mesh.shape.values()) == 1:
-        return expert_ffn_dispatch(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, 0, impl)
+        return _in_token_chunks(
+            lambda *a: expert_ffn_dispatch(*a, w_gate, w_up, w_down, 0, impl),
+            chunk,
+            x,
+            topk_idx,
+            topk_weight,
+            keep,
+        )
     n, d = x.shape
     e, _, f = w_gate.shape
     tok_spec = logical_to_spec(("act_tokens", None), (n, d), mesh)
@@ -358,13 +392,18 @@ def _routed_experts(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, impl):
     w_out = PartitionSpec(w_spec[0], w_spec[2], None)
 
     def local(x, idx, weight, keep, wg, wu, wd):
-        if gather_axes:
-            gather = lambda a: jax.lax.all_gather(a, gather_axes, axis=0, tiled=True)
-            x, idx, weight, keep = gather(x), gather(idx), gather(weight), gather(keep)
         offset = jax.lax.axis_index(e_axes) * wg.shape[0] if e_axes else 0
-        y = expert_ffn_dispatch(x, idx, weight, keep, wg, wu, wd, offset, impl)
-        if gather_axes:
-            y = jax.lax.psum_scatter(y, gather_axes, scatter_dimension=0, tiled=True)
+
+        def dispatch(x, idx, weight, keep):
+            if gather_axes:
+                gather = lambda a: jax.lax.all_gather(a, gather_axes, axis=0, tiled=True)
+                x, idx, weight, keep = gather(x), gather(idx), gather(weight), gather(keep)
+            y = expert_ffn_dispatch(x, idx, weight, keep, wg, wu, wd, offset, impl)
+            if gather_axes:
+                y = jax.lax.psum_scatter(y, gather_axes, scatter_dimension=0, tiled=True)
+            return y
+
+        y = _in_token_chunks(dispatch, chunk, x, idx, weight, keep)
         if sum_axes:
             y = jax.lax.psum(y, sum_axes)
         return y
@@ -453,6 +492,7 @@ class MoE(nnx.Module):
             self.w_up[...].astype(dt),
             self.w_down[...].astype(dt),
             self.gmm_impl,
+            cfg.moe_token_chunk_size,
         ).reshape(b, t, d)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)

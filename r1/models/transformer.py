@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from r1.models.attention import Attention, make_attention_mask
+from r1.models.attention import Attention, SegmentMask
 from r1.models.config import ModelConfig
 from r1.models.layers import MLP, Embed, RMSNorm, dtype_of, key_stream, param
 from r1.sharding import shard
@@ -25,13 +25,14 @@ REMAT_POLICIES = {
 class ModelOutput:
     """Everything a forward pass produces.
 
-    logits: float32[B, T, V]. hidden: float[B, T, D] after the final norm.
+    logits: float32[B, T, V] (None when the forward ran with `compute_logits=False`).
+    hidden: float[B, T, D] after the final norm.
     moe: per MoE layer, the statistics dict its router returned (empty for dense models).
     mtp_logits: per multi-token-prediction depth k (1-based), float32[B, T, V] predicting token
     t + 1 + k at position t (empty unless requested).
     """
 
-    logits: jax.Array
+    logits: jax.Array | None
     hidden: jax.Array
     moe: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
     mtp_logits: list[jax.Array] = dataclasses.field(default_factory=list)
@@ -138,13 +139,19 @@ class Transformer(nnx.Module):
         segment_ids: jax.Array | None = None,
         attention_mask: jax.Array | None = None,
         with_mtp: bool = False,
+        compute_logits: bool = True,
     ) -> ModelOutput:
         """Full forward pass.
 
         tokens: int32[B, T]. positions: int32[B, T] (default 0..T-1). segment_ids: int32[B, T],
         attention stays within equal ids (packing; default one segment). attention_mask:
         bool/int[B, T], 0 marks padding that no token attends to. with_mtp: also run the
-        multi-token-prediction modules.
+        multi-token-prediction modules. compute_logits: False skips the [B, T, V] logits
+        (`logits` is None; take log-probs from `hidden`, e.g. with
+        `r1.rl.grpo.chunked_token_logprobs(hidden, model.logits_from_hidden, ...)`).
+
+        Attention gets the mask in factored form (`SegmentMask`), so sequences longer than
+        `attention_block_size` never build a [T, T] mask or score matrix.
         """
         cfg = self.config
         b, t = tokens.shape
@@ -156,7 +163,7 @@ class Transformer(nnx.Module):
             token_mask = jnp.ones((b, t), bool)
         else:
             token_mask = attention_mask.astype(bool)
-        mask = make_attention_mask(segment_ids, token_mask)
+        mask = SegmentMask(segment_ids.astype(jnp.int32), token_mask)
         x = shard(self.embed(tokens), ("batch", "length", "act_embed"))
         moe_stats: list[dict[str, jax.Array]] = []
         for layer in self.layers:
@@ -164,7 +171,7 @@ class Transformer(nnx.Module):
             if stats:
                 moe_stats.append(stats)
         hidden = self.final_norm(x)
-        logits = self.logits_from_hidden(hidden)
+        logits = self.logits_from_hidden(hidden) if compute_logits else None
         mtp_logits = []
         if with_mtp and len(self.mtp):
             h = x

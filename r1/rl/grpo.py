@@ -24,6 +24,7 @@ Typical use::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Literal
 
 import jax
@@ -191,6 +192,58 @@ def entropy_from_logits(
     if mask.shape != ent.shape:
         raise ValueError(f"mask: expected shape {ent.shape}, got {mask.shape}")
     return jnp.where(mask.astype(jnp.bool_), ent, 0.0)
+
+
+def chunked_token_logprobs(
+    hidden: jax.Array,
+    unembed_fn: Callable[[jax.Array], jax.Array],
+    targets: jax.Array,
+    chunk: int,
+    *,
+    temperature: float = 1.0,
+) -> tuple[jax.Array, jax.Array]:
+    """`token_logprobs` and `entropy_from_logits` without materialising [B, T, V] logits.
+
+    hidden: float[B, T, D] (aligned: position t predicts targets[:, t]); unembed_fn: maps
+    float[B, c, D] to logits float[B, c, V] (e.g. `Transformer.logits_from_hidden`); targets:
+    int32[B, T]; chunk: positions per chunk (0: the whole sequence at once). T is padded up to a
+    multiple of `chunk`. Each chunk runs under `jax.checkpoint` inside a `lax.scan`, so the
+    forward and the backward hold one chunk of logits at a time. Returns (log-probs
+    float32[B, T], entropy float32[B, T] in nats), both differentiable.
+    """
+    _check_rank("hidden", hidden, 3, "B, T, D")
+    b, t, _ = hidden.shape
+    if targets.shape != (b, t):
+        raise ValueError(f"targets: expected shape {(b, t)}, got {targets.shape}")
+    if chunk < 0:
+        raise ValueError(f"chunk: must be >= 0 (0: no chunking), got {chunk}")
+    chunk = t if chunk == 0 else min(chunk, t)
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    targets = targets.astype(jnp.int32)
+    if pad:
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+
+    @jax.checkpoint
+    def one_chunk(h_c, y_c):
+        z = unembed_fn(h_c).astype(jnp.float32)
+        if temperature != 1.0:
+            z = z / temperature
+        logp_all = jax.nn.log_softmax(z, axis=-1)
+        picked = jnp.take_along_axis(logp_all, y_c[..., None], axis=-1)[..., 0]
+        ent = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+        return picked, ent
+
+    def body(carry, xs):
+        return carry, one_chunk(*xs)
+
+    h_chunks = jnp.moveaxis(hidden.reshape(b, n, chunk, hidden.shape[-1]), 1, 0)
+    y_chunks = jnp.moveaxis(targets.reshape(b, n, chunk), 1, 0)
+    _, (logp, ent) = jax.lax.scan(body, None, (h_chunks, y_chunks))
+    logp = jnp.moveaxis(logp, 0, 1).reshape(b, n * chunk)[:, :t]
+    ent = jnp.moveaxis(ent, 0, 1).reshape(b, n * chunk)[:, :t]
+    return logp, ent
 
 
 # --------------------------------------------------------------------------------------------

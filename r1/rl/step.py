@@ -33,12 +33,11 @@ from r1 import sharding
 from r1.models.moe import update_model_routing_biases
 from r1.rl.grpo import (
     GRPOLossConfig,
+    chunked_token_logprobs,
     effective_mask,
-    entropy_from_logits,
     group_advantages,
     grpo_loss,
     loss_denominator,
-    token_logprobs,
     zero_variance_groups,
 )
 from r1.sampling.sampler import SamplingConfig, sample
@@ -194,12 +193,17 @@ def _full_sequences(prompt_tokens, prompt_mask, completion, completion_mask, gro
 
 
 def completion_logprobs(model, tokens, mask, positions, prompt_len: int, completion):
-    """Log-probs float32[B, N] of the completion tokens, the completion logits and the MoE
-    statistics of this forward pass."""
-    output = model.forward(tokens, positions=positions, attention_mask=mask)
+    """Log-probs float32[B, N] of the completion tokens, their entropies float32[B, N] and the
+    MoE statistics of this forward pass. Vocabulary logits exist `logits_chunk_size` positions
+    at a time (`r1.rl.grpo.chunked_token_logprobs`; 0 = all at once), never as [B, L + N, V]
+    unless asked."""
+    output = model.forward(tokens, positions=positions, attention_mask=mask, compute_logits=False)
     n = completion.shape[1]
-    logits = output.logits[:, prompt_len - 1 : prompt_len - 1 + n]
-    return token_logprobs(logits, completion), logits, output.moe
+    hidden = output.hidden[:, prompt_len - 1 : prompt_len - 1 + n]
+    logp, entropy = chunked_token_logprobs(
+        hidden, model.logits_from_hidden, completion, model.config.logits_chunk_size
+    )
+    return logp, entropy, output.moe
 
 
 def _moe_means(moe_stats: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
@@ -314,7 +318,7 @@ def grpo_step_fn(
 
             def loss_fn(p):
                 model = nnx.merge(graphdef, p, state.extra)
-                logp, logits, moe = completion_logprobs(
+                logp, entropy, moe = completion_logprobs(
                     model,
                     rows_of(tokens, index),
                     rows_of(mask, index),
@@ -332,7 +336,7 @@ def grpo_step_fn(
                     denominator=denominator,
                 )
                 moe_loss = sum((s["balance_loss"] for s in moe), jnp.zeros((), jnp.float32))
-                ent = entropy_from_logits(jax.lax.stop_gradient(logits), rows_of(cmask, index))
+                ent = jnp.where(rows_of(cmask, index), jax.lax.stop_gradient(entropy), 0.0)
                 metrics["entropy"] = jnp.sum(ent) / jnp.maximum(jnp.sum(rows_of(cmask, index)), 1)
                 loads = [s["expert_load"] for s in moe]
                 metrics.update(_moe_means(moe))

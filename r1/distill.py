@@ -1,0 +1,710 @@
+r"""Distillation: a student fine-tuned on a teacher's reasoning traces (DeepSeek-R1's distilled
+Qwen and Llama models: SFT only, no RL), with the student's held-out accuracy before and after.
+
+    python -m experiments.distill --config=configs/distill.py:tiny --workdir=runs/distill_tiny
+
+`distill(config, workdir)` runs four stages in `workdir`, each skipped when its output is
+complete, so a killed run resumes where it stopped:
+
+1. **traces** -> `traces/sft.jsonl` (+ `traces/report.json`). Either local trace files
+   (`config.traces.files`: JSONL / JSON / Parquet, fields mapped by `config.traces.*_field`) or,
+   when none are given, rejection sampling of the teacher (`config.teacher`, `config.prompts`,
+   `sampling`, `rewards`, `select`, `filters`; `r1.rejection.runner.run_from_config`, which
+   resumes by itself) into `traces/teacher/`. Every row becomes `{"prompt", "response"}` with the
+   reasoning and answer rendered in the student's `data.response_format`; unusable rows are
+   skipped and counted by reason (`prepare_traces`).
+2. **eval_before** -> `eval_before.json`: the student as SFT starts it (its checkpoint, or the
+   random init of `config.seed`) on the held-out rows (`config.eval_data`, `config.eval`);
+   with `teacher.evaluate` also the teacher (`eval_teacher.json`).
+3. **sft** -> `sft/` (checkpoints, metrics, `sft/export` in HF layout): `r1.sft.trainer.train_sft`
+   on the traces, resuming from its last checkpoint.
+4. **eval_after** -> `eval_after.json`: the exported student on the same rows and seeds.
+
+Finally `distill_report.json` (and `distill_report.md`) holds the before / after (and teacher)
+tables and the trace counts. Stage completion is recorded in `stages.json` with a fingerprint of
+the configuration sections the stage depends on; a workdir whose finished stage was made with
+different settings is refused (use a new workdir).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from r1 import configlib, sharding
+from r1.data import procedural, sources
+from r1.data.sources import RowError
+from r1.evaluation import runner as eval_runner
+from r1.sft import data as sft_data
+
+log = logging.getLogger(__name__)
+
+SECTIONS = (
+    "student",
+    "teacher",
+    "prompts",
+    "sampling",
+    "rewards",
+    "select",
+    "filters",
+    "traces",
+    "data",
+    "sft",
+    "optimizer",
+    "train",
+    "eval_data",
+    "eval",
+)
+STAGES = ("traces", "eval_teacher", "eval_before", "sft", "eval_after")
+TRACES_FILE = os.path.join("traces", "sft.jsonl")
+STATE_FILE, REPORT_FILE = "stages.json", "distill_report.json"
+# ModelConfig fields that say how to compute, not what the checkpoint is: taken from
+# `config.model` when the architecture comes from a checkpoint's config.json.
+EXECUTION_FIELDS = (
+    "dtype",
+    "param_dtype",
+    "remat_policy",
+    "attention_block_size",
+    "logits_chunk_size",
+    "moe_token_chunk_size",
+    "bias_update_rate",
+    "capacity_factor",
+    "mtp_loss_weight",
+)
+TABLE_KEYS = ("count", "samples", "response_length", "truncated", "no_answer")
+
+
+# ----------------------------------------------------------------------------- trace rows
+@dataclasses.dataclass(frozen=True)
+class TraceSection:
+    """`config.traces`: local trace files and how their fields map to a trace.
+
+    files: a path, a glob, comma-separated paths, or a sequence of them ("" = sample the
+      teacher). prompt_field: the question. reasoning_field + answer_field: the chain of thought
+      and the final answer; response_field (used when a row has no reasoning/answer): the whole
+      completion, `<think>R</think>` then the answer (the R1-Zero `<answer>A</answer>` tags or
+      plain text), which is split and re-rendered. correct_field: when set, rows whose field is
+      false are skipped (dumps that keep wrong samples with a verdict). require_reasoning: skip
+      responses without `</think>` (else they are used verbatim). limit: keep the first this many
+      usable rows (0: all).
+    """
+
+    files: Any = ""
+    prompt_field: str = "prompt"
+    reasoning_field: str = "reasoning"
+    answer_field: str = "answer"
+    response_field: str = "response"
+    correct_field: str = ""
+    require_reasoning: bool = True
+    limit: int = 0
+
+    def __post_init__(self):
+        for name in ("prompt_field", "reasoning_field", "answer_field", "response_field"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: expected a field name, got an empty string")
+        if self.limit < 0:
+            raise ValueError(f"limit: expected >= 0 (0: all rows), got {self.limit}")
+
+    def paths(self) -> list[str]:
+        """The trace files, globs expanded in sorted order (relative paths also tried against
+        the repository root). Raises `FileNotFoundError` naming a path that matches nothing."""
+        specs = self.files
+        if isinstance(specs, str):
+            specs = [s.strip() for s in specs.split(",") if s.strip()]
+        out = []
+        for spec in map(str, specs):
+            spec = _resolve(spec)
+            matches = sorted(glob.glob(spec)) if glob.has_magic(spec) else [spec]
+            if not matches or not all(os.path.isfile(m) for m in matches):
+                raise FileNotFoundError(f"config.traces.files: {spec!r} matches no file")
+            out += matches
+        return out
+
+
+def _text(raw: Mapping[str, Any], key: str) -> str:
+    value = raw.get(key)
+    if value is None:
+        raise RowError(f"missing field '{key}'")
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise RowError(f"field '{key}' is not text", type(value).__name__)
+    value = str(value)
+    if not value.strip():
+        raise RowError(f"empty field '{key}'")
+    return value
+
+
+def _truthy(raw: Mapping[str, Any], key: str) -> bool:
+    value = raw.get(key)
+    if value is None:
+        raise RowError(f"missing field '{key}'")
+    if isinstance(value, bool | int | float | np.bool_ | np.integer | np.floating):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
+        return value.strip().lower() in ("true", "yes", "1")
+    raise RowError(f"field '{key}' is not a boolean", repr(value)[:40])
+
+
+def split_response(response: str) -> tuple[str, str] | None:
+    """`(reasoning, answer)` of a completion that closes `</think>`, else None.
+
+    reasoning: the text before the first `</think>` without a leading `<think>`, stripped.
+    answer: the last `<answer>...</answer>` content after it when there is one (R1-Zero format),
+    else everything after `</think>`, stripped.
+    """
+    from r1.rejection.runner import split_response as split  # noqa: PLC0415
+
+    reasoning, answer = split(response)
+    if reasoning is None:
+        return None
+    return reasoning, answer or ""
+
+
+def trace_to_sft(raw: Any, fields: TraceSection, response_format: str) -> dict[str, str] | None:
+    """One trace record -> `{"prompt", "response"}` in the student's `response_format`
+    (`r1.sft.data.RESPONSE_FORMATS`). Raises `RowError` (with the reason) for an unusable row.
+
+    A row with `reasoning_field` is rendered from it and `answer_field` (both must be text);
+    otherwise `response_field` is split at `</think>` (see `split_response`) and re-rendered.
+    """
+    if not isinstance(raw, Mapping):
+        raise RowError("not an object", type(raw).__name__)
+    prompt = _text(raw, fields.prompt_field)
+    if fields.correct_field and not _truthy(raw, fields.correct_field):
+        raise RowError("marked incorrect")
+    if raw.get(fields.reasoning_field) is not None:
+        reasoning = _text(raw, fields.reasoning_field)
+        answer = _text(raw, fields.answer_field)
+    elif raw.get(fields.response_field) is not None:
+        response = _text(raw, fields.response_field)
+        parts = split_response(response)
+        if parts is None:
+            if fields.require_reasoning:
+                raise RowError("no </think> in response")
+            return {"prompt": prompt, "response": response}
+        reasoning, answer = parts
+        if not reasoning:
+            raise RowError("empty reasoning")
+        if not answer:
+            raise RowError("no answer after </think>")
+    else:
+        raise RowError(
+            f"missing field '{fields.response_field}'",
+            f"(or '{fields.reasoning_field}' and '{fields.answer_field}')",
+        )
+    row = {"prompt": prompt, "reasoning": reasoning.strip(), "answer": answer.strip()}
+    _, response = sft_data.render_example(row, template="none", response_format=response_format)
+    return {"prompt": prompt, "response": response}
+
+
+def read_records(path: str) -> Iterable[tuple[str, Any]]:
+    """`(location, record)` pairs of a `.jsonl` / `.ndjson` / `.json` / `.parquet` file; a bad
+    JSON line is yielded as a `RowError` record."""
+    lower = path.lower()
+    # sources' record readers are private there; r1.sft.data reads trace files the same way.
+    if lower.endswith(".parquet"):
+        return sources._parquet_records(path)
+    if lower.endswith(".json"):
+        return sources._json_records(path)
+    if lower.endswith((".jsonl", ".ndjson")):
+        return sources._jsonl_records(path)
+    raise ValueError(f"{path}: unknown file type (expected .jsonl, .json or .parquet)")
+
+
+def prepare_traces(
+    paths: Sequence[str],
+    fields: TraceSection,
+    response_format: str,
+    out_path: str,
+    *,
+    max_logged: int = 5,
+) -> dict[str, Any]:
+    """Converts trace files into the SFT rows of `out_path` (JSONL, written atomically).
+
+    Returns the report: per file and in total `read`, `kept`, `skipped` (reason -> count), and
+    the first `max_logged` skip messages. Raises `ValueError` when no row at all is usable.
+    """
+    if not paths:
+        raise ValueError("prepare_traces: no trace file")
+    tmp = f"{out_path}.tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    files, total, examples = [], Counter(), []
+    kept = read = 0
+    with open(tmp, "w", encoding="utf-8") as out:
+        for path in paths:
+            skipped: Counter[str] = Counter()
+            file_read = file_kept = 0
+            for where, raw in read_records(path):
+                if fields.limit and kept >= fields.limit:
+                    break
+                file_read += 1
+                try:
+                    if isinstance(raw, Exception):
+                        raise raw
+                    row = trace_to_sft(raw, fields, response_format)
+                except RowError as err:
+                    skipped[err.reason] += 1
+                    if len(examples) < max_logged:
+                        examples.append(f"{path}:{where}: skipped ({err})")
+                        log.warning("%s", examples[-1])
+                    continue
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                file_kept += 1
+                kept += 1
+            read += file_read
+            total += skipped
+            files.append(
+                {"path": path, "read": file_read, "kept": file_kept, "skipped": dict(skipped)}
+            )
+        out.flush()
+        os.fsync(out.fileno())
+    report = {
+        "files": files,
+        "read": read,
+        "kept": kept,
+        "skipped": dict(sorted(total.items())),
+        "examples": examples,
+        "response_format": response_format,
+    }
+    if not kept:
+        os.remove(tmp)
+        raise ValueError(
+            f"no usable trace in {list(paths)} (fields: prompt {fields.prompt_field!r}, "
+            f"reasoning {fields.reasoning_field!r} + answer {fields.answer_field!r} or response "
+            f"{fields.response_field!r}); skipped {dict(total)}; e.g. {examples[:2]}"
+        )
+    os.replace(tmp, out_path)
+    return report
+
+
+# ----------------------------------------------------------------------------- sub-configs
+def _resolve(path: str) -> str:
+    """`path`, or the same relative path under the repository root when only that exists."""
+    path = os.path.expanduser(path)
+    if not path or os.path.isabs(path):
+        return path
+
+    def exists(p: str) -> bool:
+        return bool(glob.glob(p)) if glob.has_magic(p) else os.path.exists(p)
+
+    candidate = os.path.join(configlib.REPO_ROOT, path)
+    return candidate if not exists(path) and exists(candidate) else path
+
+
+def _dict(value: Any) -> Any:
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def _tokenizer(section: Any, hf_path: str) -> dict[str, str]:
+    """A tokenizer section; an "hf" tokenizer without a path reads the checkpoint's."""
+    kind, path = str(section.kind), str(section.path)
+    if kind == "hf" and not path:
+        if not hf_path:
+            raise ValueError("tokenizer.path: empty, and there is no hf_path to read it from")
+        path = _resolve(hf_path)
+    return {"kind": kind, "path": path}
+
+
+def student_model(config: Any) -> dict[str, Any]:
+    """The student's `ModelConfig` fields: `config.model`, or with `student.hf_path` the
+    checkpoint's architecture (its config.json) with `config.model`'s execution fields
+    (dtype, remat, chunking; `EXECUTION_FIELDS`). Differences are logged."""
+    model = _dict(config.model)
+    path = str(config.student.hf_path)
+    if not path:
+        return model
+    from r1.models import hf  # noqa: PLC0415
+
+    config_path = os.path.join(_resolve(path), "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"config.student.hf_path: no config.json in {path!r}")
+    with open(config_path) as f:
+        hf_config = json.load(f)
+    overrides = {k: model[k] for k in EXECUTION_FIELDS if k in model}
+    arch = hf.config_from_hf(hf_config, **overrides).to_dict()
+    differ = sorted(k for k in arch if k in model and arch[k] != model[k])
+    if differ:
+        log.warning(
+            "config.model differs from %s in %s; using the checkpoint's values", config_path, differ
+        )
+    return arch
+
+
+def sft_config(config: Any, traces_path: str) -> ml_collections.ConfigDict:
+    """The `configs/sft.py`-layout config of the student's SFT on `traces_path`."""
+    data = dict(_dict(config.data))
+    data.update(source="files", files=(traces_path,), task="add", task_kwargs={})
+    train = dict(_dict(config.train))
+    train["export"] = True
+    return ml_collections.ConfigDict(
+        {
+            "model": student_model(config),
+            "mesh": _dict(config.mesh),
+            "seed": int(config.seed),
+            "init": {"hf_path": _resolve(str(config.student.hf_path))},
+            "tokenizer": _tokenizer(config.student.tokenizer, str(config.student.hf_path)),
+            "data": data,
+            "sft": _dict(config.sft),
+            "optimizer": _dict(config.optimizer),
+            "train": train,
+            "eval": {"every": 0, "per_difficulty": 1, "max_new_tokens": 1},
+        }
+    )
+
+
+def teacher_config(config: Any) -> ml_collections.ConfigDict:
+    """The `configs/rejection_sample.py`-layout config that samples the teacher."""
+    teacher = config.teacher
+    if not teacher.hf_path:
+        raise ValueError(
+            "config.teacher.hf_path: empty and config.traces.files is empty too; give a teacher "
+            "checkpoint to sample or trace files"
+        )
+    return ml_collections.ConfigDict(
+        {
+            "model": _dict(teacher.model),
+            "mesh": _dict(config.mesh),
+            "seed": int(config.seed),
+            "init": {"hf_path": _resolve(str(teacher.hf_path))},
+            "tokenizer": _tokenizer(teacher.tokenizer, str(teacher.hf_path)),
+            "data": _dict(config.prompts),
+            "sampling": _dict(config.sampling),
+            "rewards": config.rewards,
+            "select": _dict(config.select),
+            "filters": _dict(config.filters),
+        }
+    )
+
+
+def eval_rows(config: Any) -> list[dict[str, Any]]:
+    """The held-out rows of `config.eval_data`: local files (`files`, `layout`) or `per_difficulty`
+    procedural rows of each difficulty of `task` (`split`, `seed`); the first `limit` (0: all)."""
+    data = config.eval_data
+    if data.files:
+        spec = str(data.files)
+        paths: Any = [_resolve(p.strip()) for p in spec.split(",") if p.strip()]
+        rows, _ = sources.load_files(paths if len(paths) > 1 else paths[0], str(data.layout))
+    else:
+        task = procedural.make_task(str(data.task), **dict(_dict(data.task_kwargs)))
+        rows = procedural.fixed_set(
+            task, int(data.seed), int(data.per_difficulty), split=str(data.split)
+        )
+    limit = int(data.limit)
+    if limit < 0:
+        raise ValueError(f"config.eval_data.limit: expected >= 0 (0: all rows), got {limit}")
+    return rows[:limit] if limit else rows
+
+
+# ----------------------------------------------------------------------------- stage records
+def fingerprint(*parts: Any) -> str:
+    """A short hash of JSON-able parts (ConfigDicts converted, keys sorted)."""
+    text = json.dumps([_dict(p) for p in parts], sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stage_fingerprints(config: Any) -> dict[str, str]:
+    """Per stage, the hash of what its output depends on (later stages chain earlier ones)."""
+    teacher = {k: v for k, v in _dict(config.teacher).items() if k != "evaluate"}
+    sampling = (config.prompts, config.sampling, config.rewards, config.select, config.filters)
+    sampled = () if config.traces.files else (teacher, *sampling)
+    traces = fingerprint(config.seed, config.traces, config.data.response_format, *sampled)
+    evaluation = (config.eval_data, config.eval)
+    student = (config.seed, config.model, config.student)
+    sft = fingerprint(traces, *student, config.data, config.sft, config.optimizer, config.train)
+    return {
+        "traces": traces,
+        "eval_teacher": fingerprint(teacher, *evaluation),
+        "eval_before": fingerprint(*student, *evaluation),
+        "sft": sft,
+        "eval_after": fingerprint(sft, *evaluation),
+    }
+
+
+class StageLog:
+    """`workdir/stages.json`: finished stages with their fingerprint and summary."""
+
+    def __init__(self, workdir: str, fingerprints: Mapping[str, str], write: bool = True):
+        self.path = os.path.join(workdir, STATE_FILE)
+        self.fingerprints, self.write = dict(fingerprints), write
+        self.done: dict[str, Any] = {}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.done = json.load(f)
+
+    def finished(self, stage: str, outputs: Sequence[str] = ()) -> bool:
+        """Whether `stage` is complete with this configuration and its outputs exist. Raises
+        `ValueError` when it was begun or finished with another configuration."""
+        record = self.done.get(stage)
+        if record is None:
+            return False
+        if record["fingerprint"] != self.fingerprints[stage]:
+            raise ValueError(
+                f"{self.path}: stage {stage!r} was made with another configuration; use a new "
+                "workdir (or delete the stage's output and its entry to redo it)"
+            )
+        return bool(record.get("complete")) and all(os.path.exists(p) for p in outputs)
+
+    def begin(self, stage: str) -> None:
+        """Records that `stage` started with this configuration (so that resuming a half-done
+        stage with other settings is refused too)."""
+        if stage not in self.done:
+            self._put(stage, {"fingerprint": self.fingerprints[stage], "complete": False})
+
+    def record(self, stage: str, summary: Any) -> None:
+        self._put(
+            stage, {"fingerprint": self.fingerprints[stage], "complete": True, "summary": summary}
+        )
+
+    def _put(self, stage: str, value: Mapping[str, Any]) -> None:
+        self.done[stage] = dict(value)
+        if self.write:
+            _atomic_json(self.path, self.done)
+
+    def summary(self, stage: str) -> Any:
+        return self.done.get(stage, {}).get("summary")
+
+
+def _atomic_json(path: str, value: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, sort_keys=True, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices(name)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def eval_table(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The compact table of an evaluation result: overall and per task (and difficulty) rates,
+    without the per-problem records."""
+
+    def compact(t: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in t.items() if k.startswith(("pass@", "cons@")) or k in TABLE_KEYS}
+        if "by_difficulty" in t:
+            out["by_difficulty"] = {d: compact(v) for d, v in t["by_difficulty"].items()}
+        return out
+
+    return {
+        "overall": compact(result["overall"]),
+        "tasks": {task: compact(t) for task, t in result["tasks"].items()},
+    }
+
+
+def _evaluate(
+    model: nnx.Module,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    eval_cfg: eval_runner.EvalConfig,
+    mesh: jax.sharding.Mesh,
+    path: str,
+    what: str,
+) -> dict[str, Any]:
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(
+            f"{what}: vocab_size {model.config.vocab_size} is smaller than its tokenizer's "
+            f"{tokenizer.vocab_size}"
+        )
+    result = eval_runner.evaluate(model, tokenizer, rows, eval_cfg, mesh=mesh, progress=True)
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    result["model"] = {"what": what, "family": model.config.family, "params": params}
+    if jax.process_index() == 0:
+        eval_runner.write_json(result, path)
+    log.warning("%s: pass@1 %.3f", what, result["overall"]["pass@1"])
+    return {"params": params, **eval_table(result)}
+
+
+def _load(sub_config: Any, mesh: jax.sharding.Mesh) -> tuple[nnx.Module, Any]:
+    """Model and tokenizer of a sub-config (`init.hf_path`, else random init of `seed`)."""
+    from r1.rl import trainer  # noqa: PLC0415
+
+    experiment = configlib.parse_experiment(
+        sub_config,
+        extra_sections=tuple(k for k in sub_config if k not in ("model", "mesh", "seed")),
+    )
+    with sharding.use_mesh(mesh):
+        model = trainer.build_policy(sub_config, experiment.model, mesh)
+    return model, trainer.build_tokenizer(sub_config)
+
+
+# ----------------------------------------------------------------------------- the pipeline
+def distill(
+    config: Any,
+    workdir: str,
+    config_name: str = "",
+    *,
+    sft_fn: Callable[[Any, str], dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Runs (or resumes) the distillation stages in `workdir` (module docstring); returns the
+    report also written to `workdir/distill_report.json`.
+
+    config: a `configs/distill.py` config. config_name: the `--config` value and overrides,
+    recorded as the teacher samples' provenance. sft_fn: the SFT trainer (default
+    `r1.sft.trainer.train_sft`; tests pass a wrapper).
+    """
+    from r1.rejection.runner import run_from_config  # noqa: PLC0415
+    from r1.sft.trainer import train_sft  # noqa: PLC0415
+
+    sft_fn = sft_fn or train_sft
+    experiment = configlib.parse_experiment(
+        config, extra_sections=SECTIONS, num_devices=jax.device_count()
+    )
+    fields = configlib.to_dataclass(TraceSection, config.traces, "config.traces")
+    eval_cfg = eval_runner.EvalConfig.from_config(config.eval)
+    if config.data.response_format not in sft_data.RESPONSE_FORMATS:
+        raise ValueError(
+            f"config.data.response_format: expected one of {sft_data.RESPONSE_FORMATS}, got "
+            f"{config.data.response_format!r}"
+        )
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    stages = StageLog(workdir, stage_fingerprints(config), write=is_main)
+    mesh = sharding.make_mesh(experiment.mesh)
+    traces_path = os.path.join(workdir, TRACES_FILE)
+
+    # 1. traces
+    if not stages.finished("traces", [traces_path]):
+        stages.begin("traces")
+        sampled = None
+        if fields.files:
+            paths = fields.paths()
+        else:
+            teacher_dir = os.path.join(workdir, "traces", "teacher")
+            sampled = run_from_config(teacher_config(config), teacher_dir, config_name)
+            paths = [os.path.join(teacher_dir, "traces.jsonl")]
+            if not sampled["kept"]:
+                raise ValueError(
+                    f"the teacher produced no usable trace ({sampled['candidates']} candidates, "
+                    f"dropped {sampled['dropped']}); see {teacher_dir}/report.json"
+                )
+        if is_main:
+            report = prepare_traces(paths, fields, str(config.data.response_format), traces_path)
+            if sampled is not None:
+                report["teacher_sampling"] = {
+                    k: sampled[k] for k in ("prompts", "candidates", "kept", "dropped", "seconds")
+                }
+            _atomic_json(os.path.join(workdir, "traces", "report.json"), report)
+            stages.record("traces", {k: v for k, v in report.items() if k != "examples"})
+        _sync("distill_traces")
+        stages = StageLog(workdir, stages.fingerprints, write=is_main)
+    rows = eval_rows(config)
+    sft_cfg = sft_config(config, traces_path)
+
+    # 2. evaluations before SFT
+    teacher_eval = os.path.join(workdir, "eval_teacher.json")
+    if config.teacher.evaluate and not stages.finished("eval_teacher", [teacher_eval]):
+        model, tokenizer = _load(teacher_config(config), mesh)
+        stages.record(
+            "eval_teacher",
+            _evaluate(model, tokenizer, rows, eval_cfg, mesh, teacher_eval, "teacher"),
+        )
+        del model
+    before = os.path.join(workdir, "eval_before.json")
+    if not stages.finished("eval_before", [before]):
+        model, tokenizer = _load(sft_cfg, mesh)
+        stages.record(
+            "eval_before", _evaluate(model, tokenizer, rows, eval_cfg, mesh, before, "student")
+        )
+        del model
+
+    # 3. SFT
+    sft_dir = os.path.join(workdir, "sft")
+    export = os.path.join(sft_dir, "export")
+    if not stages.finished("sft", [os.path.join(export, "config.json")]):
+        stages.begin("sft")
+        last = sft_fn(sft_cfg, sft_dir)
+        _sync("distill_sft_export")
+        if not os.path.exists(os.path.join(export, "config.json")):
+            raise RuntimeError(
+                f"SFT stopped before its end (no {export}); re-run the same command to resume"
+            )
+        keys = ("loss", "token_accuracy", "data/examples", "data/target_tokens")
+        stages.record("sft", {k: float(last[k]) for k in keys if k in last})
+
+    # 4. evaluation after SFT
+    after = os.path.join(workdir, "eval_after.json")
+    if not stages.finished("eval_after", [after]):
+        trained = ml_collections.ConfigDict(sft_cfg.to_dict())
+        trained.init.hf_path = export
+        model, tokenizer = _load(trained, mesh)
+        stages.record(
+            "eval_after", _evaluate(model, tokenizer, rows, eval_cfg, mesh, after, "student")
+        )
+        del model
+
+    report = make_report(config, stages)
+    if is_main:
+        _atomic_json(os.path.join(workdir, REPORT_FILE), report)
+        with open(os.path.join(workdir, "distill_report.md"), "w", encoding="utf-8") as f:
+            f.write(to_markdown(report))
+    return report
+
+
+def make_report(config: Any, stages: StageLog) -> dict[str, Any]:
+    """The distillation report: trace counts, SFT end metrics, and the before / after (and
+    teacher) tables, with the change of every overall rate."""
+    before, after = stages.summary("eval_before"), stages.summary("eval_after")
+    delta = {
+        k: after["overall"][k] - before["overall"][k]
+        for k in before["overall"]
+        if k.startswith(("pass@", "cons@"))
+    }
+    return {
+        "student": {
+            "hf_path": str(config.student.hf_path),
+            "family": str(config.model.family),
+        },
+        "teacher": str(config.teacher.hf_path) if not config.traces.files else None,
+        "traces": stages.summary("traces"),
+        "sft": stages.summary("sft"),
+        "eval_data": str(config.eval_data.files) or f"procedural:{config.eval_data.task}",
+        "before": before,
+        "after": after,
+        "teacher_eval": stages.summary("eval_teacher"),
+        "delta": delta,
+    }
+
+
+def to_markdown(report: Mapping[str, Any]) -> str:
+    """The report's rates (percentages) per model, task and difficulty as one Markdown table."""
+    columns = [k for k in report["before"]["overall"] if k.startswith(("pass@", "cons@"))]
+    header = ["model", "params", "task", "difficulty", *(f"{c} (%)" for c in columns), "length"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    tables = (
+        ("teacher", report.get("teacher_eval")),
+        ("student before SFT", report["before"]),
+        ("student after SFT", report["after"]),
+    )
+    for name, table in tables:
+        if not table:
+            continue
+        for task, t in table["tasks"].items():
+            for difficulty, row in [("all", t), *t.get("by_difficulty", {}).items()]:
+                cells = [name, f"{table['params']:,}", task, str(difficulty)]
+                cells += [f"{100 * row[c]:.1f}" for c in columns]
+                cells.append(f"{row['response_length']:.1f}")
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
