@@ -1,13 +1,16 @@
 r"""Pretrains the base model of the embedded R1-Zero demo on procedural arithmetic text.
 
-    python -m experiments.pretrain_base --out=assets/demo_base            # ~10 min on 2 cores
+    python -m experiments.pretrain_base --out=assets/demo_base     # 25-40 min on 2 cores
+    python -m experiments.pretrain_base --out=assets/demo_base --report_only   # skills only
 
 The corpus mixes R1-Zero-formatted examples: most answer directly (`<think></think>` empty),
 a minority (`--think_fraction`) show their partial sums inside `<think>`. The result is a base
 model that has seen the reasoning format but mostly skips it, so its greedy accuracy on many-term
 sums is low and RL has something to find (see ../shared/REFERENCE.md, "R1-Zero in miniature").
 The policy architecture comes from `configs/r1_zero.py:tiny` (model section); the checkpoint is
-written in Hugging Face layout with `r1.models.hf.save`, plus the tokenizer and a JSON report.
+written in Hugging Face layout with `r1.models.hf.save`, plus the tokenizer and a JSON report
+that measures the base's two skills per number of terms on held-out sums (greedy): answering
+directly, and thinking when made to (its `<think>` opened with the first term and a `+`).
 """
 
 from __future__ import annotations
@@ -31,11 +34,15 @@ from r1.models import hf
 from r1.models.transformer import Transformer
 
 _OUT = flags.DEFINE_string("out", "assets/demo_base", "Output directory (HF layout).")
-_STEPS = flags.DEFINE_integer("steps", 700, "Optimizer steps.")
+_STEPS = flags.DEFINE_integer("steps", 1000, "Optimizer steps.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Sequences per step.")
-_LENGTH = flags.DEFINE_integer("seq_len", 112, "Tokens per sequence (prompt + completion).")
+_LENGTH = flags.DEFINE_integer("seq_len", 144, "Tokens per sequence (prompt + completion).")
 _LR = flags.DEFINE_float("learning_rate", 2e-3, "Peak AdamW learning rate (cosine decay).")
-_THINK = flags.DEFINE_float("think_fraction", 0.2, "Share of examples that show their work.")
+_THINK = flags.DEFINE_float("think_fraction", 0.3, "Share of examples that show their work.")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "Only measure the skills of the checkpoint in --out (no training)."
+)
+_PER_LENGTH = flags.DEFINE_integer("report_per_length", 16, "Held-out sums per number of terms.")
 _SEED = flags.DEFINE_integer("seed", 1234, "Seed of the corpus and the initialisation.")
 _CONFIG = flags.DEFINE_string("config", "configs/r1_zero.py:tiny", "Config giving the model.")
 
@@ -53,9 +60,59 @@ def encode_example(tokenizer, example, length):
     return tokens, mask
 
 
+def skill_report(model, tokenizer, task, per_length: int, max_new_tokens: int) -> dict:
+    """Greedy accuracy per difficulty on held-out rows, answering directly vs made to think.
+
+    Returns {"direct": {...}, "think": {...}}, each {"accuracy": mean, "by_terms": {n: acc},
+    "length_by_terms": {n: mean tokens}}.
+    """
+    import re
+
+    from r1.data import templates
+    from r1.sampling.sampler import generate
+
+    def answer(text):
+        match = re.search(r"<answer>\s*(-?\d+)\s*</answer>", text)
+        return match.group(1) if match else None
+
+    report = {}
+    for mode in ("direct", "think"):
+        by_terms, lengths = {}, {}
+        for terms in task.difficulties():
+            rows = [
+                procedural.generate(task, 7, i, "test", difficulty=terms) for i in range(per_length)
+            ]
+            prompts = [templates.render_r1_zero(r["prompt"]) for r in rows]
+            if mode == "think":
+                prompts = [p + f" <think>{r['terms'][0]}+" for p, r in zip(prompts, rows)]
+            outs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, greedy=True)
+            by_terms[terms] = float(
+                np.mean([answer(o[0]) == r["answer"] for o, r in zip(outs, rows)])
+            )
+            lengths[terms] = float(np.mean([len(tokenizer.encode(o[0])) for o in outs]))
+        report[mode] = {
+            "accuracy": float(np.mean(list(by_terms.values()))),
+            "by_terms": by_terms,
+            "length_by_terms": lengths,
+        }
+    return report
+
+
 def main(argv):
     del argv
     config = configlib.load_config(_CONFIG.value)
+    if _REPORT_ONLY.value:
+        _, model = hf.load(_OUT.value)
+        task = procedural.make_task(config.data.task, **dict(config.data.task_kwargs))
+        path = os.path.join(_OUT.value, "pretrain_report.json")
+        report = json.load(open(path)) if os.path.exists(path) else {}
+        report["skills"] = skill_report(
+            model, build_demo_tokenizer(), task, _PER_LENGTH.value, int(config.rl.max_new_tokens)
+        )
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
+        print(json.dumps(report["skills"]))
+        return
     model_cfg = configlib.model_config(config)
     tokenizer = build_demo_tokenizer()
     task = procedural.make_task(config.data.task, **dict(config.data.task_kwargs))
@@ -114,6 +171,9 @@ def main(argv):
         "final_loss": float(np.mean(losses[-100:])),
         "seconds": time.perf_counter() - start,
         "config": _CONFIG.value,
+        "skills": skill_report(
+            model, tokenizer, task, _PER_LENGTH.value, int(config.rl.max_new_tokens)
+        ),
     }
     with open(os.path.join(out, "pretrain_report.json"), "w") as f:
         json.dump(report, f, indent=2)
