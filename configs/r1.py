@@ -170,6 +170,8 @@ def _base() -> ml_collections.ConfigDict:
     c.all_scenarios_rl.rm_weight = 1.0
     c.all_scenarios_rl.rm_region = "summary"
     c.all_scenarios_rl.rm_steps = 400
+    # Share of stage-4 prompts that are general (scored by the reward model, not the rules).
+    c.all_scenarios_rl.general_fraction = 0.25
 
     c.eval = _cd(
         per_difficulty=16,
@@ -221,6 +223,7 @@ def tiny() -> ml_collections.ConfigDict:
     )
     c.all_scenarios_rl.rewards = c.reasoning_rl.rewards
     c.all_scenarios_rl.update(rm_weight=0.5, rm_steps=2)
+    c.all_scenarios_rl.data.buckets = (32, 64)  # general prompts are longer than the sums
 
     c.rejection.data.num_prompts = 64
     c.rejection.sampling.update(

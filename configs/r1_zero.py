@@ -78,7 +78,15 @@ def _base() -> ml_collections.ConfigDict:
     c.init = ml_collections.ConfigDict(dict(hf_path=""))
     c.tokenizer = ml_collections.ConfigDict(dict(kind="hf", path=""))
     c.data = ml_collections.ConfigDict(
-        dict(task="add", task_kwargs=ml_collections.ConfigDict(), buckets=(64, 128, 256))
+        dict(
+            task="add",
+            task_kwargs=ml_collections.ConfigDict(),
+            buckets=(64, 128, 256),
+            # R1 stage 4: this share of prompts comes from general_files (JSONL `prompt`
+            # rows), scored by a model reward with rows="general" instead of the rule rewards.
+            general_files="",
+            general_fraction=0.0,
+        )
     )
     c.rl = ml_collections.ConfigDict(
         dict(

@@ -519,6 +519,7 @@ def make_stages(config: Any, workdir: str) -> list[Stage]:
             "export": rel(export),
             "eval": rel(os.path.join(directory, EVAL)),
             "traces": rel(traces),
+            "general": [rel(os.path.abspath(g)) for g in general],
             "kept": int(report["kept"]),
         }
 
@@ -543,14 +544,22 @@ def make_stages(config: Any, workdir: str) -> list[Stage]:
         # resumes the first's checkpoint.
         if total - rm_steps > 0:
             _grpo(rl_config(config, section, start, steps=total - rm_steps), run_dir)
-        model_rewards = (
-            (
-                "reward_model",
-                float(section.rm_weight),
-                {"path": rm_export, "region": str(section.rm_region)},
-            ),
-        )
+        # With the reward model come the general prompts (stage 3's general rows): rule rewards
+        # score the reasoning prompts, the reward model only the general ones.
+        fraction = float(section.get("general_fraction", 0.0))
+        general = [os.path.join(workdir, g) for g in outputs[STAGES[2]].get("general", [])]
+        rm_kwargs = {"path": rm_export, "region": str(section.rm_region)}
+        if fraction > 0:
+            rm_kwargs["rows"] = "general"
+        model_rewards = (("reward_model", float(section.rm_weight), rm_kwargs),)
         cfg = rl_config(config, section, start, model_rewards=model_rewards if rm_steps else ())
+        if rm_steps and fraction > 0:
+            if not general:
+                raise ValueError(
+                    "config.all_scenarios_rl.general_fraction > 0 needs stage 3's general rows"
+                )
+            cfg.data.general_files = ",".join(general)
+            cfg.data.general_fraction = fraction
         _grpo(cfg, run_dir)
         export = os.path.join(directory, "export")
         step = grpo_export(cfg, run_dir, export)

@@ -37,6 +37,16 @@ def test_trainer_runs_reward_model_and_judge_in_the_step(tmp_path):
     assert 0.0 <= metrics["reward/judge"] <= 1.0
     assert os.path.exists(tmp_path / "run" / "metrics.jsonl")
 
+    # R1 stage 4: general prompts mixed in, scored by the reward model only.
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(f'{{"prompt": "Say thanks {i}."}}\n' for i in range(8)))
+    config.data.update(general_files=str(general), general_fraction=0.5, buckets=(32, 64))
+    config.model_rewards = (
+        ("reward_model", 1.0, {"path": rm_dir, "region": "whole", "rows": "general"}),
+    )
+    metrics = trainer.train(config, str(tmp_path / "run_general"))
+    assert "reward/reward_model" in metrics
+
     config.model_rewards = (("reward_model", 1.0, {"path": str(tmp_path / "missing")}),)
     with pytest.raises(ValueError, match=r"model_rewards\[0\].*not a directory"):
         trainer.train(config, str(tmp_path / "run2"))

@@ -66,12 +66,22 @@ class ModelReward:
     The model's state is another input of the step (`frozen[name]`, sharded by the same rules,
     never donated, under stop_gradient), like the reference policy: sampling, judging and the
     update stay one program. The score is added to the rule rewards with `weight`; it and its
-    parts are logged as `reward/<name>` and `reward/<name>/<part>`.
+    parts are logged as `reward/<name>` and `reward/<name>/<part>`. rows: which rows it scores
+    when the batch has a `general` field (R1 stage 4: rule rewards score reasoning rows only,
+    a reward model `rows="general"` the general ones); "all" scores every row.
     """
 
     name: str
     weight: float
     score: ModelScoreFn
+    rows: str = "all"
+
+    def __post_init__(self):
+        if self.rows not in ("all", "general", "reasoning"):
+            raise ValueError(
+                f"ModelReward {self.name!r}: rows must be all, general or reasoning, got "
+                f"{self.rows!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +281,12 @@ def grpo_step_fn(
         }
         rewards, reward_parts = reward_fn(completion, cmask, rollout.truncated, fields)
         rewards = rewards.astype(jnp.float32)
+        general = fields["general"].astype(bool) if "general" in fields else None
+        if general is not None:  # rule rewards score the reasoning rows only
+            rewards = jnp.where(general, 0.0, rewards)
+            reward_parts = {
+                k: jnp.where(general, jnp.zeros_like(v), v) for k, v in reward_parts.items()
+            }
         if model_rewards:
             reward_parts = dict(reward_parts)
             row_prompts = jnp.repeat(prompt_tokens, group, axis=0)
@@ -285,6 +301,9 @@ def grpo_step_fn(
                     fields,
                 )
                 score = jax.lax.stop_gradient(score.astype(jnp.float32))
+                if general is not None and model_reward.rows != "all":
+                    wanted = general if model_reward.rows == "general" else ~general
+                    score = jnp.where(wanted, score, 0.0)
                 rewards = rewards + model_reward.weight * score
                 reward_parts[model_reward.name] = score
                 for part, values in parts.items():

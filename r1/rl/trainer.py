@@ -34,6 +34,7 @@ from r1 import checkpoint as ckpt_lib
 from r1 import configlib, sharding
 from r1 import logging as r1_logging
 from r1.data import pipeline, procedural
+from r1.data.mixture import GeneralMixture, load_general_prompts
 from r1.data.tokenizers import build_demo_tokenizer
 from r1.metrics.behaviour import behaviour_metrics
 from r1.models import hf
@@ -113,7 +114,9 @@ def build_model_rewards(
 
     kind "reward_model": kwargs `path` (a directory written by `r1.rm.model.save`, e.g. a
     `train_rm` export), `region` ("summary": the text after the last `</think>`, for
-    helpfulness; "whole": the whole response, for harmlessness), optional `missing`.
+    helpfulness; "whole": the whole response, for harmlessness), optional `missing`, `rows`
+    ("all", or "general" with `data.general_fraction` > 0: R1 stage 4, where rule rewards score
+    the reasoning prompts and the reward model the general ones).
     kind "judge": kwargs `path` (a judge directory, e.g. from `experiments.train_judge`; its
     tokenizer must extend the policy's without moving ids). The judge reads each prompt's
     reference answer (the `answer` field, encoded with the judge's tokenizer) and the policy's
@@ -133,6 +136,7 @@ def build_model_rewards(
             from r1.rm.reward import make_frozen_scorer
 
             path = kwargs.pop("path", None)
+            rows = kwargs.pop("rows", "all")
             if not path or not os.path.isdir(path):
                 raise ValueError(f"{where}: reward model path {path!r} is not a directory")
             _, rm = rm_model.load(path, mesh=mesh)
@@ -150,7 +154,7 @@ def build_model_rewards(
             def score(state, prompt_tokens, prompt_mask, completion, mask, fields, f=scorer):
                 return f(state, prompt_tokens, prompt_mask, completion, mask), {}
 
-            rewards.append(ModelReward(name, float(weight), score))
+            rewards.append(ModelReward(name, float(weight), score, rows=rows))
             frozen[name] = rm_state
         elif kind == "judge":
             from r1.rewards import judge as judge_lib
@@ -200,10 +204,17 @@ def _batch_to_arrays(batch: dict[str, Any]) -> tuple[dict[str, np.ndarray], list
     """Pipeline batch (numpy, object fields) -> step batch (arrays only) and the prompt texts."""
     arrays = {"prompt_tokens": batch["tokens"].astype(np.int32), "prompt_mask": batch["mask"]}
     answers = [str(a) for a in batch["answer"]]
+    general = np.asarray(batch["general"], bool) if "general" in batch else None
     try:
-        arrays["target"] = np.asarray([int(a) for a in answers], np.int32)
+        # general prompts (R1 stage 4) have no answer: target -1 matches nothing
+        arrays["target"] = np.asarray(
+            [-1 if general is not None and general[i] else int(a) for i, a in enumerate(answers)],
+            np.int32,
+        )
     except ValueError:
         pass
+    if general is not None:
+        arrays["general"] = general
     if "difficulty" in batch:
         arrays["difficulty"] = np.asarray(batch["difficulty"], np.int32)
     if "id" in batch:
@@ -378,9 +389,21 @@ def train(config, workdir: str) -> dict[str, float]:
 
     prompts_per_process = int(config.rl.prompts_per_step) // jax.process_count()
     task = build_task(config)
+    source = procedural.ProceduralSource(task, experiment.seed, split="train")
+    fields = pipeline.DEFAULT_FIELDS
+    general_fraction = float(config.data.get("general_fraction", 0.0) or 0.0)
+    if general_fraction > 0:
+        source = GeneralMixture(
+            source,
+            load_general_prompts(str(config.data.get("general_files", ""))),
+            general_fraction,
+            experiment.seed,
+        )
+        fields = (*fields, "general")
     dataset = pipeline.prompt_dataset(
-        procedural.ProceduralSource(task, experiment.seed, split="train"),
+        source,
         tokenizer,
+        fields=fields,
         batch_size=prompts_per_process,
         # Every process must pad to the same length to form one global batch.
         buckets=tuple(config.data.buckets)
