@@ -507,7 +507,7 @@ def train(config, workdir: str) -> dict[str, float]:
                 _behaviour(
                     samples,
                     tokenizer,
-                    batch_np.get("difficulty"),
+                    _gather_host(batch_np.get("difficulty")),
                     int(config.rl.group_size),
                     str(config.get("language", "en")),
                 )
@@ -580,10 +580,20 @@ def _gather(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def _gather_host(values):
+    """A per-process host array [n, ...] -> the global one (process order, as the batch rows);
+    None stays None. A collective on multi-host runs: every process takes part."""
+    if values is None or jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(np.asarray(values), tiled=True))
+
+
 def _behaviour(samples, tokenizer, difficulty, group: int, language: str) -> dict[str, float]:
     """Reasoning-behaviour metrics of this step's completions (reflection words, length and
-    accuracy per difficulty; r1/metrics/behaviour.py). On multi-host runs `difficulty` is this
-    process's share, so the per-difficulty split is only made when it covers every row."""
+    accuracy per difficulty; r1/metrics/behaviour.py). `difficulty`: int[P] of the whole batch
+    (gathered from every process), or None."""
     tokens = np.asarray(samples["tokens"])
     mask = np.asarray(samples["mask"])
     texts = [tokenizer.decode(tokens[r][mask[r]].tolist()) for r in range(len(tokens))]
