@@ -208,7 +208,7 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
     experiment = configlib.parse_experiment(config, extra_sections=trainer.EXTRA_SECTIONS)
     model_cfg = experiment.model
     tokenizer = stand_in_tokenizer(config)
-    optimizer = trainer._optimizer(config)
+    optimizer = trainer.make_optimizer(config)
     grpo_cfg = trainer.grpo_config_from(config, tokenizer)
     graphdef, state = step_lib.abstract_train_state(
         lambda: Transformer(model_cfg, rngs=nnx.Rngs(experiment.seed)),
@@ -280,7 +280,7 @@ def sft_program(config: Any, mesh: Mesh) -> Program:
         )
     model_cfg = configlib.model_config(config)
     seed = int(mapping.get("seed", 0))
-    optimizer = trainer._optimizer(config)
+    optimizer = trainer.make_optimizer(config)
     graphdef, state = step_lib.abstract_train_state(
         lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)), optimizer, seed, with_reference=False
     )

@@ -211,17 +211,8 @@ def trace_to_sft(raw: Any, fields: TraceSection, response_format: str) -> dict[s
 
 
 def read_records(path: str) -> Iterable[tuple[str, Any]]:
-    """`(location, record)` pairs of a `.jsonl` / `.ndjson` / `.json` / `.parquet` file; a bad
-    JSON line is yielded as a `RowError` record."""
-    lower = path.lower()
-    # sources' record readers are private there; r1.sft.data reads trace files the same way.
-    if lower.endswith(".parquet"):
-        return sources._parquet_records(path)
-    if lower.endswith(".json"):
-        return sources._json_records(path)
-    if lower.endswith((".jsonl", ".ndjson")):
-        return sources._jsonl_records(path)
-    raise ValueError(f"{path}: unknown file type (expected .jsonl, .json or .parquet)")
+    """`(location, record)` pairs of a trace file (`r1.data.sources.read_records`)."""
+    return sources.read_records(path)
 
 
 def prepare_traces(

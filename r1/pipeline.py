@@ -377,7 +377,7 @@ def grpo_export(cfg: ml_collections.ConfigDict, run_dir: str, out: str) -> int:
     )
     mesh = sharding.make_mesh(experiment.mesh)
     tokenizer = rl_trainer.build_tokenizer(cfg)
-    optimizer = rl_trainer._optimizer(cfg)
+    optimizer = rl_trainer.make_optimizer(cfg)
     with sharding.use_mesh(mesh):
         policy = rl_trainer.build_policy(cfg, experiment.model, mesh)
     graphdef, state = init_train_state(

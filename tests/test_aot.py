@@ -34,7 +34,7 @@ def test_trainer_and_aot_share_mesh_and_state_shardings(devices):
     experiment = configlib.parse_experiment(config, extra_sections=trainer.EXTRA_SECTIONS)
     # The trainer's way: a real model, a real state.
     mesh = sharding.make_mesh(experiment.mesh)
-    optimizer = trainer._optimizer(config)
+    optimizer = trainer.make_optimizer(config)
     model = sharding.create_sharded_model(
         lambda: Transformer(experiment.model, rngs=nnx.Rngs(experiment.seed)), mesh
     )

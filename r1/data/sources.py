@@ -291,6 +291,20 @@ def _parquet_records(path: str) -> Iterable[tuple[str, Any]]:
         yield f"row {i}", raw
 
 
+def read_records(path: str | os.PathLike) -> Iterable[tuple[str, Any]]:
+    """`(location, record)` pairs of a `.jsonl` / `.ndjson` / `.json` / `.parquet` file, by its
+    extension; a bad JSON line is yielded as a `RowError` record (for callers to count)."""
+    path = os.fspath(path)
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        return _parquet_records(path)
+    if lower.endswith(".json"):
+        return _json_records(path)
+    if lower.endswith((".jsonl", ".ndjson")):
+        return _jsonl_records(path)
+    raise ValueError(f"{path}: unknown file type (expected .jsonl, .json or .parquet)")
+
+
 def load_file(
     path: str | os.PathLike,
     layout: str = "auto",
@@ -316,15 +330,7 @@ def load_file(
         raise FileNotFoundError(f"{path}: no such data file")
     if layout != "auto" and layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS} or 'auto', got {layout!r}")
-    lower = path.lower()
-    if lower.endswith(".parquet"):
-        records = _parquet_records(path)
-    elif lower.endswith(".json"):
-        records = _json_records(path)
-    elif lower.endswith((".jsonl", ".ndjson")):
-        records = _jsonl_records(path)
-    else:
-        raise ValueError(f"{path}: unknown file type (expected .jsonl, .json or .parquet)")
+    records = read_records(path)
     return convert_records(records, name=path, layout=layout, task=task, max_logged=max_logged)
 
 

@@ -213,7 +213,10 @@ class _Stop:
     requested: bool = False
 
 
-def _optimizer(config) -> optax.GradientTransformation:
+def make_optimizer(config) -> optax.GradientTransformation:
+    """The experiment's optimizer from `config.optimizer`: optional global-norm clipping, then
+    AdamW with a linear warmup to a constant rate; shared by the GRPO and reward-model
+    trainers, the SFT trainer's constant schedule and the AOT tool."""
     opt = config.optimizer
     lr, warmup = float(opt.learning_rate), int(opt.warmup_steps)
     # optax's warmup with 0 steps would stay at its initial value (0) forever.
@@ -281,7 +284,7 @@ def train(config, workdir: str) -> dict[str, float]:
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
 
-    optimizer = _optimizer(config)
+    optimizer = make_optimizer(config)
     grpo_cfg = grpo_config_from(config, tokenizer)
     with sharding.use_mesh(mesh):
         policy = build_policy(config, model_cfg, mesh)

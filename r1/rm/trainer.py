@@ -43,10 +43,10 @@ from r1.models.moe import update_model_routing_biases
 from r1.rl.step import TrainState, init_train_state, train_state_shardings
 from r1.rl.trainer import (
     NonFiniteError,
-    _optimizer,
     _Stop,
     build_policy,
     build_tokenizer,
+    make_optimizer,
 )
 from r1.rm import data as rm_data
 from r1.rm import model as rm_model
@@ -397,7 +397,7 @@ def train_rm(config, workdir: str) -> dict[str, float]:
         dict(skipped),
     )
 
-    optimizer = _optimizer(config)
+    optimizer = make_optimizer(config)
     with sharding.use_mesh(mesh):
         model = build_reward_model(config, model_cfg, mesh)
     graphdef, state = init_train_state(model, optimizer, experiment.seed, with_reference=False)

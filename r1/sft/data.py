@@ -149,16 +149,7 @@ def load_rows(
     for path in map(os.fspath, paths):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such SFT data file")
-        lower = path.lower()
-        # sources' record readers are private there; they turn bad JSON into RowError records.
-        if lower.endswith(".parquet"):
-            records = sources._parquet_records(path)
-        elif lower.endswith(".json"):
-            records = sources._json_records(path)
-        elif lower.endswith((".jsonl", ".ndjson")):
-            records = sources._jsonl_records(path)
-        else:
-            raise ValueError(f"{path}: unknown file type (expected .jsonl, .json or .parquet)")
+        records = sources.read_records(path)
         report = LoadReport(name=path, layout="sft")
         for where, raw in records:
             report.num_read += 1

@@ -204,7 +204,7 @@ def build_optimizer(config: Any, total_steps: int) -> optax.GradientTransformati
     """AdamW with global-norm clipping; the constant schedule is the GRPO trainer's."""
     opt = parse_sections(config).optimizer
     if opt.schedule == "constant":
-        return rl_trainer._optimizer(config)
+        return rl_trainer.make_optimizer(config)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0,
         opt.learning_rate,
