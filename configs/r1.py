@@ -27,7 +27,10 @@ Sections:
   format + language consistency), `optimizer`, `train`, `eval` (configs/r1_zero.py).
 * rejection (stage 3a): the rejection sampler's `data`, `sampling`, `rewards`, `select`,
   `filters` (configs/rejection_sample.py), `general_files` (general non-reasoning rows; empty:
-  generate `general_examples` synthetic replies).
+  generate `general_examples` synthetic replies), and `judge`: a generative judge for the rows
+  no rule checks (`tasks`; with `data.answer_words_fraction` > 0 procedural rows get their
+  answer in words, task "<task>_words"): `path` (a judge directory), or "" with `train_steps`
+  > 0 to train the tiny judge of r1/rewards/judge_data.py inside the stage first.
 * sft (stage 3b): SFT sections as cold_start (from the base, on traces + general rows).
 * reward_model (stage 4a): the RM trainer's `model` (its own backbone), `init`, `data`, `rm`,
   `optimizer`, `train`, `eval` (configs/reward_model.py); it uses the policy's tokenizer;
@@ -146,7 +149,9 @@ def _base() -> ml_collections.ConfigDict:
         filters=ml_collections.ConfigDict(rm_defaults.filters.to_dict()),
         general_files="",
         general_examples=0,
+        judge=_cd(path="", tasks=(), batch_size=16, train_steps=0),
     )
+    c.rejection.data.answer_words_fraction = 0.0
     c.rejection.select.correct_reward = "arithmetic"
 
     c.sft = _sft_sections()
@@ -232,6 +237,11 @@ def tiny() -> ml_collections.ConfigDict:
     c.rejection.select.update(max_per_prompt=2)
     c.rejection.filters.update(min_cot_chars=1, max_paragraph_chars=400)
     c.rejection.general_examples = 16
+    # R1 stage 3's judged slice: a quarter of the sums have their reference answer in words
+    # ("twenty-one"), which exact match cannot grade; a tiny judge, trained in the stage on
+    # synthetic verdicts (~30 s), grades them.
+    c.rejection.data.answer_words_fraction = 0.25
+    c.rejection.judge.update(tasks=("add_words",), train_steps=1500)
 
     c.sft.data.update(seq_len=128, num_epochs=0)
     c.sft.sft.update(batch_size=8, num_microbatches=1)

@@ -177,6 +177,13 @@ class Program:
     new_tokens: int
     passes: int
     cache_dtype: str | None = None
+    frozen: dict[str, Any] | None = None
+
+    def args(self) -> tuple[Any, ...]:
+        """The step's abstract arguments: (state, batch) or (state, batch, frozen models)."""
+        if self.frozen:
+            return (self.state, self.batch, self.frozen)
+        return (self.state, self.batch)
 
 
 def _with_shardings(tree: Any, shardings: Any) -> Any:
@@ -203,6 +210,7 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
     step x group), prompt bucket (the largest) and generation length."""
     from r1.rewards import get as get_reward
     from r1.rl import trainer
+    from r1.rl.model_rewards import build_model_rewards
     from r1.rl.reward_bridge import BYTES_SUFFIX, RewardBridge
 
     experiment = configlib.parse_experiment(config, extra_sections=trainer.EXTRA_SECTIONS)
@@ -231,6 +239,14 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
                 batch[field] = jax.ShapeDtypeStruct((prompts,), jnp.int32)
             else:
                 batch[field + BYTES_SUFFIX] = jax.ShapeDtypeStruct((prompts, 64), jnp.uint8)
+    # Frozen models scored inside the step (reward models, a judge): built from their configs
+    # only, their batch fields shaped by their own encoders.
+    model_rewards, frozen, encoders = build_model_rewards(config, tokenizer, mesh, abstract=True)
+    for encode in encoders:
+        for field, value in encode(["0"] * prompts).items():
+            batch[field] = jax.ShapeDtypeStruct(value.shape, value.dtype)
+    if float(config.data.get("general_fraction", 0.0) or 0.0) > 0:
+        batch["general"] = jax.ShapeDtypeStruct((prompts,), jnp.bool_)
     step = step_lib.make_grpo_step(
         graphdef,
         optimizer,
@@ -240,6 +256,8 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
         state,
         batch,
         bias_update_rate=model_cfg.bias_update_rate,
+        model_rewards=model_rewards,
+        frozen=frozen or None,
     )
     state_sh = step_lib.train_state_shardings(state, optimizer, mesh)
     batch_sh = {
@@ -259,6 +277,11 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
         new_tokens=grpo_cfg.sampling.max_new_tokens,
         passes=grpo_cfg.num_minibatches * grpo_cfg.num_iterations,
         cache_dtype=grpo_cfg.sampling.cache_dtype,
+        frozen=_with_shardings(
+            frozen, {k: sharding.state_shardings(v, mesh) for k, v in frozen.items()}
+        )
+        if frozen
+        else None,
     )
 
 
@@ -418,11 +441,13 @@ class AOTReport:
     """What one device of the pod needs for one step, and the compiler's cost estimate.
 
     Bytes are per device (a v4 chip is 2 devices; v5e/v5p/v6e chips are 1). `params`,
-    `opt_state`, `ref_params`, `other_state` (MoE balancing biases, step, rng) and `batch` are
-    the shards of the step's arguments; `outputs` and `temporaries` (activations, the KV cache,
-    gathered weights, gradients) come from the compiled executable; `kv_cache` is the part of
-    the temporaries the sampler's cache takes (computed from its layout). `per_chip_bytes` is
-    the executable's peak: arguments + outputs - donated aliases + temporaries + code.
+    `opt_state`, `ref_params`, `frozen_params` (the models scored inside the step: reward
+    models, a judge; {name: bytes} in `frozen_by_name`), `other_state` (MoE balancing biases,
+    step, rng) and `batch` are the shards of the step's arguments; `outputs` and `temporaries`
+    (activations, the KV cache, gathered weights, gradients) come from the compiled executable;
+    `kv_cache` is the part of the temporaries the sampler's cache takes (computed from its
+    layout). `per_chip_bytes` is the executable's peak: arguments + outputs - donated aliases
+    + temporaries + code.
 
     Flops / seconds: the compiler's cost model for one device, summed over devices. XLA counts
     each loop body once; `flops` adds the decode step `new_tokens - 1` more times (the worst
@@ -444,6 +469,7 @@ class AOTReport:
     params: int
     opt_state: int
     ref_params: int
+    frozen_params: int
     other_state: int
     batch: int
     kv_cache: int
@@ -465,6 +491,7 @@ class AOTReport:
     mfu: float
     compile_seconds: float
     largest: list[Buffer] = dataclasses.field(default_factory=list)
+    frozen_by_name: dict[str, int] = dataclasses.field(default_factory=dict)
     error: str = ""
     advice: list[str] = dataclasses.field(default_factory=list)
 
@@ -483,6 +510,10 @@ class AOTReport:
             f"    parameters           {g(self.params)}",
             f"    optimizer state      {g(self.opt_state)}",
             f"    reference parameters {g(self.ref_params)}",
+            *(
+                f"    frozen model {name:<9} {g(b)}  (scored inside the step)"
+                for name, b in self.frozen_by_name.items()
+            ),
             f"    other state + batch  {g(self.other_state + self.batch)}",
             f"    temporaries          {g(self.temporaries)}  (activations, gradients, "
             "gathered weights, KV cache)",
@@ -522,10 +553,11 @@ def advice_for(program: Program, report: AOTReport) -> list[str]:
     """Which mesh axis or memory setting would help, from where the bytes are."""
     tips = []
     mesh = dict(program.mesh.shape)
-    state = report.params + report.opt_state + report.ref_params
+    state = report.params + report.opt_state + report.ref_params + report.frozen_params
     if state > 0.4 * report.hbm_bytes:
         tips.append(
-            f"parameters + optimizer state + reference take {state / GIB:.1f} GiB per device: "
+            f"parameters + optimizer state + reference + frozen models take {state / GIB:.1f} "
+            "GiB per device: "
             f"shard them over more devices (raise mesh.fsdp / mesh.expert, now {mesh}), use "
             "more chips, or keep param_dtype=bfloat16"
         )
@@ -633,13 +665,14 @@ def compile_report(
     ref = shard_bytes(state.ref_params) if state.ref_params is not None else 0
     other = shard_bytes((state.step, state.extra, state.rng))
     batch = shard_bytes(program.batch)
+    frozen = {name: shard_bytes(v) for name, v in (program.frozen or {}).items()}
     start = time.perf_counter()
     error = ""
     compiled = None
     with tempfile.TemporaryDirectory(prefix="r1_aot_") as dump:
         options = {"xla_dump_to": dump, "xla_dump_hlo_as_text": True}
         with sharding.use_mesh(program.mesh):
-            lowered = program.step.lower(state, program.batch)
+            lowered = program.step.lower(*program.args())
         try:
             compiled = lowered.compile(options)
         except Exception as err:  # the TPU compiler's out-of-memory error
@@ -659,6 +692,12 @@ def compile_report(
         opt = shard_bytes(compiled_state.opt_state)
         if state.ref_params is not None:
             ref = shard_bytes(compiled_state.ref_params)
+        if program.frozen:
+            frozen_sh = compiled.input_shardings[0][2]
+            frozen = {
+                name: shard_bytes(_with_shardings(program.frozen[name], frozen_sh[name]))
+                for name in program.frozen
+            }
         mem = compiled.memory_analysis()
         temps, outputs = int(mem.temp_size_in_bytes), int(mem.output_size_in_bytes)
         aliased, code = int(mem.alias_size_in_bytes), int(mem.generated_code_size_in_bytes)
@@ -670,7 +709,7 @@ def compile_report(
         scale = {"T": 1024 * GIB, "G": GIB, "M": 1024**2, "K": 1024}
         temps = int(float(needed.group(1)) * scale[needed.group(2)]) if needed else 0
         outputs = aliased = code = 0
-        peak = params + opt + ref + other + batch + temps
+        peak = params + opt + ref + sum(frozen.values()) + other + batch + temps
         flops_dev = bytes_dev = 0.0
     n_dev = len(devices)
     compiled_flops = flops_dev * n_dev
@@ -695,6 +734,8 @@ def compile_report(
         params=params,
         opt_state=opt,
         ref_params=ref,
+        frozen_params=sum(frozen.values()),
+        frozen_by_name=frozen,
         other_state=other,
         batch=batch,
         kv_cache=kv_cache_bytes(program),

@@ -11,7 +11,9 @@ the sub-config they expect from the pipeline config (configs/r1.py):
    -> `rl/` (orbax checkpoints) and `export/` (the last checkpoint in HF layout).
 3. `3_rejection_sft`: rejection sampling from stage 2 (`rejection/traces.jsonl`) plus general
    rows (`rejection.general_files`, or `general_rows`: synthetic polite replies), then SFT of
-   the *base* model on both -> `sft/export`.
+   the *base* model on both -> `sft/export`. Rows no rule can check (`rejection.judge.tasks`,
+   e.g. sums whose reference answer is written in words) are graded by a generative judge:
+   `rejection.judge.path`, or a tiny judge trained first into `judge/` (`stage_judge`).
 4. `4_all_scenarios_rl`: a reward model (`reward_model/export`, the policy's tokenizer), then
    GRPO from stage 3 with rule rewards, the reward model joining for the last
    `all_scenarios_rl.rm_steps` steps -> `rl/`, `export/`.
@@ -307,22 +309,66 @@ def rl_config(
     return ml_collections.ConfigDict(out)
 
 
-def rejection_config(config: Any, hf_path: str) -> ml_collections.ConfigDict:
+def rejection_config(config: Any, hf_path: str, judge_path: str = "") -> ml_collections.ConfigDict:
     """The rejection sampler's config (configs/rejection_sample.py layout) on the task's
-    training prompts, sampling `hf_path`."""
+    training prompts, sampling `hf_path`; rows of `rejection.judge.tasks` are graded by the
+    judge at `judge_path` (see `stage_judge`)."""
     section = config.rejection
     task, kwargs = _task(config)
     out = common_sections(config, hf_path)
     data = dict(_dict(section.data))
     data.update(source="procedural", task=task, task_kwargs=kwargs, files="", layout="auto")
+    judge = section.get("judge", None)
+    tasks = tuple(judge.tasks) if judge is not None else ()
+    if tasks and not judge_path:
+        raise ValueError("config.rejection.judge.tasks is set but no judge path was given")
     out.update(
         data=data,
         sampling=_dict(section.sampling),
         rewards=tuple(tuple(t) for t in section.rewards),
         select=_dict(section.select),
         filters=_dict(section.filters),
+        judge=dict(
+            path=judge_path if tasks else "",
+            tasks=tasks,
+            batch_size=int(judge.batch_size) if judge is not None else 8,
+        ),
     )
     return ml_collections.ConfigDict(out)
+
+
+def stage_judge(config: Any, directory: str) -> tuple[str, dict[str, Any]]:
+    """The judge of stage 3 (`config.rejection.judge`): ("", {}) when no task is judged; its
+    `path` when one is given; otherwise the tiny judge trained here for `train_steps` steps on
+    synthetic verdicts (r1/rewards/judge_data.py) and saved to `directory/judge` (kept across
+    re-runs: a saved judge with its report is reused). Returns (path, its report)."""
+    section = config.rejection.get("judge", None)
+    if section is None or not tuple(section.tasks):
+        return "", {}
+    if str(section.path):
+        return _resolve(str(section.path)), {}
+    steps = int(section.train_steps)
+    if steps < 1:
+        raise ValueError(
+            "config.rejection.judge: tasks are judged but neither path nor train_steps > 0 is set"
+        )
+    from r1.rewards import judge_data  # noqa: PLC0415
+
+    target = os.path.join(directory, "judge")
+    report_path = os.path.join(target, "judge_report.json")
+    if not os.path.exists(report_path):
+        trained = judge_data.train_tiny_judge(
+            judge_data.TrainJudgeConfig(steps=steps, seed=int(config.seed))
+        )
+        if _is_main():
+            partial = target + ".partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            judge_data.save_judge(trained, partial)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(partial, target)
+        _barrier("stage_judge")
+    with open(report_path) as f:
+        return target, json.load(f)
 
 
 def reward_model_config(config: Any) -> ml_collections.ConfigDict:
@@ -453,6 +499,18 @@ def evaluate_stage(config: Any, hf_path: str, directory: str, stage: str) -> dic
     return result
 
 
+def _judge_outputs(path: str, trained: Mapping, report: Mapping, rel: Callable) -> dict:
+    """Stage 3's record of its judge: where it is, its held-out agreement when trained here, and
+    the rejection sampler's judge counts (judged, correct, unparseable, no_answer)."""
+    if not path:
+        return {}
+    out: dict[str, Any] = {"judge": rel(path) if os.path.isabs(path) else path}
+    if "held_out_agreement" in trained:
+        out["judge_held_out_agreement"] = float(trained["held_out_agreement"])
+    out["judge_counts"] = dict(report.get("judge", {}))
+    return out
+
+
 # ----------------------------------------------------------------------------- the four stages
 def make_stages(config: Any, workdir: str) -> list[Stage]:
     """The four R1 stages for `config` (configs/r1.py), writing under `workdir`."""
@@ -495,8 +553,11 @@ def make_stages(config: Any, workdir: str) -> list[Stage]:
         section = config.rejection
         sampled = path(outputs, STAGES[1], "export")
         rejection_dir = os.path.join(directory, "rejection")
+        judge_path, judge_report = stage_judge(config, directory)
         report = run_from_config(
-            rejection_config(config, sampled), rejection_dir, "configs/r1.py:rejection"
+            rejection_config(config, sampled, judge_path),
+            rejection_dir,
+            "configs/r1.py:rejection",
         )
         if report.get("kept", 0) < 1:
             raise RuntimeError(
@@ -521,6 +582,7 @@ def make_stages(config: Any, workdir: str) -> list[Stage]:
             "traces": rel(traces),
             "general": [rel(os.path.abspath(g)) for g in general],
             "kept": int(report["kept"]),
+            **_judge_outputs(judge_path, judge_report, report, rel),
         }
 
     def all_scenarios_rl(directory: str, outputs: Mapping) -> dict[str, Any]:

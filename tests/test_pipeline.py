@@ -14,6 +14,7 @@ import sys
 import time
 
 import ml_collections
+import numpy as np
 import pytest
 
 from r1 import configlib, pipeline, rewards
@@ -155,11 +156,20 @@ def test_sub_configs_are_what_the_trainers_accept(variant):
     assert rl4.train.steps == 7 and rl4.rl.temperature == 0.7
     assert rl4.model_rewards[0][2]["path"] == "/rm"
 
-    rej = pipeline.rejection_config(config, "/s2/export")
+    judged = tuple(config.rejection.judge.tasks)
+    if judged:
+        with pytest.raises(ValueError, match="judge.tasks is set but no judge path"):
+            pipeline.rejection_config(config, "/s2/export")
+    rej = pipeline.rejection_config(config, "/s2/export", "/s3/judge" if judged else "")
     configlib.parse_experiment(rej, extra_sections=rejection_runner.EXTRA_SECTIONS)
     data, sampling, select = rejection_runner.parse_sections(rej)
     assert data.source == "procedural" and data.task == task[0]
     assert select.correct_reward == "arithmetic"
+    judge_section = configlib.to_dataclass(rejection_runner.JudgeSection, rej.judge, "config.judge")
+    assert judge_section.tasks == judged
+    assert judge_section.path == ("/s3/judge" if judged else "")
+    if variant == "tiny":  # the judged slice of stage 3 (issue 10)
+        assert judged == (f"{task[0]}_words",) and data.answer_words_fraction > 0
 
     rm = pipeline.reward_model_config(config)
     configlib.parse_experiment(rm, extra_sections=rm_trainer.EXTRA_SECTIONS)
@@ -265,6 +275,18 @@ def test_tiny_pipeline_runs_all_four_stages(killed_and_resumed):
     # Stage 3 kept rejection samples; stage 4's reward model learned its synthetic rule.
     done3 = pipeline.read_done(str(workdir / "3_rejection_sft"))["outputs"]
     assert done3["kept"] >= 1
+    # Stage 3's judged slice: sums whose reference answer is in words, graded by the tiny judge
+    # the stage trained; the kept judged traces are mostly really correct.
+    assert done3["judge"] == "3_rejection_sft/judge"
+    assert done3["judge_held_out_agreement"] > 0.6
+    assert done3["judge_counts"]["judged"] > 0
+    with open(workdir / done3["traces"]) as f:
+        traces = [json.loads(line) for line in f]
+    judged = [t for t in traces if t["provenance"].get("correctness") == "judge"]
+    assert judged and all(t["task"] == "add_words" for t in judged)
+    assert all(t["provenance"]["judge"]["model"].endswith("3_rejection_sft/judge") for t in judged)
+    truly = [sum(map(int, t["prompt"].split("+"))) == int(t["answer"]) for t in judged]
+    assert np.mean(truly) >= 0.7, truly
     done4 = pipeline.read_done(str(workdir / "4_all_scenarios_rl"))["outputs"]
     assert done4["reward_model_eval_accuracy"] > 0.5
     # The reward model scored only the last rm_steps steps of stage 4.

@@ -82,6 +82,12 @@ class ModelConfig:
     attention_block_size: int = 0
     logits_chunk_size: int = 0
     moe_token_chunk_size: int = 0
+    # scan_layers: consecutive decoder layers of one kind (dense, MoE) keep their parameters
+    # stacked on a leading "layers" axis and run under `lax.scan`, so a compiled program holds
+    # one layer's code per kind instead of num_layers copies (compile time independent of
+    # depth; the 61-layer DeepSeek-V3 step). Same numbers either way; checkpoints in HF layout
+    # convert both ways.
+    scan_layers: bool = False
     attention_type: str = "gqa"
     # Multi-head Latent Attention (attention_type="mla").
     q_lora_rank: int | None = None
@@ -172,6 +178,20 @@ class ModelConfig:
 
     def is_moe_layer(self, layer_index: int) -> bool:
         return self.is_moe and layer_index >= self.first_k_dense_replace
+
+    def layer_groups(self) -> tuple[tuple[int, int], ...]:
+        """(first layer index, number of layers) of each block of the layer stack: with
+        `scan_layers` the runs of consecutive layers of one kind (the dense layers before
+        `first_k_dense_replace`, then the MoE layers), else one block per layer."""
+        if not self.scan_layers:
+            return tuple((i, 1) for i in range(self.num_layers))
+        groups: list[tuple[int, int]] = []
+        for i in range(self.num_layers):
+            if groups and self.is_moe_layer(i) == self.is_moe_layer(groups[-1][0]):
+                groups[-1] = (groups[-1][0], groups[-1][1] + 1)
+            else:
+                groups.append((i, 1))
+        return tuple(groups)
 
     @property
     def qk_head_dim(self) -> int:

@@ -413,6 +413,14 @@ def _read_config(path: str) -> dict[str, Any]:
         raise ValueError(f"{config_path}: invalid JSON: {err}") from err
 
 
+def load_abstract(path: str, **config_overrides: Any) -> tuple[ModelConfig, Transformer]:
+    """The model of the Hugging Face directory `path` without its weights: (config, a
+    `Transformer` built with `nnx.eval_shape`, leaves `jax.ShapeDtypeStruct` with their
+    logical-axis metadata). Reads only config.json; for ahead-of-time compilation."""
+    cfg = config_from_hf(_read_config(path), **config_overrides)
+    return cfg, nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+
+
 def _flat_variables(state: nnx.State) -> dict[Path, nnx.Variable]:
     flat = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(
@@ -489,28 +497,71 @@ def load(
             raise ValueError(f"{path}: tensor {name!r} is missing from the checkpoint") from None
 
     placed: dict[Path, jax.Array] = {}
+    slots = layer_slots(cfg)
+    stacked: dict[Path, dict[int, HostTensor]] = {}
     for tmap in tensor_maps(cfg):
         hosts = tmap.to_r1(checked_read)
-        for r1_path, host in zip(tmap.paths, hosts):
+        for map_path, host in zip(tmap.paths, hosts):
+            r1_path, j = _model_path(cfg, map_path, slots)
             if r1_path not in variables:
                 raise RuntimeError(f"internal: no r1 variable at {r1_path} for {tmap.hf_names}")
             var = variables[r1_path]
-            expected = tuple(var.get_value().shape)
+            expected = tuple(var.get_value().shape)[0 if j is None else 1 :]
             if tuple(host.shape) != expected:
                 hf_shapes = [tuple(weights.shape(n)) for n in tmap.hf_names[:2]]
                 raise ValueError(
                     f"{path}: tensor {tmap.hf_names[0]!r} has shape {hf_shapes[0]}, which gives "
-                    f"{tuple(host.shape)} for r1 variable {'/'.join(map(str, r1_path))}; expected "
-                    f"{expected} from config.json"
+                    f"{tuple(host.shape)} for r1 variable {'/'.join(map(str, map_path))}; "
+                    f"expected {expected} from config.json"
                 )
+            if j is not None:
+                stacked.setdefault(r1_path, {})[j] = host
+                continue
             dtype = var.get_value().dtype
             placed[r1_path] = _place(host, target_shardings[r1_path].get_value(), dtype)
+    for r1_path, parts in stacked.items():
+        # A scanned block: each device reads its slice of every layer's tensor.
+        host = _Stacked([parts[j] for j in range(len(parts))])
+        dtype = variables[r1_path].get_value().dtype
+        placed[r1_path] = _place(host, target_shardings[r1_path].get_value(), dtype)
     missing = sorted("/".join(map(str, p)) for p in set(variables) - set(placed))
     if missing:
         raise RuntimeError(f"internal: r1 variables without a checkpoint mapping: {missing}")
     for key, variable in variables.items():
         variable.set_value(placed[key])
     return cfg, nnx.merge(graphdef, abstract_state)
+
+
+def layer_slots(cfg: ModelConfig) -> dict[int, tuple[int, int]]:
+    """Where decoder layer i lives in a model of `cfg`: {i: (block, position in the block)}
+    (block = index into `model.layers`; position 0 for unscanned models)."""
+    slots = {}
+    for block, (first, count) in enumerate(cfg.layer_groups()):
+        for j in range(count):
+            slots[first + j] = (block, j)
+    return slots
+
+
+def _model_path(cfg: ModelConfig, path: Path, slots: dict) -> tuple[Path, int | None]:
+    """An HF map's per-layer path ("layers", i, ...) -> (the variable's path in a model of
+    `cfg`, the index on its stacked "layers" axis or None)."""
+    if not cfg.scan_layers or path[0] != "layers":
+        return path, None
+    block, j = slots[int(path[1])]
+    return ("layers", block, "layer", *path[2:]), j
+
+
+class _Stacked:
+    """Host tensors of the layers of one block as one [count, ...] tensor, read per slice."""
+
+    def __init__(self, parts: Sequence[HostTensor]):
+        self.parts = list(parts)
+        self.shape = (len(self.parts), *self.parts[0].shape)
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        rest = tuple(index[1:])
+        chosen = range(self.shape[0])[index[0]]
+        return np.stack([np.asarray(self.parts[j][rest]) for j in chosen])
 
 
 def _place(host: HostTensor, target: jax.sharding.Sharding, dtype: np.dtype) -> jax.Array:
@@ -548,9 +599,13 @@ def save(
         else (np.dtype(dtype) if dtype else None)
     )
 
+    layout = getattr(model, "config", cfg)  # where the model keeps each layer (scanned or not)
+    slots = layer_slots(layout)
+
     def host(p: Path) -> np.ndarray:
-        value = variables[p].get_value()
-        array = np.asarray(jax.device_get(value))
+        model_path, j = _model_path(layout, p, slots)
+        value = variables[model_path].get_value()
+        array = np.asarray(jax.device_get(value if j is None else value[j]))
         is_float = np.issubdtype(array.dtype, np.floating) or array.dtype == ml_dtypes.bfloat16
         return array.astype(storage) if storage is not None and is_float else array
 

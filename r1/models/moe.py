@@ -104,9 +104,7 @@ def route(
         else:
             group_scores = grouped.max(-1)
         _, group_idx = jax.lax.top_k(group_scores, cfg.topk_group)  # [N, topk_group]
-        group_keep = jnp.zeros((n, n_group), bool).at[
-            jnp.arange(n)[:, None], group_idx
-        ].set(True)
+        group_keep = jnp.zeros((n, n_group), bool).at[jnp.arange(n)[:, None], group_idx].set(True)
         expert_keep = jnp.repeat(group_keep, per_group, axis=1)  # [N, E]
         choice = jnp.where(expert_keep, choice, jnp.float32(group_fill))
     _, topk_idx = jax.lax.top_k(choice, k)
@@ -450,9 +448,7 @@ class MoE(nnx.Module):
 
     def router_logits(self, x: jax.Array) -> jax.Array:
         """x: float[B, T, D] -> float32[B, T, E], computed in float32."""
-        return jnp.einsum(
-            "btd,de->bte", x.astype(jnp.float32), self.gate[...].astype(jnp.float32)
-        )
+        return jnp.einsum("btd,de->bte", x.astype(jnp.float32), self.gate[...].astype(jnp.float32))
 
     def __call__(
         self, x: jax.Array, token_mask: jax.Array
@@ -523,15 +519,37 @@ def update_model_routing_biases(
 
     moe_stats: per MoE layer in forward order (`ModelOutput.moe`), each with `expert_load`.
     When it is shorter than the model's MoE layers (e.g. the MTP modules did not run), only the
-    first len(moe_stats) layers change. Call outside the gradient (the bias is state).
+    first len(moe_stats) layers change. A scanned block's MoE (`LayerStack`, bias float32[n, E])
+    takes the next n entries. Call outside the gradient (the bias is state).
     """
     layers = moe_layers(model)
-    if len(moe_stats) > len(layers):
+    counts = [
+        layer.e_score_correction_bias[...].shape[0]
+        if layer.e_score_correction_bias[...].ndim == 2
+        else 0
+        for layer in layers
+    ]
+    capacity = sum(max(c, 1) for c in counts)
+    if len(moe_stats) > capacity:
         raise ValueError(
-            f"moe_stats has {len(moe_stats)} entries but the model has {len(layers)} MoE layers"
+            f"moe_stats has {len(moe_stats)} entries but the model has {capacity} MoE layers"
         )
-    for layer, stats in zip(layers, moe_stats):
+    for stats in moe_stats:
         if "expert_load" not in stats:
             raise ValueError(f"moe_stats entry lacks 'expert_load'; keys {sorted(stats)}")
+    position = 0
+    for layer, count in zip(layers, counts):
+        if position >= len(moe_stats):
+            break
         bias = layer.e_score_correction_bias
-        bias[...] = update_routing_bias(bias[...], stats["expert_load"], rate)
+        if count == 0:
+            bias[...] = update_routing_bias(bias[...], moe_stats[position]["expert_load"], rate)
+            position += 1
+            continue
+        taken = moe_stats[position : position + count]
+        loads = jnp.stack([s["expert_load"] for s in taken])
+        rows = jax.vmap(lambda b, load: update_routing_bias(b, load, rate))(
+            bias[...][: len(taken)], loads
+        )
+        bias[...] = bias[...].at[: len(taken)].set(rows)
+        position += len(taken)

@@ -86,6 +86,55 @@ class DecoderLayer(nnx.Module):
         return x, stats
 
 
+def stack_variables(modules: list[nnx.Module]) -> nnx.Module:
+    """The first of `modules` (same structure) holding every variable stacked along a new
+    leading axis named "layers" (logical-axis metadata updated). The others are discarded."""
+    target = modules[0]
+    states = [nnx.state(m) for m in modules]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    nnx.update(target, stacked)
+    for _, variable in nnx.iter_graph(target):
+        if isinstance(variable, nnx.Variable):
+            axes = variable.get_metadata().get("axes")
+            if axes is not None:
+                variable.set_metadata(axes=("layers", *axes))
+    return target
+
+
+class LayerStack(nnx.Module):
+    """`count` consecutive decoder layers of one kind (dense or MoE) as one `DecoderLayer` whose
+    variables carry a leading axis of size `count` ("layers", replicated by the sharding
+    rules), run with `lax.scan`: the compiled program holds the layer's code once.
+
+    `layer(i)` is not needed by the forward pass; `state_of(i)` / the HF converters slice it.
+    """
+
+    def __init__(self, cfg: ModelConfig, first: int, count: int, rngs: nnx.Rngs):
+        self.first, self.count = first, count
+        self.is_moe = cfg.is_moe_layer(first)
+        self.layer = stack_variables([DecoderLayer(cfg, first + j, rngs) for j in range(count)])
+
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        mask: SegmentMask,
+        token_mask: jax.Array,
+        policy: str,
+    ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+        """x: float[B, T, D] -> (float[B, T, D], per layer the MoE statistics; [] if dense)."""
+        graphdef, state = nnx.split(self.layer)
+
+        def body(x, layer_state):
+            return nnx.merge(graphdef, layer_state)(x, positions, mask, token_mask)
+
+        if policy != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[policy])
+        x, stats = jax.lax.scan(body, x, state)
+        per_layer = [jax.tree.map(lambda s, j=j: s[j], stats) for j in range(self.count)]
+        return x, per_layer if stats else []
+
+
 class MTPModule(nnx.Module):
     """DeepSeek-V3 multi-token prediction depth: h' = block(eh_proj([enorm(emb); hnorm(h)]))."""
 
@@ -112,7 +161,12 @@ class Transformer(nnx.Module):
         rngs = key_stream(rngs)
         self.config = cfg
         self.embed = Embed(cfg, rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, i, rngs) for i in range(cfg.num_layers)])
+        if cfg.scan_layers:
+            self.layers = nnx.List(
+                [LayerStack(cfg, first, n, rngs) for first, n in cfg.layer_groups()]
+            )
+        else:
+            self.layers = nnx.List([DecoderLayer(cfg, i, rngs) for i in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, cfg.dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = param(
@@ -167,6 +221,10 @@ class Transformer(nnx.Module):
         x = shard(self.embed(tokens), ("batch", "length", "act_embed"))
         moe_stats: list[dict[str, jax.Array]] = []
         for layer in self.layers:
+            if isinstance(layer, LayerStack):
+                x, stacked = layer(x, positions, mask, token_mask, cfg.remat_policy)
+                moe_stats.extend(stacked)
+                continue
             x, stats = _run_layer(layer, x, positions, mask, token_mask, cfg.remat_policy)
             if stats:
                 moe_stats.append(stats)

@@ -625,11 +625,14 @@ class Judge:
         *,
         tokenizer: Any = None,
         mesh: jax.sharding.Mesh | None = None,
+        abstract: bool = False,
         **model_overrides: Any,
     ) -> Judge:
         """Loads the judge at `path` (Hugging Face layout; `load_judge_tokenizer` unless a
         tokenizer is given) onto `mesh` (default: all devices). config: default the
-        `judge_config.json` saved with the judge, else `JudgeConfig()`. Errors name the path."""
+        `judge_config.json` saved with the judge, else `JudgeConfig()`. abstract: the model
+        without weights (`r1.models.hf.load_abstract`; ahead-of-time compilation). Errors name
+        the path."""
         from r1.models import hf  # noqa: PLC0415 - heavy import kept local
 
         path = os.fspath(path)
@@ -640,7 +643,10 @@ class Judge:
         tokenizer = tokenizer if tokenizer is not None else load_judge_tokenizer(path)
         mesh = mesh if mesh is not None else sharding.make_mesh()
         try:
-            _, model = hf.load(path, mesh=mesh, **model_overrides)
+            if abstract:
+                _, model = hf.load_abstract(path, **model_overrides)
+            else:
+                _, model = hf.load(path, mesh=mesh, **model_overrides)
         except (FileNotFoundError, ValueError, KeyError, OSError) as err:
             raise ValueError(f"judge: cannot load the judge model at {path}: {err}") from err
         return cls(model, tokenizer, config, name=path, mesh=mesh)

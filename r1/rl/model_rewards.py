@@ -20,7 +20,7 @@ from r1.rl.step import ModelReward
 
 
 def build_model_rewards(
-    config, tokenizer, mesh
+    config, tokenizer, mesh, abstract: bool = False
 ) -> tuple[tuple[ModelReward, ...], dict[str, Any], list[Callable]]:
     """The frozen-model rewards of `config.model_rewards` ((kind, weight, kwargs) triples), their
     states (loaded, sharded, at start so that a bad path fails before the first step) and the
@@ -35,6 +35,9 @@ def build_model_rewards(
     tokenizer must extend the policy's without moving ids). The judge reads each prompt's
     reference answer (the `answer` field, encoded with the judge's tokenizer) and the policy's
     final answer, and generates a verdict inside the step (r1/rewards/judge.py).
+
+    abstract: build the models without weights (their states are `jax.ShapeDtypeStruct`s), as
+    `experiments.aot` does to compile the step for a pod.
     """
     rewards, frozen, encoders = [], {}, []
     for index, entry in enumerate(config.get("model_rewards", ()) or ()):
@@ -53,7 +56,7 @@ def build_model_rewards(
             rows = kwargs.pop("rows", "all")
             if not path or not os.path.isdir(path):
                 raise ValueError(f"{where}: reward model path {path!r} is not a directory")
-            _, rm = rm_model.load(path, mesh=mesh)
+            _, rm = rm_model.load(path, mesh=mesh, abstract=abstract)
             rm_graphdef, rm_state = nnx.split(rm)
             scorer = make_frozen_scorer(
                 rm_graphdef,
@@ -78,7 +81,7 @@ def build_model_rewards(
                 raise ValueError(f"{where}: unknown judge options {sorted(kwargs)}")
             if any(k == "judge" for k, _, _ in (config.model_rewards or ())[:index]):
                 raise ValueError(f"{where}: only one judge reward per run")
-            judge = judge_lib.Judge.load(path, mesh=mesh)
+            judge = judge_lib.Judge.load(path, mesh=mesh, abstract=abstract)
             judge_graphdef, judge_state = nnx.split(judge.model)
             judge_fn = judge_lib.make_judge_reward(
                 judge_graphdef,

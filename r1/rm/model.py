@@ -134,19 +134,27 @@ def load(
     *,
     mesh: Mesh | None = None,
     rules: sharding.Rules | None = None,
+    abstract: bool = False,
     **config_overrides: Any,
 ) -> tuple[ModelConfig, RewardModel]:
     """Loads a directory written by `save` into a sharded `RewardModel`.
 
     config_overrides: `ModelConfig` fields for the backbone, as in `r1.models.hf.load`.
+    abstract: read only the configs and return the model built with `nnx.eval_shape` (no
+    weights; ahead-of-time compilation).
     """
     head = read_head_config(path)
-    cfg, backbone = hf.load(path, mesh=mesh, rules=rules, **config_overrides)
+    if abstract:
+        cfg, backbone = hf.load_abstract(path, **config_overrides)
+    else:
+        cfg, backbone = hf.load(path, mesh=mesh, rules=rules, **config_overrides)
     if int(head.get("hidden_size", -1)) != cfg.hidden_size:
         raise ValueError(
             f"{path}: {HEAD_CONFIG} has hidden_size {head.get('hidden_size')}, the backbone "
             f"{cfg.hidden_size}"
         )
+    if abstract:
+        return cfg, nnx.eval_shape(lambda: RewardModel(cfg, rngs=nnx.Rngs(0)))
     tensors = SafetensorsFile(os.path.join(path, HEAD_FILE))
     expected = {"score.weight": (1, cfg.hidden_size), "score.bias": (1,)}
     for name, shape in expected.items():

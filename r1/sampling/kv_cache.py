@@ -1,11 +1,15 @@
 """KV caches as explicit pytrees and the cached forward pass used by the sampler.
 
-Layout, one entry per decoder layer (a list, so each layer's cache is its own loop variable):
+Layout, one entry per block of `model.layers` (a list, so each block's cache is its own loop
+variable): for an unscanned model one entry per decoder layer,
   GQA: {"k": float[B, KV, D, S], "v": float[B, KV, S, D]}   keys pre-transposed, so a decode
        step reads them as a matmul operand without XLA copying the whole cache.
   MLA: {"kv_latent": float[B, S, C], "k_rope": float[B, S, R]}   only the compressed latent and
        the shared rope key, C + R values per token and layer (the point of MLA).
-plus `valid: bool[B, S]`, the slots holding real (non-padding) tokens.
+and for a model with `scan_layers` one entry per `LayerStack`, the same arrays with a leading
+[n_layers] axis; the scan over the block writes each layer's new slots into the stacked arrays
+in place (the cache is the scan's carry). Plus `valid: bool[B, S]`, the slots holding real
+(non-padding) tokens.
 
 All rows write the same slot range at each call (prompts are left-padded to a common length),
 so writes are `dynamic_update_slice`s at one scalar index.
@@ -17,11 +21,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from r1.models.attention import MASK_VALUE
 from r1.models.config import ModelConfig
 from r1.models.layers import dtype_of
-from r1.models.transformer import Transformer
+from r1.models.transformer import LayerStack, Transformer
 from r1.sharding import shard
 
 Cache = dict[str, Any]
@@ -31,26 +36,26 @@ GQA_V_AXES = ("batch", "act_kv_heads", None, None)
 MLA_AXES = ("batch", None, None)
 
 
+def _layer_entry(cfg: ModelConfig, lead: tuple[int, ...], batch: int, max_len: int, dt) -> Cache:
+    if cfg.attention_type == "mla":
+        return {
+            "kv_latent": jnp.zeros((*lead, batch, max_len, cfg.kv_lora_rank), dt),
+            "k_rope": jnp.zeros((*lead, batch, max_len, cfg.qk_rope_head_dim), dt),
+        }
+    kv, d = cfg.num_kv_heads, cfg.head_dim
+    return {
+        "k": jnp.zeros((*lead, batch, kv, d, max_len), dt),
+        "v": jnp.zeros((*lead, batch, kv, max_len, d), dt),
+    }
+
+
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = None) -> Cache:
     """An empty cache for `batch` rows of `max_len` slots (prompt bucket + max new tokens)."""
     dt = dtype_of(dtype or cfg.dtype)
-    layers = []
-    for _ in range(cfg.num_layers):
-        if cfg.attention_type == "mla":
-            layers.append(
-                {
-                    "kv_latent": jnp.zeros((batch, max_len, cfg.kv_lora_rank), dt),
-                    "k_rope": jnp.zeros((batch, max_len, cfg.qk_rope_head_dim), dt),
-                }
-            )
-        else:
-            kv, d = cfg.num_kv_heads, cfg.head_dim
-            layers.append(
-                {
-                    "k": jnp.zeros((batch, kv, d, max_len), dt),
-                    "v": jnp.zeros((batch, kv, max_len, d), dt),
-                }
-            )
+    layers = [
+        _layer_entry(cfg, (count,) if cfg.scan_layers else (), batch, max_len, dt)
+        for _, count in cfg.layer_groups()
+    ]
     return {"layers": layers, "valid": jnp.zeros((batch, max_len), bool)}
 
 
@@ -64,19 +69,27 @@ def cache_bytes_per_token(cache: Cache) -> int:
     return total // (batch * max_len)
 
 
-# The slot (sequence) axis of each cache entry.
+# The slot (sequence) axis of each cache entry, and its rank, in an unscanned layer's cache
+# (a scanned block's arrays have one more, leading, axis).
 SLOT_AXIS = {"k": 3, "v": 2, "kv_latent": 1, "k_rope": 1, "valid": 1}
+LAYER_RANK = {"k": 4, "v": 4, "kv_latent": 3, "k_rope": 3, "valid": 2}
+
+
+def _lead(name: str, array: jax.Array) -> int:
+    """1 for a scanned block's stacked array, 0 for one layer's."""
+    return array.ndim - LAYER_RANK[name]
 
 
 def grow_cache(cache: Cache, max_len: int) -> Cache:
     """The cache with its slot axis zero-padded to `max_len` slots (the new slots invalid)."""
 
     def pad(name, array):
-        extra = max_len - array.shape[SLOT_AXIS[name]]
+        axis = SLOT_AXIS[name] + _lead(name, array)
+        extra = max_len - array.shape[axis]
         if extra < 0:
             raise ValueError(f"grow_cache: {name} has more than {max_len} slots already")
         widths = [(0, 0)] * array.ndim
-        widths[SLOT_AXIS[name]] = (0, extra)
+        widths[axis] = (0, extra)
         return jnp.pad(array, widths)
 
     layers = [
@@ -88,24 +101,46 @@ def grow_cache(cache: Cache, max_len: int) -> Cache:
 
 def repeat_rows(cache: Cache, repeats: int) -> Cache:
     """Each row repeated `repeats` times consecutively (prompt p -> rows p*G .. p*G+G-1)."""
-    return jax.tree.map(lambda x: jnp.repeat(x, repeats, axis=0), cache)
+    layers = [
+        {name: jnp.repeat(a, repeats, axis=_lead(name, a)) for name, a in layer.items()}
+        for layer in cache["layers"]
+    ]
+    return {"layers": layers, "valid": jnp.repeat(cache["valid"], repeats, axis=0)}
 
 
 def _constrain(layer: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    if "k" in layer:
-        return {"k": shard(layer["k"], GQA_K_AXES), "v": shard(layer["v"], GQA_V_AXES)}
-    return {name: shard(value, MLA_AXES) for name, value in layer.items()}
+    axes = {"k": GQA_K_AXES, "v": GQA_V_AXES, "kv_latent": MLA_AXES, "k_rope": MLA_AXES}
+    return {
+        name: shard(value, (None,) * _lead(name, value) + axes[name])
+        for name, value in layer.items()
+    }
 
 
-def _gqa_cached(attn, x, positions, layer, index, mask):
+def _write(array: jax.Array, new: jax.Array, index, slot_axis: int, layer_pos) -> jax.Array:
+    """`array` with `new` written at slots [index, index + T) of its slot axis; for a stacked
+    block's array (layer_pos not None) into layer `layer_pos` only, in place."""
+    new = new.astype(array.dtype)
+    if layer_pos is None:
+        return jax.lax.dynamic_update_slice_in_dim(array, new, index, axis=slot_axis)
+    starts = [jnp.zeros((), jnp.int32)] * array.ndim
+    starts[0] = jnp.asarray(layer_pos, jnp.int32)
+    starts[slot_axis + 1] = jnp.asarray(index, jnp.int32)
+    return jax.lax.dynamic_update_slice(array, new[None], starts)
+
+
+def _read(array: jax.Array, layer_pos) -> jax.Array:
+    """One layer's cache array (layer `layer_pos` of a stacked block's array)."""
+    if layer_pos is None:
+        return array
+    return jax.lax.dynamic_index_in_dim(array, layer_pos, axis=0, keepdims=False)
+
+
+def _gqa_cached(attn, x, positions, entry, index, mask, layer_pos=None):
     """Writes this call's keys/values at slots [index, index+T) and attends over all slots."""
     q, k, v = attn.project_qkv(x, positions)  # q [B,T,H,D], k/v [B,T,KV,D]
-    k_cache = jax.lax.dynamic_update_slice_in_dim(
-        layer["k"], k.transpose(0, 2, 3, 1).astype(layer["k"].dtype), index, axis=3
-    )
-    v_cache = jax.lax.dynamic_update_slice_in_dim(
-        layer["v"], v.transpose(0, 2, 1, 3).astype(layer["v"].dtype), index, axis=2
-    )
+    k_all = _write(entry["k"], k.transpose(0, 2, 3, 1), index, 3, layer_pos)
+    v_all = _write(entry["v"], v.transpose(0, 2, 1, 3), index, 2, layer_pos)
+    k_cache, v_cache = _read(k_all, layer_pos), _read(v_all, layer_pos)
     b, t, h, d = q.shape
     kv_heads = k_cache.shape[1]
     qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
@@ -113,13 +148,11 @@ def _gqa_cached(attn, x, positions, layer, index, mask):
         out = _decode_attention(qg[:, 0], k_cache, v_cache, mask[:, 0], attn.scale)
         out = out.reshape(b, 1, h, d)
     else:
-        scores = jnp.einsum(
-            "btkgd,bkds->bkgts", qg, k_cache, preferred_element_type=jnp.float32
-        )
+        scores = jnp.einsum("btkgd,bkds->bkgts", qg, k_cache, preferred_element_type=jnp.float32)
         scores = jnp.where(mask[:, None, None, :, :], scores * attn.scale, MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
         out = jnp.einsum("bkgts,bksd->btkgd", probs, v_cache).reshape(b, t, h, d)
-    return attn.output(out), {"k": k_cache, "v": v_cache}
+    return attn.output(out), {"k": k_all, "v": v_all}
 
 
 def _decode_attention(q, k_cache, v_cache, mask, scale):
@@ -138,18 +171,29 @@ def _decode_attention(q, k_cache, v_cache, mask, scale):
     return out.astype(v_cache.dtype)
 
 
-def _mla_cached(attn, x, positions, layer, index, mask):
+def _mla_cached(attn, x, positions, entry, index, mask, layer_pos=None):
     """Caches only the latent + rope key and attends in the absorbed (latent) form."""
     q_nope, q_rope = attn.queries(x, positions)
     kv_latent, k_rope = attn.compress_kv(x, positions)
-    latent = jax.lax.dynamic_update_slice_in_dim(
-        layer["kv_latent"], kv_latent.astype(layer["kv_latent"].dtype), index, axis=1
-    )
-    rope = jax.lax.dynamic_update_slice_in_dim(
-        layer["k_rope"], k_rope.astype(layer["k_rope"].dtype), index, axis=1
-    )
+    latent_all = _write(entry["kv_latent"], kv_latent, index, 1, layer_pos)
+    rope_all = _write(entry["k_rope"], k_rope, index, 1, layer_pos)
+    latent, rope = _read(latent_all, layer_pos), _read(rope_all, layer_pos)
     out = attn.attend_latent(q_nope, q_rope, latent, rope, mask)
-    return out, {"kv_latent": latent, "k_rope": rope}
+    return out, {"kv_latent": latent_all, "k_rope": rope_all}
+
+
+def _cached_layer(layer, x, positions, token_mask, entry, index, mask, layer_pos=None):
+    """One decoder layer over cached slots: (x float[B, T, D], its updated cache entry)."""
+    h = layer.input_norm(x)
+    cached = _gqa_cached if "k" in entry else _mla_cached
+    attn_out, entry = cached(layer.attn, h, positions, entry, index, mask, layer_pos)
+    x = shard(x + attn_out, ("batch", "length", "act_embed"))
+    h = layer.post_attn_norm(x)
+    if layer.is_moe:
+        h, _ = layer.mlp(h, token_mask)
+    else:
+        h = layer.mlp(h)
+    return shard(x + h, ("batch", "length", "act_embed")), _constrain(entry)
 
 
 def forward_with_cache(
@@ -174,19 +218,19 @@ def forward_with_cache(
     mask = causal[None, :, :] & valid[:, None, :]
     x = shard(model.embed(tokens), ("batch", "length", "act_embed"))
     new_layers = []
-    for layer, layer_cache in zip(model.layers, cache["layers"]):
-        h = layer.input_norm(x)
-        if "k" in layer_cache:
-            attn_out, updated = _gqa_cached(layer.attn, h, positions, layer_cache, index, mask)
+    for block, entry in zip(model.layers, cache["layers"]):
+        if isinstance(block, LayerStack):
+            graphdef, state = nnx.split(block.layer)
+
+            def body(carry, layer_state, graphdef=graphdef):
+                x, entry, i = carry
+                layer = nnx.merge(graphdef, layer_state)
+                x, entry = _cached_layer(layer, x, positions, token_mask, entry, index, mask, i)
+                return (x, entry, i + 1), None
+
+            (x, entry, _), _ = jax.lax.scan(body, (x, entry, jnp.int32(0)), state)
         else:
-            attn_out, updated = _mla_cached(layer.attn, h, positions, layer_cache, index, mask)
-        new_layers.append(_constrain(updated))
-        x = shard(x + attn_out, ("batch", "length", "act_embed"))
-        h = layer.post_attn_norm(x)
-        if layer.is_moe:
-            h, _ = layer.mlp(h, token_mask)
-        else:
-            h = layer.mlp(h)
-        x = shard(x + h, ("batch", "length", "act_embed"))
+            x, entry = _cached_layer(block, x, positions, token_mask, entry, index, mask)
+        new_layers.append(entry)
     logits = model.logits_from_hidden(model.final_norm(x))
     return logits, {"layers": new_layers, "valid": valid}
