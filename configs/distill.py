@@ -221,6 +221,7 @@ def qwen2_5_math_1_5b() -> ml_collections.ConfigDict:
     """Qwen2.5-Math-1.5B -> DeepSeek-R1-Distill-Qwen-1.5B's shape (lr 1e-4)."""
     c = _hf_student("r1_distill_qwen_1_5b", 1e-4)
     c.mesh.update(data=1, fsdp=-1)
+    c.train.topology, c.train.slices = "v5p:2x2x2", 1  # experiments.aot / docs/pod_plan.md
     return c
 
 
@@ -229,6 +230,7 @@ def llama3_1_8b() -> ml_collections.ConfigDict:
     c = _hf_student("llama3_1_8b", 5e-5)
     c.mesh.update(data=1, fsdp=-1, tensor=4)
     c.sft.update(num_microbatches=16)
+    c.train.topology, c.train.slices = "v5p:4x4x1", 1
     return c
 
 

@@ -180,6 +180,9 @@ def qwen2_5_1_5b() -> dict[str, Any]:
         tie_word_embeddings=True,
         dtype="bfloat16",
         remat_policy="full",
+        scan_layers=True,  # one layer program per kind: compile time independent of depth
+        attention_block_size=512,  # long sequences: blockwise attention, chunked log-probs
+        logits_chunk_size=128,  # positions per chunk, for all of a chip's rows at once
     )
 
 
@@ -201,6 +204,9 @@ def qwen2_5_7b() -> dict[str, Any]:
         tie_word_embeddings=False,
         dtype="bfloat16",
         remat_policy="full",
+        scan_layers=True,  # one layer program per kind: compile time independent of depth
+        attention_block_size=512,  # long sequences: blockwise attention, chunked log-probs
+        logits_chunk_size=128,  # positions per chunk, for all of a chip's rows at once
     )
 
 
@@ -222,6 +228,9 @@ def r1_distill_qwen_1_5b() -> dict[str, Any]:
         tie_word_embeddings=False,
         dtype="bfloat16",
         remat_policy="full",
+        scan_layers=True,  # one layer program per kind: compile time independent of depth
+        attention_block_size=512,  # long sequences: blockwise attention, chunked log-probs
+        logits_chunk_size=128,  # positions per chunk, for all of a chip's rows at once
     )
 
 
@@ -250,6 +259,9 @@ def llama3_1_8b() -> dict[str, Any]:
         tie_word_embeddings=False,
         dtype="bfloat16",
         remat_policy="full",
+        scan_layers=True,  # one layer program per kind: compile time independent of depth
+        attention_block_size=512,  # long sequences: blockwise attention, chunked log-probs
+        logits_chunk_size=128,  # positions per chunk, for all of a chip's rows at once
     )
 
 
@@ -298,6 +310,10 @@ def deepseek_v2_lite() -> dict[str, Any]:
         aux_loss_alpha=0.001,
         dtype="bfloat16",
         remat_policy="full",
+        scan_layers=True,  # one layer program per kind: compile time independent of depth
+        attention_block_size=512,  # long sequences: blockwise attention, chunked log-probs
+        logits_chunk_size=128,  # positions per chunk, for all of a chip's rows at once
+        moe_token_chunk_size=256,
     )
 
 
@@ -348,6 +364,7 @@ def deepseek_v3() -> dict[str, Any]:
         mtp_loss_weight=0.3,
         dtype="bfloat16",
         remat_policy="full",
+        scan_layers=True,  # one layer program per kind: compile time independent of depth
         # Long-sequence execution (docs/pod_plan.md): blockwise attention over 512-token tiles,
         # log-probs 1,024 positions at a time, MoE dispatch 256 device-local tokens at a time.
         attention_block_size=512,

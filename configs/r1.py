@@ -107,6 +107,7 @@ def _rl_sections() -> ml_collections.ConfigDict:
             drop_zero_variance_groups=False,
             num_iterations=1,
             num_minibatches=1,
+            num_microbatches=1,
             ref_update_every=400,
             accuracy_reward="arithmetic_tokens",
         ),

@@ -106,6 +106,7 @@ def _base() -> ml_collections.ConfigDict:
             drop_zero_variance_groups=False,
             num_iterations=1,
             num_minibatches=1,
+            num_microbatches=1,
             ref_update_every=400,
             accuracy_reward="arithmetic_tokens",
         )
@@ -167,7 +168,9 @@ def _hf(preset: str) -> ml_collections.ConfigDict:
 def qwen2_5_1_5b_gsm8k() -> ml_collections.ConfigDict:
     c = _hf("qwen2_5_1_5b")
     c.mesh.update(data=1, fsdp=-1)
-    c.rl.update(prompts_per_step=32, group_size=8, max_new_tokens=1024, beta=0.04)
+    c.rl.update(
+        prompts_per_step=32, group_size=8, max_new_tokens=1024, beta=0.04, num_microbatches=0
+    )
     c.optimizer.learning_rate = 1e-6
     c.train.topology, c.train.slices = "v5e:2x4", 1
     return c
@@ -176,7 +179,9 @@ def qwen2_5_1_5b_gsm8k() -> ml_collections.ConfigDict:
 def qwen2_5_7b_math() -> ml_collections.ConfigDict:
     c = _hf("qwen2_5_7b")
     c.mesh.update(data=1, fsdp=-1, tensor=4)
-    c.rl.update(prompts_per_step=32, group_size=16, max_new_tokens=4096, beta=0.001)
+    c.rl.update(
+        prompts_per_step=32, group_size=16, max_new_tokens=4096, beta=0.001, num_microbatches=0
+    )
     c.optimizer.learning_rate = 1e-6
     c.train.topology, c.train.slices = "v5p:4x4x1", 1
     return c
@@ -199,6 +204,8 @@ def deepseek_v3() -> ml_collections.ConfigDict:
         beta=0.001,
         ref_update_every=400,
         num_minibatches=1,
+        # Gradient accumulation: one row per device per slice (1 on 1,024 chips, 2 on 512).
+        num_microbatches=0,
         num_iterations=1,
         eps_low=0.2,
         eps_high=0.2,

@@ -107,6 +107,7 @@ def _qwen(region: str) -> ml_collections.ConfigDict:
     c.rm.region = region
     # 256 pairs = 512 rows of up to 8,192 tokens: 16 micro-batches of 16 pairs per update.
     c.train.num_microbatches = 16
+    c.train.topology, c.train.slices = "v5e:2x4", 1  # experiments.aot / docs/pod_plan.md
     return c
 
 

@@ -32,7 +32,12 @@ _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "TPU topology, e.g. v5p:8x8x16 (default: the config's train.topology)"
 )
 _SLICES = flags.DEFINE_integer("slices", None, "Slices joined by DCN (default: the config's).")
-_STEP = flags.DEFINE_enum("step", "grpo", ["grpo", "sft", "rm"], "Which step to compile.")
+_STEP = flags.DEFINE_enum(
+    "step",
+    None,
+    ["grpo", "sft", "rm"],
+    "Which step to compile (default: the config's own: rl -> grpo, rm -> rm, sft -> sft).",
+)
 _BUFFERS = flags.DEFINE_integer("buffers", 8, "How many of the largest buffers to list.")
 
 
@@ -51,7 +56,7 @@ def main(argv):
     if not topology:
         raise app.UsageError(f"{name} names no train.topology: pass --topology=<chip>:<shape>")
     try:
-        report = aot.run(config, name, topology, slices, _STEP.value)
+        report = aot.run(config, name, topology, slices, _STEP.value or "")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         print(json.dumps({"fits": False, "error": str(err)}))

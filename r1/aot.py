@@ -39,7 +39,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from r1 import configlib, sharding
 from r1.models.config import ModelConfig
@@ -264,6 +264,10 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
         k: sharding.named_sharding(("batch",) + (None,) * (v.ndim - 1), v.shape, mesh)
         for k, v in batch.items()
     }
+    rows = prompts * grpo_cfg.group_size
+    micro = grpo_cfg.num_microbatches or step_lib.auto_microbatches(
+        rows // grpo_cfg.num_minibatches, mesh
+    )
     return Program(
         kind="grpo",
         mesh=mesh,
@@ -275,7 +279,7 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
         rows=prompts * grpo_cfg.group_size,
         prompt_len=prompt_len,
         new_tokens=grpo_cfg.sampling.max_new_tokens,
-        passes=grpo_cfg.num_minibatches * grpo_cfg.num_iterations,
+        passes=grpo_cfg.num_minibatches * grpo_cfg.num_iterations * micro,
         cache_dtype=grpo_cfg.sampling.cache_dtype,
         frozen=_with_shardings(
             frozen, {k: sharding.state_shardings(v, mesh) for k, v in frozen.items()}
@@ -286,37 +290,37 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
 
 
 def sft_program(config: Any, mesh: Mesh) -> Program:
-    """The SFT step (`r1.sft.step.make_sft_step`) at the config's `sft` batch shape."""
-    try:
-        from r1.sft import step as sft_step
-    except ImportError as err:
-        raise ValueError("--step=sft needs r1/sft (r1.sft.step.make_sft_step)") from err
+    """The SFT trainer's step (`r1.sft.step.make_sft_step`, configs/sft.py and configs/distill.py
+    layout) at the config's batch (`sft.batch_size` packed rows of `data.seq_len` tokens),
+    gradient accumulation (`sft.num_microbatches`) and MTP weight, as `r1.sft.trainer` builds it.
+    """
     from r1.rl import trainer
+    from r1.sft import step as sft_step
 
-    mapping = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    sft = mapping.get("sft")
-    needed = ("batch_size", "max_length")
-    if not isinstance(sft, dict) or any(k not in sft for k in needed):
+    sft = config.get("sft")
+    data = config.get("data")
+    if sft is None or "batch_size" not in sft or data is None or "seq_len" not in data:
         raise ValueError(
-            f"--step=sft: the config needs a `sft` section with {list(needed)} "
-            f"(and optionally num_microbatches, mtp_weight); got {sorted(mapping)}"
+            "--step=sft: the config needs `sft.batch_size` and `data.seq_len` (configs/sft.py "
+            f"layout); got sections {sorted(config.keys())}"
         )
     model_cfg = configlib.model_config(config)
-    seed = int(mapping.get("seed", 0))
+    seed = int(config.get("seed", 0))
     optimizer = trainer.make_optimizer(config)
     graphdef, state = step_lib.abstract_train_state(
         lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)), optimizer, seed, with_reference=False
     )
-    rows, length = int(sft["batch_size"]), int(sft["max_length"])
+    rows, length = int(sft.batch_size), int(data.seq_len)
     batch = {
         "tokens": jax.ShapeDtypeStruct((rows, length), jnp.int32),
         "segment_ids": jax.ShapeDtypeStruct((rows, length), jnp.int32),
         "positions": jax.ShapeDtypeStruct((rows, length), jnp.int32),
         "loss_mask": jax.ShapeDtypeStruct((rows, length), jnp.bool_),
     }
+    micro = int(sft.get("num_microbatches", 1))
     sft_cfg = sft_step.SFTConfig(
-        num_microbatches=int(sft.get("num_microbatches", 1)),
-        mtp_weight=float(sft.get("mtp_weight", 0.0)),
+        num_microbatches=micro,
+        mtp_weight=model_cfg.mtp_loss_weight if model_cfg.num_mtp_layers else 0.0,
     )
     step = sft_step.make_sft_step(
         graphdef, optimizer, sft_cfg, mesh, state, batch, model_cfg.bias_update_rate
@@ -333,7 +337,78 @@ def sft_program(config: Any, mesh: Mesh) -> Program:
         rows=rows,
         prompt_len=length,
         new_tokens=0,
-        passes=1,
+        passes=micro,
+    )
+
+
+def rm_program(config: Any, mesh: Mesh) -> Program:
+    """The reward-model trainer's step (`r1.rm.trainer.rm_step_fn`, configs/reward_model.py
+    layout): `train.batch_size` preference pairs (chosen and rejected rows in one forward) of
+    `data.max_length` tokens, `train.num_microbatches`, the configured scoring region."""
+    from r1.rl import trainer
+    from r1.rm import model as rm_model
+    from r1.rm import trainer as rm_trainer
+    from r1.rm.reward import think_close_ids
+
+    needed = (("train", "batch_size"), ("data", "max_length"), ("rm", "region"))
+    missing = [f"{a}.{b}" for a, b in needed if a not in config or b not in config[a]]
+    if missing:
+        raise ValueError(f"--step=rm: the config needs {missing} (configs/reward_model.py layout)")
+    model_cfg = configlib.model_config(config)
+    seed = int(config.get("seed", 0))
+    optimizer = trainer.make_optimizer(config)
+    graphdef, state = step_lib.abstract_train_state(
+        lambda: rm_model.RewardModel(model_cfg, rngs=nnx.Rngs(seed)),
+        optimizer,
+        seed,
+        with_reference=False,
+    )
+    pairs, length = int(config.train.batch_size), int(config.data.max_length)
+    kinds = {"tokens": jnp.int32, "mask": jnp.bool_, "response": jnp.bool_}
+    batch = {
+        field: jax.ShapeDtypeStruct((pairs, length), kinds[field.split("_", 1)[1]])
+        for field in rm_trainer.ROW_FIELDS
+    }
+    batch["margin"] = jax.ShapeDtypeStruct((pairs,), jnp.float32)
+    region = str(config.rm.region)
+    settings = dict(
+        region=region,
+        think_close=think_close_ids(stand_in_tokenizer(config).encode("</think>"))
+        if region == "summary"
+        else (),
+        missing=str(config.rm.get("missing_summary", "empty")),
+    )
+    micro = int(config.train.get("num_microbatches", 1))
+    state_sh = step_lib.train_state_shardings(state, optimizer, mesh)
+    batch_sh = {
+        k: sharding.named_sharding(("batch",) + (None,) * (v.ndim - 1), v.shape, mesh)
+        for k, v in batch.items()
+    }
+    step = jax.jit(
+        rm_trainer.rm_step_fn(
+            graphdef,
+            optimizer,
+            settings,
+            bool(config.rm.get("use_margin", False)),
+            float(model_cfg.bias_update_rate),
+            micro,
+        ),
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())),
+        donate_argnums=(0,),
+    )
+    return Program(
+        kind="rm",
+        mesh=mesh,
+        model=model_cfg,
+        graphdef=graphdef,
+        step=step,
+        state=_with_shardings(state, state_sh),
+        batch=_with_shardings(batch, batch_sh),
+        rows=2 * pairs,
+        prompt_len=length,
+        new_tokens=0,
+        passes=micro,
     )
 
 
@@ -538,7 +613,8 @@ class AOTReport:
             ]
             if self.passes > 1:
                 lines.append(
-                    f"    note: the update scan ({self.passes} passes) is counted once: low"
+                    f"    note: the update / accumulation scan ({self.passes} passes) is counted "
+                    "once: low"
                 )
         if self.largest:
             lines.append("  largest buffers on one device:")
@@ -765,6 +841,19 @@ def compile_report(
 
 
 STEPS = ("grpo", "sft", "rm")
+PROGRAMS = {"grpo": grpo_program, "sft": sft_program, "rm": rm_program}
+
+
+def step_of(config: Any) -> str:
+    """The step a config trains: "grpo" (an `rl` section: configs/r1_zero.py), "rm" (an `rm`
+    section: configs/reward_model.py) or "sft" (an `sft` section: configs/sft.py, distill.py)."""
+    for section, step in (("rl", "grpo"), ("rm", "rm"), ("sft", "sft")):
+        if section in config:
+            return step
+    raise ValueError(
+        f"cannot tell which step this config trains (no rl / rm / sft section; sections "
+        f"{sorted(config.keys())}): pass --step"
+    )
 
 
 def target_of(config: Any) -> tuple[str, int]:
@@ -780,17 +869,17 @@ def run(
     config_name: str,
     topology: str,
     slices: int = 1,
-    step: str = "grpo",
+    step: str = "",
     loop_costs: bool = True,
 ) -> AOTReport:
-    """Builds and compiles the config's `step` for `topology` x `slices`; returns the report."""
+    """Builds and compiles the config's `step` ("" = `step_of(config)`) for `topology` x
+    `slices`; returns the report."""
+    step = step or step_of(config)
     if step not in STEPS:
         raise ValueError(f"--step={step!r}: expected one of {STEPS}")
-    if step == "rm":
-        raise ValueError("--step=rm needs a reward-model step (r1/rm), which r1 does not have yet")
     devices = topology_devices(topology, slices)
     mesh = build_mesh(config, devices)
-    program = grpo_program(config, mesh) if step == "grpo" else sft_program(config, mesh)
+    program = PROGRAMS[step](config, mesh)
     return compile_report(
         program,
         config_name=config_name,

@@ -8,7 +8,8 @@ strategy is a change of mesh shape (config) or of rules (config), never of model
 Mesh axes:
   data    pure data parallelism (replicated parameters), the axis that crosses slices (DCN).
   fsdp    data parallelism with parameters and optimizer state sharded (ZeRO-3 style).
-  expert  expert parallelism for MoE layers; acts as a data axis everywhere else.
+  expert  expert parallelism for MoE layers; acts as a further fsdp axis everywhere else
+          (rows are split over it, and so are the non-expert parameters' embed / latent dims).
   tensor  tensor (model) parallelism over heads, mlp and vocab.
 """
 
@@ -47,13 +48,15 @@ DEFAULT_RULES: Rules = (
     ("act_tokens", ("data", "fsdp", "expert")),
     # parameters
     ("vocab", "tensor"),
-    ("embed", "fsdp"),
+    # ZeRO-3 over every data-like axis: a weight's embed (or MLA latent) dimension is split
+    # over fsdp x expert; in an expert weight [expert, embed, ...] `expert` is taken first.
+    ("embed", ("fsdp", "expert")),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),
-    ("q_lora", None),
-    ("kv_lora", None),
+    ("q_lora", ("fsdp", "expert")),
+    ("kv_lora", ("fsdp", "expert")),
     ("expert", "expert"),
     ("expert_mlp", "tensor"),
     ("norm", None),
@@ -141,12 +144,20 @@ def make_mesh(
             )
         ici = (shape[0] // slices, *shape[1:])
         dcn = (slices,) + (1,) * (len(shape) - 1)
-        device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices)
+        # Mesh axes smaller than a physical axis (tensor=2 on a 8x8x16 slice) split it.
+        device_array = mesh_utils.create_hybrid_device_mesh(
+            ici, dcn, devices=devices, allow_split_physical_axes=True
+        )
         return Mesh(device_array, MESH_AXES)
     try:
         device_array = mesh_utils.create_device_mesh(shape, devices=devices)
     except (ValueError, NotImplementedError, AssertionError):
-        device_array = np.asarray(devices).reshape(shape)
+        try:
+            device_array = mesh_utils.create_device_mesh(
+                shape, devices=devices, allow_split_physical_axes=True
+            )
+        except (ValueError, NotImplementedError, AssertionError):
+            device_array = np.asarray(devices).reshape(shape)
     return Mesh(device_array, MESH_AXES)
 
 

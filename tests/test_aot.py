@@ -104,16 +104,20 @@ def test_multi_slice_mesh_crosses_slices_on_data_only():
 
 
 def _expected_param_bytes(report_state_params, fsdp: int) -> int:
-    """Independent of the rules table: DEFAULT_RULES shard only `embed` (over fsdp) when
-    tensor = expert = 1, so a parameter with an `embed` axis divisible by fsdp is split fsdp
-    ways and every other one is replicated."""
+    """Independent of the rules table: with tensor = expert = 1, DEFAULT_RULES shard only
+    `embed` and the MLA latent axes `q_lora` / `kv_lora` (over fsdp, at most once per
+    parameter), so a parameter with such an axis divisible by fsdp is split fsdp ways and every
+    other one is replicated."""
     total = 0
     for leaf in jax.tree.leaves(report_state_params, is_leaf=lambda x: isinstance(x, nnx.Variable)):
         axes = leaf.get_metadata().get("axes") or ()
         value = leaf.get_value()
         nbytes = math.prod(value.shape) * np.dtype(value.dtype).itemsize
-        dims = [value.shape[i] for i, a in enumerate(axes) if a == "embed"]
-        total += nbytes // fsdp if dims and dims[0] % fsdp == 0 else nbytes
+        split = [
+            a in ("embed", "q_lora", "kv_lora") and value.shape[i] % fsdp == 0
+            for i, a in enumerate(axes)
+        ]
+        total += nbytes // fsdp if any(split) else nbytes
     return total
 
 
@@ -213,3 +217,56 @@ def test_aot_report_lists_the_judge_bytes(tmp_path):
     assert 0 < judge == report.frozen_params < report.params
     assert "frozen model judge" in report.text()
     assert report.summary()["frozen_by_name"] == {"judge": judge}
+
+
+@pytest.mark.slow
+def test_deepseek_v3_r1_zero_step_fits_a_v5p_pod():
+    """The paper's R1-Zero step (671B MLA + MoE, all 61 layers + MTP, 32 prompts x 16
+    completions of 32,768 tokens, beta 0.001, a reference copy) compiled for v5p:8x8x16: it
+    fits with headroom. About 2.5 minutes on this host: scanned layers keep the program small
+    (docs/pod_plan.md)."""
+    _libtpu()
+    name = "configs/r1_zero.py:deepseek_v3"
+    config = configlib.load_config(name)
+    assert aot.target_of(config) == ("v5p:8x8x16", 1)
+    report = aot.run(config, name, "v5p:8x8x16", loop_costs=False)
+    assert report.chips == 1024 and report.new_tokens == 32768 and report.rows == 512
+    assert report.fits and report.per_chip_bytes < 0.8 * report.hbm_bytes, report.text()
+    # All 61 layers' parameters are there, sharded (~685B float32 parameters incl. MTP).
+    assert report.total_param_bytes > 2.6e12
+    assert report.params < 1.1 * report.total_param_bytes / 1024 + 1.0 * 2**30
+
+
+def test_step_of_names_each_configs_own_step():
+    assert aot.step_of(configlib.load_config("configs/r1_zero.py:tiny")) == "grpo"
+    assert aot.step_of(configlib.load_config("configs/sft.py:tiny")) == "sft"
+    assert aot.step_of(configlib.load_config("configs/distill.py:tiny")) == "sft"
+    assert aot.step_of(configlib.load_config("configs/reward_model.py:tiny")) == "rm"
+    with pytest.raises(ValueError, match="cannot tell which step"):
+        aot.step_of(configlib.load_config("configs/models.py:qwen2_tiny"))
+
+
+def test_every_pod_variant_names_a_topology():
+    """Each non-tiny variant of a config that trains a step names the pod it targets."""
+    for path in ("r1_zero", "sft", "distill", "reward_model"):
+        for variant in configlib.variants(f"configs/{path}.py"):
+            if variant.startswith("tiny"):
+                continue
+            topology, slices = aot.target_of(configlib.load_config(f"configs/{path}.py:{variant}"))
+            assert topology and slices >= 1, f"configs/{path}.py:{variant}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["configs/reward_model.py:tiny", "configs/sft.py:tiny"])
+def test_rm_and_sft_steps_compile_for_a_topology(name):
+    """The reward-model and SFT trainers' own steps compile for v5e:2x2 with the trainer's
+    batch (pairs x max_length; packed rows x seq_len) and rule-sharded parameters."""
+    _libtpu()
+    config = configlib.load_config(name)
+    report = aot.run(config, name, "v5e:2x2", loop_costs=False)
+    assert report.step == aot.step_of(config) and report.fits
+    if report.step == "rm":
+        assert report.rows == 2 * int(config.train.batch_size)
+    else:
+        assert report.rows == int(config.sft.batch_size)
+    assert 0 < report.params < report.total_param_bytes

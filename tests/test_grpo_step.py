@@ -12,7 +12,13 @@ from flax import nnx
 from r1 import sharding, testing
 from r1.models.transformer import Transformer
 from r1.rl.grpo import GRPOLossConfig
-from r1.rl.step import GRPOConfig, grpo_step_fn, init_train_state, make_grpo_step
+from r1.rl.step import (
+    GRPOConfig,
+    auto_microbatches,
+    grpo_step_fn,
+    init_train_state,
+    make_grpo_step,
+)
 from r1.sampling.sampler import SamplingConfig, left_pad
 
 TARGET = 7
@@ -219,8 +225,9 @@ def test_reward_model_runs_inside_the_sharded_step(devices):
     )
     assert samples["correct"].shape == (len(samples["tokens"]),)
     with pytest.raises(ValueError, match="no frozen model state"):
-        jax.eval_shape(grpo_step_fn(graphdef, optimizer, config, token_reward, 0.0, (reward,)),
-                       state, batch)
+        jax.eval_shape(
+            grpo_step_fn(graphdef, optimizer, config, token_reward, 0.0, (reward,)), state, batch
+        )
 
 
 def test_general_rows_get_the_model_reward_and_reasoning_rows_the_rules():
@@ -276,3 +283,42 @@ def test_general_mixture_source(tmp_path):
         load_general_prompts(str(bad))
     with pytest.raises(ValueError, match="general_fraction"):
         GeneralMixture(mix.primary, general, 1.5, seed=0)
+
+
+def test_gradient_accumulation_gives_the_same_update(devices):
+    """num_microbatches=n splits each mini-batch's gradient over n interleaved row slices with
+    one optimizer update: the same parameters as n=1 (SGD, so the update is the gradient), and
+    auto (0) resolves to one row per batch shard on the mesh."""
+    cfg = testing.tiny_moe_config()
+    updated = {}
+    for micro in (1, 4):
+        graphdef, state, _, config, batch = _setup(cfg, beta=0.01, minibatches=2)
+        optimizer = optax.sgd(0.5)
+        _, state = init_train_state(
+            Transformer(cfg, rngs=nnx.Rngs(0)), optimizer, seed=0, with_reference=True
+        )
+        config = dataclasses.replace(config, num_microbatches=micro)
+        new_state, metrics, _ = jax.jit(grpo_step_fn(graphdef, optimizer, config, token_reward))(
+            state, batch
+        )
+        updated[micro] = (new_state.params, metrics)
+    for a, b in zip(jax.tree.leaves(updated[1][0]), jax.tree.leaves(updated[4][0])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    assert abs(float(updated[1][1]["loss"]) - 4 * float(updated[4][1]["loss"])) < 1e-5
+    moved = [
+        np.abs(np.asarray(a) - np.asarray(b)).max()
+        for a, b in zip(jax.tree.leaves(updated[1][0]), jax.tree.leaves(state.params))
+    ]
+    assert max(moved) > 1e-4  # the update is not trivially zero
+
+    with pytest.raises(ValueError, match="num_microbatches=3 equal slices"):
+        graphdef, state, optimizer, config, batch = _setup(cfg)
+        jax.jit(
+            grpo_step_fn(
+                graphdef, optimizer, dataclasses.replace(config, num_microbatches=3), token_reward
+            )
+        ).lower(state, batch)
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, expert=2))
+    assert auto_microbatches(16, mesh) == 2 and auto_microbatches(8, mesh) == 1
+    # 12 rows: expert (2) does not divide what data x fsdp leave (3), so 4 shards of 3 rows.
+    assert auto_microbatches(4, mesh) == 1 and auto_microbatches(12, mesh) == 3

@@ -216,8 +216,9 @@ def test_sharded_matches_single_device(devices):
     with r1.sharding.use_mesh(mesh):
         model = r1.sharding.create_sharded_model(lambda: MLAttention(cfg, nnx.Rngs(3)), mesh)
         graphdef, state = nnx.split(model)
+        # The latent rank is a ZeRO-3 (fsdp) dimension, heads are tensor-parallel.
         assert state["kv_b_proj"].get_value().sharding.spec == jax.sharding.PartitionSpec(
-            None, "tensor", None
+            "fsdp", "tensor", None
         )
 
         @jax.jit

@@ -91,6 +91,11 @@ class GRPOConfig:
     group_size: G completions per prompt. sampling: how completions are drawn (its num_samples
     must equal group_size). num_iterations: mu, passes over each rollout. num_minibatches: M,
     optimizer updates per pass (B = P * G must be divisible by M * G so groups stay whole).
+    num_microbatches: each mini-batch's gradient is accumulated over this many interleaved
+    slices of its rows (row r in slice r mod n, so every device keeps its share), one optimizer
+    update per mini-batch: the same update with 1/n of the saved activations (the loss is a
+    sum over rows with a mini-batch-wide denominator). Metrics are averaged over the slices.
+    0 = auto (`make_grpo_step` resolves it from the mesh): one row per batch shard per slice.
     ref_update_every: replace the reference by the policy every this many steps (0: never; R1
     used 400). accuracy_reward: the reward whose mean is reported as `accuracy` (a 0/1 reward).
     """
@@ -101,6 +106,7 @@ class GRPOConfig:
     advantage_method: str = "std"
     num_iterations: int = 1
     num_minibatches: int = 1
+    num_microbatches: int = 1
     ref_update_every: int = 0
     accuracy_reward: str | None = None
 
@@ -110,8 +116,11 @@ class GRPOConfig:
                 f"GRPOConfig: sampling.num_samples={self.sampling.num_samples} must equal "
                 f"group_size={self.group_size}"
             )
-        if self.num_iterations < 1 or self.num_minibatches < 1:
-            raise ValueError("GRPOConfig: num_iterations and num_minibatches must be >= 1")
+        if min(self.num_iterations, self.num_minibatches) < 1 or self.num_microbatches < 0:
+            raise ValueError(
+                "GRPOConfig: num_iterations and num_minibatches must be >= 1, num_microbatches "
+                ">= 0 (0: one row per batch shard)"
+            )
 
 
 @jax.tree_util.register_dataclass
@@ -328,14 +337,27 @@ def grpo_step_fn(
         denominator = loss_denominator(loss_mask, config=loss_cfg) / config.num_minibatches
         old_logp = jax.lax.stop_gradient(rollout.logprobs)
         per_mb = rows // config.num_minibatches
-
-        def rows_of(x, index):
-            return jax.lax.dynamic_slice_in_dim(x, index * per_mb, per_mb, axis=0)
+        micro = config.num_microbatches
+        if micro < 1:
+            raise ValueError("GRPO step: num_microbatches=0 (auto) is resolved by make_grpo_step")
+        if per_mb % micro:
+            raise ValueError(
+                f"GRPO step: a mini-batch of {per_mb} rows does not split into "
+                f"num_microbatches={micro} equal slices"
+            )
 
         def update(carry, index):
             params, opt_state = carry
 
-            def loss_fn(p):
+            def loss_fn(p, slot):
+                def rows_of(x, index):
+                    # Mini-batch `index`, then its rows r with r mod micro == slot.
+                    x = jax.lax.dynamic_slice_in_dim(x, index * per_mb, per_mb, axis=0)
+                    if micro == 1:
+                        return x
+                    x = x.reshape(per_mb // micro, micro, *x.shape[1:])
+                    return jax.lax.dynamic_index_in_dim(x, slot, axis=1, keepdims=False)
+
                 model = nnx.merge(graphdef, p, state.extra)
                 logp, entropy, moe = completion_logprobs(
                     model,
@@ -354,14 +376,27 @@ def grpo_step_fn(
                     config=minibatch_cfg,
                     denominator=denominator,
                 )
-                moe_loss = sum((s["balance_loss"] for s in moe), jnp.zeros((), jnp.float32))
+                # A mean over sequences: each of the `micro` slices contributes 1/micro of it.
+                moe_loss = sum((s["balance_loss"] for s in moe), jnp.zeros((), jnp.float32)) / micro
                 ent = jnp.where(rows_of(cmask, index), jax.lax.stop_gradient(entropy), 0.0)
                 metrics["entropy"] = jnp.sum(ent) / jnp.maximum(jnp.sum(rows_of(cmask, index)), 1)
                 loads = [s["expert_load"] for s in moe]
                 metrics.update(_moe_means(moe))
                 return loss + moe_loss, (metrics, loads)
 
-            (loss, (metrics, loads)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+            if micro == 1:
+                (loss, (metrics, loads)), grads = grad_fn(params, 0)
+            else:
+
+                def accumulate(total, slot):
+                    (loss, (metrics, loads)), grads = grad_fn(params, slot)
+                    return jax.tree.map(jnp.add, total, grads), (metrics, loads)
+
+                zeros = jax.tree.map(jnp.zeros_like, params)
+                grads, (metrics, loads) = jax.lax.scan(accumulate, zeros, jnp.arange(micro))
+                metrics = {k: jnp.mean(v) for k, v in metrics.items()}
+                loads = [jnp.sum(load, axis=0) for load in loads]
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             metrics["grad_norm"] = optax.global_norm(grads)
@@ -430,6 +465,18 @@ def grpo_step_fn(
     return step
 
 
+def auto_microbatches(minibatch_rows: int, mesh: Mesh) -> int:
+    """Gradient-accumulation slices that leave one row per batch shard in each slice: the
+    rows per shard of the mesh's `batch` rule (1 when the rows do not split evenly)."""
+    spec = sharding.logical_to_spec(("batch",), (minibatch_rows,), mesh)[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
+    shards = 1
+    for axis in axes:
+        shards *= mesh.shape[axis]
+    per_shard = minibatch_rows // shards
+    return per_shard if per_shard >= 1 and minibatch_rows % shards == 0 else 1
+
+
 def make_grpo_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
@@ -448,6 +495,11 @@ def make_grpo_step(
     Without model rewards it is `step(state, batch)`; with them `step(state, batch, frozen)`,
     where `frozen` ({name: nnx.State}, given here for its structure) is sharded by the rules
     and not donated."""
+    rows = batch["prompt_tokens"].shape[0] * config.group_size
+    if config.num_microbatches == 0:
+        config = dataclasses.replace(
+            config, num_microbatches=auto_microbatches(rows // config.num_minibatches, mesh)
+        )
     fn = grpo_step_fn(graphdef, optimizer, config, reward_fn, bias_update_rate, model_rewards)
     state_sh = train_state_shardings(state, optimizer, mesh)
     batch_sh = {
@@ -455,7 +507,6 @@ def make_grpo_step(
         for k, v in batch.items()
     }
     replicated = NamedSharding(mesh, PartitionSpec())
-    rows = batch["prompt_tokens"].shape[0] * config.group_size
     new = config.sampling.max_new_tokens
     tokens_sh = sharding.named_sharding(("batch", None), (rows, new), mesh)
     rewards_sh = sharding.named_sharding(("batch",), (rows,), mesh)

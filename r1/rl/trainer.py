@@ -261,6 +261,7 @@ def grpo_config_from(config, tokenizer) -> GRPOConfig:
         advantage_method=rl.advantage,
         num_iterations=int(rl.num_iterations),
         num_minibatches=int(rl.num_minibatches),
+        num_microbatches=int(rl.get("num_microbatches", 1)),
         ref_update_every=int(rl.ref_update_every),
         accuracy_reward=rl.accuracy_reward or None,
     )

@@ -73,7 +73,10 @@ class RewardModel(nnx.Module):
         if tokens.shape != mask.shape:
             raise ValueError(f"RewardModel: tokens {tokens.shape} and mask {mask.shape} differ")
         mask = mask.astype(bool)
-        output = self.backbone.forward(tokens, positions=mask_positions(mask), attention_mask=mask)
+        # The score reads the last hidden state only: no [B, T, V] logits.
+        output = self.backbone.forward(
+            tokens, positions=mask_positions(mask), attention_mask=mask, compute_logits=False
+        )
         last = last_index(mask)
         hidden = jnp.take_along_axis(output.hidden, last[:, None, None], axis=1)[:, 0]
         scores = (

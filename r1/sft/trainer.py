@@ -151,13 +151,16 @@ class OptimizerSection:
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
     """`config.train`: steps, checkpoints, export of the final model (HF layout) to
-    `workdir/export` (export_dtype "" keeps the parameter dtype)."""
+    `workdir/export` (export_dtype "" keeps the parameter dtype); topology / slices: the TPU
+    pod the config targets (read by `experiments.aot`, "" = none)."""
 
     steps: int = 1000
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     export: bool = False
     export_dtype: str = ""
+    topology: str = ""
+    slices: int = 1
 
     def __post_init__(self):
         if self.steps < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
