@@ -17,6 +17,8 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         # Flax NNX still moves between minor releases: keep both pins to a tested range.
+        # jax 0.10.2 + flax 0.12.8 (CI) and jax 0.11.2 + flax 0.12.10 (GPU image) are tested;
+        # flax <= 0.12.8 fails on jax >= 0.11, which `import r1` reports (r1.check_versions).
         "jax>=0.10.2,<0.13",
         "flax>=0.12.8,<0.13",
         "optax>=0.2.5",
