@@ -55,8 +55,7 @@ def _model_dims(smoke: bool) -> dict:
 
     dims = models.qwen2_tiny() if smoke else models.qwen2_5_1_5b()
     if smoke:
-        # float32: XLA's CPU runtime lacks some bf16 x bf16 -> f32 batched dots
-        dims.update(remat_policy="full", scan_layers=True)
+        dims.update(dtype="bfloat16", remat_policy="full", scan_layers=True)
     return dims
 
 
@@ -96,10 +95,6 @@ def _settings(smoke: bool) -> dict:
         matmul=8192,
         copy_mib=2048,
     )
-
-
-def _cache_dtype(smoke: bool) -> str:
-    return "float32" if smoke else "bfloat16"
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -179,12 +174,10 @@ def section_decode(smoke: bool, param_dtype: str, batches: list[int]) -> list[di
     from r1.sampling import SamplingConfig, make_sampler
 
     s = _settings(smoke)
-    if smoke:
-        param_dtype = "float32"
     cfg, mesh, model = _build(_model_dims(smoke), param_dtype=param_dtype, remat_policy="none")
     graphdef, state = nnx.split(model)
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-    config = SamplingConfig(max_new_tokens=s["new"], greedy=True, cache_dtype=_cache_dtype(smoke))
+    config = SamplingConfig(max_new_tokens=s["new"], greedy=True, cache_dtype="bfloat16")
     fn = make_sampler(graphdef, config)
     key = jax.random.key(0)
     results = []
@@ -377,7 +370,7 @@ def section_grpo(smoke: bool) -> dict:
     config = GRPOConfig(
         group_size=group,
         sampling=SamplingConfig(
-            max_new_tokens=new, num_samples=group, temperature=1.0, cache_dtype=_cache_dtype(smoke)
+            max_new_tokens=new, num_samples=group, temperature=1.0, cache_dtype="bfloat16"
         ),
         loss=GRPOLossConfig(beta=0.04, eps_low=0.2, eps_high=0.2, aggregation="sequence_mean"),
         num_iterations=1,

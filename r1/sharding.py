@@ -235,6 +235,15 @@ def _active_mesh():
     return mesh
 
 
+def compute_platform() -> str:
+    """The platform the program being traced will run on ("cpu", "gpu", "tpu"): that of the
+    ambient mesh's devices (a TPU topology when compiling ahead of time here), else jax's
+    default backend."""
+    mesh = _active_mesh()
+    platform = getattr(getattr(mesh, "abstract_device", None), "platform", None)
+    return platform or jax.default_backend()
+
+
 def shard(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """Constrains an activation's sharding by logical names; a no-op outside a mesh context."""
     mesh = _active_mesh()

@@ -270,3 +270,15 @@ def test_rm_and_sft_steps_compile_for_a_topology(name):
     else:
         assert report.rows == int(config.sft.batch_size)
     assert 0 < report.params < report.total_param_bytes
+
+
+def test_compute_platform_follows_the_ambient_mesh():
+    """Code that picks a platform-specific form while tracing (the CPU upcast of the
+    sampler's prefill attention) must see the target TPU, not this host, when compiling
+    ahead of time."""
+    assert sharding.compute_platform() == "cpu"
+    mesh = sharding.make_mesh(devices=aot.topology_devices("v5e:2x2"))
+    with sharding.use_mesh(mesh):
+        assert sharding.compute_platform() == "tpu"
+    with sharding.use_mesh(sharding.make_mesh()):
+        assert sharding.compute_platform() == "cpu"

@@ -27,7 +27,7 @@ from r1.models.attention import MASK_VALUE
 from r1.models.config import ModelConfig
 from r1.models.layers import dtype_of
 from r1.models.transformer import LayerStack, Transformer
-from r1.sharding import shard
+from r1.sharding import compute_platform, shard
 
 Cache = dict[str, Any]
 
@@ -148,11 +148,22 @@ def _gqa_cached(attn, x, positions, entry, index, mask, layer_pos=None):
         out = _decode_attention(qg[:, 0], k_cache, v_cache, mask[:, 0], attn.scale)
         out = out.reshape(b, 1, h, d)
     else:
+        qg, k_cache, v_cache = _batched_dot_operands(qg, k_cache, v_cache)
         scores = jnp.einsum("btkgd,bkds->bkgts", qg, k_cache, preferred_element_type=jnp.float32)
         scores = jnp.where(mask[:, None, None, :, :], scores * attn.scale, MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
-        out = jnp.einsum("bkgts,bksd->btkgd", probs, v_cache).reshape(b, t, h, d)
+        out = jnp.einsum("bkgts,bksd->btkgd", probs, v_cache).reshape(b, t, h, d).astype(q.dtype)
     return attn.output(out), {"k": k_all, "v": v_all}
+
+
+def _batched_dot_operands(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+    """The prefill's attention operands as the platform can multiply them: XLA's CPU runtime
+    has no batched bf16 x bf16 -> f32 dot (`DotThunk`), which layout assignment can produce
+    from these einsums, so on CPU narrow operands go to float32 (the same products, exactly);
+    accelerators keep them narrow and accumulate in float32."""
+    if compute_platform() != "cpu":
+        return arrays
+    return tuple(a.astype(jnp.float32) if a.dtype.itemsize < 4 else a for a in arrays)
 
 
 def _decode_attention(q, k_cache, v_cache, mask, scale):
