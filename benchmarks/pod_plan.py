@@ -118,12 +118,28 @@ def row(s: dict) -> str:
     )
 
 
-def write_table(rows: list[str]) -> None:
+def _row_key(row_text: str) -> tuple[str, ...]:
+    """A row's identity: its config, step and topology cells (a 2-slice run names its slices)."""
+    return tuple(cell.strip() for cell in row_text.strip().strip("|").split("|")[:3])
+
+
+def merge_rows(old: list[str], new: list[str]) -> list[str]:
+    """The table's rows with each of `new` replacing the old row of the same config, step and
+    topology in place (appended when there was none): `--only` reruns keep the other rows."""
+    fresh = {_row_key(r): r for r in new}
+    merged = [fresh.pop(_row_key(r), r) for r in old]
+    return merged + [r for r in new if _row_key(r) in fresh]
+
+
+def write_table(rows: list[str], replace_all: bool = True) -> None:
     text = DOC.read_text()
     if BEGIN not in text or END not in text:
         raise ValueError(f"{DOC} lacks the {BEGIN} / {END} markers")
     head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    old_table, tail = rest.split(END, 1)
+    if not replace_all:
+        old = [line for line in old_table.strip().splitlines()[2:] if line.startswith("|")]
+        rows = merge_rows(old, rows)
     table = "\n".join([HEADER, *rows])
     DOC.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
 
@@ -147,7 +163,7 @@ def main(argv):
         rows.append(row(summary))
         print(rows[-1], flush=True)
     if not _DRY_RUN.value:
-        write_table(rows)
+        write_table(rows, replace_all=not _ONLY.value)
         print(f"wrote {pathlib.Path(DOC).relative_to(ROOT)}")
 
 

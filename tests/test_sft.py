@@ -169,6 +169,40 @@ def test_gradient_accumulation_equals_the_full_batch_gradient():
     assert max(float(jnp.abs(x).max()) for x in leaves1) > 1e-3
 
 
+@pytest.mark.parametrize("chunk", [5, 32])
+def test_chunked_logits_give_the_same_loss_and_gradient(chunk):
+    """With `logits_chunk_size` the SFT step never builds [B, T, V] logits (main head and MTP
+    head take their losses from hidden states, `chunk` positions at a time; 5 does not divide
+    the 31 target positions): loss, its parts, accuracy and every gradient equal the
+    full-logits step's."""
+    batch = _jnp(sft_data.pack(_examples(6, seed=5), 4, 32, TOK.pad_id)[0])
+    config = sft_step.SFTConfig(num_microbatches=2, mtp_weight=0.3)
+    results = {}
+    for size in (0, chunk):
+        model = _model(_dense_mtp().replace(logits_chunk_size=size))
+        graphdef, params, extra = nnx.split(model, nnx.Param, ...)
+        fn = jax.jit(lambda p, b, g=graphdef, e=extra: sft_step.sft_grads(g, p, e, b, config)[:2])
+        results[size] = fn(params, batch)
+    (g_full, m_full), (g_chunk, m_chunk) = results[0], results[chunk]
+    for key in ("loss", "loss/next_token", "loss/mtp", "token_accuracy", "target_tokens"):
+        np.testing.assert_allclose(m_chunk[key], m_full[key], rtol=1e-5, err_msg=key)
+    assert float(m_full["loss/mtp"]) > 0
+    for x, y in zip(jax.tree.leaves(g_chunk), jax.tree.leaves(g_full), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7)
+
+
+def test_sft_loss_without_logits_needs_the_unembedding():
+    batch = _jnp(sft_data.pack(_examples(2, seed=6), 1, 32, TOK.pad_id)[0])
+    model = _model(_dense_mtp())
+    out = sft_step.forward(model, batch, compute_logits=False)
+    assert out.logits is None
+    with pytest.raises(ValueError, match="unembed_fn"):
+        sft_step.sft_loss(out, batch)
+    loss, _ = sft_step.sft_loss(out, batch, unembed_fn=model.logits_from_hidden)
+    full, _ = sft_step.sft_loss(sft_step.forward(model, batch), batch)
+    np.testing.assert_allclose(loss, full, rtol=1e-6)
+
+
 def test_sharded_step_matches_one_device(devices):
     cfg = testing.tiny_dense_config(vocab_size=TOK.vocab_size, num_layers=1, num_mtp_layers=1)
     batch_np = sft_data.pack(_examples(12, seed=4), 8, 32, TOK.pad_id)[0]

@@ -29,17 +29,22 @@ class ModelOutput:
     hidden: float[B, T, D] after the final norm.
     moe: per MoE layer, the statistics dict its router returned (empty for dense models).
     mtp_logits: per multi-token-prediction depth k (1-based), float32[B, T, V] predicting token
-    t + 1 + k at position t (empty unless requested).
+    t + 1 + k at position t (empty unless requested, and empty with `compute_logits=False`).
+    mtp_hidden: per depth, the MTP module's normed hidden float[B, T, D] those logits come from
+    (with `with_mtp`).
     """
 
     logits: jax.Array | None
     hidden: jax.Array
     moe: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
     mtp_logits: list[jax.Array] = dataclasses.field(default_factory=list)
+    mtp_hidden: list[jax.Array] = dataclasses.field(default_factory=list)
 
 
 jax.tree_util.register_dataclass(
-    ModelOutput, data_fields=["logits", "hidden", "moe", "mtp_logits"], meta_fields=[]
+    ModelOutput,
+    data_fields=["logits", "hidden", "moe", "mtp_logits", "mtp_hidden"],
+    meta_fields=[],
 )
 
 
@@ -230,7 +235,7 @@ class Transformer(nnx.Module):
                 moe_stats.append(stats)
         hidden = self.final_norm(x)
         logits = self.logits_from_hidden(hidden) if compute_logits else None
-        mtp_logits = []
+        mtp_logits, mtp_hidden = [], []
         if with_mtp and len(self.mtp):
             h = x
             for k, module in enumerate(self.mtp, start=1):
@@ -238,8 +243,16 @@ class Transformer(nnx.Module):
                 h, normed, stats = module(h, self.embed(shifted), positions, mask, token_mask)
                 if stats:
                     moe_stats.append(stats)
-                mtp_logits.append(self.logits_from_hidden(normed))
-        return ModelOutput(logits=logits, hidden=hidden, moe=moe_stats, mtp_logits=mtp_logits)
+                mtp_hidden.append(normed)
+                if compute_logits:
+                    mtp_logits.append(self.logits_from_hidden(normed))
+        return ModelOutput(
+            logits=logits,
+            hidden=hidden,
+            moe=moe_stats,
+            mtp_logits=mtp_logits,
+            mtp_hidden=mtp_hidden,
+        )
 
     def __call__(self, tokens: jax.Array, **kwargs: Any) -> jax.Array:
         """tokens: int32[B, T] -> logits float32[B, T, V]; keyword arguments as `forward`."""

@@ -30,6 +30,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from r1.losses import map_position_chunks
+
 AdvantageMethod = Literal["std", "none", "batch_std", "leave_one_out"]
 RatioLevel = Literal["token", "sequence"]
 Aggregation = Literal["sequence_mean", "token_mean", "constant"]
@@ -212,37 +214,16 @@ def chunked_token_logprobs(
     float32[B, T], entropy float32[B, T] in nats), both differentiable.
     """
     _check_rank("hidden", hidden, 3, "B, T, D")
-    b, t, _ = hidden.shape
-    if targets.shape != (b, t):
-        raise ValueError(f"targets: expected shape {(b, t)}, got {targets.shape}")
-    if chunk < 0:
-        raise ValueError(f"chunk: must be >= 0 (0: no chunking), got {chunk}")
-    chunk = t if chunk == 0 else min(chunk, t)
-    n = -(-t // chunk)
-    pad = n * chunk - t
-    targets = targets.astype(jnp.int32)
-    if pad:
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets = jnp.pad(targets, ((0, 0), (0, pad)))
 
-    @jax.checkpoint
-    def one_chunk(h_c, y_c):
+    def stats(h_c, y_c):
         z = unembed_fn(h_c).astype(jnp.float32)
         if temperature != 1.0:
             z = z / temperature
         logp_all = jax.nn.log_softmax(z, axis=-1)
         picked = jnp.take_along_axis(logp_all, y_c[..., None], axis=-1)[..., 0]
-        ent = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
-        return picked, ent
+        return picked, -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
 
-    def body(carry, xs):
-        return carry, one_chunk(*xs)
-
-    h_chunks = jnp.moveaxis(hidden.reshape(b, n, chunk, hidden.shape[-1]), 1, 0)
-    y_chunks = jnp.moveaxis(targets.reshape(b, n, chunk), 1, 0)
-    _, (logp, ent) = jax.lax.scan(body, None, (h_chunks, y_chunks))
-    logp = jnp.moveaxis(logp, 0, 1).reshape(b, n * chunk)[:, :t]
-    ent = jnp.moveaxis(ent, 0, 1).reshape(b, n * chunk)[:, :t]
+    logp, ent = map_position_chunks(stats, hidden, targets, chunk)
     return logp, ent
 
 

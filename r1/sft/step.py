@@ -7,6 +7,9 @@ examples unpacked give the same loss. With MTP modules, depth k predicts token t
 the same rule and `mtp_weight` times the mean over depths is added (DeepSeek-V3); MoE layers add
 their (alpha-weighted) balance loss.
 
+Vocabulary logits: with `ModelConfig.logits_chunk_size` > 0 the losses come from hidden states
+a chunk of positions at a time (`r1.losses.chunked_cross_entropy`), never as [B, T, V] logits.
+
 Gradient accumulation: the batch's B rows are split into `num_microbatches` interleaved
 micro-batches (row j goes to micro-batch j mod M, so each stays spread over the data axes) and
 a `lax.scan` sums their gradients. Every micro-batch divides its NLL sum by the token count of
@@ -31,7 +34,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from r1 import sharding
-from r1.losses import balance_loss, token_cross_entropy
+from r1.losses import balance_loss, chunked_cross_entropy, token_cross_entropy
 from r1.models.moe import update_model_routing_biases
 from r1.models.transformer import ModelOutput
 from r1.rl.step import TrainState, train_state_shardings
@@ -92,6 +95,12 @@ def _nll_sum(logits, tokens, mask, shift):
     return jnp.sum(nll * m), jnp.sum(correct.astype(jnp.float32) * m)
 
 
+def _nll_sum_chunked(hidden, unembed_fn, tokens, mask, shift, chunk):
+    nll, correct = chunked_cross_entropy(hidden[:, :-shift], unembed_fn, tokens[:, shift:], chunk)
+    m = mask.astype(jnp.float32)
+    return jnp.sum(nll * m), jnp.sum(correct.astype(jnp.float32) * m)
+
+
 def sft_loss(
     output: ModelOutput,
     batch: Batch,
@@ -99,6 +108,8 @@ def sft_loss(
     mtp_weight: float = 0.0,
     denominators: jax.Array | None = None,
     balance_scale: float = 1.0,
+    unembed_fn: Callable[[jax.Array], jax.Array] | None = None,
+    logits_chunk_size: int = 0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The SFT loss of one forward pass and its parts.
 
@@ -106,22 +117,37 @@ def sft_loss(
     `mtp_weight`). batch: tokens, segment_ids, loss_mask [B, T]. denominators: float32[1 + K]
     target-token counts to divide by (default: this batch's own, i.e. a masked mean; the step
     passes the whole batch's counts to each micro-batch). balance_scale multiplies the MoE
-    balance loss (1 / M per micro-batch).
+    balance loss (1 / M per micro-batch). unembed_fn: for an output without logits (forward
+    with `compute_logits=False`), the model's `logits_from_hidden`: the losses are then taken
+    from `output.hidden` / `output.mtp_hidden`, `logits_chunk_size` positions of vocabulary
+    logits at a time (`r1.losses.chunked_cross_entropy`), never [B, T, V] at once.
 
     Returns (loss, metrics): loss/next_token, loss/mtp, loss/balance and token_accuracy, each
     already divided by the denominators so that they add up over micro-batches.
     """
     tokens, loss_mask, segments = batch["tokens"], batch["loss_mask"], batch["segment_ids"]
-    depths = len(output.mtp_logits) if mtp_weight > 0 else 0
+    from_hidden = output.logits is None
+    if from_hidden and unembed_fn is None:
+        raise ValueError("sft_loss: the output has no logits; pass unembed_fn")
+
+    def nll_sum(depth: int, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if from_hidden:
+            hidden = output.hidden if depth == 0 else output.mtp_hidden[depth - 1]
+            return _nll_sum_chunked(hidden, unembed_fn, tokens, mask, 1 + depth, logits_chunk_size)
+        logits = output.logits if depth == 0 else output.mtp_logits[depth - 1]
+        return _nll_sum(logits, tokens, mask, 1 + depth)
+
+    available = len(output.mtp_hidden if from_hidden else output.mtp_logits)
+    depths = available if mtp_weight > 0 else 0
     if denominators is None:
         denominators = target_counts(batch, depths)
     den = jnp.maximum(denominators, 1.0)
-    nll, correct = _nll_sum(output.logits, tokens, target_mask(loss_mask, segments, 1), 1)
+    nll, correct = nll_sum(0, target_mask(loss_mask, segments, 1))
     main = nll / den[0]
     mtp = jnp.zeros((), jnp.float32)
     for k in range(1, depths + 1):
         mask = target_mask(loss_mask, segments, 1 + k)
-        mtp = mtp + _nll_sum(output.mtp_logits[k - 1], tokens, mask, 1 + k)[0] / den[k] / depths
+        mtp = mtp + nll_sum(k, mask)[0] / den[k] / depths
     balance = balance_loss(output) * balance_scale
     loss = main + mtp_weight * mtp + balance
     metrics = {
@@ -133,15 +159,19 @@ def sft_loss(
     return loss, metrics
 
 
-def forward(model: nnx.Module, batch: Batch, with_mtp: bool = False) -> ModelOutput:
+def forward(
+    model: nnx.Module, batch: Batch, with_mtp: bool = False, compute_logits: bool = True
+) -> ModelOutput:
     """The model on a (packed) batch: per-example positions, segment-restricted attention,
-    padding (segment 0) masked out."""
+    padding (segment 0) masked out. compute_logits=False leaves the logits to the loss
+    (`sft_loss(..., unembed_fn=model.logits_from_hidden)`)."""
     return model.forward(
         batch["tokens"],
         positions=batch["positions"],
         segment_ids=batch["segment_ids"],
         attention_mask=batch["segment_ids"] > 0,
         with_mtp=with_mtp,
+        compute_logits=compute_logits,
     )
 
 
@@ -180,14 +210,19 @@ def sft_grads(
     denominators = target_counts(batch, depths)
     micro = {k: _interleave(batch[k], m) for k in BATCH_KEYS}
 
+    chunk = model.config.logits_chunk_size
+
     def loss_fn(p, mb):
-        output = forward(nnx.merge(graphdef, p, extra), mb, with_mtp=depths > 0)
+        policy = nnx.merge(graphdef, p, extra)
+        output = forward(policy, mb, with_mtp=depths > 0, compute_logits=chunk == 0)
         loss, metrics = sft_loss(
             output,
             mb,
             mtp_weight=config.mtp_weight,
             denominators=denominators,
             balance_scale=1.0 / m,
+            unembed_fn=policy.logits_from_hidden,
+            logits_chunk_size=chunk,
         )
         metrics["loss"] = loss
         moe = _moe_means(output.moe)
