@@ -249,3 +249,50 @@ def test_bfloat16_model_samples_a_batch_on_cpu(name):
             assert int(out.tokens[row, 0]) == int(jnp.argmax(logits)), row
             checked += 1
     assert checked >= 2
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_master_weights_cast_for_decoding_compute_exactly_the_same(name):
+    """The sampler decodes from `in_compute_dtype(model)`: float32 master weights of a bf16
+    model stored in bf16, except the parameters the forward uses in float32 (norm scales,
+    router weights), so the logits are bit for bit those of the float32-stored model."""
+    from r1.models.layers import in_compute_dtype
+
+    model = Transformer(CONFIGS[name](dtype="bfloat16"), rngs=nnx.Rngs(0))
+    kept = []
+    for i, (path, variable) in enumerate(nnx.iter_graph(model)):
+        if isinstance(variable, nnx.Param):
+            # constant-initialised scales and biases made inexact in bf16, so that casting a
+            # parameter the forward uses in float32 would show
+            noise = jax.random.normal(jax.random.key(i), variable.get_value().shape)
+            variable.set_value(variable.get_value() + 0.01 * noise)
+            if variable.get_metadata().get("keep_dtype"):
+                kept.append(path)
+    assert kept  # norms (and the MoE router)
+    narrow = in_compute_dtype(model)
+    dtypes = {}
+    for _, variable in nnx.iter_graph(narrow):
+        if isinstance(variable, nnx.Param):
+            key = bool(variable.get_metadata().get("keep_dtype"))
+            dtypes.setdefault(key, set()).add(str(variable.get_value().dtype))
+    assert dtypes == {True: {"float32"}, False: {"bfloat16"}}
+    tokens = jnp.asarray([[5, 6, 7, 8, 9, 10, 11, 12]])
+    np.testing.assert_array_equal(np.asarray(narrow(tokens)), np.asarray(model(tokens)))
+    # float32 parts too small to show through bf16 logits: the MoE routers' logits
+    routers = [
+        (a, b)
+        for (_, a), (_, b) in zip(nnx.iter_graph(model), nnx.iter_graph(narrow), strict=True)
+        if hasattr(a, "router_logits")
+    ]
+    assert bool(routers) == (name == "moe_mla")
+    x = jax.random.normal(jax.random.key(0), (1, 4, model.config.hidden_size), jnp.bfloat16)
+    for a, b in routers:
+        np.testing.assert_array_equal(
+            np.asarray(b.router_logits(x)), np.asarray(a.router_logits(x))
+        )
+    out_model = _run(model, SamplingConfig(max_new_tokens=3, greedy=True), prompts=PROMPTS[:1])
+    out_narrow = _run(narrow, SamplingConfig(max_new_tokens=3, greedy=True), prompts=PROMPTS[:1])
+    np.testing.assert_array_equal(out_model.tokens, out_narrow.tokens)
+    np.testing.assert_array_equal(out_model.logprobs, out_narrow.logprobs)
+    float_model = Transformer(CONFIGS[name](), rngs=nnx.Rngs(0))
+    assert in_compute_dtype(float_model) is float_model  # nothing to narrow

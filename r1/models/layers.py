@@ -50,11 +50,13 @@ def param(
     *,
     fan_in: int | None = None,
     init: str = "normal",
+    keep_dtype: bool = False,
 ) -> nnx.Param:
     """A parameter carrying its logical axis names in the `axes` metadata.
 
     `init="normal"` draws N(0, 1/fan_in) (fan_in defaults to the first dimension), "ones" and
-    "zeros" fill constants.
+    "zeros" fill constants. keep_dtype: the forward uses this parameter in float32, not in the
+    compute dtype (norm scales, router weights); `in_compute_dtype` leaves it as stored.
     """
     if len(shape) != len(axes):
         raise ValueError(f"parameter shape {tuple(shape)} and axes {tuple(axes)} differ in rank")
@@ -70,7 +72,40 @@ def param(
         value = (jax.random.normal(rngs.params(), shape, jnp.float32) * scale).astype(dt)
     else:
         raise ValueError(f"unknown init {init!r}")
+    if keep_dtype:
+        return nnx.Param(value, axes=tuple(axes), keep_dtype=True)
     return nnx.Param(value, axes=tuple(axes))
+
+
+def in_compute_dtype(model: nnx.Module) -> nnx.Module:
+    """`model` (with a `config.dtype`) whose parameters are stored in its compute dtype.
+
+    Every parameter is cast to the compute dtype where the forward uses it, except those
+    created with `keep_dtype` (used in float32), so the copy computes exactly what `model`
+    does; it only stores, reads and (when sharded) gathers half the bytes of float32 master
+    weights. The sampler decodes from it: a decode step reads every weight once, so float32
+    master weights would double its memory traffic. Returns `model` itself when nothing is
+    wider than the compute dtype.
+    """
+    dt = jnp.dtype(dtype_of(model.config.dtype))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def castable(variable: nnx.Variable) -> bool:
+        value = variable.get_value()
+        return (
+            not variable.get_metadata().get("keep_dtype")
+            and jnp.issubdtype(value.dtype, jnp.floating)
+            and value.dtype.itemsize > dt.itemsize
+        )
+
+    def narrower(variable: nnx.Variable) -> nnx.Variable:
+        return variable.replace(variable.get_value().astype(dt)) if castable(variable) else variable
+
+    is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+    if not any(castable(v) for v in jax.tree.leaves(params, is_leaf=is_variable)):
+        return model
+    params = jax.tree.map(narrower, params, is_leaf=is_variable)
+    return nnx.merge(graphdef, params, rest)
 
 
 class RMSNorm(nnx.Module):
@@ -79,7 +114,7 @@ class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, param_dtype: str = "float32", dtype: str = "float32"):
         self.eps = eps
         self.dtype = dtype
-        self.weight = param(None, (dim,), ("norm",), param_dtype, init="ones")
+        self.weight = param(None, (dim,), ("norm",), param_dtype, init="ones", keep_dtype=True)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)

@@ -430,7 +430,9 @@ class MoE(nnx.Module):
         d, e, f = cfg.hidden_size, cfg.n_routed_experts, cfg.moe_intermediate_size
         self.cfg = cfg
         self.gmm_impl = gmm_impl
-        self.gate = param(rngs, (d, e), ("embed", "expert"), cfg.param_dtype, fan_in=d)
+        self.gate = param(
+            rngs, (d, e), ("embed", "expert"), cfg.param_dtype, fan_in=d, keep_dtype=True
+        )
         self.w_gate = param(
             rngs, (e, d, f), ("expert", "embed", "expert_mlp"), cfg.param_dtype, fan_in=d
         )

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from r1.models.layers import in_compute_dtype
 from r1.models.transformer import Transformer
 from r1.sampling import filters
 from r1.sampling.kv_cache import forward_with_cache, grow_cache, init_cache, repeat_rows
@@ -129,7 +130,12 @@ def sample(
     right-aligned: left padding). key: a PRNG key. row_ids: int32[P * G] global ids of the rows
     (default 0..P*G-1); row r's randomness is fold_in(key, row_ids[r]), so a row's sample does not
     depend on which other rows share the batch. Returns a `SampleOutput` of P * G rows.
+
+    Parameters stored wider than the compute dtype (float32 master weights of a bf16 model) are
+    cast once, before the loop (`r1.models.layers.in_compute_dtype`): the same arithmetic, half
+    the weight bytes read (and, sharded, gathered) per decode step.
     """
+    model = in_compute_dtype(model)
     cfg = model.config
     num_prompts, prompt_len = prompt_tokens.shape
     group = config.num_samples
