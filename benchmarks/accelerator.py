@@ -12,9 +12,10 @@ JSON line; `--out FILE` also appends those lines to FILE as they come.
    read + written per second), beside the chip's published peaks where its kind is known.
 2. `decode`: greedy decoding with r1's compiled sampler, prompts of 128 tokens, 256 new tokens,
    at several batch sizes, bf16 weights (and once with float32 master weights, as the GRPO
-   step samples from). Per decode step the ideal traffic is every weight byte once plus the
-   KV cache up to the current position for every row; `hbm_fraction` is that traffic over the
-   measured time, divided by the measured copy bandwidth. The peer: transformers `generate`
+   step samples from; the sampler casts those to bf16 once per call). Per decode step the
+   ideal traffic is every weight byte once plus the KV cache up to the current position for
+   every row; the summary divides that traffic over the measured time by the measured copy
+   bandwidth. The peer: transformers `generate`
    (torch, same shapes, bf16, default dynamic cache, SDPA attention) in its own subprocess.
 3. `train`: r1's SFT step (forward + backward + AdamW, float32 master weights, bf16 compute,
    full remat, the trainer's own `make_sft_step`) on packed rows; MFU counts model FLOPs only
@@ -171,12 +172,15 @@ def section_decode(smoke: bool, param_dtype: str, batches: list[int]) -> list[di
     from flax import nnx
 
     from r1 import sharding
+    from r1.models.layers import in_compute_dtype
     from r1.sampling import SamplingConfig, make_sampler
 
     s = _settings(smoke)
     cfg, mesh, model = _build(_model_dims(smoke), param_dtype=param_dtype, remat_policy="none")
     graphdef, state = nnx.split(model)
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    # what a decode step reads: the sampler decodes from the compute-dtype copy
+    decoded = nnx.state(in_compute_dtype(model))
+    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(decoded))
     config = SamplingConfig(max_new_tokens=s["new"], greedy=True, cache_dtype="bfloat16")
     fn = make_sampler(graphdef, config)
     key = jax.random.key(0)
@@ -194,8 +198,7 @@ def section_decode(smoke: bool, param_dtype: str, batches: list[int]) -> list[di
                 lambda fn=compiled, args=args: jax.block_until_ready(fn(*args)), 3
             )
         assert int(out.lengths.min()) == s["new"], "a row ended early"
-        # Ideal bytes per decode step: the weights once (float32 master weights count 4 bytes,
-        # what the loop reads unless XLA hoists the cast) plus each row's cache up to the mean
+        # Ideal bytes per decode step: the weights once, plus each row's cache up to the mean
         # context length.
         mean_context = s["prompt"] + (s["new"] + 1) / 2
         step_bytes = param_bytes + batch * mean_context * _cache_bytes_per_token(cfg)
