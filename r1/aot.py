@@ -260,10 +260,7 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
         frozen=frozen or None,
     )
     state_sh = step_lib.train_state_shardings(state, optimizer, mesh)
-    batch_sh = {
-        k: sharding.named_sharding(("batch",) + (None,) * (v.ndim - 1), v.shape, mesh)
-        for k, v in batch.items()
-    }
+    batch_sh = sharding.batch_shardings(batch, mesh)
     rows = prompts * grpo_cfg.group_size
     micro = grpo_cfg.num_microbatches or step_lib.auto_microbatches(
         rows // grpo_cfg.num_minibatches, mesh
@@ -333,7 +330,7 @@ def sft_program(config: Any, mesh: Mesh) -> Program:
         graphdef=graphdef,
         step=step,
         state=_with_shardings(state, state_sh),
-        batch=_with_shardings(batch, sft_step.batch_shardings(batch, mesh)),
+        batch=_with_shardings(batch, sharding.batch_shardings(batch, mesh)),
         rows=rows,
         prompt_len=length,
         new_tokens=0,
@@ -380,10 +377,7 @@ def rm_program(config: Any, mesh: Mesh) -> Program:
     )
     micro = int(config.train.get("num_microbatches", 1))
     state_sh = step_lib.train_state_shardings(state, optimizer, mesh)
-    batch_sh = {
-        k: sharding.named_sharding(("batch",) + (None,) * (v.ndim - 1), v.shape, mesh)
-        for k, v in batch.items()
-    }
+    batch_sh = sharding.batch_shardings(batch, mesh)
     step = jax.jit(
         rm_trainer.rm_step_fn(
             graphdef,

@@ -19,7 +19,7 @@ import contextlib
 import contextvars
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -233,6 +233,15 @@ def _active_mesh():
     if mesh is None or mesh.empty:
         return None
     return mesh
+
+
+def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
+    """Shardings for a batch dict: rows (axis 0) on the `batch` logical axis, every other axis
+    unsharded. Values: arrays, numpy arrays or `jax.ShapeDtypeStruct`s."""
+    return {
+        k: named_sharding(("batch",) + (None,) * (len(v.shape) - 1), v.shape, mesh)
+        for k, v in batch.items()
+    }
 
 
 def compute_platform() -> str:

@@ -502,10 +502,7 @@ def make_grpo_step(
         )
     fn = grpo_step_fn(graphdef, optimizer, config, reward_fn, bias_update_rate, model_rewards)
     state_sh = train_state_shardings(state, optimizer, mesh)
-    batch_sh = {
-        k: sharding.named_sharding(("batch",) + (None,) * (v.ndim - 1), v.shape, mesh)
-        for k, v in batch.items()
-    }
+    batch_sh = sharding.batch_shardings(batch, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     new = config.sampling.max_new_tokens
     tokens_sh = sharding.named_sharding(("batch", None), (rows, new), mesh)

@@ -24,7 +24,6 @@ import os
 import signal
 import time
 from collections import Counter
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -266,13 +265,6 @@ def rm_step_fn(
     return step
 
 
-def _batch_shardings(batch: dict[str, Any], mesh) -> dict[str, NamedSharding]:
-    return {
-        k: sharding.named_sharding(("batch",) + (None,) * (len(v.shape) - 1), v.shape, mesh)
-        for k, v in batch.items()
-    }
-
-
 def _to_global(batch: dict[str, np.ndarray], shardings: dict[str, NamedSharding]):
     """Every process holds the whole batch: each device takes its slice of it."""
     return {
@@ -294,7 +286,7 @@ def make_evaluator(graphdef, arrays: dict[str, np.ndarray], settings: dict, batc
         for k, v in arrays.items()
     }
     shapes = {k: (batch_size, *v.shape[1:]) for k, v in full.items()}
-    batch_sh = _batch_shardings({k: np.empty(s, bool) for k, s in shapes.items()}, mesh)
+    batch_sh = sharding.batch_shardings({k: np.empty(s, bool) for k, s in shapes.items()}, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def run(params, extra, batch):
@@ -405,7 +397,7 @@ def train_rm(config, workdir: str) -> dict[str, float]:
     state_sh = train_state_shardings(state, optimizer, mesh)
     state = jax.device_put(state, state_sh)
     example = {k: v[:batch_size] for k, v in train_arrays.items()}
-    batch_sh = _batch_shardings(example, mesh)
+    batch_sh = sharding.batch_shardings(example, mesh)
     step_fn = jax.jit(
         rm_step_fn(
             graphdef,

@@ -33,11 +33,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from r1 import sharding
 from r1.losses import balance_loss, chunked_cross_entropy, token_cross_entropy
 from r1.models.moe import update_model_routing_biases
 from r1.models.transformer import ModelOutput
 from r1.rl.step import TrainState, train_state_shardings
+from r1.sharding import batch_shardings
 
 Batch = dict[str, jax.Array]
 BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
@@ -278,14 +278,6 @@ def sft_step_fn(
         return new_state, metrics
 
     return step
-
-
-def batch_shardings(batch: Batch, mesh: Mesh) -> dict[str, NamedSharding]:
-    """Rows on the `batch` logical axis, tokens unsharded."""
-    return {
-        k: sharding.named_sharding(("batch",) + (None,) * (v.ndim - 1), v.shape, mesh)
-        for k, v in batch.items()
-    }
 
 
 def make_sft_step(

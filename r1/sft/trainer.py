@@ -411,10 +411,7 @@ def train_sft(config: Any, workdir: str) -> dict[str, float]:
                     abstract_batch,
                     bias_update_rate=model_cfg.bias_update_rate,
                 )
-                batch_sh = {
-                    k: sharding.named_sharding(("batch",) + (None,) * (v.ndim - 1), v.shape, mesh)
-                    for k, v in abstract_batch.items()
-                }
+                batch_sh = sharding.batch_shardings(abstract_batch, mesh)
             batch = {k: rl_trainer._global(v, batch_sh[k]) for k, v in batch_np.items()}
             start = time.perf_counter()
             with sharding.use_mesh(mesh):
