@@ -85,12 +85,17 @@ def _peak_mib() -> float:
     return float("nan")
 
 
-def worker_r1(path: str, size: str, steps: int, cap_s: float) -> dict:
+def worker_r1(path: str, size: str, steps: int, cap_s: float, devices: int) -> dict:
+    """r1 on `devices` CPU devices (`r1.sharding.use_cpu_devices`): with more than one, the
+    step's rows are split over an `fsdp` mesh (parameters and Adam state sharded, ZeRO-3), each
+    device running its share of the sampling and of the training on its own core."""
+    from r1 import sharding
+
+    sharding.use_cpu_devices(devices)
     import jax
     import jax.numpy as jnp
     import optax
 
-    from r1 import sharding
     from r1.models import hf
     from r1.rl.grpo import GRPOLossConfig
     from r1.rl.step import GRPOConfig, init_train_state, make_grpo_step
@@ -115,7 +120,7 @@ def worker_r1(path: str, size: str, steps: int, cap_s: float) -> dict:
     )
     tokens, mask = left_pad(_prompt_ids(SIZES[size]["vocab_size"]), PROMPT_LEN, PAD_ID)
     batch = {"prompt_tokens": jnp.asarray(tokens), "prompt_mask": jnp.asarray(mask)}
-    mesh = sharding.make_mesh()
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=devices))
     step = make_grpo_step(graphdef, optimizer, config, reward, mesh, state, batch)
     with sharding.use_mesh(mesh):
         start = time.perf_counter()
@@ -143,6 +148,7 @@ def worker_r1(path: str, size: str, steps: int, cap_s: float) -> dict:
         "completion_shape": list(samples["tokens"].shape),
         "kl": float(metrics["kl"]) if "kl" in metrics else None,
         "peak_mib": _peak_mib(),
+        "devices": devices,
     }
 
 
@@ -298,19 +304,31 @@ def _remaining(budget: bool) -> float:
 
 
 def _run_size(path: str, size: str, budget: bool = True) -> dict:
-    """r1, then TRL at 2 and 1 torch threads. Each worker gets a share of the time left (it
-    stops after fewer steps when the machine is loaded); a TRL worker that still runs out of
-    time is dropped (the other thread count stands)."""
+    """r1 on one CPU device and on one per core, then TRL at 2 and 1 torch threads. Each worker
+    gets a share of the time left (it stops after fewer steps when the machine is loaded); a
+    worker that still runs out of time is dropped (the other device or thread count stands)."""
     steps = STEPS[size]
-    shares = [0.3, 0.5, 1.0]  # of the time left when each worker starts
-    r1 = _spawn(
-        ["r1", path, size, str(steps), f"{shares[0] * _remaining(budget):.0f}"],
-        {"XLA_FLAGS": R1_XLA_FLAGS if size == "tiny" else ""},
-        timeout=_remaining(budget),
-    )
-    print(f"  [{size}] r1 done ({_load()})", flush=True)
+    from r1.sharding import host_cores
+
+    cores = host_cores()
+    counts = [1] + ([cores] if cores > 1 and (NUM_PROMPTS * GROUP) % cores == 0 else [])
+    ours = {}
+    for devices in counts:
+        share = 0.15 if len(counts) > 1 else 0.3  # of the time left
+        try:
+            ours[devices] = _spawn(
+                ["r1", path, size, str(steps), f"{share * _remaining(budget):.0f}", str(devices)],
+                {"XLA_FLAGS": R1_XLA_FLAGS if size == "tiny" else ""},
+                timeout=_remaining(budget) * (0.35 if len(counts) > 1 else 1.0),
+            )
+            print(f"  [{size}] r1 on {devices} device(s) done ({_load()})", flush=True)
+        except subprocess.TimeoutExpired:
+            print(f"  [{size}] r1 on {devices} device(s) ran out of time ({_load()})", flush=True)
+    if not ours:
+        raise RuntimeError(f"{size}: no r1 run finished within the time budget")
     peers = {}
-    for threads, share in zip((2, 1), shares[1:], strict=True):
+    shares = [0.5, 1.0]  # of the time left when each TRL worker starts
+    for threads, share in zip((2, 1), shares, strict=True):
         # the worker's own cap leaves room for its start-up and its last step
         cap = share * _remaining(budget) - 60
         try:
@@ -323,11 +341,13 @@ def _run_size(path: str, size: str, budget: bool = True) -> dict:
             print(f"  [{size}] TRL {threads} thread(s) ran out of time ({_load()})", flush=True)
     if not peers:
         raise RuntimeError(f"{size}: no TRL run finished within the time budget")
-    return {"r1": r1, "trl": peers}
+    return {"r1": ours, "trl": peers}
 
 
 def _report(size: str, result: dict) -> float:
-    r1, peers = result["r1"], result["trl"]
+    ours, peers = result["r1"], result["trl"]
+    ours_best = min(ours, key=lambda n: ours[n]["seconds_per_step"])
+    r1 = ours[ours_best]
     best = min(peers, key=lambda t: peers[t]["seconds_per_step"])
     trl = peers[best]
     expected = NUM_PROMPTS * GROUP * NEW_TOKENS
@@ -338,12 +358,15 @@ def _report(size: str, result: dict) -> float:
         "| tokens/step | peak MiB |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    print(
-        f"| r1 (one jitted program) | {r1['seconds_per_step']:.2f} "
-        f"| {r1['cpu_seconds_per_step']:.2f} | {r1['first_step_s']:.2f} "
-        f"| {len(r1['step_times']) - 1} | compile {r1['compile_s']:.1f} "
-        f"| {r1['generated_tokens_per_step'][-1]} | {r1['peak_mib']:.0f} |"
-    )
+    for devices, run in sorted(ours.items()):
+        mark = ", best" if devices == ours_best else ""
+        print(
+            f"| r1 (one jitted program, {devices} CPU device{'s' if devices > 1 else ''}{mark}) "
+            f"| {run['seconds_per_step']:.2f} "
+            f"| {run['cpu_seconds_per_step']:.2f} | {run['first_step_s']:.2f} "
+            f"| {len(run['step_times']) - 1} | compile {run['compile_s']:.1f} "
+            f"| {run['generated_tokens_per_step'][-1]} | {run['peak_mib']:.0f} |"
+        )
     for threads, peer in sorted(peers.items()):
         mark = ", best" if threads == best else ""
         print(
@@ -353,14 +376,16 @@ def _report(size: str, result: dict) -> float:
             f"| init {peer['init_s']:.1f} | {peer['generated_tokens_per_step'][-1]} "
             f"| {peer['peak_mib']:.0f} |"
         )
-    print(f"r1 step times: {', '.join(f'{t:.2f}' for t in r1['step_times'])} s")
+    for devices, run in sorted(ours.items()):
+        times = ", ".join(f"{t:.2f}" for t in run["step_times"])
+        print(f"r1 ({devices} device(s)) step times: {times} s")
     for threads, peer in sorted(peers.items()):
         print(
             f"TRL {threads} thread(s) step times: "
             f"{', '.join(f'{t:.2f}' for t in peer['step_times'])} s "
             f"(step end to step end: {peer['end_to_end_s']:.2f} s)"
         )
-    ok_r1 = all(n == expected for n in r1["generated_tokens_per_step"])
+    ok_r1 = all(n == expected for run in ours.values() for n in run["generated_tokens_per_step"])
     ok_trl = all(
         n == expected and rows == NUM_PROMPTS * GROUP
         for peer in peers.values()
@@ -372,7 +397,7 @@ def _report(size: str, result: dict) -> float:
         f"{trl['rows_per_step'][-1]} rows; all as expected: {ok_r1 and ok_trl}"
     )
     print(
-        f"{size} seconds per step: r1 {r1['seconds_per_step']:.2f}, TRL "
+        f"{size} seconds per step: r1 {r1['seconds_per_step']:.2f} ({ours_best} device(s)), TRL "
         f"{trl['seconds_per_step']:.2f} (torch {best} threads): TRL / r1 = {ratio:.2f}; "
         f"r1 {expected / r1['seconds_per_step']:.0f} generated tok/s per step vs TRL "
         f"{expected / trl['seconds_per_step']:.0f}"
@@ -417,7 +442,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         kind, *rest = sys.argv[2:]
         if kind == "r1":
-            out = worker_r1(rest[0], rest[1], int(rest[2]), float(rest[3]))
+            out = worker_r1(rest[0], rest[1], int(rest[2]), float(rest[3]), int(rest[4]))
         else:
             out = worker_trl(rest[0], rest[1], int(rest[2]), int(rest[3]), float(rest[4]))
         print(json.dumps(out))

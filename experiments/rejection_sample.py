@@ -20,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from r1 import sharding
-from r1.rejection.runner import run_from_config
+from r1.rejection.experiment import run_from_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py:<variant>")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (traces, report, progress).")

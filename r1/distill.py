@@ -9,7 +9,7 @@ complete, so a killed run resumes where it stopped:
 1. **traces** -> `traces/sft.jsonl` (+ `traces/report.json`). Either local trace files
    (`config.traces.files`: JSONL / JSON / Parquet, fields mapped by `config.traces.*_field`) or,
    when none are given, rejection sampling of the teacher (`config.teacher`, `config.prompts`,
-   `sampling`, `rewards`, `select`, `filters`; `r1.rejection.runner.run_from_config`, which
+   `sampling`, `rewards`, `select`, `filters`; `r1.rejection.experiment.run_from_config`, which
    resumes by itself) into `traces/teacher/`. Every row becomes `{"prompt", "response"}` with the
    reasoning and answer rendered in the student's `data.response_format`; unusable rows are
    skipped and counted by reason (`prepare_traces`).
@@ -28,14 +28,11 @@ different settings is refused (use a new workdir).
 
 from __future__ import annotations
 
-import dataclasses
-import glob
 import hashlib
 import json
 import logging
 import os
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -45,9 +42,17 @@ from flax import nnx
 
 from r1 import configlib, sharding
 from r1.data import procedural, sources
-from r1.data.sources import RowError
+from r1.distill_traces import (
+    TraceSection,
+    prepare_traces,
+    resolve_path,
+)
+from r1.distill_traces import read_records as read_records
+from r1.distill_traces import split_response as split_response
+from r1.distill_traces import trace_to_sft as trace_to_sft
 from r1.evaluation import runner as eval_runner
 from r1.sft import data as sft_data
+from r1.stages import atomic_json
 
 log = logging.getLogger(__name__)
 
@@ -86,215 +91,7 @@ EXECUTION_FIELDS = (
 TABLE_KEYS = ("count", "samples", "response_length", "truncated", "no_answer")
 
 
-# ----------------------------------------------------------------------------- trace rows
-@dataclasses.dataclass(frozen=True)
-class TraceSection:
-    """`config.traces`: local trace files and how their fields map to a trace.
-
-    files: a path, a glob, comma-separated paths, or a sequence of them ("" = sample the
-      teacher). prompt_field: the question. reasoning_field + answer_field: the chain of thought
-      and the final answer; response_field (used when a row has no reasoning/answer): the whole
-      completion, `<think>R</think>` then the answer (the R1-Zero `<answer>A</answer>` tags or
-      plain text), which is split and re-rendered. correct_field: when set, rows whose field is
-      false are skipped (dumps that keep wrong samples with a verdict). require_reasoning: skip
-      responses without `</think>` (else they are used verbatim). limit: keep the first this many
-      usable rows (0: all).
-    """
-
-    files: Any = ""
-    prompt_field: str = "prompt"
-    reasoning_field: str = "reasoning"
-    answer_field: str = "answer"
-    response_field: str = "response"
-    correct_field: str = ""
-    require_reasoning: bool = True
-    limit: int = 0
-
-    def __post_init__(self):
-        for name in ("prompt_field", "reasoning_field", "answer_field", "response_field"):
-            if not getattr(self, name):
-                raise ValueError(f"{name}: expected a field name, got an empty string")
-        if self.limit < 0:
-            raise ValueError(f"limit: expected >= 0 (0: all rows), got {self.limit}")
-
-    def paths(self) -> list[str]:
-        """The trace files, globs expanded in sorted order (relative paths also tried against
-        the repository root). Raises `FileNotFoundError` naming a path that matches nothing."""
-        specs = self.files
-        if isinstance(specs, str):
-            specs = [s.strip() for s in specs.split(",") if s.strip()]
-        out = []
-        for spec in map(str, specs):
-            spec = _resolve(spec)
-            matches = sorted(glob.glob(spec)) if glob.has_magic(spec) else [spec]
-            if not matches or not all(os.path.isfile(m) for m in matches):
-                raise FileNotFoundError(f"config.traces.files: {spec!r} matches no file")
-            out += matches
-        return out
-
-
-def _text(raw: Mapping[str, Any], key: str) -> str:
-    value = raw.get(key)
-    if value is None:
-        raise RowError(f"missing field '{key}'")
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise RowError(f"field '{key}' is not text", type(value).__name__)
-    value = str(value)
-    if not value.strip():
-        raise RowError(f"empty field '{key}'")
-    return value
-
-
-def _truthy(raw: Mapping[str, Any], key: str) -> bool:
-    value = raw.get(key)
-    if value is None:
-        raise RowError(f"missing field '{key}'")
-    if isinstance(value, bool | int | float | np.bool_ | np.integer | np.floating):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
-        return value.strip().lower() in ("true", "yes", "1")
-    raise RowError(f"field '{key}' is not a boolean", repr(value)[:40])
-
-
-def split_response(response: str) -> tuple[str, str] | None:
-    """`(reasoning, answer)` of a completion that closes `</think>`, else None.
-
-    reasoning: the text before the first `</think>` without a leading `<think>`, stripped.
-    answer: the last `<answer>...</answer>` content after it when there is one (R1-Zero format),
-    else everything after `</think>`, stripped.
-    """
-    from r1.rejection.runner import split_response as split  # noqa: PLC0415
-
-    reasoning, answer = split(response)
-    if reasoning is None:
-        return None
-    return reasoning, answer or ""
-
-
-def trace_to_sft(raw: Any, fields: TraceSection, response_format: str) -> dict[str, str] | None:
-    """One trace record -> `{"prompt", "response"}` in the student's `response_format`
-    (`r1.sft.data.RESPONSE_FORMATS`). Raises `RowError` (with the reason) for an unusable row.
-
-    A row with `reasoning_field` is rendered from it and `answer_field` (both must be text);
-    otherwise `response_field` is split at `</think>` (see `split_response`) and re-rendered.
-    """
-    if not isinstance(raw, Mapping):
-        raise RowError("not an object", type(raw).__name__)
-    prompt = _text(raw, fields.prompt_field)
-    if fields.correct_field and not _truthy(raw, fields.correct_field):
-        raise RowError("marked incorrect")
-    if raw.get(fields.reasoning_field) is not None:
-        reasoning = _text(raw, fields.reasoning_field)
-        answer = _text(raw, fields.answer_field)
-    elif raw.get(fields.response_field) is not None:
-        response = _text(raw, fields.response_field)
-        parts = split_response(response)
-        if parts is None:
-            if fields.require_reasoning:
-                raise RowError("no </think> in response")
-            return {"prompt": prompt, "response": response}
-        reasoning, answer = parts
-        if not reasoning:
-            raise RowError("empty reasoning")
-        if not answer:
-            raise RowError("no answer after </think>")
-    else:
-        raise RowError(
-            f"missing field '{fields.response_field}'",
-            f"(or '{fields.reasoning_field}' and '{fields.answer_field}')",
-        )
-    row = {"prompt": prompt, "reasoning": reasoning.strip(), "answer": answer.strip()}
-    _, response = sft_data.render_example(row, template="none", response_format=response_format)
-    return {"prompt": prompt, "response": response}
-
-
-def read_records(path: str) -> Iterable[tuple[str, Any]]:
-    """`(location, record)` pairs of a trace file (`r1.data.sources.read_records`)."""
-    return sources.read_records(path)
-
-
-def prepare_traces(
-    paths: Sequence[str],
-    fields: TraceSection,
-    response_format: str,
-    out_path: str,
-    *,
-    max_logged: int = 5,
-) -> dict[str, Any]:
-    """Converts trace files into the SFT rows of `out_path` (JSONL, written atomically).
-
-    Returns the report: per file and in total `read`, `kept`, `skipped` (reason -> count), and
-    the first `max_logged` skip messages. Raises `ValueError` when no row at all is usable.
-    """
-    if not paths:
-        raise ValueError("prepare_traces: no trace file")
-    tmp = f"{out_path}.tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    files, total, examples = [], Counter(), []
-    kept = read = 0
-    with open(tmp, "w", encoding="utf-8") as out:
-        for path in paths:
-            skipped: Counter[str] = Counter()
-            file_read = file_kept = 0
-            for where, raw in read_records(path):
-                if fields.limit and kept >= fields.limit:
-                    break
-                file_read += 1
-                try:
-                    if isinstance(raw, Exception):
-                        raise raw
-                    row = trace_to_sft(raw, fields, response_format)
-                except RowError as err:
-                    skipped[err.reason] += 1
-                    if len(examples) < max_logged:
-                        examples.append(f"{path}:{where}: skipped ({err})")
-                        log.warning("%s", examples[-1])
-                    continue
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                file_kept += 1
-                kept += 1
-            read += file_read
-            total += skipped
-            files.append(
-                {"path": path, "read": file_read, "kept": file_kept, "skipped": dict(skipped)}
-            )
-        out.flush()
-        os.fsync(out.fileno())
-    report = {
-        "files": files,
-        "read": read,
-        "kept": kept,
-        "skipped": dict(sorted(total.items())),
-        "examples": examples,
-        "response_format": response_format,
-    }
-    if not kept:
-        os.remove(tmp)
-        raise ValueError(
-            f"no usable trace in {list(paths)} (fields: prompt {fields.prompt_field!r}, "
-            f"reasoning {fields.reasoning_field!r} + answer {fields.answer_field!r} or response "
-            f"{fields.response_field!r}); skipped {dict(total)}; e.g. {examples[:2]}"
-        )
-    os.replace(tmp, out_path)
-    return report
-
-
 # ----------------------------------------------------------------------------- sub-configs
-def _resolve(path: str) -> str:
-    """`path`, or the same relative path under the repository root when only that exists."""
-    path = os.path.expanduser(path)
-    if not path or os.path.isabs(path):
-        return path
-
-    def exists(p: str) -> bool:
-        return bool(glob.glob(p)) if glob.has_magic(p) else os.path.exists(p)
-
-    candidate = os.path.join(configlib.REPO_ROOT, path)
-    return candidate if not exists(path) and exists(candidate) else path
-
-
 def _dict(value: Any) -> Any:
     return value.to_dict() if hasattr(value, "to_dict") else value
 
@@ -305,7 +102,7 @@ def _tokenizer(section: Any, hf_path: str) -> dict[str, str]:
     if kind == "hf" and not path:
         if not hf_path:
             raise ValueError("tokenizer.path: empty, and there is no hf_path to read it from")
-        path = _resolve(hf_path)
+        path = resolve_path(hf_path)
     return {"kind": kind, "path": path}
 
 
@@ -319,7 +116,7 @@ def student_model(config: Any) -> dict[str, Any]:
         return model
     from r1.models import hf  # noqa: PLC0415
 
-    config_path = os.path.join(_resolve(path), "config.json")
+    config_path = os.path.join(resolve_path(path), "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"config.student.hf_path: no config.json in {path!r}")
     with open(config_path) as f:
@@ -345,7 +142,7 @@ def sft_config(config: Any, traces_path: str) -> ml_collections.ConfigDict:
             "model": student_model(config),
             "mesh": _dict(config.mesh),
             "seed": int(config.seed),
-            "init": {"hf_path": _resolve(str(config.student.hf_path))},
+            "init": {"hf_path": resolve_path(str(config.student.hf_path))},
             "tokenizer": _tokenizer(config.student.tokenizer, str(config.student.hf_path)),
             "data": data,
             "sft": _dict(config.sft),
@@ -369,7 +166,7 @@ def teacher_config(config: Any) -> ml_collections.ConfigDict:
             "model": _dict(teacher.model),
             "mesh": _dict(config.mesh),
             "seed": int(config.seed),
-            "init": {"hf_path": _resolve(str(teacher.hf_path))},
+            "init": {"hf_path": resolve_path(str(teacher.hf_path))},
             "tokenizer": _tokenizer(teacher.tokenizer, str(teacher.hf_path)),
             "data": _dict(config.prompts),
             "sampling": _dict(config.sampling),
@@ -386,7 +183,7 @@ def eval_rows(config: Any) -> list[dict[str, Any]]:
     data = config.eval_data
     if data.files:
         spec = str(data.files)
-        paths: Any = [_resolve(p.strip()) for p in spec.split(",") if p.strip()]
+        paths: Any = [resolve_path(p.strip()) for p in spec.split(",") if p.strip()]
         rows, _ = sources.load_files(paths if len(paths) > 1 else paths[0], str(data.layout))
     else:
         task = procedural.make_task(str(data.task), **dict(_dict(data.task_kwargs)))
@@ -462,20 +259,10 @@ class StageLog:
     def _put(self, stage: str, value: Mapping[str, Any]) -> None:
         self.done[stage] = dict(value)
         if self.write:
-            _atomic_json(self.path, self.done)
+            atomic_json(self.path, self.done)
 
     def summary(self, stage: str) -> Any:
         return self.done.get(stage, {}).get("summary")
-
-
-def _atomic_json(path: str, value: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _sync(name: str) -> None:
@@ -553,7 +340,7 @@ def distill(
     recorded as the teacher samples' provenance. sft_fn: the SFT trainer (default
     `r1.sft.trainer.train_sft`; tests pass a wrapper).
     """
-    from r1.rejection.runner import run_from_config  # noqa: PLC0415
+    from r1.rejection.experiment import run_from_config  # noqa: PLC0415
     from r1.sft.trainer import train_sft  # noqa: PLC0415
 
     sft_fn = sft_fn or train_sft
@@ -597,7 +384,7 @@ def distill(
                 report["teacher_sampling"] = {
                     k: sampled[k] for k in ("prompts", "candidates", "kept", "dropped", "seconds")
                 }
-            _atomic_json(os.path.join(workdir, "traces", "report.json"), report)
+            atomic_json(os.path.join(workdir, "traces", "report.json"), report)
             stages.record("traces", {k: v for k, v in report.items() if k != "examples"})
         _sync("distill_traces")
         stages = StageLog(workdir, stages.fingerprints, write=is_main)
@@ -648,7 +435,7 @@ def distill(
 
     report = make_report(config, stages)
     if is_main:
-        _atomic_json(os.path.join(workdir, REPORT_FILE), report)
+        atomic_json(os.path.join(workdir, REPORT_FILE), report)
         with open(os.path.join(workdir, "distill_report.md"), "w", encoding="utf-8") as f:
             f.write(to_markdown(report))
     return report

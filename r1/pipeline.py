@@ -23,17 +23,15 @@ After each stage the model is evaluated on the task's held-out set: `<stage>/eva
 only when everything it makes is complete; a stage with one is skipped, a stage without one is
 run again and resumes through its trainer's own checkpoints (SFT / GRPO / RM checkpoints, the
 rejection sampler's progress file). `pipeline_log.jsonl` records what each invocation did
-(`skip`, `start`, `resume`, `done`).
+(`skip`, `start`, `resume`, `done`). The stage runner itself is `r1.stages`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -44,100 +42,24 @@ import numpy as np
 from r1 import checkpoint as ckpt_lib
 from r1 import configlib, sharding
 from r1.data import procedural, templates
+from r1.stages import DONE as DONE  # re-exported: the stage runner's files
+from r1.stages import LOG as LOG
+from r1.stages import (
+    Stage,
+    atomic_json,
+    barrier,
+    is_main,
+    run_stages,
+    write_jsonl,
+)
+from r1.stages import read_done as read_done
 
 log = logging.getLogger(__name__)
 
-DONE = "DONE.json"
 EVAL = "eval.json"
-LOG = "pipeline_log.jsonl"
 SUMMARY = "eval_summary.json"
 STAGES = ("1_cold_start", "2_reasoning_rl", "3_rejection_sft", "4_all_scenarios_rl")
 SUMMARY_KEYS = ("pass@1", "response_length", "truncated", "no_answer")
-
-
-# ----------------------------------------------------------------------------- stage runner
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """A pipeline stage: `run(directory, previous)` does the work in `directory` and returns its
-    outputs (JSON values; paths relative to the run directory), `previous` maps earlier stage
-    names to their outputs."""
-
-    name: str
-    run: Callable[[str, Mapping[str, Mapping[str, Any]]], dict[str, Any]]
-
-
-def _is_main() -> bool:
-    return jax.process_index() == 0
-
-
-def _atomic_json(path: str, value: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils  # noqa: PLC0415
-
-        multihost_utils.sync_global_devices(name)
-
-
-def _log_event(workdir: str, stage: str, event: str, **extra: Any) -> None:
-    log.warning("stage %s: %s %s", stage, event, extra or "")
-    if _is_main():
-        with open(os.path.join(workdir, LOG), "a") as f:
-            f.write(json.dumps({"time": time.time(), "stage": stage, "event": event, **extra}))
-            f.write("\n")
-
-
-def read_done(directory: str) -> dict[str, Any] | None:
-    """The `DONE.json` of a stage directory, or None when the stage is not complete."""
-    path = os.path.join(directory, DONE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def run_stages(stages: Sequence[Stage], workdir: str) -> dict[str, dict[str, Any]]:
-    """Runs `stages` in order under `workdir/<stage.name>/`, skipping completed ones.
-
-    A stage whose directory holds `DONE.json` is skipped (its recorded outputs are passed on);
-    otherwise it runs ("resume" when its directory already has content from an interrupted
-    run) and `DONE.json` is written, atomically, after it returns. An exception leaves no
-    marker, so the next invocation runs that stage again. Returns {stage name: outputs}.
-    """
-    names = [s.name for s in stages]
-    if len(set(names)) != len(names):
-        raise ValueError(f"stage names must be unique, got {names}")
-    os.makedirs(workdir, exist_ok=True)
-    outputs: dict[str, dict[str, Any]] = {}
-    for stage in stages:
-        directory = os.path.join(workdir, stage.name)
-        done = read_done(directory)
-        if done is not None:
-            _log_event(workdir, stage.name, "skip")
-            outputs[stage.name] = dict(done.get("outputs", {}))
-            continue
-        partial = os.path.isdir(directory) and bool(os.listdir(directory))
-        _log_event(workdir, stage.name, "resume" if partial else "start")
-        os.makedirs(directory, exist_ok=True)
-        start = time.perf_counter()
-        result = stage.run(directory, dict(outputs))
-        seconds = time.perf_counter() - start
-        _barrier(f"r1_pipeline_{stage.name}")
-        if _is_main():
-            _atomic_json(
-                os.path.join(directory, DONE),
-                {"stage": stage.name, "outputs": result, "seconds": seconds, "time": time.time()},
-            )
-        _log_event(workdir, stage.name, "done", seconds=round(seconds, 1))
-        outputs[stage.name] = result
-    return outputs
 
 
 # ----------------------------------------------------------------------------- synthetic data
@@ -218,16 +140,6 @@ def general_rows(num: int, seed: int) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def write_jsonl(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Writes `rows` as JSONL atomically (process 0 only; the others wait)."""
-    if _is_main():
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        os.replace(tmp, path)
-    _barrier(f"r1_pipeline_write_{os.path.basename(path)}")
 
 
 # ----------------------------------------------------------------------------- sub-configs
@@ -360,13 +272,13 @@ def stage_judge(config: Any, directory: str) -> tuple[str, dict[str, Any]]:
         trained = judge_data.train_tiny_judge(
             judge_data.TrainJudgeConfig(steps=steps, seed=int(config.seed))
         )
-        if _is_main():
+        if is_main():
             partial = target + ".partial"
             shutil.rmtree(partial, ignore_errors=True)
             judge_data.save_judge(trained, partial)
             shutil.rmtree(target, ignore_errors=True)
             os.replace(partial, target)
-        _barrier("stage_judge")
+        barrier("stage_judge")
     with open(report_path) as f:
         return target, json.load(f)
 
@@ -399,9 +311,9 @@ def _sft(cfg: ml_collections.ConfigDict, directory: str) -> str:
     export = os.path.join(directory, "export")
     # A stale or half-written export must not pass for this run's: train_sft re-exports on a
     # resume that finds its last step done.
-    if _is_main() and os.path.isdir(export):
+    if is_main() and os.path.isdir(export):
         shutil.rmtree(export)
-    _barrier("r1_pipeline_sft_clean")
+    barrier("r1_pipeline_sft_clean")
     train_sft(cfg, directory)
     if not os.path.exists(os.path.join(export, "config.json")):
         raise RuntimeError(
@@ -493,7 +405,7 @@ def evaluate_stage(config: Any, hf_path: str, directory: str, stage: str) -> dic
     result["stage"] = stage
     result["checkpoint"] = {"hf_path": hf_path}
     result["data"] = f"procedural:{name}:{config.eval.split}"
-    if _is_main():
+    if is_main():
         runner.write_json(result, os.path.join(directory, EVAL))
         runner.write_markdown(result, os.path.join(directory, "eval.md"))
     return result
@@ -548,7 +460,7 @@ def make_stages(config: Any, workdir: str) -> list[Stage]:
         return {"export": rel(export), "eval": rel(os.path.join(directory, EVAL)), "step": step}
 
     def rejection_sft(directory: str, outputs: Mapping) -> dict[str, Any]:
-        from r1.rejection.runner import run_from_config  # noqa: PLC0415
+        from r1.rejection.experiment import run_from_config  # noqa: PLC0415
 
         section = config.rejection
         sampled = path(outputs, STAGES[1], "export")
@@ -655,8 +567,8 @@ def summarize(workdir: str, stage_names: Sequence[str] = STAGES) -> dict[str, An
         overall = result.get("overall", {})
         summary[name] = {k: overall[k] for k in overall if k in SUMMARY_KEYS or "@" in k}
         summary[name]["num_problems"] = result.get("num_problems")
-    if _is_main():
-        _atomic_json(os.path.join(workdir, SUMMARY), summary)
+    if is_main():
+        atomic_json(os.path.join(workdir, SUMMARY), summary)
     return summary
 
 
@@ -683,7 +595,7 @@ def run_pipeline(config: Any, workdir: str) -> dict[str, Any]:
     )
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    if _is_main():
+    if is_main():
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     outputs = run_stages(make_stages(config, workdir), workdir)

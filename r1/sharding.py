@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -164,6 +165,41 @@ def make_mesh(
 def num_slices(devices: Sequence[jax.Device]) -> int:
     """How many TPU slices `devices` span (1 for CPU/GPU devices and single slices)."""
     return len({getattr(d, "slice_index", 0) or 0 for d in devices})
+
+
+def host_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; `os.cpu_count()` where unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def use_cpu_devices(count: int | None = None) -> int:
+    """Makes jax's CPU backend expose `count` devices (default: one per core, `host_cores()`)
+    and returns the count.
+
+    On a multi-core host without an accelerator this is how r1 uses every core for decoding:
+    XLA runs each CPU device's share of a program on its own thread, so a mesh whose `data` axis
+    spans these devices splits the batch over the cores, while a single CPU device runs the
+    decode loop's small matmuls on one core. Call it before the first jax computation (it sets
+    `jax_num_cpu_devices`, which jax reads when its backends start); called later with a count
+    other than the one in effect, it raises. It overrides
+    `XLA_FLAGS=--xla_force_host_platform_device_count`. No effect on GPU/TPU devices.
+    """
+    count = host_cores() if count is None else int(count)
+    if count < 1:
+        raise ValueError(f"use_cpu_devices: count must be >= 1, got {count}")
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError as error:
+        current = len(jax.devices("cpu"))
+        if current != count:
+            raise RuntimeError(
+                f"use_cpu_devices({count}): jax's CPU backend has already started with {current} "
+                "device(s); call use_cpu_devices before the first jax computation"
+            ) from error
+    return count
 
 
 def initialize_distributed(

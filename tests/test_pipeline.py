@@ -19,7 +19,7 @@ import pytest
 
 from r1 import configlib, pipeline, rewards
 from r1.data import procedural, templates
-from r1.rejection import runner as rejection_runner
+from r1.rejection import experiment as rejection_experiment
 from r1.rl import trainer as rl_trainer
 from r1.rm import trainer as rm_trainer
 from r1.rm.data import POLITE
@@ -161,11 +161,13 @@ def test_sub_configs_are_what_the_trainers_accept(variant):
         with pytest.raises(ValueError, match="judge.tasks is set but no judge path"):
             pipeline.rejection_config(config, "/s2/export")
     rej = pipeline.rejection_config(config, "/s2/export", "/s3/judge" if judged else "")
-    configlib.parse_experiment(rej, extra_sections=rejection_runner.EXTRA_SECTIONS)
-    data, sampling, select = rejection_runner.parse_sections(rej)
+    configlib.parse_experiment(rej, extra_sections=rejection_experiment.EXTRA_SECTIONS)
+    data, sampling, select = rejection_experiment.parse_sections(rej)
     assert data.source == "procedural" and data.task == task[0]
     assert select.correct_reward == "arithmetic"
-    judge_section = configlib.to_dataclass(rejection_runner.JudgeSection, rej.judge, "config.judge")
+    judge_section = configlib.to_dataclass(
+        rejection_experiment.JudgeSection, rej.judge, "config.judge"
+    )
     assert judge_section.tasks == judged
     assert judge_section.path == ("/s3/judge" if judged else "")
     if variant == "tiny":  # the judged slice of stage 3 (issue 10)

@@ -18,8 +18,8 @@ from r1 import configlib
 from r1.data import templates
 from r1.data.tokenizers import build_demo_tokenizer
 from r1.models.transformer import Transformer
+from r1.rejection import experiment, runner
 from r1.rejection import filters as F
-from r1.rejection import runner
 from r1.rejection.filters import FilterConfig, apply_filters, extract_cot
 from r1.rejection.select import Candidate, SelectConfig, normalize_whitespace, select
 from r1.rewards import RewardSpec
@@ -511,14 +511,14 @@ def test_judge_grades_rows_without_a_rule_checker(tmp_path):
 
 def test_judge_config_section_errors(tmp_path):
     with pytest.raises(ValueError, match="tasks"):
-        runner.JudgeSection(path="runs/j")
+        experiment.JudgeSection(path="runs/j")
     with pytest.raises(ValueError, match="path"):
-        runner.JudgeSection(tasks=("add_words",))
-    assert runner.build_judge(runner.JudgeSection()) is None
+        experiment.JudgeSection(tasks=("add_words",))
+    assert experiment.build_judge(experiment.JudgeSection()) is None
     with pytest.raises(FileNotFoundError, match="train_judge"):
-        runner.build_judge(runner.JudgeSection(path=str(tmp_path / "no"), tasks=("a",)))
+        experiment.build_judge(experiment.JudgeSection(path=str(tmp_path / "no"), tasks=("a",)))
     with pytest.raises(ValueError, match="answer_words_fraction"):
-        runner.DataSection(answer_words_fraction=1.5, num_prompts=1)
+        experiment.DataSection(answer_words_fraction=1.5, num_prompts=1)
 
 
 # ----------------------------------------------------------------------------- compiled sampler
@@ -549,20 +549,20 @@ def test_config_errors_name_the_field():
     )
     config.select.cap_order = "random"
     with pytest.raises(ValueError, match="config.select.*cap_order"):
-        runner.parse_sections(config)
+        experiment.parse_sections(config)
     config.select.cap_order = "index"
     config.data.template = "nope"
     with pytest.raises(ValueError, match="config.data.*template"):
-        runner.parse_sections(config)
+        experiment.parse_sections(config)
     config.data.template = "r1_zero"
     values = config.to_dict()
     values["filters"]["max_paragraph_chars"] = "long"
     with pytest.raises(TypeError, match="config.filters.max_paragraph_chars"):
-        runner.parse_sections(values)
+        experiment.parse_sections(values)
     values["filters"]["max_paragraph_chars"] = 10
     values["select"]["min_rewards"] = (("format_strict",),)
     with pytest.raises(ValueError, match="config.select.min_rewards"):
-        runner.parse_sections(values)
+        experiment.parse_sections(values)
 
 
 def test_file_prompts_and_chat_template(tmp_path):
@@ -573,23 +573,25 @@ def test_file_prompts_and_chat_template(tmp_path):
         + json.dumps({"question": "What is 3+3?", "answer": "#### 6"})
         + "\n"
     )
-    data = runner.DataSection(source="files", files=str(path), template="qwen", num_prompts=1)
-    rows = runner.load_prompts(data, seed=0)
+    data = experiment.DataSection(source="files", files=str(path), template="qwen", num_prompts=1)
+    rows = experiment.load_prompts(data, seed=0)
     assert [(r["prompt"], r["answer"]) for r in rows] == [("What is 2+2?", "4")]
     assert (
         len(
             {
                 r["id"]
-                for r in runner.load_prompts(runner.DataSection(source="files", files=str(path)), 0)
+                for r in experiment.load_prompts(
+                    experiment.DataSection(source="files", files=str(path)), 0
+                )
             }
         )
         == 2
     )
-    text = runner.make_render(data)(rows[0])
+    text = experiment.make_render(data)(rows[0])
     assert text == templates.render_chat("What is 2+2?", format="qwen")
     assert text.endswith("<think>\n")
     with pytest.raises(ValueError, match="files"):
-        runner.DataSection(source="files")
+        experiment.DataSection(source="files")
 
 
 @pytest.mark.slow

@@ -296,3 +296,34 @@ def test_master_weights_cast_for_decoding_compute_exactly_the_same(name):
     np.testing.assert_array_equal(out_model.logprobs, out_narrow.logprobs)
     float_model = Transformer(CONFIGS[name](), rngs=nnx.Rngs(0))
     assert in_compute_dtype(float_model) is float_model  # nothing to narrow
+
+
+def test_sampler_bound_to_a_data_mesh_splits_rows_and_matches_one_device(devices):
+    """`make_sampler(..., mesh)`: host prompt rows are split over the mesh (one core per device
+    on a CPU host) and the decode gives the single-device tokens."""
+    config = SamplingConfig(max_new_tokens=5, num_samples=2, greedy=True)
+    prompts = PROMPTS + [[20, 21, 22]]
+    model = _model("dense")
+    single = _run(model, config, prompts=prompts)
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=4, fsdp=2))
+    graphdef, state = nnx.split(model)
+    with sharding.use_mesh(mesh):
+        state = sharding.place_state(state, mesh)
+    tokens, mask = left_pad(prompts, 8, 0)
+    fn = make_sampler(graphdef, config, mesh)
+    key = jax.random.key(0)
+    assert "while" in fn.lower(state, tokens, mask, key).as_text()
+    out = fn(state, tokens, mask, key)
+    assert len(out.tokens.sharding.device_set) == 8
+    assert out.tokens.sharding.spec[0] == ("data", "fsdp")  # 8 rows, one per device
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(single.tokens))
+    np.testing.assert_allclose(out.logprobs, single.logprobs, atol=1e-5)
+    tokenizer = testing.DummyTokenizer()
+    text_model = Transformer(
+        testing.tiny_dense_config(vocab_size=tokenizer.vocab_size), rngs=nnx.Rngs(0)
+    )
+    kwargs = dict(max_new_tokens=4, num_samples=2, seed=3)
+    prompts_text = ["12+3=", "hello", "7*8=", "x"]
+    assert generate(text_model, tokenizer, prompts_text, mesh=mesh, **kwargs) == generate(
+        text_model, tokenizer, prompts_text, **kwargs
+    )

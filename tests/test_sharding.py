@@ -1,5 +1,9 @@
 """Sharded forward/loss/grad equals the single-device result on every mesh shape."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,3 +153,24 @@ def test_moe_model_loss_and_grads_match_single_device(mesh_name, devices):
     assert _max_rel(params(grads), params(ref_grads)) < 1e-5
     w_up = model.layers[1].mlp.w_up[...]
     assert "expert" in jax.tree.leaves(tuple(w_up.sharding.spec))
+
+
+def test_use_cpu_devices_sets_the_count_before_jax_starts(devices, tmp_path):
+    assert sharding.use_cpu_devices(8) == 8  # the count in effect: nothing to change
+    with pytest.raises(RuntimeError, match="already started with 8 device"):
+        sharding.use_cpu_devices(3)
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        sharding.use_cpu_devices(0)
+    assert sharding.host_cores() >= 1
+    script = (
+        "from r1 import sharding\n"
+        "assert sharding.use_cpu_devices(3) == 3\n"
+        "import jax\n"
+        "print(len(jax.devices('cpu')))\n"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "3"

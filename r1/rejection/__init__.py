@@ -7,7 +7,8 @@ keep the correct, readable, distinct ones, and write them as an SFT dataset with
 
 * `filters`: pure readability predicates (mixed-language CoT, long paragraphs, code blocks).
 * `select`: pure selection (correct, filtered, deduplicated, capped per prompt).
-* `runner`: the resumable loop around the compiled sampler (`run`, `run_from_config`).
+* `runner`: the resumable loop around the compiled sampler (`run`).
+* `experiment`: the same from an experiment config (`run_from_config`).
 
 See docs/rejection_sampling.md.
 """

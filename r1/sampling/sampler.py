@@ -16,12 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from r1.models.layers import in_compute_dtype
 from r1.models.transformer import Transformer
 from r1.sampling import filters
 from r1.sampling.kv_cache import forward_with_cache, grow_cache, init_cache, repeat_rows
-from r1.sharding import shard
+from r1.sharding import named_sharding, place_state, shard, use_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,14 +238,58 @@ def sample(
     )
 
 
-def make_sampler(graphdef: nnx.GraphDef, config: SamplingConfig, **jit_kwargs: Any):
+def make_sampler(
+    graphdef: nnx.GraphDef,
+    config: SamplingConfig,
+    mesh: Mesh | None = None,
+    **jit_kwargs: Any,
+):
     """A jitted `fn(state, prompt_tokens, prompt_mask, key, row_ids=None) -> SampleOutput` for a
-    model split with `nnx.split` (one compilation per input shape)."""
+    model split with `nnx.split` (one compilation per input shape).
+
+    mesh: trace and run under this mesh (`fn.lower(...)` too), so the decode is split as the
+    sharding rules say (rows over the data-like axes): prompt rows (tokens, mask, row ids)
+    given as host arrays are placed split over the rows, the state is used as placed (e.g. by
+    `r1.sharding.place_state`). On a multi-core CPU host, a `data` mesh over
+    `r1.sharding.use_cpu_devices()` devices decodes on every core.
+    """
 
     def run(state, prompt_tokens, prompt_mask, key, row_ids=None):
         return sample(nnx.merge(graphdef, state), prompt_tokens, prompt_mask, key, config, row_ids)
 
-    return jax.jit(run, **jit_kwargs)
+    jitted = jax.jit(run, **jit_kwargs)
+    return jitted if mesh is None else _MeshSampler(jitted, mesh)
+
+
+class _MeshSampler:
+    """`make_sampler`'s function bound to a mesh (see there)."""
+
+    def __init__(self, jitted: Any, mesh: Mesh):
+        self.jitted, self.mesh = jitted, mesh
+
+    def _rows(self, array: Any) -> Any:
+        """Host rows -> a global array split over the mesh by rows (any number of processes)."""
+        if array is None or isinstance(array, jax.ShapeDtypeStruct):
+            return array
+        on_mesh = set(self.mesh.devices.flat)
+        if isinstance(array, jax.Array) and array.sharding.device_set == on_mesh:
+            return array
+        array = np.asarray(array)
+        names = ("batch",) + (None,) * (array.ndim - 1)
+        target = named_sharding(names, array.shape, self.mesh)
+        return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
+
+    def _args(self, state, prompt_tokens, prompt_mask, key, row_ids=None):
+        rows = [self._rows(a) for a in (prompt_tokens, prompt_mask, row_ids)]
+        return (state, rows[0], rows[1], key) + (() if row_ids is None else (rows[2],))
+
+    def __call__(self, *args: Any) -> SampleOutput:
+        with use_mesh(self.mesh):
+            return self.jitted(*self._args(*args))
+
+    def lower(self, *args: Any) -> Any:
+        with use_mesh(self.mesh):
+            return self.jitted.lower(*self._args(*args))
 
 
 # ----------------------------------------------------------------------------- text level
@@ -283,6 +328,7 @@ def generate(
     seed: int = 0,
     stop_strings: Sequence[str] = (),
     add_bos: bool = True,
+    mesh: Mesh | None = None,
 ) -> list[list[str]]:
     """Text in, text out, for notebooks and evaluation: `[prompt][sample] -> completion`.
 
@@ -290,7 +336,8 @@ def generate(
     `pad_id` and `eos_id` (None or missing: no EOS). Prompts get the tokenizer's BOS first as in
     training (`add_bos`; a no-op for tokenizers without one, e.g. Qwen). Completions are decoded
     up to and including the end token. Compiles once per (number of prompts, prompt bucket,
-    max_new_tokens).
+    max_new_tokens). mesh: decode under this mesh, rows split as the sharding rules say (the
+    model's state is placed on it; see `make_sampler`).
     """
     encoded = [list(tokenizer.encode(p, add_bos=add_bos)) for p in prompts]
     length = bucket_length(max(len(e) for e in encoded))
@@ -309,9 +356,14 @@ def generate(
         pad_id=tokenizer.pad_id,
     )
     graphdef, state = nnx.split(model)
-    out = make_sampler(graphdef, config)(
-        state, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(seed)
-    )
+    if mesh is None:
+        out = make_sampler(graphdef, config)(
+            state, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(seed)
+        )
+    else:
+        with use_mesh(mesh):
+            state = place_state(state, mesh)
+        out = make_sampler(graphdef, config, mesh)(state, tokens, mask, jax.random.key(seed))
     out_tokens, out_mask = np.asarray(out.tokens), np.asarray(out.mask)
     texts = [tokenizer.decode(out_tokens[r][out_mask[r]].tolist()) for r in range(len(out_tokens))]
     return [texts[p * num_samples : (p + 1) * num_samples] for p in range(len(prompts))]

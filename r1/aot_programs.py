@@ -1,0 +1,308 @@
+"""The programs `r1.aot` compiles: the trainers' real GRPO, SFT and reward-model steps, built
+from an experiment config on a mesh with abstract, sharded arguments (no weights), and the
+byte counts read off them (`shard_bytes`, `global_bytes`, `kv_cache_bytes`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from r1 import configlib, sharding
+from r1.models.config import ModelConfig
+from r1.models.layers import dtype_of
+from r1.models.transformer import Transformer
+from r1.rl import step as step_lib
+
+
+@dataclasses.dataclass
+class Program:
+    """A jitted step with abstract, sharded arguments, ready for `.lower(*args)`.
+
+    kind: "grpo" or "sft". state: the TrainState of `jax.ShapeDtypeStruct`s with shardings.
+    rows / new_tokens / prompt_len: the step's shape (new_tokens 0 for SFT).
+    """
+
+    kind: str
+    mesh: Mesh
+    model: ModelConfig
+    graphdef: Any
+    step: Any
+    state: Any
+    batch: dict[str, jax.ShapeDtypeStruct]
+    rows: int
+    prompt_len: int
+    new_tokens: int
+    passes: int
+    cache_dtype: str | None = None
+    frozen: dict[str, Any] | None = None
+
+    def args(self) -> tuple[Any, ...]:
+        """The step's abstract arguments: (state, batch) or (state, batch, frozen models)."""
+        if self.frozen:
+            return (self.state, self.batch, self.frozen)
+        return (self.state, self.batch)
+
+
+def with_shardings(tree: Any, shardings: Any) -> Any:
+    """`tree`'s leaves as `jax.ShapeDtypeStruct`s carrying `shardings` (same structure)."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+def stand_in_tokenizer(config: Any) -> Any:
+    """The run's tokenizer when it can be built here, else the demo tokenizer: the step only
+    takes static tag/digit ids from it, which do not change the program's size."""
+    from r1.rl import trainer
+
+    kind, path = config.tokenizer.kind, config.tokenizer.path
+    if kind == "demo" or (kind == "hf" and path and pathlib.Path(path).exists()):
+        return trainer.build_tokenizer(config)
+    from r1.data.tokenizers import build_demo_tokenizer
+
+    return build_demo_tokenizer()
+
+
+def grpo_program(config: Any, mesh: Mesh) -> Program:
+    """The trainer's GRPO step for `config` on `mesh`, with the config's real batch (prompts per
+    step x group), prompt bucket (the largest) and generation length."""
+    from r1.rewards import get as get_reward
+    from r1.rl import trainer
+    from r1.rl.model_rewards import build_model_rewards
+    from r1.rl.reward_bridge import BYTES_SUFFIX, RewardBridge
+
+    experiment = configlib.parse_experiment(config, extra_sections=trainer.EXTRA_SECTIONS)
+    model_cfg = experiment.model
+    tokenizer = stand_in_tokenizer(config)
+    optimizer = trainer.make_optimizer(config)
+    grpo_cfg = trainer.grpo_config_from(config, tokenizer)
+    graphdef, state = step_lib.abstract_train_state(
+        lambda: Transformer(model_cfg, rngs=nnx.Rngs(experiment.seed)),
+        optimizer,
+        experiment.seed,
+        with_reference=grpo_cfg.loss.beta > 0,
+    )
+    prompts = int(config.rl.prompts_per_step)
+    prompt_len = int(max(config.data.buckets))
+    batch = {
+        "prompt_tokens": jax.ShapeDtypeStruct((prompts, prompt_len), jnp.int32),
+        "prompt_mask": jax.ShapeDtypeStruct((prompts, prompt_len), jnp.bool_),
+        "row_index": jax.ShapeDtypeStruct((prompts,), jnp.int32),
+    }
+    bridge = RewardBridge([tuple(t) for t in config.rewards], tokenizer)
+    for name, _, _ in bridge.terms:
+        reward = get_reward(name)
+        for field in reward.fields:
+            if reward.kind == "token":
+                batch[field] = jax.ShapeDtypeStruct((prompts,), jnp.int32)
+            else:
+                batch[field + BYTES_SUFFIX] = jax.ShapeDtypeStruct((prompts, 64), jnp.uint8)
+    # Frozen models scored inside the step (reward models, a judge): built from their configs
+    # only, their batch fields shaped by their own encoders.
+    model_rewards, frozen, encoders = build_model_rewards(config, tokenizer, mesh, abstract=True)
+    for encode in encoders:
+        for field, value in encode(["0"] * prompts).items():
+            batch[field] = jax.ShapeDtypeStruct(value.shape, value.dtype)
+    if float(config.data.get("general_fraction", 0.0) or 0.0) > 0:
+        batch["general"] = jax.ShapeDtypeStruct((prompts,), jnp.bool_)
+    step = step_lib.make_grpo_step(
+        graphdef,
+        optimizer,
+        grpo_cfg,
+        bridge,
+        mesh,
+        state,
+        batch,
+        bias_update_rate=model_cfg.bias_update_rate,
+        model_rewards=model_rewards,
+        frozen=frozen or None,
+    )
+    state_sh = step_lib.train_state_shardings(state, optimizer, mesh)
+    batch_sh = sharding.batch_shardings(batch, mesh)
+    rows = prompts * grpo_cfg.group_size
+    micro = grpo_cfg.num_microbatches or step_lib.auto_microbatches(
+        rows // grpo_cfg.num_minibatches, mesh
+    )
+    return Program(
+        kind="grpo",
+        mesh=mesh,
+        model=model_cfg,
+        graphdef=graphdef,
+        step=step,
+        state=with_shardings(state, state_sh),
+        batch=with_shardings(batch, batch_sh),
+        rows=prompts * grpo_cfg.group_size,
+        prompt_len=prompt_len,
+        new_tokens=grpo_cfg.sampling.max_new_tokens,
+        passes=grpo_cfg.num_minibatches * grpo_cfg.num_iterations * micro,
+        cache_dtype=grpo_cfg.sampling.cache_dtype,
+        frozen=with_shardings(
+            frozen, {k: sharding.state_shardings(v, mesh) for k, v in frozen.items()}
+        )
+        if frozen
+        else None,
+    )
+
+
+def sft_program(config: Any, mesh: Mesh) -> Program:
+    """The SFT trainer's step (`r1.sft.step.make_sft_step`, configs/sft.py and configs/distill.py
+    layout) at the config's batch (`sft.batch_size` packed rows of `data.seq_len` tokens),
+    gradient accumulation (`sft.num_microbatches`) and MTP weight, as `r1.sft.trainer` builds it.
+    """
+    from r1.rl import trainer
+    from r1.sft import step as sft_step
+
+    sft = config.get("sft")
+    data = config.get("data")
+    if sft is None or "batch_size" not in sft or data is None or "seq_len" not in data:
+        raise ValueError(
+            "--step=sft: the config needs `sft.batch_size` and `data.seq_len` (configs/sft.py "
+            f"layout); got sections {sorted(config.keys())}"
+        )
+    model_cfg = configlib.model_config(config)
+    seed = int(config.get("seed", 0))
+    optimizer = trainer.make_optimizer(config)
+    graphdef, state = step_lib.abstract_train_state(
+        lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)), optimizer, seed, with_reference=False
+    )
+    rows, length = int(sft.batch_size), int(data.seq_len)
+    batch = {
+        "tokens": jax.ShapeDtypeStruct((rows, length), jnp.int32),
+        "segment_ids": jax.ShapeDtypeStruct((rows, length), jnp.int32),
+        "positions": jax.ShapeDtypeStruct((rows, length), jnp.int32),
+        "loss_mask": jax.ShapeDtypeStruct((rows, length), jnp.bool_),
+    }
+    micro = int(sft.get("num_microbatches", 1))
+    sft_cfg = sft_step.SFTConfig(
+        num_microbatches=micro,
+        mtp_weight=model_cfg.mtp_loss_weight if model_cfg.num_mtp_layers else 0.0,
+    )
+    step = sft_step.make_sft_step(
+        graphdef, optimizer, sft_cfg, mesh, state, batch, model_cfg.bias_update_rate
+    )
+    state_sh = step_lib.train_state_shardings(state, optimizer, mesh)
+    return Program(
+        kind="sft",
+        mesh=mesh,
+        model=model_cfg,
+        graphdef=graphdef,
+        step=step,
+        state=with_shardings(state, state_sh),
+        batch=with_shardings(batch, sharding.batch_shardings(batch, mesh)),
+        rows=rows,
+        prompt_len=length,
+        new_tokens=0,
+        passes=micro,
+    )
+
+
+def rm_program(config: Any, mesh: Mesh) -> Program:
+    """The reward-model trainer's step (`r1.rm.trainer.rm_step_fn`, configs/reward_model.py
+    layout): `train.batch_size` preference pairs (chosen and rejected rows in one forward) of
+    `data.max_length` tokens, `train.num_microbatches`, the configured scoring region."""
+    from r1.rl import trainer
+    from r1.rm import model as rm_model
+    from r1.rm import trainer as rm_trainer
+    from r1.rm.reward import think_close_ids
+
+    needed = (("train", "batch_size"), ("data", "max_length"), ("rm", "region"))
+    missing = [f"{a}.{b}" for a, b in needed if a not in config or b not in config[a]]
+    if missing:
+        raise ValueError(f"--step=rm: the config needs {missing} (configs/reward_model.py layout)")
+    model_cfg = configlib.model_config(config)
+    seed = int(config.get("seed", 0))
+    optimizer = trainer.make_optimizer(config)
+    graphdef, state = step_lib.abstract_train_state(
+        lambda: rm_model.RewardModel(model_cfg, rngs=nnx.Rngs(seed)),
+        optimizer,
+        seed,
+        with_reference=False,
+    )
+    pairs, length = int(config.train.batch_size), int(config.data.max_length)
+    kinds = {"tokens": jnp.int32, "mask": jnp.bool_, "response": jnp.bool_}
+    batch = {
+        field: jax.ShapeDtypeStruct((pairs, length), kinds[field.split("_", 1)[1]])
+        for field in rm_trainer.ROW_FIELDS
+    }
+    batch["margin"] = jax.ShapeDtypeStruct((pairs,), jnp.float32)
+    region = str(config.rm.region)
+    settings = dict(
+        region=region,
+        think_close=think_close_ids(stand_in_tokenizer(config).encode("</think>"))
+        if region == "summary"
+        else (),
+        missing=str(config.rm.get("missing_summary", "empty")),
+    )
+    micro = int(config.train.get("num_microbatches", 1))
+    state_sh = step_lib.train_state_shardings(state, optimizer, mesh)
+    batch_sh = sharding.batch_shardings(batch, mesh)
+    step = jax.jit(
+        rm_trainer.rm_step_fn(
+            graphdef,
+            optimizer,
+            settings,
+            bool(config.rm.get("use_margin", False)),
+            float(model_cfg.bias_update_rate),
+            micro,
+        ),
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())),
+        donate_argnums=(0,),
+    )
+    return Program(
+        kind="rm",
+        mesh=mesh,
+        model=model_cfg,
+        graphdef=graphdef,
+        step=step,
+        state=with_shardings(state, state_sh),
+        batch=with_shardings(batch, batch_sh),
+        rows=2 * pairs,
+        prompt_len=length,
+        new_tokens=0,
+        passes=micro,
+    )
+
+
+# --------------------------------------------------------------------------------- bytes
+def shard_bytes(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded `ShapeDtypeStruct`s (the largest shard)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+        total += math.prod(shape) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def global_bytes(tree: Any) -> int:
+    return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def kv_cache_bytes(program: Program) -> int:
+    """Per-device bytes of the sampler's KV cache for all rows (prompt bucket + new tokens).
+
+    MLA caches the latent + rope key (C + R values per token and layer), GQA keys and values
+    (2 KV D); rows are split over the mesh axes of the `batch` rule, as the sampler shards them.
+    """
+    if program.kind != "grpo":
+        return 0
+    cfg = program.model
+    if cfg.attention_type == "mla":
+        per_token = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    else:
+        per_token = 2 * cfg.num_kv_heads * cfg.head_dim
+    itemsize = jnp.dtype(dtype_of(program.cache_dtype or cfg.dtype)).itemsize
+    slots = program.prompt_len + program.new_tokens
+    spec = sharding.logical_to_spec(("batch",), (program.rows,), program.mesh)
+    axes = spec[0] if spec[0] is not None else ()
+    axes = (axes,) if isinstance(axes, str) else axes
+    split = math.prod(program.mesh.shape[a] for a in axes)
+    rows = -(-program.rows // split)
+    return rows * slots * per_token * itemsize * cfg.num_layers
