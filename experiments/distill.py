@@ -22,6 +22,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cpu_devices
 from r1 import sharding
 from r1.distill import distill, to_markdown
 
@@ -56,8 +57,10 @@ def main(argv):
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config=configs/distill.py:<variant> and --workdir are required")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    cpu_devices.apply()
     if _DISTRIBUTED.value:
         sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    cpu_devices.describe()
     report = distill(_CONFIG.value, _WORKDIR.value, config_name())
     print(to_markdown(report))
     print(

@@ -25,6 +25,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
+from experiments import cpu_devices
 from r1 import configlib, sharding
 from r1.data import procedural, sources
 from r1.evaluation import runner
@@ -194,8 +195,10 @@ def main(argv):
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config=configs/evaluate.py:<variant> and --workdir are required")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    cpu_devices.apply()
     if _DISTRIBUTED.value:
         sharding.initialize_distributed()
+    cpu_devices.describe()
     result = evaluate_config(_CONFIG.value, _WORKDIR.value)
     print(runner.to_markdown(result))
     seconds = result["timing"]["seconds"]

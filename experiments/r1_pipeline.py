@@ -17,6 +17,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cpu_devices
 from r1 import sharding
 from r1.pipeline import run_pipeline
 
@@ -31,8 +32,10 @@ def main(argv):
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config=configs/r1.py:<variant> and --workdir are required")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    cpu_devices.apply()
     if _DISTRIBUTED.value:
         sharding.initialize_distributed()
+    cpu_devices.describe()
     result = run_pipeline(_CONFIG.value, _WORKDIR.value)
     print(json.dumps(result["summary"], indent=2, sort_keys=True))
 

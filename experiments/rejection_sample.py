@@ -19,6 +19,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cpu_devices
 from r1 import sharding
 from r1.rejection.experiment import run_from_config
 
@@ -54,8 +55,10 @@ def main(argv):
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config=configs/<file>.py:<variant> and --workdir are required")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    cpu_devices.apply()
     if _DISTRIBUTED.value:
         sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    cpu_devices.describe()
     report = run_from_config(_CONFIG.value, _WORKDIR.value, config_name())
     summary = {k: report[k] for k in ("prompts", "candidates", "kept", "dropped")}
     print(json.dumps(summary))

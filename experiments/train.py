@@ -5,7 +5,8 @@ r"""GRPO training entry point (R1-Zero and the RL stages of R1).
         --config.rl.group_size=4 --config.train.steps=10
 
 Re-running the same command on an existing workdir resumes from its last checkpoint. On a
-multi-host slice run the same command on every host with --distributed.
+multi-host slice run the same command on every host with --distributed. On a multi-core CPU
+host, --cpu_devices=-1 gives jax one device per core and the config's mesh (fsdp=-1) spans them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cpu_devices
 from r1 import sharding
 from r1.rl.trainer import train
 
@@ -32,8 +34,10 @@ def main(argv):
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config=configs/<file>.py:<variant> and --workdir are required")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    cpu_devices.apply()
     if _DISTRIBUTED.value:
         sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    cpu_devices.describe()
     final = train(_CONFIG.value, _WORKDIR.value)
     for key in ("eval/accuracy", "eval/response_length/mean", "reward/total"):
         if key in final:

@@ -16,6 +16,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cpu_devices
 from r1 import sharding
 from r1.rm.trainer import train_rm
 
@@ -33,8 +34,10 @@ def main(argv):
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config=configs/<file>.py:<variant> and --workdir are required")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    cpu_devices.apply()
     if _DISTRIBUTED.value:
         sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    cpu_devices.describe()
     final = train_rm(_CONFIG.value, _WORKDIR.value)
     for key in ("eval/accuracy", "eval/loss"):
         if key in final:

@@ -97,6 +97,21 @@ def test_kill_and_resume_reproduces_the_unbroken_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_cpu_devices_flag_splits_the_step_over_every_core(tmp_path):
+    """`--cpu_devices=2` gives jax two CPU devices (over the environment's one) and the
+    config's mesh (fsdp=-1) spans them; the run trains and evaluates as usual."""
+    command = _command(tmp_path / "run", steps=2, checkpoint_every=2) + ["--cpu_devices=2"]
+    proc = subprocess.run(
+        command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "devices: 2 x cpu" in proc.stderr
+    rows = _rows(tmp_path / "run")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    assert any("eval/accuracy" in r for r in rows)
+
+
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.Popen(
