@@ -42,8 +42,6 @@ import numpy as np
 from r1 import checkpoint as ckpt_lib
 from r1 import configlib, sharding
 from r1.data import procedural, templates
-from r1.stages import DONE as DONE  # re-exported: the stage runner's files
-from r1.stages import LOG as LOG
 from r1.stages import (
     Stage,
     atomic_json,
@@ -52,7 +50,6 @@ from r1.stages import (
     run_stages,
     write_jsonl,
 )
-from r1.stages import read_done as read_done
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from r1 import configlib, pipeline, rewards
+from r1 import configlib, pipeline, rewards, stages
 from r1.data import procedural, templates
 from r1.rejection import experiment as rejection_experiment
 from r1.rl import trainer as rl_trainer
@@ -29,7 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _events(workdir) -> list[tuple[str, str]]:
-    with open(os.path.join(workdir, pipeline.LOG)) as f:
+    with open(os.path.join(workdir, stages.LOG)) as f:
         return [(e["stage"], e["event"]) for e in map(json.loads, f)]
 
 
@@ -55,7 +55,7 @@ def test_stages_run_in_order_and_pass_outputs(tmp_path):
     assert calls == ["a", "b", "c"]
     assert out["c"]["saw"] == ["a", "b"] and out["a"]["saw"] == []
     for name in "abc":
-        done = pipeline.read_done(str(tmp_path / name))
+        done = stages.read_done(str(tmp_path / name))
         assert done["stage"] == name and done["outputs"] == out[name]
     assert _events(tmp_path) == [(n, e) for n in "abc" for e in ("start", "done")]
 
@@ -63,7 +63,7 @@ def test_stages_run_in_order_and_pass_outputs(tmp_path):
 def test_completed_stages_are_skipped(tmp_path):
     calls: list[str] = []
     first = pipeline.run_stages(_fake_stages(calls), str(tmp_path))
-    marker = tmp_path / "b" / pipeline.DONE
+    marker = tmp_path / "b" / stages.DONE
     mtime = marker.stat().st_mtime_ns
     second = pipeline.run_stages(_fake_stages(calls), str(tmp_path))
     assert calls == ["a", "b", "c"]  # nothing ran again
@@ -76,8 +76,8 @@ def test_failed_stage_leaves_no_marker_and_resumes(tmp_path):
     calls: list[str] = []
     with pytest.raises(RuntimeError, match="b killed"):
         pipeline.run_stages(_fake_stages(calls, fail_at="b"), str(tmp_path))
-    assert pipeline.read_done(str(tmp_path / "a")) is not None
-    assert pipeline.read_done(str(tmp_path / "b")) is None
+    assert stages.read_done(str(tmp_path / "a")) is not None
+    assert stages.read_done(str(tmp_path / "b")) is None
     assert not (tmp_path / "c").exists()
     out = pipeline.run_stages(_fake_stages(calls), str(tmp_path))
     assert calls == ["a", "b", "b", "c"]
@@ -268,14 +268,14 @@ def test_tiny_pipeline_runs_all_four_stages(killed_and_resumed):
             table = json.load(f)
         assert table["stage"] == stage and table["num_problems"] == 9
         assert 0.0 <= table["overall"]["pass@1"] <= 1.0
-        assert pipeline.read_done(str(workdir / stage)) is not None
+        assert stages.read_done(str(workdir / stage)) is not None
         assert (workdir / stage / "eval.md").read_text().startswith("| task |")
     with open(workdir / pipeline.SUMMARY) as f:
         summary = json.load(f)
     assert list(summary) == list(pipeline.STAGES)
     assert json.loads(result.stdout) == summary
     # Stage 3 kept rejection samples; stage 4's reward model learned its synthetic rule.
-    done3 = pipeline.read_done(str(workdir / "3_rejection_sft"))["outputs"]
+    done3 = stages.read_done(str(workdir / "3_rejection_sft"))["outputs"]
     assert done3["kept"] >= 1
     # Stage 3's judged slice: sums whose reference answer is in words, graded by the tiny judge
     # the stage trained; the kept judged traces are mostly really correct.
@@ -289,7 +289,7 @@ def test_tiny_pipeline_runs_all_four_stages(killed_and_resumed):
     assert all(t["provenance"]["judge"]["model"].endswith("3_rejection_sft/judge") for t in judged)
     truly = [sum(map(int, t["prompt"].split("+"))) == int(t["answer"]) for t in judged]
     assert np.mean(truly) >= 0.7, truly
-    done4 = pipeline.read_done(str(workdir / "4_all_scenarios_rl"))["outputs"]
+    done4 = stages.read_done(str(workdir / "4_all_scenarios_rl"))["outputs"]
     assert done4["reward_model_eval_accuracy"] > 0.5
     # The reward model scored only the last rm_steps steps of stage 4.
     with open(workdir / "4_all_scenarios_rl" / "rl" / "metrics.jsonl") as f:
