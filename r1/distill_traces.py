@@ -18,7 +18,7 @@ import numpy as np
 
 from r1 import configlib
 from r1.data import sources
-from r1.data.sources import RowError
+from r1.data.sources import RowError, text_field
 from r1.sft import data as sft_data
 
 log = logging.getLogger(__name__)
@@ -70,20 +70,6 @@ class TraceSection:
         return out
 
 
-def _text(raw: Mapping[str, Any], key: str) -> str:
-    value = raw.get(key)
-    if value is None:
-        raise RowError(f"missing field '{key}'")
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise RowError(f"field '{key}' is not text", type(value).__name__)
-    value = str(value)
-    if not value.strip():
-        raise RowError(f"empty field '{key}'")
-    return value
-
-
 def _truthy(raw: Mapping[str, Any], key: str) -> bool:
     value = raw.get(key)
     if value is None:
@@ -119,14 +105,14 @@ def trace_to_sft(raw: Any, fields: TraceSection, response_format: str) -> dict[s
     """
     if not isinstance(raw, Mapping):
         raise RowError("not an object", type(raw).__name__)
-    prompt = _text(raw, fields.prompt_field)
+    prompt = text_field(raw, fields.prompt_field)
     if fields.correct_field and not _truthy(raw, fields.correct_field):
         raise RowError("marked incorrect")
     if raw.get(fields.reasoning_field) is not None:
-        reasoning = _text(raw, fields.reasoning_field)
-        answer = _text(raw, fields.answer_field)
+        reasoning = text_field(raw, fields.reasoning_field)
+        answer = text_field(raw, fields.answer_field)
     elif raw.get(fields.response_field) is not None:
-        response = _text(raw, fields.response_field)
+        response = text_field(raw, fields.response_field)
         parts = split_response(response)
         if parts is None:
             if fields.require_reasoning:

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -102,10 +102,12 @@ def extract_math_answer(solution: str) -> str:
 
 
 # ------------------------------------------------------------------------------ row conversion
-def _text_field(raw: dict[str, Any], key: str) -> str:
-    if key not in raw or raw[key] is None:
+def text_field(raw: Mapping[str, Any], key: str) -> str:
+    """`raw[key]` as text (bytes decoded as UTF-8, numbers written out); a `RowError` naming the
+    field when it is missing, empty, or not text (a bool, a list, ...)."""
+    value = raw.get(key)
+    if value is None:
         raise RowError(f"missing field '{key}'")
-    value = raw[key]
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -133,12 +135,12 @@ def convert_row(raw: Any, layout: str, task: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise RowError("row is not an object", type(raw).__name__)
     if layout == "gsm8k":
-        question, solution = _text_field(raw, "question"), _text_field(raw, "answer")
+        question, solution = text_field(raw, "question"), text_field(raw, "answer")
         answer = extract_gsm8k_answer(solution)
         steps = [ln for ln in solution.rsplit("####", 1)[0].splitlines() if ln.strip()]
         row = {"prompt": question, "answer": answer, "solution": solution, "difficulty": len(steps)}
     elif layout == "math":
-        problem, solution = _text_field(raw, "problem"), _text_field(raw, "solution")
+        problem, solution = text_field(raw, "problem"), text_field(raw, "solution")
         row = {
             "prompt": problem,
             "answer": extract_math_answer(solution),
@@ -149,8 +151,8 @@ def convert_row(raw: Any, layout: str, task: str) -> dict[str, Any]:
             row["subject"] = raw["type"]
     elif layout == "r1":
         row = dict(raw)
-        row["prompt"] = _text_field(raw, "prompt")
-        row["answer"] = _text_field(raw, "answer").strip()
+        row["prompt"] = text_field(raw, "prompt")
+        row["answer"] = text_field(raw, "answer").strip()
         row["difficulty"] = _int_or(raw.get("difficulty"), 0)
     else:
         raise ValueError(f"layout: expected one of {LAYOUTS} or 'auto', got {layout!r}")

@@ -42,7 +42,7 @@ import numpy as np
 
 from r1.data import procedural, sources, templates
 from r1.data.pipeline import shard_and_shuffle
-from r1.data.sources import LoadReport, RowError
+from r1.data.sources import LoadReport, RowError, text_field
 from r1.data.tokenizers import Tokenizer
 
 TEMPLATES = ("r1_zero", "none", *templates.CHAT_FORMATS)
@@ -52,29 +52,17 @@ _SKIP = "_sft_skip"
 
 
 # ------------------------------------------------------------------------------ rows
-def _text(raw: Mapping[str, Any], key: str) -> str:
-    value = raw.get(key)
-    if value is None:
-        raise RowError(f"missing field '{key}'")
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise RowError(f"field '{key}' is not text", type(value).__name__)
-    value = str(value)
-    if not value.strip():
-        raise RowError(f"empty field '{key}'")
-    return value
-
-
 def sft_row(raw: Any) -> dict[str, str]:
     """A schema-checked SFT row: `{"prompt", "response"}` or `{"prompt", "reasoning",
     "answer"}` (other fields dropped). Raises `RowError` naming what is missing."""
     if not isinstance(raw, Mapping):
         raise RowError("not an object", type(raw).__name__)
-    row = {"prompt": _text(raw, "prompt")}
+    row = {"prompt": text_field(raw, "prompt")}
     if raw.get("response") is not None:
-        row["response"] = _text(raw, "response")
+        row["response"] = text_field(raw, "response")
     elif raw.get("reasoning") is not None or raw.get("answer") is not None:
-        row["reasoning"] = _text(raw, "reasoning")
-        row["answer"] = _text(raw, "answer")
+        row["reasoning"] = text_field(raw, "reasoning")
+        row["answer"] = text_field(raw, "answer")
     else:
         raise RowError("missing field 'response'", "(or 'reasoning' and 'answer')")
     return row
