@@ -1,7 +1,12 @@
 """r1 on one accelerator: decode bandwidth vs the HBM roofline, training MFU, one GRPO step.
 
     python benchmarks/accelerator.py            # on a GPU (or TPU) host: Qwen2.5-1.5B shapes
+    python benchmarks/accelerator.py --model qwen2_5_0_5b   # Qwen2.5-0.5B shapes
     python benchmarks/accelerator.py --smoke    # tiny shapes on CPU: checks the script runs
+
+Decode variants (`--only` decode_scanned, decode_unrolled, decode_cmdbuf) compare the default
+(the sampler splits the preset's scanned layers) with keeping the layer scan, a model built
+unscanned, and CUDA-graph command buffers for the decode loop.
 
 Everything runs on one chip, bfloat16 compute, random weights of the model's published shapes
 (no download; throughput does not depend on the values, and no completion ends early: no EOS).
@@ -51,10 +56,17 @@ PEAKS = {
 }
 
 
+MODELS = ("qwen2_5_0_5b", "qwen2_5_1_5b")  # presets in configs/models.py
+# Puts the decode loop's while loop (and its conditionals) into CUDA graphs on top of XLA's
+# default command-buffer commands, so one decode step is not launched kernel by kernel.
+COMMAND_BUFFER_FLAGS = "--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL"
+_MODEL = ["qwen2_5_1_5b"]  # the worker's model, set from its --model= argument
+
+
 def _model_dims(smoke: bool) -> dict:
     from configs import models
 
-    dims = models.qwen2_tiny() if smoke else models.qwen2_5_1_5b()
+    dims = models.qwen2_tiny() if smoke else getattr(models, _MODEL[0])()
     if smoke:
         dims.update(dtype="bfloat16", remat_policy="full", scan_layers=True)
     return dims
@@ -147,16 +159,37 @@ def _prompts(batch: int, length: int, vocab: int):
 
 
 def _build(dims: dict, **overrides):
+    """(config, one-device mesh, model) with random weights drawn on the host: normal(0, 0.02)
+    matrices and embeddings, unit norm scales, zero biases. Drawing them with numpy and
+    placing them avoids compiling the model's random initialiser, which took 24-122 s per
+    section on an H200 (threefry over every tensor, a program per layer when unscanned)."""
     import jax
+    import numpy as np
     from flax import nnx
 
     from r1 import sharding
     from r1.models.config import ModelConfig
-    from r1.models.transformer import Transformer
+    from r1.models.transformer import Transformer, flat_variables
 
     cfg = ModelConfig.from_dict({**dims, **overrides})
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    model = sharding.create_sharded_model(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), mesh)
+    start = time.perf_counter()
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    placements = flat_variables(sharding.state_shardings(state, mesh))
+    rng = np.random.default_rng(0)
+    for path, variable in flat_variables(state).items():
+        spec = variable.get_value()
+        if path[-1] == "weight":  # RMSNorm scales
+            host = np.ones(spec.shape, np.float32)
+        elif str(path[-1]).endswith("bias"):
+            host = np.zeros(spec.shape, np.float32)
+        else:
+            host = rng.standard_normal(spec.shape, np.float32) * np.float32(0.02)
+        value = jax.device_put(host.astype(spec.dtype), placements[path].get_value())
+        variable.set_value(value)
+    model = nnx.merge(graphdef, state)
+    jax.block_until_ready(nnx.state(model))
+    print(f"random weights: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     return cfg, mesh, model
 
 
@@ -166,7 +199,13 @@ def _cache_bytes_per_token(cfg) -> int:
     return 2 * cfg.num_kv_heads * cfg.head_dim * cfg.num_layers * 2  # bf16
 
 
-def section_decode(smoke: bool, param_dtype: str, batches: list[int]) -> list[dict]:
+def section_decode(
+    smoke: bool, param_dtype: str, batches: list[int], variant: str = "default"
+) -> list[dict]:
+    """`variant`: "default" (the preset's scanned layers, which the sampler splits apart:
+    `SamplingConfig.unstack_layers`), "scanned" (the sampler keeps the layer scan inside each
+    decode step), "unrolled" (a model built with scan_layers off), or "cmdbuf" (the default;
+    the caller sets XLA flags that put while loops in GPU command buffers)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -176,12 +215,20 @@ def section_decode(smoke: bool, param_dtype: str, batches: list[int]) -> list[di
     from r1.sampling import SamplingConfig, make_sampler
 
     s = _settings(smoke)
-    cfg, mesh, model = _build(_model_dims(smoke), param_dtype=param_dtype, remat_policy="none")
+    overrides = dict(param_dtype=param_dtype, remat_policy="none")
+    if variant == "unrolled":
+        overrides["scan_layers"] = False
+    cfg, mesh, model = _build(_model_dims(smoke), **overrides)
     graphdef, state = nnx.split(model)
     # what a decode step reads: the sampler decodes from the compute-dtype copy
     decoded = nnx.state(in_compute_dtype(model))
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(decoded))
-    config = SamplingConfig(max_new_tokens=s["new"], greedy=True, cache_dtype="bfloat16")
+    config = SamplingConfig(
+        max_new_tokens=s["new"],
+        greedy=True,
+        cache_dtype="bfloat16",
+        unstack_layers=variant != "scanned",
+    )
     fn = make_sampler(graphdef, config)
     key = jax.random.key(0)
     results = []
@@ -206,6 +253,8 @@ def section_decode(smoke: bool, param_dtype: str, batches: list[int]) -> list[di
             {
                 "section": "decode",
                 "system": "r1",
+                "model": "qwen2_tiny" if smoke else _MODEL[0],
+                "variant": variant,
                 "param_dtype": param_dtype,
                 "batch": batch,
                 "tokens_per_sec": batch * s["new"] / seconds,
@@ -331,6 +380,7 @@ def section_train(smoke: bool) -> dict:
     memory = compiled.memory_analysis()
     return {
         "section": "train",
+        "model": "qwen2_tiny" if smoke else _MODEL[0],
         "rows": rows,
         "seq_len": length,
         "seconds_per_step": seconds,
@@ -406,6 +456,7 @@ def section_grpo(smoke: bool) -> dict:
     train_flops = (1 + 3) * (weights + attention) * rows * length
     return {
         "section": "grpo",
+        "model": "qwen2_tiny" if smoke else _MODEL[0],
         "rows": rows,
         "new_tokens": new,
         "seconds_per_step": seconds,
@@ -419,8 +470,10 @@ def section_grpo(smoke: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------------ main
-def _spawn(args: list[str], out: str | None, timeout: float) -> list[dict]:
+def _spawn(args: list[str], out: str | None, timeout: float, xla_flags: str = "") -> list[dict]:
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if xla_flags:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
     try:
         proc = subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--worker", *args],
@@ -448,15 +501,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (runs on CPU)")
     parser.add_argument("--out", default=None, help="also append each JSON line to this file")
-    parser.add_argument("--only", default="chip,decode,hf,train,grpo", help="sections to run")
+    parser.add_argument(
+        "--only",
+        default="chip,decode,hf,train,grpo",
+        help="sections to run, of chip, decode, decode_scanned, decode_unrolled, "
+        "decode_cmdbuf, hf, train, grpo",
+    )
+    parser.add_argument("--model", default="qwen2_5_1_5b", choices=MODELS, help="model preset")
     args = parser.parse_args()
     smoke = ["--smoke"] if args.smoke else []
+    smoke.append(f"--model={args.model}")
     sections = args.only.split(",")
     s = _settings(args.smoke)
     results: list[dict] = []
 
-    def spawn(*worker_args, timeout=300):
-        lines = _spawn([*worker_args, *smoke], args.out, timeout)
+    def spawn(*worker_args, timeout=300, xla_flags=""):
+        lines = _spawn([*worker_args, *smoke], args.out, timeout, xla_flags)
         results.extend(lines)
         return lines[0] if lines else None
 
@@ -464,6 +524,18 @@ def main() -> None:
     if "decode" in sections:
         spawn("decode", "bfloat16", ",".join(map(str, s["batches"])))
         spawn("decode", "float32", str(s["f32_batch"]))
+    if "decode_scanned" in sections:
+        spawn("decode", "bfloat16", ",".join(map(str, s["batches"][:2])), "scanned")
+    if "decode_unrolled" in sections:
+        spawn("decode", "bfloat16", ",".join(map(str, s["batches"][:2])), "unrolled")
+    if "decode_cmdbuf" in sections:
+        spawn(
+            "decode",
+            "bfloat16",
+            ",".join(map(str, s["batches"][:2])),
+            "cmdbuf",
+            xla_flags=COMMAND_BUFFER_FLAGS,
+        )
     if "hf" in sections:
         spawn("decode_hf", ",".join(map(str, s["hf_batches"])))
     if "train" in sections:
@@ -489,7 +561,7 @@ def main() -> None:
                 else ""
             )
             print(
-                f"decode {r['param_dtype']:8s} b{r['batch']:<4d} "
+                f"decode {r['variant']:8s} {r['param_dtype']:8s} b{r['batch']:<4d} "
                 f"{r['tokens_per_sec']:10,.0f} tok/s "
                 f"{r['ms_per_step']:6.2f} ms/step  {r['achieved_tb_s']:.2f} TB/s = "
                 f"{r['achieved_tb_s'] / bandwidth:.0%} of measured HBM bandwidth{ratio}"
@@ -504,12 +576,17 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        kind, *rest = [a for a in sys.argv[2:] if a != "--smoke"]
+        kind, *rest = [a for a in sys.argv[2:] if not a.startswith("--")]
         smoke_run = "--smoke" in sys.argv
+        _MODEL[0] = next(
+            (a.split("=", 1)[1] for a in sys.argv if a.startswith("--model=")), _MODEL[0]
+        )
         if kind == "chip":
             result = section_chip(smoke_run)
         elif kind == "decode":
-            result = section_decode(smoke_run, rest[0], [int(b) for b in rest[1].split(",")])
+            result = section_decode(
+                smoke_run, rest[0], [int(b) for b in rest[1].split(",")], *rest[2:]
+            )
         elif kind == "decode_hf":
             result = section_decode_hf(smoke_run, [int(b) for b in rest[0].split(",")])
         elif kind == "train":

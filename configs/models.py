@@ -38,6 +38,7 @@ VARIANTS = (
     "qwen2_small",
     "llama_tiny",
     "moe_tiny",
+    "qwen2_5_0_5b",
     "qwen2_5_1_5b",
     "qwen2_5_7b",
     "r1_distill_qwen_1_5b",
@@ -162,9 +163,41 @@ def moe_tiny() -> dict[str, Any]:
 # ------------------------------------------------------------------------------ published
 # Real sizes compute in bfloat16 with float32 parameters (mixed-precision training); for
 # inference-only use, `--config.model.param_dtype=bfloat16` halves the memory.
+def _published(**fields: Any) -> dict[str, Any]:
+    """A published architecture's fields plus how r1 runs real sizes on accelerators (which
+    `fields` may override)."""
+    return {
+        "dtype": "bfloat16",
+        "remat_policy": "full",
+        "scan_layers": True,  # one layer program per kind: compile time independent of depth
+        "attention_block_size": 512,  # long sequences: blockwise attention, chunked log-probs
+        "logits_chunk_size": 128,  # positions per chunk, for all of a chip's rows at once
+        **fields,
+    }
+
+
+def qwen2_5_0_5b() -> dict[str, Any]:
+    """Qwen/Qwen2.5-0.5B (494,032,768 parameters, tied embeddings)."""
+    return _published(
+        family="qwen2",
+        vocab_size=151936,
+        hidden_size=896,
+        num_layers=24,
+        num_heads=14,
+        num_kv_heads=2,
+        head_dim=64,
+        intermediate_size=4864,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        max_position_embeddings=32768,
+        attention_bias=True,
+        tie_word_embeddings=True,
+    )
+
+
 def qwen2_5_1_5b() -> dict[str, Any]:
     """Qwen/Qwen2.5-1.5B (1,543,714,304 parameters, tied embeddings)."""
-    return dict(
+    return _published(
         family="qwen2",
         vocab_size=151936,
         hidden_size=1536,
@@ -178,17 +211,12 @@ def qwen2_5_1_5b() -> dict[str, Any]:
         max_position_embeddings=131072,  # base model; the Instruct config says 32768
         attention_bias=True,
         tie_word_embeddings=True,
-        dtype="bfloat16",
-        remat_policy="full",
-        scan_layers=True,  # one layer program per kind: compile time independent of depth
-        attention_block_size=512,  # long sequences: blockwise attention, chunked log-probs
-        logits_chunk_size=128,  # positions per chunk, for all of a chip's rows at once
     )
 
 
 def qwen2_5_7b() -> dict[str, Any]:
     """Qwen/Qwen2.5-7B (7,615,616,512 parameters, untied embeddings)."""
-    return dict(
+    return _published(
         family="qwen2",
         vocab_size=152064,
         hidden_size=3584,
@@ -202,17 +230,12 @@ def qwen2_5_7b() -> dict[str, Any]:
         max_position_embeddings=131072,  # base model; the Instruct config says 32768
         attention_bias=True,
         tie_word_embeddings=False,
-        dtype="bfloat16",
-        remat_policy="full",
-        scan_layers=True,  # one layer program per kind: compile time independent of depth
-        attention_block_size=512,  # long sequences: blockwise attention, chunked log-probs
-        logits_chunk_size=128,  # positions per chunk, for all of a chip's rows at once
     )
 
 
 def r1_distill_qwen_1_5b() -> dict[str, Any]:
     """deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B (from Qwen2.5-Math-1.5B: theta 1e4, untied)."""
-    return dict(
+    return _published(
         family="qwen2",
         vocab_size=151936,
         hidden_size=1536,
@@ -226,17 +249,12 @@ def r1_distill_qwen_1_5b() -> dict[str, Any]:
         max_position_embeddings=131072,  # verify against config.json
         attention_bias=True,
         tie_word_embeddings=False,
-        dtype="bfloat16",
-        remat_policy="full",
-        scan_layers=True,  # one layer program per kind: compile time independent of depth
-        attention_block_size=512,  # long sequences: blockwise attention, chunked log-probs
-        logits_chunk_size=128,  # positions per chunk, for all of a chip's rows at once
     )
 
 
 def llama3_1_8b() -> dict[str, Any]:
     """meta-llama/Llama-3.1-8B (8,030,261,248 parameters)."""
-    return dict(
+    return _published(
         family="llama",
         vocab_size=128256,
         hidden_size=4096,
@@ -257,11 +275,6 @@ def llama3_1_8b() -> dict[str, Any]:
         max_position_embeddings=131072,
         attention_bias=False,
         tie_word_embeddings=False,
-        dtype="bfloat16",
-        remat_policy="full",
-        scan_layers=True,  # one layer program per kind: compile time independent of depth
-        attention_block_size=512,  # long sequences: blockwise attention, chunked log-probs
-        logits_chunk_size=128,  # positions per chunk, for all of a chip's rows at once
     )
 
 
@@ -269,7 +282,7 @@ def deepseek_v2_lite() -> dict[str, Any]:
     """deepseek-ai/DeepSeek-V2-Lite (15.7B total, 2.4B active): MLA without q compression,
     64 routed experts (softmax gate, greedy top-6, no renormalisation) + 2 shared.
     From memory of its config.json: verify against config.json before loading weights."""
-    return dict(
+    return _published(
         family="deepseek_v2",
         vocab_size=102400,
         hidden_size=2048,
@@ -308,11 +321,6 @@ def deepseek_v2_lite() -> dict[str, Any]:
         scoring_func="softmax",
         first_k_dense_replace=1,
         aux_loss_alpha=0.001,
-        dtype="bfloat16",
-        remat_policy="full",
-        scan_layers=True,  # one layer program per kind: compile time independent of depth
-        attention_block_size=512,  # long sequences: blockwise attention, chunked log-probs
-        logits_chunk_size=128,  # positions per chunk, for all of a chip's rows at once
         moe_token_chunk_size=256,
     )
 
@@ -320,7 +328,7 @@ def deepseek_v2_lite() -> dict[str, Any]:
 def deepseek_v3() -> dict[str, Any]:
     """deepseek-ai/DeepSeek-V3 (and R1, R1-Zero): 671B total, 37B active per token, + 1 MTP
     depth. Values as REFERENCE.md's DeepSeek-V3 section (its config.json)."""
-    return dict(
+    return _published(
         family="deepseek_v3",
         vocab_size=129280,
         hidden_size=7168,
@@ -362,12 +370,8 @@ def deepseek_v3() -> dict[str, Any]:
         bias_update_rate=0.001,  # paper: gamma 0.001 for most of training, then 0
         num_mtp_layers=1,
         mtp_loss_weight=0.3,
-        dtype="bfloat16",
-        remat_policy="full",
-        scan_layers=True,  # one layer program per kind: compile time independent of depth
         # Long-sequence execution (docs/pod_plan.md): blockwise attention over 512-token tiles,
         # log-probs 1,024 positions at a time, MoE dispatch 256 device-local tokens at a time.
-        attention_block_size=512,
         logits_chunk_size=1024,
         moe_token_chunk_size=256,
     )

@@ -110,6 +110,7 @@ def _rl_sections() -> ml_collections.ConfigDict:
             num_microbatches=1,
             ref_update_every=400,
             accuracy_reward="arithmetic_tokens",
+            unstack_layers=True,
         ),
         # Accuracy + format + language consistency (share of English words in the CoT).
         rewards=(

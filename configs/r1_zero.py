@@ -109,6 +109,8 @@ def _base() -> ml_collections.ConfigDict:
             num_microbatches=1,
             ref_update_every=400,
             accuracy_reward="arithmetic_tokens",
+            # Sample from scanned layers split apart (SamplingConfig.unstack_layers).
+            unstack_layers=True,
         )
     )
     c.rewards = (("arithmetic_tokens", 1.0, {}), ("format_strict_tokens", 1.0, {}))
@@ -209,6 +211,9 @@ def deepseek_v3() -> ml_collections.ConfigDict:
         num_iterations=1,
         eps_low=0.2,
         eps_high=0.2,
+        # The sampler keeps the 61 layers scanned: one layer body per block keeps the program
+        # (and its compile on a pod) small, and bf16 weights are not copied per layer.
+        unstack_layers=False,
     )
     c.train.topology, c.train.slices = "v5p:8x8x16", 1
     c.optimizer.learning_rate = 3e-6

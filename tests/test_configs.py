@@ -57,6 +57,7 @@ def test_config_files_found():
 EXPECTED_PARAMS = {
     "configs/models.py:qwen2_5_7b": 7_615_616_512,
     "configs/models.py:qwen2_5_1_5b": 1_543_714_304,
+    "configs/models.py:qwen2_5_0_5b": 494_032_768,
     "configs/models.py:r1_distill_qwen_1_5b": 1_777_088_000,
     "configs/models.py:llama3_1_8b": 8_030_261_248,
     "configs/models.py:deepseek_v2_lite": (15.7e9, 0.01),

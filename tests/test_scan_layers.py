@@ -13,9 +13,9 @@ from r1 import sharding
 from r1.models import hf
 from r1.models.config import ModelConfig
 from r1.models.moe import update_model_routing_biases
-from r1.models.transformer import LayerStack, Transformer
+from r1.models.transformer import LayerStack, Transformer, flat_variables, unstack_layers
 from r1.sampling.kv_cache import cache_bytes_per_token, init_cache
-from r1.sampling.sampler import SamplingConfig, sample
+from r1.sampling.sampler import SamplingConfig, make_sampler, sample
 from r1.testing import tiny_dense_config, tiny_moe_config
 
 # 2 dense + 3 MoE layers (two scanned blocks), MLA with q-LoRA, YaRN, one MTP depth (unscanned).
@@ -87,13 +87,19 @@ def test_scanned_forward_and_gradients_equal_unrolled(cfg, remat, tmp_path):
                 np.testing.assert_allclose(w, g, atol=2e-4)
 
 
+@pytest.mark.parametrize("unstack", [True, False], ids=["unstacked", "scanned"])
 @pytest.mark.parametrize("cfg", [MOE, DENSE], ids=["mla_moe", "gqa_dense"])
-def test_scanned_cached_greedy_decoding_equals_unrolled(cfg, tmp_path):
+def test_scanned_cached_greedy_decoding_equals_unrolled(cfg, unstack, tmp_path):
     plain, scanned = _pair(cfg, tmp_path)
     prompts = _tokens((2, 6), seed=3)
     prompt_mask = jnp.ones(prompts.shape, bool).at[1, :2].set(False)
     config = SamplingConfig(
-        max_new_tokens=12, greedy=True, num_samples=2, eos_ids=(), decode_segments=3
+        max_new_tokens=12,
+        greedy=True,
+        num_samples=2,
+        eos_ids=(),
+        decode_segments=3,
+        unstack_layers=unstack,
     )
     a = _sample(plain, prompts, prompt_mask, jax.random.key(0), config)
     b = _sample(scanned, prompts, prompt_mask, jax.random.key(0), config)
@@ -104,6 +110,60 @@ def test_scanned_cached_greedy_decoding_equals_unrolled(cfg, tmp_path):
     scanned_cache = init_cache(scanned.config, 2, 8)
     assert len(scanned_cache["layers"]) == len(scanned.layers)
     assert cache_bytes_per_token(plain_cache) == cache_bytes_per_token(scanned_cache)
+
+
+def test_unstack_layers_gives_the_unrolled_model_variable_for_variable(tmp_path):
+    """`unstack_layers` of a scanned model (two blocks, MoE routing biases, an MTP depth) holds
+    exactly the unrolled model's variables at the unrolled paths, inside jit too."""
+    plain, scanned = _pair(MOE, tmp_path)
+    stats = nnx.jit(lambda m, t: m.forward(t).moe)(plain, _tokens())
+    update_model_routing_biases(plain, stats, 0.1)  # a different bias per MoE layer
+    update_model_routing_biases(scanned, stats, 0.1)
+    assert unstack_layers(plain) is plain
+    graphdef, state = nnx.split(scanned)
+
+    @jax.jit
+    def split(state):
+        return nnx.state(unstack_layers(nnx.merge(graphdef, state)))
+
+    for unstacked_state in (nnx.state(unstack_layers(scanned)), split(state)):
+        want = flat_variables(nnx.state(plain))
+        got = flat_variables(unstacked_state)
+        assert set(got) == set(want) and any(p[0] == "layers" and p[1] == 4 for p in got)
+        for path, variable in want.items():
+            assert type(got[path]) is type(variable), path
+            np.testing.assert_array_equal(got[path].get_value(), variable.get_value(), path)
+    unstacked = unstack_layers(scanned)
+    assert not unstacked.config.scan_layers and len(unstacked.layers) == MOE.num_layers
+    tokens = _tokens()
+    np.testing.assert_allclose(unstacked(tokens), plain(tokens), atol=2e-5)
+
+
+def test_unstacked_sampler_has_no_loop_over_layers():
+    """With `unstack_layers` the sampler of a scanned model lowers to as many while loops as
+    that of the unrolled model; without, the prefill and each decode segment's step also loop
+    over each scanned block."""
+
+    def loops(scan: bool, unstack: bool) -> int:
+        cfg = MOE.replace(scan_layers=scan)
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+        config = SamplingConfig(
+            max_new_tokens=8, greedy=True, decode_segments=2, unstack_layers=unstack
+        )
+
+        def run(state, prompts, mask):
+            return sample(nnx.merge(graphdef, state), prompts, mask, jax.random.key(0), config)
+
+        prompts = jax.ShapeDtypeStruct((2, 6), jnp.int32)
+        mask = jax.ShapeDtypeStruct((2, 6), bool)
+        return jax.jit(run).lower(state, prompts, mask).as_text().count("stablehlo.while")
+
+    unrolled = loops(False, True)
+    assert unrolled >= 2  # the two decode segments
+    assert loops(True, True) == unrolled
+    assert loops(True, False) == unrolled + (1 + 2) * len(
+        MOE.replace(scan_layers=True).layer_groups()
+    )
 
 
 def test_scanned_routing_bias_update_equals_unrolled(tmp_path):
@@ -133,6 +193,16 @@ def test_scanned_params_shard_by_the_rules_and_run_on_the_mesh(devices, tmp_path
     with sharding.use_mesh(mesh):
         got = jax.jit(lambda m, t: m(t))(scanned, tokens)
     np.testing.assert_allclose(got, plain(tokens), atol=2e-5)
+    # The sampler splits the sharded stacks inside its program and decodes what the unrolled
+    # model decodes on one device.
+    prompts = _tokens((4, 6), seed=5)
+    prompt_mask = jnp.ones(prompts.shape, bool)
+    config = SamplingConfig(max_new_tokens=5, greedy=True)
+    graphdef, state = nnx.split(scanned)
+    out = make_sampler(graphdef, config, mesh)(state, prompts, prompt_mask, jax.random.key(0))
+    want = _sample(plain, prompts, prompt_mask, jax.random.key(0), config)
+    np.testing.assert_array_equal(out.tokens, want.tokens)
+    np.testing.assert_allclose(out.logprobs, want.logprobs, atol=1e-4)
 
 
 def plain_spec(variable, mesh):

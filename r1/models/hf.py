@@ -28,7 +28,7 @@ from r1 import sharding
 from r1.models.config import ModelConfig, RopeScaling
 from r1.models.hf_maps import HostTensor, Path, tensor_maps
 from r1.models.safetensors_io import SafetensorsDirectory, write_file
-from r1.models.transformer import Transformer
+from r1.models.transformer import Transformer, flat_variables
 
 log = logging.getLogger(__name__)
 
@@ -237,16 +237,6 @@ def load_abstract(path: str, **config_overrides: Any) -> tuple[ModelConfig, Tran
     return cfg, nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
 
 
-def _flat_variables(state: nnx.State) -> dict[Path, nnx.Variable]:
-    flat = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(
-        state, is_leaf=lambda x: isinstance(x, nnx.Variable)
-    )[0]:
-        key = tuple(p.key if hasattr(p, "key") else p.idx for p in path)
-        flat[key] = leaf
-    return flat
-
-
 def _dequantizing_reader(weights: SafetensorsDirectory, block: Sequence[int] | None):
     """read(name): the tensor; FP8 tensors with a `<name>_scale_inv` companion are dequantised
     block-wise (DeepSeek's published FP8 checkpoints) to float32."""
@@ -302,8 +292,8 @@ def load(
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract)
     shardings = sharding.state_shardings(abstract_state, mesh, rules)
-    variables = _flat_variables(abstract_state)
-    target_shardings = _flat_variables(shardings)
+    variables = flat_variables(abstract_state)
+    target_shardings = flat_variables(shardings)
     read = _dequantizing_reader(weights, quant.get("weight_block_size"))
 
     def checked_read(name: str) -> np.ndarray:
@@ -408,7 +398,7 @@ def save(
     if not path:
         raise ValueError("save: path is required")
     os.makedirs(path, exist_ok=True)
-    variables = _flat_variables(nnx.state(model))
+    variables = flat_variables(nnx.state(model))
     storage = (
         np.dtype(ml_dtypes.bfloat16)
         if dtype == "bfloat16"

@@ -171,6 +171,7 @@ def make_evaluator(config, tokenizer, graphdef, mesh, model_cfg):
         greedy=True,
         eos_ids=(tokenizer.eos_id,),
         pad_id=tokenizer.pad_id,
+        unstack_layers=bool(config.rl.get("unstack_layers", True)),
     )
     ids = TagIds.from_tokenizer(tokenizer)
 
@@ -243,6 +244,7 @@ def grpo_config_from(config, tokenizer) -> GRPOConfig:
         top_k=int(rl.top_k),
         eos_ids=(tokenizer.eos_id,),
         pad_id=tokenizer.pad_id,
+        unstack_layers=bool(rl.get("unstack_layers", True)),
     )
     loss = GRPOLossConfig(
         eps_low=float(rl.eps_low),
