@@ -138,7 +138,7 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
         step=step,
         state=with_shardings(state, state_sh),
         batch=with_shardings(batch, batch_sh),
-        rows=prompts * grpo_cfg.group_size,
+        rows=rows,
         prompt_len=prompt_len,
         new_tokens=grpo_cfg.sampling.max_new_tokens,
         passes=grpo_cfg.num_minibatches * grpo_cfg.num_iterations * micro,
