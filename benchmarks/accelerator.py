@@ -344,8 +344,8 @@ def section_train(smoke: bool) -> dict:
     import optax
 
     from r1 import sharding
-    from r1.rl.step import init_train_state
     from r1.sft.step import SFTConfig, make_sft_step
+    from r1.train.state import init_train_state
 
     s = _settings(smoke)
     cfg, mesh, model = _build(_model_dims(smoke))
@@ -402,8 +402,9 @@ def section_grpo(smoke: bool) -> dict:
 
     from r1 import sharding
     from r1.rl.grpo import GRPOLossConfig
-    from r1.rl.step import GRPOConfig, init_train_state, make_grpo_step
+    from r1.rl.step import GRPOConfig, make_grpo_step
     from r1.sampling.sampler import SamplingConfig
+    from r1.train.state import init_train_state
 
     s = _settings(smoke)
     if os.environ.get("R1_GRPO_NEW"):  # a shorter rollout (a tight device budget)

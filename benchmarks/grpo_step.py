@@ -105,8 +105,9 @@ def worker_r1(path: str, size: str, steps: int, cap_s: float, devices: int) -> d
 
     from r1.models import hf
     from r1.rl.grpo import GRPOLossConfig
-    from r1.rl.step import GRPOConfig, init_train_state, make_grpo_step
+    from r1.rl.step import GRPOConfig, make_grpo_step
     from r1.sampling.sampler import SamplingConfig, left_pad
+    from r1.train.state import init_train_state
 
     def reward(tokens, mask, truncated, fields):
         share = jnp.sum((tokens == TARGET) & mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1)

@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 from experiments import cpu_devices
 from r1 import sharding
-from r1.distill import distill, to_markdown
+from r1.recipes.distill import distill, to_markdown
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py:<variant>")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (traces, sft, evaluations).")

@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from experiments import cpu_devices
 from r1 import sharding
-from r1.pipeline import run_pipeline
+from r1.recipes.pipeline import run_pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/r1.py:<variant>")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (one sub-directory per stage).")

@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation for TPU topologies (r1/aot.py, experiments/aot.py).
+"""Ahead-of-time compilation for TPU topologies (r1/aot/report.py, experiments/aot.py).
 
 Needs the `tpu` extra (libtpu). The compile tests are slow on a loaded 2-core host (the TPU
 compiler takes 1-4 minutes for the tiny GRPO step), so they are marked slow.
@@ -19,7 +19,7 @@ from flax import nnx
 from r1 import aot, configlib, sharding
 from r1.models.transformer import Transformer
 from r1.rl import trainer
-from r1.rl.step import abstract_train_state, init_train_state, train_state_shardings
+from r1.train.state import abstract_train_state, init_train_state, train_state_shardings
 
 TINY = "configs/r1_zero.py:tiny"
 REPO = str(configlib.REPO_ROOT)

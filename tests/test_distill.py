@@ -10,9 +10,9 @@ import ml_collections
 import pytest
 
 from r1 import configlib
-from r1 import distill as distill_lib
 from r1.data.sources import RowError
-from r1.distill import TraceSection, prepare_traces, trace_to_sft
+from r1.recipes import distill as distill_lib
+from r1.recipes.distill import TraceSection, prepare_traces, trace_to_sft
 
 GOOD = {"prompt": "1+2", "reasoning": "1+2=3", "answer": "3"}
 

@@ -23,8 +23,8 @@ from r1 import checkpoint as ckpt_lib
 from r1 import configlib, sharding
 from r1.evaluation import metrics, runner
 from r1.models.transformer import Transformer
-from r1.rl.step import init_train_state
 from r1.testing import DummyTokenizer, tiny_dense_config
+from r1.train.state import init_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,14 +12,9 @@ from flax import nnx
 from r1 import sharding, testing
 from r1.models.transformer import Transformer
 from r1.rl.grpo import GRPOLossConfig
-from r1.rl.step import (
-    GRPOConfig,
-    auto_microbatches,
-    grpo_step_fn,
-    init_train_state,
-    make_grpo_step,
-)
+from r1.rl.step import GRPOConfig, auto_microbatches, grpo_step_fn, make_grpo_step
 from r1.sampling.sampler import SamplingConfig, left_pad
+from r1.train.state import init_train_state
 
 TARGET = 7
 

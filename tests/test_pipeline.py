@@ -1,6 +1,6 @@
-"""The R1 pipeline (r1/pipeline.py): stage skipping and resume with fake stages, the synthetic
-cold-start and general data, the sub-configs each trainer receives, and (slow) the tiny pipeline
-end to end through the command line, killed during stage 2 and resumed."""
+"""The R1 pipeline (r1/recipes/pipeline.py): stage skipping and resume with fake stages, the
+synthetic cold-start and general data, the sub-configs each trainer receives, and (slow) the tiny
+pipeline end to end through the command line, killed during stage 2 and resumed."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from r1 import configlib, pipeline, rewards, stages
+from r1 import configlib, rewards
 from r1.data import procedural, templates
+from r1.recipes import pipeline, stages
 from r1.rejection import experiment as rejection_experiment
 from r1.rl import trainer as rl_trainer
 from r1.rm import trainer as rm_trainer

@@ -402,8 +402,8 @@ def test_train_rm_learns_the_rule_and_exports(tmp_path):
 def test_microbatched_step_matches_one_batch():
     import optax
 
-    from r1.rl.step import init_train_state
-    from r1.rm.trainer import rm_step_fn
+    from r1.rm.step import rm_step_fn
+    from r1.train.state import init_train_state
 
     model = _tiny_rm(seed=4)
     optimizer = optax.sgd(0.1)

@@ -17,10 +17,10 @@ from flax import nnx
 from r1 import configlib, sharding, testing
 from r1.models import hf
 from r1.models.transformer import Transformer
-from r1.rl.step import init_train_state
 from r1.sft import data as sft_data
 from r1.sft import step as sft_step
 from r1.sft.trainer import TIMING_KEYS, parse_sections, train_sft
+from r1.train.state import init_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOK = testing.DummyTokenizer()
@@ -243,7 +243,7 @@ def test_tiny_model_memorises_four_examples():
     graphdef, params, extra = nnx.split(_model(cfg), nnx.Param, ...)
     batch = _jnp(sft_data.pack(_examples(4, seed=5), 2, 48, TOK.pad_id)[0])
     optimizer = optax.adam(3e-3)
-    from r1.rl.step import TrainState
+    from r1.train.state import TrainState
 
     state = TrainState(
         step=jnp.zeros((), jnp.int32),

@@ -43,13 +43,13 @@ from flax import nnx
 
 from r1 import sharding
 from r1.data import templates
+from r1.recipes.stages import atomic_json
 from r1.rejection.filters import extract_cot
 from r1.rejection.select import Candidate, SelectConfig, Selection, select
 from r1.rewards import RewardResult, RewardSpec, RewardTerm, get
 from r1.rewards.extract import THINK_CLOSE, answer_content
 from r1.rewards.judge import Judge
 from r1.sampling.sampler import SamplingConfig, bucket_length, left_pad, make_sampler
-from r1.stages import atomic_json
 
 log = logging.getLogger(__name__)
 

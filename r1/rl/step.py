@@ -41,6 +41,7 @@ from r1.rl.grpo import (
     zero_variance_groups,
 )
 from r1.sampling.sampler import SamplingConfig, sample
+from r1.train.state import TrainState, train_state_shardings
 
 Batch = dict[str, jax.Array]
 # (completion tokens int32[B, N], completion mask bool[B, N], truncated bool[B], per-row fields)
@@ -121,83 +122,6 @@ class GRPOConfig:
                 "GRPOConfig: num_iterations and num_minibatches must be >= 1, num_microbatches "
                 ">= 0 (0: one row per batch shard)"
             )
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class TrainState:
-    """Everything a GRPO run carries from step to step (a pytree; checkpointed whole).
-
-    params: the policy's `nnx.Param`s. extra: its other variables (MoE routing biases).
-    ref_params: the frozen reference policy's params (None when beta == 0).
-    """
-
-    step: jax.Array
-    params: Any
-    extra: Any
-    opt_state: Any
-    rng: jax.Array
-    ref_params: Any = None
-
-
-def init_train_state(
-    model: nnx.Module, optimizer: optax.GradientTransformation, seed: int, with_reference: bool
-) -> tuple[nnx.GraphDef, TrainState]:
-    """Splits `model` into (graphdef, TrainState) with a fresh optimizer state."""
-    graphdef, params, extra = nnx.split(model, nnx.Param, ...)
-    ref = jax.tree.map(jnp.copy, params) if with_reference else None
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        extra=extra,
-        opt_state=optimizer.init(params),
-        rng=jax.random.key_data(jax.random.key(seed)),
-        ref_params=ref,
-    )
-    return graphdef, state
-
-
-def abstract_train_state(
-    model_factory: Callable[[], nnx.Module],
-    optimizer: optax.GradientTransformation,
-    seed: int,
-    with_reference: bool,
-) -> tuple[nnx.GraphDef, TrainState]:
-    """`init_train_state` without memory: (graphdef, TrainState of `jax.ShapeDtypeStruct`s).
-
-    The model is built with `nnx.eval_shape`, so even a 671B-parameter state costs nothing; its
-    leaves keep their logical-axis metadata, so `train_state_shardings` gives exactly the
-    shardings the real state gets (ahead-of-time compilation, checkpoint restore targets).
-    """
-    graphdef, params, extra = nnx.split(nnx.eval_shape(model_factory), nnx.Param, ...)
-    rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(seed)))
-    state = TrainState(
-        step=jax.ShapeDtypeStruct((), jnp.int32),
-        params=params,
-        extra=extra,
-        opt_state=jax.eval_shape(optimizer.init, params),
-        rng=rng,
-        ref_params=params if with_reference else None,
-    )
-    return graphdef, state
-
-
-def train_state_shardings(
-    state: TrainState, optimizer: optax.GradientTransformation, mesh: Mesh
-) -> TrainState:
-    """NamedShardings for every leaf of `state`: params (and the reference) by the logical-axis
-    rules, optimizer moments like their parameters, scalars replicated."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    param_sh = sharding.state_shardings(state.params, mesh)
-    opt_sh = sharding.optimizer_shardings(optimizer, state.opt_state, param_sh, mesh)
-    return TrainState(
-        step=replicated,
-        params=param_sh,
-        extra=sharding.state_shardings(state.extra, mesh),
-        opt_state=opt_sh,
-        rng=replicated,
-        ref_params=None if state.ref_params is None else param_sh,
-    )
 
 
 def _full_sequences(prompt_tokens, prompt_mask, completion, completion_mask, group):

@@ -42,13 +42,9 @@ from r1.rewards.tokens import TagIds, arithmetic_tokens, format_strict_tokens
 from r1.rl.grpo import GRPOLossConfig
 from r1.rl.model_rewards import build_model_rewards
 from r1.rl.reward_bridge import RewardBridge, encode_text_fields
-from r1.rl.step import (
-    GRPOConfig,
-    init_train_state,
-    make_grpo_step,
-    train_state_shardings,
-)
+from r1.rl.step import GRPOConfig, make_grpo_step
 from r1.sampling.sampler import SamplingConfig, bucket_length, left_pad, sample
+from r1.train.state import init_train_state, train_state_shardings
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ from collections import Counter
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
@@ -37,9 +36,6 @@ from r1 import checkpoint as ckpt_lib
 from r1 import configlib, sharding
 from r1 import logging as r1_logging
 from r1.data import templates
-from r1.losses import balance_loss
-from r1.models.moe import update_model_routing_biases
-from r1.rl.step import TrainState, init_train_state, train_state_shardings
 from r1.rl.trainer import (
     NonFiniteError,
     _Stop,
@@ -49,14 +45,14 @@ from r1.rl.trainer import (
 )
 from r1.rm import data as rm_data
 from r1.rm import model as rm_model
-from r1.rm.loss import bradley_terry_loss, bradley_terry_losses, pair_accuracy
-from r1.rm.reward import MISSING_SUMMARY, REGIONS, region_mask, think_close_ids
+from r1.rm.loss import bradley_terry_losses, pair_accuracy
+from r1.rm.reward import MISSING_SUMMARY, REGIONS, think_close_ids
+from r1.rm.step import pair_scores, rm_step_fn
+from r1.train.state import init_train_state, train_state_shardings
 
 log = logging.getLogger(__name__)
 
 EXTRA_SECTIONS = ("init", "tokenizer", "data", "rm", "optimizer", "train", "eval")
-SIDES = ("chosen", "rejected")
-ROW_FIELDS = tuple(f"{s}_{n}" for s in SIDES for n in ("tokens", "mask", "response"))
 CURVE_PANELS = (
     ("loss", ("loss", "eval/loss")),
     ("pair accuracy", ("accuracy", "eval/accuracy")),
@@ -164,105 +160,6 @@ def _validate(config) -> None:
         raise ValueError(f"config.eval.batch_size: expected >= 1, got {config.eval.batch_size}")
     if int(config.train.steps) < 1 and float(config.train.epochs) <= 0:
         raise ValueError("config.train: set steps >= 1 or epochs > 0")
-
-
-# ----------------------------------------------------------------------------- the step
-def pair_scores(model: rm_model.RewardModel, rows: dict[str, jax.Array], settings: dict):
-    """Chosen and rejected rows in one forward pass.
-
-    rows: the `ROW_FIELDS` arrays [P, T]; settings: region, think_close, missing (static).
-    Returns (r_chosen float32[P], r_rejected float32[P], the backbone's ModelOutput). The
-    model reads `mask & region_mask(...)`, exactly what `r1.rm.reward.score_sequences` reads.
-    """
-    tokens = jnp.concatenate([rows["chosen_tokens"], rows["rejected_tokens"]], axis=0)
-    mask = jnp.concatenate([rows["chosen_mask"], rows["rejected_mask"]], axis=0)
-    response = jnp.concatenate([rows["chosen_response"], rows["rejected_response"]], axis=0)
-    regions = region_mask(tokens, mask, response, **settings)
-    scores, output = model.forward(tokens, mask & regions)
-    pairs = rows["chosen_tokens"].shape[0]
-    return scores[:pairs], scores[pairs:], output
-
-
-def rm_step_fn(
-    graphdef,
-    optimizer,
-    settings: dict,
-    use_margin: bool,
-    bias_update_rate: float,
-    num_microbatches: int = 1,
-):
-    """The un-jitted step `(state, batch) -> (state, metrics)`; batch: `ROW_FIELDS` + margin,
-    [P, ...]. With `num_microbatches` M > 1 the P pairs are processed M at a time (gradients
-    averaged under `lax.scan`), bounding activation memory; one optimizer update per step."""
-
-    def micro_grads(params, extra, rows):
-        margin = rows["margin"] if use_margin else 0.0
-
-        def loss_fn(p):
-            model = nnx.merge(graphdef, p, extra)
-            r_c, r_r, output = pair_scores(model, rows, settings)
-            bt = bradley_terry_loss(r_c, r_r, margin)
-            moe = balance_loss(output)
-            loads = [s["expert_load"] for s in output.moe if "expert_load" in s]
-            metrics = {
-                "loss": bt,
-                "loss/balance": moe,
-                "accuracy": pair_accuracy(r_c, r_r),
-                "reward/chosen": jnp.mean(r_c),
-                "reward/rejected": jnp.mean(r_r),
-                "reward/gap": jnp.mean(r_c - r_r),
-            }
-            return bt + moe, (metrics, loads)
-
-        (_, (metrics, loads)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return grads, metrics, loads
-
-    def step(state: TrainState, batch: dict[str, jax.Array]):
-        pairs = batch["margin"].shape[0]
-        if pairs % num_microbatches:
-            raise ValueError(
-                f"reward-model step: {pairs} pairs do not split into {num_microbatches} "
-                "micro-batches"
-            )
-        if num_microbatches == 1:
-            grads, metrics, loads = micro_grads(state.params, state.extra, batch)
-        else:
-            per = pairs // num_microbatches
-
-            def body(acc, index):
-                rows = {
-                    k: jax.lax.dynamic_slice_in_dim(v, index * per, per, axis=0)
-                    for k, v in batch.items()
-                }
-                grads, metrics, loads = micro_grads(state.params, state.extra, rows)
-                acc = jax.tree.map(lambda a, g: a + g / num_microbatches, acc, grads)
-                return acc, (metrics, loads)
-
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            grads, (metrics, loads) = jax.lax.scan(body, zeros, jnp.arange(num_microbatches))
-            metrics = {k: jnp.mean(v) for k, v in metrics.items()}
-            loads = [jnp.sum(load, axis=0) for load in loads]
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        extra = state.extra
-        if bias_update_rate and loads:
-            model = nnx.merge(graphdef, params, extra)
-            update_model_routing_biases(
-                model.backbone, [{"expert_load": load} for load in loads], bias_update_rate
-            )
-            _, _, extra = nnx.split(model, nnx.Param, ...)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        new_state = TrainState(
-            step=state.step + 1,
-            params=params,
-            extra=extra,
-            opt_state=opt_state,
-            rng=state.rng,
-            ref_params=None,
-        )
-        return new_state, metrics
-
-    return step
 
 
 def _to_global(batch: dict[str, np.ndarray], shardings: dict[str, NamedSharding]):

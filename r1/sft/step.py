@@ -36,8 +36,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from r1.losses import balance_loss, chunked_cross_entropy, token_cross_entropy
 from r1.models.moe import update_model_routing_biases
 from r1.models.transformer import ModelOutput
-from r1.rl.step import TrainState, train_state_shardings
 from r1.sharding import batch_shardings
+from r1.train.state import TrainState, train_state_shardings
 
 Batch = dict[str, jax.Array]
 BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask")

@@ -41,10 +41,10 @@ from r1 import logging as r1_logging
 from r1.data import procedural
 from r1.models import hf
 from r1.rl import trainer as rl_trainer
-from r1.rl.step import init_train_state, train_state_shardings
 from r1.rl.trainer import NonFiniteError, build_policy, build_tokenizer
 from r1.sft import data as sft_data
 from r1.sft.step import SFTConfig, make_sft_step
+from r1.train.state import init_train_state, train_state_shardings
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from r1.models.config import ModelConfig
 from r1.models.layers import dtype_of
 from r1.models.transformer import Transformer
 from r1.rl import step as step_lib
+from r1.train import state as train_state
 
 
 @dataclasses.dataclass
@@ -83,7 +84,7 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
     tokenizer = stand_in_tokenizer(config)
     optimizer = trainer.make_optimizer(config)
     grpo_cfg = trainer.grpo_config_from(config, tokenizer)
-    graphdef, state = step_lib.abstract_train_state(
+    graphdef, state = train_state.abstract_train_state(
         lambda: Transformer(model_cfg, rngs=nnx.Rngs(experiment.seed)),
         optimizer,
         experiment.seed,
@@ -124,7 +125,7 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
         model_rewards=model_rewards,
         frozen=frozen or None,
     )
-    state_sh = step_lib.train_state_shardings(state, optimizer, mesh)
+    state_sh = train_state.train_state_shardings(state, optimizer, mesh)
     batch_sh = sharding.batch_shardings(batch, mesh)
     rows = prompts * grpo_cfg.group_size
     micro = grpo_cfg.num_microbatches or step_lib.auto_microbatches(
@@ -169,7 +170,7 @@ def sft_program(config: Any, mesh: Mesh) -> Program:
     model_cfg = configlib.model_config(config)
     seed = int(config.get("seed", 0))
     optimizer = trainer.make_optimizer(config)
-    graphdef, state = step_lib.abstract_train_state(
+    graphdef, state = train_state.abstract_train_state(
         lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)), optimizer, seed, with_reference=False
     )
     rows, length = int(sft.batch_size), int(data.seq_len)
@@ -187,7 +188,7 @@ def sft_program(config: Any, mesh: Mesh) -> Program:
     step = sft_step.make_sft_step(
         graphdef, optimizer, sft_cfg, mesh, state, batch, model_cfg.bias_update_rate
     )
-    state_sh = step_lib.train_state_shardings(state, optimizer, mesh)
+    state_sh = train_state.train_state_shardings(state, optimizer, mesh)
     return Program(
         kind="sft",
         mesh=mesh,
@@ -204,12 +205,12 @@ def sft_program(config: Any, mesh: Mesh) -> Program:
 
 
 def rm_program(config: Any, mesh: Mesh) -> Program:
-    """The reward-model trainer's step (`r1.rm.trainer.rm_step_fn`, configs/reward_model.py
+    """The reward-model trainer's step (`r1.rm.step.rm_step_fn`, configs/reward_model.py
     layout): `train.batch_size` preference pairs (chosen and rejected rows in one forward) of
     `data.max_length` tokens, `train.num_microbatches`, the configured scoring region."""
     from r1.rl import trainer
     from r1.rm import model as rm_model
-    from r1.rm import trainer as rm_trainer
+    from r1.rm import step as rm_step
     from r1.rm.reward import think_close_ids
 
     needed = (("train", "batch_size"), ("data", "max_length"), ("rm", "region"))
@@ -219,7 +220,7 @@ def rm_program(config: Any, mesh: Mesh) -> Program:
     model_cfg = configlib.model_config(config)
     seed = int(config.get("seed", 0))
     optimizer = trainer.make_optimizer(config)
-    graphdef, state = step_lib.abstract_train_state(
+    graphdef, state = train_state.abstract_train_state(
         lambda: rm_model.RewardModel(model_cfg, rngs=nnx.Rngs(seed)),
         optimizer,
         seed,
@@ -229,7 +230,7 @@ def rm_program(config: Any, mesh: Mesh) -> Program:
     kinds = {"tokens": jnp.int32, "mask": jnp.bool_, "response": jnp.bool_}
     batch = {
         field: jax.ShapeDtypeStruct((pairs, length), kinds[field.split("_", 1)[1]])
-        for field in rm_trainer.ROW_FIELDS
+        for field in rm_step.ROW_FIELDS
     }
     batch["margin"] = jax.ShapeDtypeStruct((pairs,), jnp.float32)
     region = str(config.rm.region)
@@ -241,10 +242,10 @@ def rm_program(config: Any, mesh: Mesh) -> Program:
         missing=str(config.rm.get("missing_summary", "empty")),
     )
     micro = int(config.train.get("num_microbatches", 1))
-    state_sh = step_lib.train_state_shardings(state, optimizer, mesh)
+    state_sh = train_state.train_state_shardings(state, optimizer, mesh)
     batch_sh = sharding.batch_shardings(batch, mesh)
     step = jax.jit(
-        rm_trainer.rm_step_fn(
+        rm_step.rm_step_fn(
             graphdef,
             optimizer,
             settings,

@@ -42,17 +42,17 @@ from flax import nnx
 
 from r1 import configlib, sharding
 from r1.data import procedural, sources
-from r1.distill_traces import (
+from r1.evaluation import runner as eval_runner
+from r1.recipes.distill_traces import (
     TraceSection,
     prepare_traces,
     resolve_path,
 )
-from r1.distill_traces import read_records as read_records
-from r1.distill_traces import split_response as split_response
-from r1.distill_traces import trace_to_sft as trace_to_sft
-from r1.evaluation import runner as eval_runner
+from r1.recipes.distill_traces import read_records as read_records
+from r1.recipes.distill_traces import split_response as split_response
+from r1.recipes.distill_traces import trace_to_sft as trace_to_sft
+from r1.recipes.stages import atomic_json
 from r1.sft import data as sft_data
-from r1.stages import atomic_json
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ After each stage the model is evaluated on the task's held-out set: `<stage>/eva
 only when everything it makes is complete; a stage with one is skipped, a stage without one is
 run again and resumes through its trainer's own checkpoints (SFT / GRPO / RM checkpoints, the
 rejection sampler's progress file). `pipeline_log.jsonl` records what each invocation did
-(`skip`, `start`, `resume`, `done`). The stage runner itself is `r1.stages`.
+(`skip`, `start`, `resume`, `done`). The stage runner itself is `r1.recipes.stages`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import numpy as np
 from r1 import checkpoint as ckpt_lib
 from r1 import configlib, sharding
 from r1.data import procedural, templates
-from r1.stages import (
+from r1.recipes.stages import (
     Stage,
     atomic_json,
     barrier,
@@ -95,7 +95,7 @@ def cold_start_rows(task: Any, num: int, seed: int) -> list[dict[str, Any]]:
                 "answer": row["answer"],
                 "task": row["task"],
                 "id": row["id"],
-                "source": "r1.pipeline.cold_start_rows",
+                "source": "r1.recipes.pipeline.cold_start_rows",
             }
         )
     return rows
@@ -133,7 +133,7 @@ def general_rows(num: int, seed: int) -> list[dict[str, Any]]:
                 "response": response,
                 "task": "general",
                 "id": f"general-{seed}-{i}",
-                "source": "r1.pipeline.general_rows",
+                "source": "r1.recipes.pipeline.general_rows",
             }
         )
     return rows
@@ -324,8 +324,9 @@ def grpo_export(cfg: ml_collections.ConfigDict, run_dir: str, out: str) -> int:
     """Restores the latest checkpoint of the GRPO run `run_dir` (made with `cfg`) and writes its
     policy in HF layout (plus tokenizer files) to `out`; returns the checkpoint's step."""
     from r1.rl import trainer as rl_trainer  # noqa: PLC0415
-    from r1.rl.step import init_train_state, train_state_shardings  # noqa: PLC0415
+    from r1.rl.step import train_state_shardings  # noqa: PLC0415
     from r1.sft.trainer import export_model  # noqa: PLC0415
+    from r1.train.state import init_train_state
 
     experiment = configlib.parse_experiment(
         cfg, num_devices=jax.device_count(), extra_sections=rl_trainer.EXTRA_SECTIONS

@@ -1,4 +1,4 @@
-"""Resumable multi-stage runs (`r1.pipeline` runs R1's four stages with it).
+"""Resumable multi-stage runs (`r1.recipes.pipeline` runs R1's four stages with it).
 
 Each stage works in `workdir/<stage name>/`; a finished stage leaves `DONE.json` (its outputs,
 written atomically) and is skipped when the run is started again, an interrupted one runs again.

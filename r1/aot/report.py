@@ -23,8 +23,8 @@ forward pass on the same mesh and adds it `max_new_tokens - 1` more times. The u
 there is more than one pass. Seconds are a roofline over the chip's peak flop/s and HBM
 bandwidth, from the compiler's counts (see `AOTReport`).
 
-The programs themselves are built in `r1.aot_programs` and the compiler's buffer dump is read by
-`r1.hlo_buffers`; both are re-exported here.
+The programs themselves are built in `r1.aot.programs` and the compiler's buffer dump is read by
+`r1.aot.hlo_buffers`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from r1 import configlib, sharding
-from r1.aot_programs import (
+from r1.aot.hlo_buffers import Buffer, parse_buffer_assignment, read_dump
+from r1.aot.programs import (
     Program,
     global_bytes,
     grpo_program,
@@ -53,7 +54,6 @@ from r1.aot_programs import (
     shard_bytes,
     with_shardings,
 )
-from r1.hlo_buffers import Buffer, parse_buffer_assignment, read_dump
 
 GIB = 1024**3
 # libtpu guards the TPU against two processes with a lock file; describing a topology touches no

@@ -1,7 +1,7 @@
-"""Teacher traces -> SFT rows for distillation (`r1.distill`): `TraceSection` (`config.traces`),
-the parsing of a trace record (reasoning + answer, or one response split at ``</think>``), and
-`prepare_traces`, which reads local trace files into the student's SFT JSONL with counted,
-reasoned skips."""
+"""Teacher traces -> SFT rows for distillation (`r1.recipes.distill`): `TraceSection`
+(`config.traces`), the parsing of a trace record (reasoning + answer, or one response split at
+``</think>``), and `prepare_traces`, which reads local trace files into the student's SFT JSONL with
+counted, reasoned skips."""
 
 from __future__ import annotations
 
