@@ -47,6 +47,7 @@ import ml_collections
 
 from r1 import configlib
 from r1.evaluation.runner import EvalConfig
+from r1.rl.config import rl_defaults
 
 VARIANTS = ("tiny", "qwen2_5_7b")
 
@@ -90,27 +91,13 @@ def _rl_sections() -> ml_collections.ConfigDict:
     """GRPO trainer sections (configs/r1_zero.py); the pipeline fills data.task/task_kwargs."""
     return _cd(
         data=_cd(buckets=(64, 128, 256)),
-        rl=_cd(
+        rl=rl_defaults(
             prompts_per_step=32,
             group_size=16,
             max_new_tokens=32768,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=0,
-            eps_low=0.2,
-            eps_high=0.2,
             beta=0.001,
-            ratio_level="token",
-            aggregation="sequence_mean",
-            advantage="std",
-            mask_truncated=False,
-            drop_zero_variance_groups=False,
-            num_iterations=1,
-            num_minibatches=1,
-            num_microbatches=1,
             ref_update_every=400,
             accuracy_reward="arithmetic_tokens",
-            unstack_layers=True,
         ),
         # Accuracy + format + language consistency (share of English words in the CoT).
         rewards=(

@@ -24,7 +24,8 @@ real step for it on any CPU host (see docs/pod_plan.md):
 
 Sections: model, mesh, seed (see configs/models.py); init (base checkpoint, HF layout),
 tokenizer, data (prompt source and buckets), rl (GRPO), rewards ((name, weight, kwargs) triples,
-see r1/rewards), optimizer, train (steps, checkpoints, samples), eval (held-out evaluation).
+see r1/rewards), optimizer, train (steps, checkpoints, samples), eval (held-out evaluation),
+language (of the reflection-word metrics). Every section is typed in r1/rl/config.py.
 The procedural data path is implemented; local GSM8K / MATH files arrive with the data configs
 (`data.task` names the procedural task used when `data.files` is empty).
 """
@@ -34,6 +35,7 @@ from __future__ import annotations
 import ml_collections
 
 from r1 import configlib
+from r1.rl.config import rl_defaults
 
 VARIANTS = ("tiny", "qwen2_5_1_5b_gsm8k", "qwen2_5_7b_math", "deepseek_v3")
 
@@ -88,30 +90,14 @@ def _base() -> ml_collections.ConfigDict:
             general_fraction=0.0,
         )
     )
-    c.rl = ml_collections.ConfigDict(
-        dict(
-            prompts_per_step=32,
-            group_size=16,
-            max_new_tokens=1024,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=0,
-            eps_low=0.2,
-            eps_high=0.2,
-            beta=0.001,
-            ratio_level="token",
-            aggregation="sequence_mean",
-            advantage="std",
-            mask_truncated=False,
-            drop_zero_variance_groups=False,
-            num_iterations=1,
-            num_minibatches=1,
-            num_microbatches=1,
-            ref_update_every=400,
-            accuracy_reward="arithmetic_tokens",
-            # Sample from scanned layers split apart (SamplingConfig.unstack_layers).
-            unstack_layers=True,
-        )
+    # Every GRPO setting (r1.rl.config.RLSection), the defaults R1-Zero uses overridden.
+    c.rl = rl_defaults(
+        prompts_per_step=32,
+        group_size=16,
+        max_new_tokens=1024,
+        beta=0.001,
+        ref_update_every=400,
+        accuracy_reward="arithmetic_tokens",
     )
     c.rewards = (("arithmetic_tokens", 1.0, {}), ("format_strict_tokens", 1.0, {}))
     # Rewards computed by frozen models inside the step: (kind, weight, kwargs) with kind
@@ -133,6 +119,8 @@ def _base() -> ml_collections.ConfigDict:
         )
     )
     c.eval = ml_collections.ConfigDict(dict(every=50, per_difficulty=16))
+    # The language of the behaviour metrics' reflection words (r1.metrics.behaviour).
+    c.language = "en"
     return c
 
 

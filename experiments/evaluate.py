@@ -30,7 +30,7 @@ from r1 import configlib, sharding
 from r1.data import procedural, sources
 from r1.evaluation import runner
 from r1.models.transformer import Transformer
-from r1.rl import trainer
+from r1.train import build
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def load_rows(config: Any) -> list[dict[str, Any]]:
         for report in reports:
             log.warning("%s", report.summary())
     else:
-        task = trainer.build_task(config)
+        task = procedural.make_task(config.data.task, **dict(config.data.task_kwargs))
         rows = procedural.fixed_set(
             task, int(data.seed), int(data.per_difficulty), split=str(data.split)
         )
@@ -59,23 +59,13 @@ def load_rows(config: Any) -> list[dict[str, Any]]:
 
 
 def build_tokenizer(config: Any) -> Any:
-    """`trainer.build_tokenizer`, except that an "hf" tokenizer with no path uses init.hf_path."""
+    """`r1.train.build.build_tokenizer`, except that an "hf" tokenizer with no path uses
+    init.hf_path."""
     if config.tokenizer.kind == "hf" and not config.tokenizer.path:
         if not config.init.hf_path:
             raise ValueError("config.tokenizer.path: empty, and config.init.hf_path is empty too")
-        from r1.data.tokenizers import HFTokenizer
-
-        return HFTokenizer.from_file(_resolve(config.init.hf_path))
-    return trainer.build_tokenizer(config)
-
-
-def _resolve(path: str) -> str:
-    path = os.path.expanduser(path)
-    if not os.path.isabs(path) and not os.path.exists(path):
-        candidate = os.path.join(configlib.REPO_ROOT, path)
-        if os.path.exists(candidate):
-            return candidate
-    return path
+        return build.build_tokenizer("hf", str(config.init.hf_path))
+    return build.build_tokenizer(str(config.tokenizer.kind), str(config.tokenizer.path))
 
 
 def run_model_config(workdir: str, fallback: Any) -> Any:
@@ -98,7 +88,7 @@ def restore_policy(workdir: str, step: int, model_cfg: Any, mesh: jax.sharding.M
     field order, `step` first, then `params`, then `extra` (r1/checkpoint.py,
     r1/rl/step.TrainState); shapes are checked against `model_cfg`.
     """
-    directory = os.path.abspath(os.path.join(_resolve(workdir), "checkpoints"))
+    directory = os.path.abspath(os.path.join(build.resolve_path(workdir), "checkpoints"))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"config.init.workdir: no checkpoints directory in {workdir!r}")
     steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit())
@@ -143,11 +133,11 @@ def restore_policy(workdir: str, step: int, model_cfg: Any, mesh: jax.sharding.M
 def load_model(config: Any, model_cfg: Any, mesh: jax.sharding.Mesh) -> Transformer:
     """The model to evaluate (module docstring for the order of precedence)."""
     if config.init.workdir:
-        cfg = run_model_config(_resolve(config.init.workdir), config)
+        cfg = run_model_config(build.resolve_path(config.init.workdir), config)
         return restore_policy(config.init.workdir, int(config.init.step), cfg, mesh)
     if not config.init.hf_path:
         log.warning("config.init.hf_path and config.init.workdir are empty: random init")
-    return trainer.build_policy(config, model_cfg, mesh)
+    return build.build_policy(str(config.init.hf_path), model_cfg, mesh, int(config.seed))
 
 
 # ----------------------------------------------------------------------------- run

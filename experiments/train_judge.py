@@ -5,8 +5,8 @@ r"""Trains the tiny judge of the CPU R1 pipeline on synthetic verdict data and s
 Writes `out/` in Hugging Face layout (config.json, model.safetensors) with the judge's tokenizer
 (judge_tokenizer.json), its judging configuration (judge_config.json) and judge_report.json
 (final loss, agreement with the truth on held-out (reference, prediction) pairs, seconds).
-`r1.rewards.judge.Judge.load(out)` loads it; configs/rejection_sample.py:tiny_judge uses it.
-Data and model: r1/rewards/judge_data.py; docs/judge.md.
+`r1.judge.Judge.load(out)` loads it; configs/rejection_sample.py:tiny_judge uses it.
+Data and model: r1/judge/data.py; docs/judge.md.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 
 from absl import app, flags
 
-from r1.rewards import judge_data
+from r1.judge import data as judge_data
 
 _OUT = flags.DEFINE_string("out", None, "Output directory (the judge, HF layout).")
 _STEPS = flags.DEFINE_integer("steps", judge_data.TrainJudgeConfig.steps, "Training steps.")

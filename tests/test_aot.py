@@ -18,7 +18,8 @@ from flax import nnx
 
 from r1 import aot, configlib, sharding
 from r1.models.transformer import Transformer
-from r1.rl import trainer
+from r1.rl import config as rl_config
+from r1.train.config import make_optimizer
 from r1.train.state import abstract_train_state, init_train_state, train_state_shardings
 
 TINY = "configs/r1_zero.py:tiny"
@@ -31,10 +32,10 @@ def _libtpu():
 
 def test_trainer_and_aot_share_mesh_and_state_shardings(devices):
     config = configlib.load_config(TINY)
-    experiment = configlib.parse_experiment(config, extra_sections=trainer.EXTRA_SECTIONS)
+    experiment = rl_config.parse(config)
     # The trainer's way: a real model, a real state.
     mesh = sharding.make_mesh(experiment.mesh)
-    optimizer = trainer.make_optimizer(config)
+    optimizer = make_optimizer(experiment.optimizer, experiment.train.steps)
     model = sharding.create_sharded_model(
         lambda: Transformer(experiment.model, rngs=nnx.Rngs(experiment.seed)), mesh
     )
@@ -131,7 +132,7 @@ def test_tiny_grpo_step_compiles_with_rule_sharded_params(topology, devices_expe
     assert report.fits and report.per_chip_bytes < report.hbm_bytes
     fsdp = report.mesh["fsdp"]
     assert fsdp == devices_expected
-    experiment = configlib.parse_experiment(config, extra_sections=trainer.EXTRA_SECTIONS)
+    experiment = rl_config.parse(config)
     _, state = abstract_train_state(
         lambda: Transformer(experiment.model, rngs=nnx.Rngs(0)), optax.sgd(0.1), 0, False
     )
@@ -172,8 +173,8 @@ def test_entry_point_fails_with_largest_buffers_when_it_does_not_fit(tmp_path):
 
 def _save_random_judge(directory) -> int:
     """A random tiny judge saved where `Judge.load` reads it; returns its parameter bytes."""
-    from r1.rewards import judge as J
-    from r1.rewards import judge_data as JD
+    from r1 import judge as J
+    from r1.judge import data as JD
 
     config = J.JudgeConfig()
     tokenizer = JD.judge_tokenizer(config)

@@ -319,20 +319,32 @@ def test_restore_policy_from_a_grpo_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_greedy_runner_matches_the_trainer_evaluator():
-    """k=1 greedy on the trainer's held-out set reproduces `make_evaluator`'s accuracy/length."""
+    """k=1 greedy on the trainer's held-out set reproduces the training-time evaluator's
+    accuracy/length (`r1.train.heldout.make_heldout_evaluator`)."""
     from r1.data import procedural
-    from r1.rl import trainer
+    from r1.rl import config as rl_config
+    from r1.train import build, heldout
 
     config = configlib.load_config("configs/r1_zero.py:tiny")
-    experiment = configlib.parse_experiment(config, extra_sections=trainer.EXTRA_SECTIONS)
-    mesh = sharding.make_mesh(experiment.mesh)
-    tok = trainer.build_tokenizer(config)
+    exp = rl_config.parse(config)
+    mesh = sharding.make_mesh(exp.mesh)
+    tok = build.build_tokenizer(exp.tokenizer.kind, exp.tokenizer.path)
     with sharding.use_mesh(mesh):
-        model = trainer.build_policy(config, experiment.model, mesh)
+        model = build.build_policy(exp.init.hf_path, exp.model, mesh, exp.seed)
     graphdef, params, extra = nnx.split(model, nnx.Param, ...)
-    evaluator = trainer.make_evaluator(config, tok, graphdef, mesh, experiment.model)
+    task = procedural.make_task(exp.data.task, **dict(exp.data.task_kwargs or {}))
+    evaluator = heldout.make_heldout_evaluator(
+        task,
+        exp.seed,
+        exp.eval.per_difficulty,
+        tok,
+        graphdef,
+        mesh,
+        exp.rl.max_new_tokens,
+        exp.rl.unstack_layers,
+    )
     want = evaluator(types.SimpleNamespace(params=params, extra=extra))
-    rows = procedural.fixed_set(trainer.build_task(config), 1, int(config.eval.per_difficulty))
+    rows = procedural.fixed_set(task, exp.seed + 1, exp.eval.per_difficulty)
     eval_cfg = runner.EvalConfig(
         num_samples=1, greedy=True, max_new_tokens=96, batch_size=48, bucket_multiple=16
     )

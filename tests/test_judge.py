@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from r1 import sharding
+from r1 import judge as J
+from r1 import rewards, sharding
+from r1.judge import data as JD
 from r1.models import hf
 from r1.models.transformer import Transformer
-from r1.rewards import RewardSpec
-from r1.rewards import judge as J
-from r1.rewards import judge_data as JD
+from r1.rewards import RewardSpec, RewardTerm
 from r1.rewards.extract import answer_content
 from r1.rewards.tokens import TagIds, encode_batch
 from r1.sampling.sampler import SamplingConfig, left_pad, sample
@@ -229,7 +229,11 @@ def test_batched_scoring_equals_row_by_row_and_counts():
 
 def test_judge_reward_in_a_reward_spec():
     judge = J.Judge.from_model(_judge_model(), TOKENIZER, CONFIG, name="untrained")
-    spec = RewardSpec.from_config([("judge", 1.0, {"judge": judge})])
+    # The judge is a model reward: its text rewards are not in the rule registry.
+    assert "judge" not in rewards.names() and "judge_verdict" not in rewards.names()
+    spec = RewardSpec.from_config(
+        [RewardTerm("judge", 1.0, {"judge": judge}, reward=J.JUDGE_REWARD)]
+    )
     completions = ["<think>x</think> <answer>46</answer>", "no answer here"]
     result = spec(["p", "p"], completions, answer=["forty-six", "3"])
     direct, info = judge.score(
@@ -237,7 +241,7 @@ def test_judge_reward_in_a_reward_spec():
     )
     np.testing.assert_array_equal(result.breakdown["judge"], direct)
     assert result.failures.get("judge/no_answer") == 1
-    passed = RewardSpec.from_config([("judge_verdict", 1.0, {})])(
+    passed = RewardSpec.from_config([RewardTerm("judge_verdict", 1.0, reward=J.JUDGE_VERDICT)])(
         ["p", "p"], ["a", "b"], judge_score=[1.0, 0.0], judge_reason=["", "no_verdict"]
     )
     assert passed.total.tolist() == [1.0, 0.0]

@@ -21,10 +21,10 @@ from r1 import configlib, rewards
 from r1.data import procedural, templates
 from r1.recipes import pipeline, stages
 from r1.rejection import experiment as rejection_experiment
-from r1.rl import trainer as rl_trainer
-from r1.rm import trainer as rm_trainer
+from r1.rl import config as rl_sections
+from r1.rm import config as rm_config
 from r1.rm.data import POLITE
-from r1.sft import trainer as sft_trainer
+from r1.sft import config as sft_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -139,13 +139,12 @@ def test_sub_configs_are_what_the_trainers_accept(variant):
     task = (config.task.name, dict(config.task.kwargs))
 
     sft = pipeline.sft_config(config, config.cold_start, "/ckpt/base", ["/d/a.jsonl"])
-    configlib.parse_experiment(sft, extra_sections=sft_trainer.EXTRA_SECTIONS)
-    sections = sft_trainer.parse_sections(sft)
+    sections = sft_config.parse(sft)
     assert sections.data.source == "files" and sections.data.files == ("/d/a.jsonl",)
     assert sections.train.export and sft.init.hf_path == "/ckpt/base"
 
     rl = pipeline.rl_config(config, config.reasoning_rl, "/s1/export")
-    configlib.parse_experiment(rl, extra_sections=rl_trainer.EXTRA_SECTIONS)
+    rl_sections.parse(rl)
     assert (rl.data.task, dict(rl.data.task_kwargs)) == task
     assert [r[0] for r in rl.rewards] == ["arithmetic_tokens", "format_strict_tokens", "language"]
     assert rl.init.hf_path == "/s1/export" and rl.model_rewards == ()
@@ -156,6 +155,7 @@ def test_sub_configs_are_what_the_trainers_accept(variant):
     )
     assert rl4.train.steps == 7 and rl4.rl.temperature == 0.7
     assert rl4.model_rewards[0][2]["path"] == "/rm"
+    assert rl_sections.parse(rl4).rl.temperature == 0.7
 
     judged = tuple(config.rejection.judge.tasks)
     if judged:
@@ -175,7 +175,7 @@ def test_sub_configs_are_what_the_trainers_accept(variant):
         assert judged == (f"{task[0]}_words",) and data.answer_words_fraction > 0
 
     rm = pipeline.reward_model_config(config)
-    configlib.parse_experiment(rm, extra_sections=rm_trainer.EXTRA_SECTIONS)
+    rm_config.parse(rm)
     assert dict(rm.tokenizer) == dict(rl.tokenizer)  # the RM reads the policy's token ids
     assert dict(rm.model) == dict(config.reward_model.model)
     if variant == "qwen2_5_7b":

@@ -438,7 +438,7 @@ class WordsJudge:
         self.asked = []
 
     def score(self, rows):
-        from r1.rewards.judge_data import words_to_number
+        from r1.judge.data import words_to_number
 
         self.asked += list(rows)
         scores, verdicts, reasons = [], [], []
@@ -455,7 +455,7 @@ class WordsJudge:
 
 
 def test_judge_grades_rows_without_a_rule_checker(tmp_path):
-    from r1.rewards.judge_data import number_to_words
+    from r1.judge.data import number_to_words
 
     rows = sum_rows(10)
     for row in rows[::2]:  # even prompts: the answer in words, a task no rule checks

@@ -19,7 +19,8 @@ from r1.models import hf
 from r1.models.transformer import Transformer
 from r1.sft import data as sft_data
 from r1.sft import step as sft_step
-from r1.sft.trainer import TIMING_KEYS, parse_sections, train_sft
+from r1.sft.config import parse as parse_sections
+from r1.sft.trainer import TIMING_KEYS, train_sft
 from r1.train.state import init_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

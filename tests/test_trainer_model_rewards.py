@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from r1 import configlib, testing
-from r1.rewards import judge_data
+from r1.judge import data as judge_data
 from r1.rl import trainer
 from r1.rm import model as rm_model
 

@@ -15,11 +15,22 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from r1 import configlib, sharding
+from r1.data.tokenizers import build_demo_tokenizer
 from r1.models.config import ModelConfig
 from r1.models.layers import dtype_of
 from r1.models.transformer import Transformer
+from r1.rewards import get as get_reward
+from r1.rl import config as rl_config
 from r1.rl import step as step_lib
+from r1.rl.model_rewards import build_model_rewards
+from r1.rl.reward_bridge import BYTES_SUFFIX, RewardBridge
+from r1.rm import model as rm_model
+from r1.rm import step as rm_step
+from r1.rm.reward import think_close_ids
+from r1.sft import step as sft_step
+from r1.train import build
 from r1.train import state as train_state
+from r1.train.config import OptimizerSection, make_optimizer, section
 
 
 @dataclasses.dataclass
@@ -61,43 +72,34 @@ def with_shardings(tree: Any, shardings: Any) -> Any:
 def stand_in_tokenizer(config: Any) -> Any:
     """The run's tokenizer when it can be built here, else the demo tokenizer: the step only
     takes static tag/digit ids from it, which do not change the program's size."""
-    from r1.rl import trainer
-
     kind, path = config.tokenizer.kind, config.tokenizer.path
     if kind == "demo" or (kind == "hf" and path and pathlib.Path(path).exists()):
-        return trainer.build_tokenizer(config)
-    from r1.data.tokenizers import build_demo_tokenizer
-
+        return build.build_tokenizer(kind, path)
     return build_demo_tokenizer()
 
 
 def grpo_program(config: Any, mesh: Mesh) -> Program:
     """The trainer's GRPO step for `config` on `mesh`, with the config's real batch (prompts per
     step x group), prompt bucket (the largest) and generation length."""
-    from r1.rewards import get as get_reward
-    from r1.rl import trainer
-    from r1.rl.model_rewards import build_model_rewards
-    from r1.rl.reward_bridge import BYTES_SUFFIX, RewardBridge
-
-    experiment = configlib.parse_experiment(config, extra_sections=trainer.EXTRA_SECTIONS)
+    experiment = rl_config.parse(config)
     model_cfg = experiment.model
     tokenizer = stand_in_tokenizer(config)
-    optimizer = trainer.make_optimizer(config)
-    grpo_cfg = trainer.grpo_config_from(config, tokenizer)
+    optimizer = make_optimizer(experiment.optimizer, experiment.train.steps)
+    grpo_cfg = experiment.grpo_config(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
     graphdef, state = train_state.abstract_train_state(
         lambda: Transformer(model_cfg, rngs=nnx.Rngs(experiment.seed)),
         optimizer,
         experiment.seed,
         with_reference=grpo_cfg.loss.beta > 0,
     )
-    prompts = int(config.rl.prompts_per_step)
-    prompt_len = int(max(config.data.buckets))
+    prompts = experiment.rl.prompts_per_step
+    prompt_len = int(max(experiment.data.buckets))
     batch = {
         "prompt_tokens": jax.ShapeDtypeStruct((prompts, prompt_len), jnp.int32),
         "prompt_mask": jax.ShapeDtypeStruct((prompts, prompt_len), jnp.bool_),
         "row_index": jax.ShapeDtypeStruct((prompts,), jnp.int32),
     }
-    bridge = RewardBridge([tuple(t) for t in config.rewards], tokenizer)
+    bridge = RewardBridge(list(experiment.rewards), tokenizer)
     for name, _, _ in bridge.terms:
         reward = get_reward(name)
         for field in reward.fields:
@@ -111,7 +113,7 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
     for encode in encoders:
         for field, value in encode(["0"] * prompts).items():
             batch[field] = jax.ShapeDtypeStruct(value.shape, value.dtype)
-    if float(config.data.get("general_fraction", 0.0) or 0.0) > 0:
+    if experiment.data.general_fraction > 0:
         batch["general"] = jax.ShapeDtypeStruct((prompts,), jnp.bool_)
     step = step_lib.make_grpo_step(
         graphdef,
@@ -157,9 +159,6 @@ def sft_program(config: Any, mesh: Mesh) -> Program:
     layout) at the config's batch (`sft.batch_size` packed rows of `data.seq_len` tokens),
     gradient accumulation (`sft.num_microbatches`) and MTP weight, as `r1.sft.trainer` builds it.
     """
-    from r1.rl import trainer
-    from r1.sft import step as sft_step
-
     sft = config.get("sft")
     data = config.get("data")
     if sft is None or "batch_size" not in sft or data is None or "seq_len" not in data:
@@ -169,7 +168,7 @@ def sft_program(config: Any, mesh: Mesh) -> Program:
         )
     model_cfg = configlib.model_config(config)
     seed = int(config.get("seed", 0))
-    optimizer = trainer.make_optimizer(config)
+    optimizer = make_optimizer(section(OptimizerSection, config, "optimizer"), 1)
     graphdef, state = train_state.abstract_train_state(
         lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)), optimizer, seed, with_reference=False
     )
@@ -208,18 +207,13 @@ def rm_program(config: Any, mesh: Mesh) -> Program:
     """The reward-model trainer's step (`r1.rm.step.rm_step_fn`, configs/reward_model.py
     layout): `train.batch_size` preference pairs (chosen and rejected rows in one forward) of
     `data.max_length` tokens, `train.num_microbatches`, the configured scoring region."""
-    from r1.rl import trainer
-    from r1.rm import model as rm_model
-    from r1.rm import step as rm_step
-    from r1.rm.reward import think_close_ids
-
     needed = (("train", "batch_size"), ("data", "max_length"), ("rm", "region"))
     missing = [f"{a}.{b}" for a, b in needed if a not in config or b not in config[a]]
     if missing:
         raise ValueError(f"--step=rm: the config needs {missing} (configs/reward_model.py layout)")
     model_cfg = configlib.model_config(config)
     seed = int(config.get("seed", 0))
-    optimizer = trainer.make_optimizer(config)
+    optimizer = make_optimizer(section(OptimizerSection, config, "optimizer"), 1)
     graphdef, state = train_state.abstract_train_state(
         lambda: rm_model.RewardModel(model_cfg, rngs=nnx.Rngs(seed)),
         optimizer,

@@ -347,13 +347,17 @@ def grade(
     for name in sorted(set(names)):
         chosen = [p for p in range(num) if names[p] == name]
         flat_rows = [rows[p] for p in chosen for _ in range(k)]
-        scores, reasons = rewards_lib.get(name).detailed(
-            [prompts[p] for p in chosen for _ in range(k)],
-            [c for p in chosen for c in completions[p]],
-            **reward_fields(flat_rows, name),
+        scored = (
+            rewards_lib.RewardSpec((rewards_lib.RewardTerm(name),))
+            .compile()
+            .score_texts(
+                [prompts[p] for p in chosen for _ in range(k)],
+                [c for p in chosen for c in completions[p]],
+                **reward_fields(flat_rows, name),
+            )
         )
-        correct[chosen] = np.asarray(scores, np.float64).reshape(len(chosen), k)
-        failures.update(f"{name}/{reason}" for reason in reasons if reason)
+        correct[chosen] = np.asarray(scored.breakdown[name], np.float64).reshape(len(chosen), k)
+        failures.update(scored.failures)
     answers = [[metrics.vote_key(c, names[p]) for c in completions[p]] for p in range(num)]
     majority = metrics.cons_at_k(answers, correct)
     has_answer = np.asarray([[a is not None for a in row] for row in answers])

@@ -43,6 +43,7 @@ from flax import nnx
 from r1 import configlib, sharding
 from r1.data import procedural, sources
 from r1.evaluation import runner as eval_runner
+from r1.models import hf
 from r1.recipes.distill_traces import (
     TraceSection,
     prepare_traces,
@@ -52,7 +53,10 @@ from r1.recipes.distill_traces import read_records as read_records
 from r1.recipes.distill_traces import split_response as split_response
 from r1.recipes.distill_traces import trace_to_sft as trace_to_sft
 from r1.recipes.stages import atomic_json
+from r1.rejection.experiment import run_from_config
 from r1.sft import data as sft_data
+from r1.sft.trainer import train_sft
+from r1.train import build
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +118,6 @@ def student_model(config: Any) -> dict[str, Any]:
     path = str(config.student.hf_path)
     if not path:
         return model
-    from r1.models import hf  # noqa: PLC0415
-
     config_path = os.path.join(resolve_path(path), "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"config.student.hf_path: no config.json in {path!r}")
@@ -314,15 +316,17 @@ def _evaluate(
 
 def _load(sub_config: Any, mesh: jax.sharding.Mesh) -> tuple[nnx.Module, Any]:
     """Model and tokenizer of a sub-config (`init.hf_path`, else random init of `seed`)."""
-    from r1.rl import trainer  # noqa: PLC0415
-
     experiment = configlib.parse_experiment(
         sub_config,
         extra_sections=tuple(k for k in sub_config if k not in ("model", "mesh", "seed")),
     )
     with sharding.use_mesh(mesh):
-        model = trainer.build_policy(sub_config, experiment.model, mesh)
-    return model, trainer.build_tokenizer(sub_config)
+        model = build.build_policy(
+            str(sub_config.init.hf_path), experiment.model, mesh, experiment.seed
+        )
+    return model, build.build_tokenizer(
+        str(sub_config.tokenizer.kind), str(sub_config.tokenizer.get("path", ""))
+    )
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -340,9 +344,6 @@ def distill(
     recorded as the teacher samples' provenance. sft_fn: the SFT trainer (default
     `r1.sft.trainer.train_sft`; tests pass a wrapper).
     """
-    from r1.rejection.experiment import run_from_config  # noqa: PLC0415
-    from r1.sft.trainer import train_sft  # noqa: PLC0415
-
     sft_fn = sft_fn or train_sft
     experiment = configlib.parse_experiment(
         config, extra_sections=SECTIONS, num_devices=jax.device_count()

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from r1 import configlib
 from r1.data import sources
 from r1.data.sources import RowError, text_field
+from r1.rejection import runner as rejection_runner
 from r1.sft import data as sft_data
+from r1.train.build import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,7 @@ def split_response(response: str) -> tuple[str, str] | None:
     answer: the last `<answer>...</answer>` content after it when there is one (R1-Zero format),
     else everything after `</think>`, stripped.
     """
-    from r1.rejection.runner import split_response as split  # noqa: PLC0415
-
-    reasoning, answer = split(response)
+    reasoning, answer = rejection_runner.split_response(response)
     if reasoning is None:
         return None
     return reasoning, answer or ""
@@ -204,14 +203,3 @@ def prepare_traces(
     return report
 
 
-def resolve_path(path: str) -> str:
-    """`path`, or the same relative path under the repository root when only that exists."""
-    path = os.path.expanduser(path)
-    if not path or os.path.isabs(path):
-        return path
-
-    def exists(p: str) -> bool:
-        return bool(glob.glob(p)) if glob.has_magic(p) else os.path.exists(p)
-
-    candidate = os.path.join(configlib.REPO_ROOT, path)
-    return candidate if not exists(path) and exists(candidate) else path

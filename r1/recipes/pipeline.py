@@ -42,6 +42,7 @@ import numpy as np
 from r1 import checkpoint as ckpt_lib
 from r1 import configlib, sharding
 from r1.data import procedural, templates
+from r1.evaluation import runner
 from r1.recipes.stages import (
     Stage,
     atomic_json,
@@ -50,6 +51,16 @@ from r1.recipes.stages import (
     run_stages,
     write_jsonl,
 )
+from r1.rejection.experiment import run_from_config
+from r1.rl import config as grpo_sections
+from r1.rl import trainer as rl_trainer
+from r1.rm.data import POLITE
+from r1.rm.trainer import train_rm
+from r1.sft.trainer import train_sft
+from r1.train import build
+from r1.train.config import make_optimizer
+from r1.train.export import export_model
+from r1.train.state import abstract_with_shardings, init_train_state, train_state_shardings
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +127,6 @@ def general_rows(num: int, seed: int) -> list[dict[str, Any]]:
     miniature): a short request, a one-sentence thought, a polite reply ending with one of the
     polite closings the synthetic preference pairs reward (`r1.rm.data.POLITE`).
     Rows: {prompt, response, task: "general", id, source}."""
-    from r1.rm.data import POLITE  # noqa: PLC0415
-
     if num < 1:
         raise ValueError(f"rejection.general_examples: expected >= 1, got {num}")
     rng = np.random.default_rng([seed, 11])
@@ -144,21 +153,12 @@ def _dict(value: Any) -> Any:
     return value.to_dict() if hasattr(value, "to_dict") else value
 
 
-def _resolve(path: str) -> str:
-    path = os.path.expanduser(path)
-    if not os.path.isabs(path) and not os.path.exists(path):
-        candidate = os.path.join(configlib.REPO_ROOT, path)
-        if os.path.exists(candidate):
-            return candidate
-    return path
-
-
 def common_sections(config: Any, hf_path: str) -> dict[str, Any]:
     """model, mesh, seed, init (`hf_path`) and tokenizer of the policy; an "hf" tokenizer with
     no path reads the base checkpoint's (`config.init.hf_path`)."""
     tokenizer = dict(_dict(config.tokenizer))
     if tokenizer.get("kind") == "hf" and not tokenizer.get("path"):
-        tokenizer["path"] = _resolve(str(config.init.hf_path))
+        tokenizer["path"] = build.resolve_path(str(config.init.hf_path))
     return {
         "model": _dict(config.model),
         "mesh": _dict(config.mesh),
@@ -255,13 +255,13 @@ def stage_judge(config: Any, directory: str) -> tuple[str, dict[str, Any]]:
     if section is None or not tuple(section.tasks):
         return "", {}
     if str(section.path):
-        return _resolve(str(section.path)), {}
+        return build.resolve_path(str(section.path)), {}
     steps = int(section.train_steps)
     if steps < 1:
         raise ValueError(
             "config.rejection.judge: tasks are judged but neither path nor train_steps > 0 is set"
         )
-    from r1.rewards import judge_data  # noqa: PLC0415
+    from r1.judge import data as judge_data  # noqa: PLC0415
 
     target = os.path.join(directory, "judge")
     report_path = os.path.join(target, "judge_report.json")
@@ -303,8 +303,6 @@ def reward_model_config(config: Any) -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------- shared steps
 def _sft(cfg: ml_collections.ConfigDict, directory: str) -> str:
     """Runs (or resumes) SFT in `directory`; returns its export directory, checked complete."""
-    from r1.sft.trainer import train_sft  # noqa: PLC0415
-
     export = os.path.join(directory, "export")
     # A stale or half-written export must not pass for this run's: train_sft re-exports on a
     # resume that finds its last step done.
@@ -323,29 +321,17 @@ def _sft(cfg: ml_collections.ConfigDict, directory: str) -> str:
 def grpo_export(cfg: ml_collections.ConfigDict, run_dir: str, out: str) -> int:
     """Restores the latest checkpoint of the GRPO run `run_dir` (made with `cfg`) and writes its
     policy in HF layout (plus tokenizer files) to `out`; returns the checkpoint's step."""
-    from r1.rl import trainer as rl_trainer  # noqa: PLC0415
-    from r1.rl.step import train_state_shardings  # noqa: PLC0415
-    from r1.sft.trainer import export_model  # noqa: PLC0415
-    from r1.train.state import init_train_state
-
-    experiment = configlib.parse_experiment(
-        cfg, num_devices=jax.device_count(), extra_sections=rl_trainer.EXTRA_SECTIONS
-    )
-    mesh = sharding.make_mesh(experiment.mesh)
-    tokenizer = rl_trainer.build_tokenizer(cfg)
-    optimizer = rl_trainer.make_optimizer(cfg)
+    exp = grpo_sections.parse(cfg, num_devices=jax.device_count())
+    mesh = sharding.make_mesh(exp.mesh)
+    tokenizer = build.build_tokenizer(exp.tokenizer.kind, exp.tokenizer.path)
+    optimizer = make_optimizer(exp.optimizer, exp.train.steps)
     with sharding.use_mesh(mesh):
-        policy = rl_trainer.build_policy(cfg, experiment.model, mesh)
-    graphdef, state = init_train_state(
-        policy, optimizer, experiment.seed, with_reference=float(cfg.rl.beta) > 0
-    )
+        policy = build.build_policy(exp.init.hf_path, exp.model, mesh, exp.seed)
+    graphdef, state = init_train_state(policy, optimizer, exp.seed, with_reference=exp.rl.beta > 0)
     del policy
-    shardings = train_state_shardings(state, optimizer, mesh)
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
-    )
+    abstract = abstract_with_shardings(state, train_state_shardings(state, optimizer, mesh))
     del state
-    checkpointer = ckpt_lib.Checkpointer(run_dir, keep=int(cfg.train.keep_checkpoints))
+    checkpointer = ckpt_lib.Checkpointer(run_dir, keep=exp.train.keep_checkpoints)
     try:
         restored = checkpointer.restore_latest(abstract)
     finally:
@@ -353,17 +339,13 @@ def grpo_export(cfg: ml_collections.ConfigDict, run_dir: str, out: str) -> int:
     if restored is None:
         raise FileNotFoundError(f"no GRPO checkpoint restores in {run_dir}/checkpoints")
     step, state, _ = restored
-    export_model(
-        graphdef, state, experiment.model, tokenizer, str(cfg.tokenizer.get("path", "")), out
-    )
+    export_model(graphdef, state, exp.model, tokenizer, exp.tokenizer.path, out)
     return int(step)
 
 
 def _grpo(cfg: ml_collections.ConfigDict, run_dir: str) -> None:
     """Runs (or resumes) GRPO in `run_dir` and checks it reached `train.steps`."""
-    from r1.rl.trainer import train  # noqa: PLC0415
-
-    train(cfg, run_dir)
+    rl_trainer.train(cfg, run_dir)
     steps = int(cfg.train.steps)
     checkpointer = ckpt_lib.Checkpointer(run_dir)
     try:
@@ -380,17 +362,14 @@ def _grpo(cfg: ml_collections.ConfigDict, run_dir: str) -> None:
 def evaluate_stage(config: Any, hf_path: str, directory: str, stage: str) -> dict[str, Any]:
     """Evaluates the HF-layout model at `hf_path` on the task's held-out set (config.eval);
     writes `directory/eval.json` and `eval.md`; returns the result."""
-    from r1.evaluation import runner  # noqa: PLC0415
-    from r1.rl import trainer as rl_trainer  # noqa: PLC0415
-
     cfg = ml_collections.ConfigDict(common_sections(config, hf_path))
     experiment = configlib.parse_experiment(
         cfg, num_devices=jax.device_count(), extra_sections=("init", "tokenizer")
     )
     mesh = sharding.make_mesh(experiment.mesh)
-    tokenizer = rl_trainer.build_tokenizer(cfg)
+    tokenizer = build.build_tokenizer(str(cfg.tokenizer.kind), str(cfg.tokenizer.path))
     with sharding.use_mesh(mesh):
-        model = rl_trainer.build_policy(cfg, experiment.model, mesh)
+        model = build.build_policy(str(cfg.init.hf_path), experiment.model, mesh, experiment.seed)
     name, kwargs = _task(config)
     rows = procedural.fixed_set(
         procedural.make_task(name, **kwargs),
@@ -458,8 +437,6 @@ def make_stages(config: Any, workdir: str) -> list[Stage]:
         return {"export": rel(export), "eval": rel(os.path.join(directory, EVAL)), "step": step}
 
     def rejection_sft(directory: str, outputs: Mapping) -> dict[str, Any]:
-        from r1.rejection.experiment import run_from_config  # noqa: PLC0415
-
         section = config.rejection
         sampled = path(outputs, STAGES[1], "export")
         rejection_dir = os.path.join(directory, "rejection")
@@ -496,8 +473,6 @@ def make_stages(config: Any, workdir: str) -> list[Stage]:
         }
 
     def all_scenarios_rl(directory: str, outputs: Mapping) -> dict[str, Any]:
-        from r1.rm.trainer import train_rm  # noqa: PLC0415
-
         section = config.all_scenarios_rl
         rm_dir = os.path.join(directory, "reward_model")
         rm_export = os.path.join(rm_dir, "export")

@@ -18,11 +18,11 @@ import jax
 
 from r1 import configlib, sharding
 from r1.data import procedural, sources, templates
+from r1.judge import Judge, JudgeConfig, load_judge_config
 from r1.rejection.filters import FilterConfig
 from r1.rejection.runner import SamplerPolicy, default_render, run
 from r1.rejection.select import SelectConfig
 from r1.rewards import RewardSpec
-from r1.rewards.judge import Judge, JudgeConfig, load_judge_config
 from r1.sampling.sampler import SamplingConfig
 
 TEMPLATES = ("r1_zero", *templates.CHAT_FORMATS)
@@ -48,7 +48,7 @@ class DataSection:
     template: "r1_zero" or a chat format of `r1.data.templates.render_chat` (which opens
     ``<think>``). add_bos: the tokenizer prepends BOS (chat formats then omit their BOS text).
     answer_words_fraction: procedural only; that share of rows gets its answer written in words
-    and task "<task>_words" (`r1.rewards.judge_data.with_word_answers`), for a judge to grade.
+    and task "<task>_words" (`r1.judge.data.with_word_answers`), for a judge to grade.
     """
 
     source: str = "procedural"
@@ -157,7 +157,7 @@ def load_prompts(data: DataSection, seed: int) -> list[dict[str, Any]]:
         task = procedural.make_task(data.task, **dict(data.task_kwargs))
         rows = [procedural.generate(task, seed, i, data.split) for i in range(data.num_prompts)]
         if data.answer_words_fraction > 0:
-            from r1.rewards.judge_data import with_word_answers  # noqa: PLC0415
+            from r1.judge.data import with_word_answers  # noqa: PLC0415
 
             rows = with_word_answers(rows, data.answer_words_fraction)
         return rows

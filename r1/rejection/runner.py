@@ -20,7 +20,7 @@ equals the file of an unbroken run. A workdir made with another configuration (c
 seed, prompts, sampling, rewards or selection) is refused.
 
 Judged rows. Rows whose `task` is in `judge_tasks` have no rule checker: a generative judge
-(`r1.rewards.judge.Judge`) reads their reference answer and the completion's answer and its
+(`r1.judge.Judge`) reads their reference answer and the completion's answer and its
 verdict becomes the `correct_reward` score (through the ``judge_verdict`` reward; the other
 reward terms score them as usual). Their provenance names the judge and holds its verdict.
 """
@@ -43,12 +43,12 @@ from flax import nnx
 
 from r1 import sharding
 from r1.data import templates
+from r1.judge import JUDGE_VERDICT, Judge
 from r1.recipes.stages import atomic_json
 from r1.rejection.filters import extract_cot
 from r1.rejection.select import Candidate, SelectConfig, Selection, select
-from r1.rewards import RewardResult, RewardSpec, RewardTerm, get
+from r1.rewards import RewardResult, RewardSpec, RewardTerm
 from r1.rewards.extract import THINK_CLOSE, answer_content
-from r1.rewards.judge import Judge
 from r1.sampling.sampler import SamplingConfig, bucket_length, left_pad, make_sampler
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def reward_fields(
     the generated token count. A field no row has is left out (the reward then says which
     field it needs, unless a term's kwargs provide it).
     """
-    wanted = {f for t in spec.terms for f in get(t.name).fields if f not in t.kwargs}
+    wanted = set(spec.fields())
     wanted.discard("correct")  # comes from `correct_from` inside RewardSpec
     fields: dict[str, list[Any]] = {}
     for name in sorted(wanted):
@@ -228,7 +228,9 @@ def judge_spec(spec: RewardSpec, correct_label: str) -> RewardSpec:
     if correct_label not in labels:
         raise ValueError(f"judge: correct reward {correct_label!r} is not among the terms {labels}")
     terms = tuple(
-        RewardTerm("judge_verdict", t.weight, {}, key=t.label) if t.label == correct_label else t
+        RewardTerm("judge_verdict", t.weight, {}, key=t.label, reward=JUDGE_VERDICT)
+        if t.label == correct_label
+        else t
         for t in spec.terms
     )
     return RewardSpec(terms)
@@ -254,7 +256,7 @@ def score_batch(
     verdicts: dict[int, dict[str, Any]] = {}
     if ruled:
         sub_rows, sub_comps = [rows[i] for i in ruled], [completions[i] for i in ruled]
-        result = spec(
+        result = spec.compile().score_texts(
             [prompts[i] for i in ruled],
             [c.text for c in sub_comps],
             **reward_fields(spec, sub_rows, sub_comps),
@@ -278,7 +280,9 @@ def score_batch(
         scores, info = judge.score(asked)
         fields = reward_fields(jspec, sub_rows, sub_comps)
         fields.update(judge_score=list(scores), judge_reason=list(info["reasons"]))
-        result = jspec([prompts[i] for i in judged], [c.text for c in sub_comps], **fields)
+        result = jspec.compile().score_texts(
+            [prompts[i] for i in judged], [c.text for c in sub_comps], **fields
+        )
         parts.append((judged, result))
         for k, i in enumerate(judged):
             verdicts[i] = {

@@ -1,6 +1,7 @@
-"""The reward protocol, the registry and `RewardSpec` (weighted composition with failure counts).
+"""The reward protocol and the registry of rule rewards (`RewardSpec` lives in `r1.rewards.spec`).
 
-Two kinds of reward share one registry:
+Two kinds of rule reward share one registry (the third kind of `RewardTerm`, "model", is built
+by whoever owns the model: `r1.rl.model_rewards`):
 
 * **text** rewards: ``fn(prompts: list[str], completions: list[str], **fields) -> float32[B]``,
   pure Python on the host (strings, sympy, sandboxed code). Each is registered with a
@@ -15,8 +16,8 @@ Two kinds of reward share one registry:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -37,6 +38,8 @@ class Reward:
         (float32[B], list[str])``; for token rewards ``(tokens, mask, **fields) -> float32[B]``.
       fields: the batch fields the reward reads (documentation and spec validation).
       doc: one-line description.
+      reasons: the failure reasons its detailed form can return (the compiled GRPO scorer
+        counts exactly these per batch, plus "non_finite" and "other" for anything else).
     """
 
     name: str
@@ -44,6 +47,7 @@ class Reward:
     fn: Callable[..., Any]
     fields: tuple[str, ...] = ()
     doc: str = ""
+    reasons: tuple[str, ...] = ()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.kind == "text":
@@ -62,50 +66,67 @@ class Reward:
 _REGISTRY: dict[str, Reward] = {}
 
 
+# Builtin reward name -> the module that registers it.
+BUILTIN_MODULES: dict[str, str] = {
+    **dict.fromkeys(("format_strict", "format_lenient", "tag_count"), "r1.rewards.format"),
+    "math": "r1.rewards.math",
+    **dict.fromkeys(("arithmetic", "countdown"), "r1.rewards.countdown"),
+    "language": "r1.rewards.language",
+    "code": "r1.rewards.code",
+    **dict.fromkeys(("cosine_length", "overlong", "repetition"), "r1.rewards.shaping"),
+    **dict.fromkeys(
+        (
+            "format_strict_tokens",
+            "format_lenient_tokens",
+            "tag_count_tokens",
+            "arithmetic_tokens",
+            "cosine_length_tokens",
+            "overlong_tokens",
+        ),
+        "r1.rewards.tokens",
+    ),
+}
+
+
 def register(
-    name: str, kind: Kind, fields: Sequence[str] = (), doc: str = ""
+    name: str,
+    kind: Kind,
+    fields: Sequence[str] = (),
+    doc: str = "",
+    reasons: Sequence[str] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering ``fn`` under ``name``; returns ``fn`` unchanged."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"reward {name!r} is already registered")
-        _REGISTRY[name] = Reward(name, kind, fn, tuple(fields), doc or (fn.__doc__ or "").strip())
+        doc_line = doc or (fn.__doc__ or "").strip()
+        _REGISTRY[name] = Reward(name, kind, fn, tuple(fields), doc_line, tuple(reasons))
         return fn
 
     return wrap
 
 
 def get(name: str) -> Reward:
-    """The registered reward called ``name`` (see `names()`)."""
-    _load_builtin_rewards()
+    """The registered reward called ``name`` (see `names()`); imports only its own module."""
+    if name not in _REGISTRY and name in BUILTIN_MODULES:
+        # Lazy: only the module registering `name`, so base imports no reward module (no cycle).
+        importlib.import_module(BUILTIN_MODULES[name])
     if name not in _REGISTRY:
-        raise ValueError(f"unknown reward {name!r}; registered: {sorted(_REGISTRY)}")
+        raise ValueError(f"unknown reward {name!r}; registered: {names()}")
     return _REGISTRY[name]
 
 
 def names(kind: Kind | None = None) -> list[str]:
-    """Sorted names of registered rewards, optionally only those of one kind."""
-    _load_builtin_rewards()
+    """Sorted names of registered rewards (every builtin included), optionally of one kind."""
+    for module in sorted(set(BUILTIN_MODULES.values())):
+        importlib.import_module(module)
     return sorted(n for n, r in _REGISTRY.items() if kind is None or r.kind == kind)
 
 
-def _load_builtin_rewards() -> None:
-    # Importing the modules registers their rewards (kept lazy to avoid import cycles).
-    from r1.rewards import (  # noqa: F401
-        code,
-        countdown,
-        format,
-        judge,
-        language,
-        math,
-        shaping,
-        tokens,
-    )
-
-
 def finite_scores(values: Sequence[float]) -> np.ndarray:
-    """float32[B] with NaN/inf replaced by 0 (rewards must always be finite)."""
+    """float32[B] with NaN/inf replaced by 0 (rewards must always be finite; `RewardSpec`
+    counts the replaced rows as failure reason ``non_finite``)."""
     out = np.asarray(values, dtype=np.float64).reshape(-1)
     out = np.where(np.isfinite(out), out, 0.0)
     return out.astype(np.float32)
@@ -121,117 +142,3 @@ def row_field(fields: Mapping[str, Any], key: str, batch: int, reward: str) -> l
             f"reward {reward!r}: field {key!r} has {len(value)} rows, expected {batch}"
         )
     return value
-
-
-@dataclasses.dataclass(frozen=True)
-class RewardTerm:
-    """One weighted term of a `RewardSpec`: ``weight * get(name)(..., **kwargs)``.
-
-    ``key`` names the term in the breakdown (defaults to ``name``; set it to use one reward twice
-    with different kwargs). A kwarg ``correct_from="<key>"`` passes ``correct = scores[key] > 0.5``
-    of an earlier term (e.g. cosine length shaping keyed on math accuracy).
-    """
-
-    name: str
-    weight: float = 1.0
-    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    key: str = ""
-
-    @property
-    def label(self) -> str:
-        return self.key or self.name
-
-
-@dataclasses.dataclass(frozen=True)
-class RewardResult:
-    """Output of `RewardSpec.__call__`.
-
-    Attributes:
-      total: float32[B], the weighted sum.
-      breakdown: term label -> float32[B] unweighted scores (for logging).
-      failures: ``"<label>/<reason>" -> count`` over the batch, e.g. ``{"math/timeout": 2}``.
-    """
-
-    total: np.ndarray
-    breakdown: dict[str, np.ndarray]
-    failures: dict[str, int]
-
-
-@dataclasses.dataclass(frozen=True)
-class RewardSpec:
-    """A weighted composition of named rewards, built from config.
-
-    Example::
-
-        spec = RewardSpec.from_config([("format_strict", 1.0, {}), ("math", 1.0, {})])
-        result = spec(prompts, completions, answer=gold)
-        result.total, result.breakdown["math"], result.failures
-    """
-
-    terms: tuple[RewardTerm, ...]
-
-    @classmethod
-    def from_config(cls, config: Sequence[Any]) -> RewardSpec:
-        """From a list of ``(name, weight, kwargs)`` / ``(name, weight)`` / ``name`` entries or
-        mappings with keys ``name``, ``weight``, ``kwargs``, ``key``."""
-        terms = []
-        for i, entry in enumerate(config):
-            if isinstance(entry, str):
-                term = RewardTerm(entry)
-            elif isinstance(entry, RewardTerm):
-                term = entry
-            elif isinstance(entry, Mapping):
-                unknown = set(entry) - {"name", "weight", "kwargs", "key"}
-                if "name" not in entry or unknown:
-                    raise ValueError(
-                        f"rewards[{i}]: expected keys name, weight, kwargs, key; got {dict(entry)}"
-                    )
-                term = RewardTerm(
-                    entry["name"],
-                    float(entry.get("weight", 1.0)),
-                    dict(entry.get("kwargs", {}) or {}),
-                    entry.get("key", ""),
-                )
-            elif isinstance(entry, Sequence) and 1 <= len(entry) <= 3:
-                name, weight, kwargs = (list(entry) + [1.0, {}][len(entry) - 1 :])[:3]
-                term = RewardTerm(str(name), float(weight), dict(kwargs or {}))
-            else:
-                raise ValueError(f"rewards[{i}]: expected (name, weight, kwargs), got {entry!r}")
-            reward = get(term.name)  # raises on unknown names
-            if reward.kind != "text":
-                raise ValueError(
-                    f"rewards[{i}]: {term.name!r} is a token reward; compose token rewards with "
-                    "`token_total` inside the compiled step"
-                )
-            terms.append(term)
-        labels = [t.label for t in terms]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"rewards: duplicate term labels {labels}; set `key` to tell apart")
-        return cls(tuple(terms))
-
-    def __call__(
-        self, prompts: Sequence[str], completions: Sequence[str], **fields: Any
-    ) -> RewardResult:
-        batch = len(completions)
-        if len(prompts) != batch:
-            raise ValueError(f"rewards: {len(prompts)} prompts but {batch} completions")
-        total = np.zeros(batch, np.float32)
-        breakdown: dict[str, np.ndarray] = {}
-        failures: collections.Counter[str] = collections.Counter()
-        for term in self.terms:
-            kwargs = dict(term.kwargs)
-            source = kwargs.pop("correct_from", None)
-            if source is not None:
-                if source not in breakdown:
-                    raise ValueError(
-                        f"reward {term.label!r}: correct_from={source!r} must name an earlier term"
-                    )
-                kwargs["correct"] = breakdown[source] > 0.5
-            scores, reasons = get(term.name).detailed(
-                list(prompts), list(completions), **fields, **kwargs
-            )
-            scores = finite_scores(scores)
-            breakdown[term.label] = scores
-            total = total + np.float32(term.weight) * scores
-            failures.update(f"{term.label}/{r}" for r in reasons if r)
-        return RewardResult(total.astype(np.float32), breakdown, dict(failures))

@@ -13,7 +13,24 @@ from r1.rewards.extract import last_code_block
 from r1.rewards.sandbox import SandboxConfig, run_batch
 
 
-@register("code", "text", fields=("tests",), doc="fraction of tests passed in the sandbox")
+@register(
+    "code",
+    "text",
+    fields=("tests",),
+    doc="fraction of tests passed in the sandbox",
+    reasons=(
+        "no_code_block",
+        "no_tests",
+        "timeout",
+        "crash",
+        "memory",
+        "syntax_error",
+        "exited",
+        "sandbox_violation",
+        "tampered",
+        "no_result",
+    ),
+)
 def code_accuracy(
     prompts: Sequence[str],
     completions: Sequence[str],

@@ -38,7 +38,13 @@ def parse_integer_answer(text: str) -> int | None:
     return int(content)
 
 
-@register("arithmetic", "text", fields=("target",), doc="1 if <answer> holds the target integer")
+@register(
+    "arithmetic",
+    "text",
+    fields=("target",),
+    doc="1 if <answer> holds the target integer",
+    reasons=("no_answer", "not_an_integer"),
+)
 def arithmetic(
     prompts: Sequence[str], completions: Sequence[str], **fields: Any
 ) -> tuple[np.ndarray, list[str]]:
@@ -149,6 +155,16 @@ def evaluate_countdown(expression: str, numbers: Sequence[int]) -> Fraction:
     "text",
     fields=("numbers", "target"),
     doc="1 if <answer> is an expression over the numbers (each once) equal to target",
+    reasons=(
+        "no_answer",
+        "syntax",
+        "bad_operator",
+        "bad_number",
+        "number_reuse",
+        "div_zero",
+        "too_long",
+        "too_deep",
+    ),
 )
 def countdown(
     prompts: Sequence[str], completions: Sequence[str], **fields: Any

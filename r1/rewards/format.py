@@ -52,6 +52,9 @@ def tag_count(text: str) -> float:
     return 0.25 * sum(text.count(tag) == 1 for tag in TAGS)
 
 
+FORMAT_REASONS = ("empty", "missing_think", "missing_answer", "bad_format")
+
+
 def _missing_reason(text: str) -> str:
     if not text.strip():
         return "empty"
@@ -62,7 +65,12 @@ def _missing_reason(text: str) -> str:
     return "bad_format"
 
 
-@register("format_strict", "text", doc="1 if strictly <think>..</think><answer>..</answer>")
+@register(
+    "format_strict",
+    "text",
+    doc="1 if strictly <think>..</think><answer>..</answer>",
+    reasons=FORMAT_REASONS,
+)
 def format_strict(
     prompts: Sequence[str], completions: Sequence[str], **_: object
 ) -> tuple[np.ndarray, list[str]]:
@@ -72,7 +80,12 @@ def format_strict(
     return np.asarray(ok, np.float32), reasons
 
 
-@register("format_lenient", "text", doc="1 if the four tags occur in order, text around allowed")
+@register(
+    "format_lenient",
+    "text",
+    doc="1 if the four tags occur in order, text around allowed",
+    reasons=FORMAT_REASONS,
+)
 def format_lenient(
     prompts: Sequence[str], completions: Sequence[str], **_: object
 ) -> tuple[np.ndarray, list[str]]:

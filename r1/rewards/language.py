@@ -97,6 +97,7 @@ def language_share(text: str, language: str) -> float | None:
     "text",
     fields=("language",),
     doc="share of chain-of-thought words in the target language",
+    reasons=("no_words",),
 )
 def language_consistency(
     prompts: Sequence[str],

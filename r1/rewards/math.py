@@ -169,7 +169,13 @@ def default_workers() -> int:
     return max(1, min(8, cores))
 
 
-@register("math", "text", fields=("answer",), doc="1 if the final answer equals the gold answer")
+@register(
+    "math",
+    "text",
+    fields=("answer",),
+    doc="1 if the final answer equals the gold answer",
+    reasons=("no_answer", "unparsable", "bad_gold", "timeout", "memory", "crash", "error"),
+)
 def math_accuracy(
     prompts: Sequence[str],
     completions: Sequence[str],

@@ -92,7 +92,13 @@ def cosine_length(
     return values, [""] * len(completions)
 
 
-@register("overlong", "text", fields=("lengths",), doc="DAPO soft overlong punishment")
+@register(
+    "overlong",
+    "text",
+    fields=("lengths",),
+    doc="DAPO soft overlong punishment",
+    reasons=("overlong",),
+)
 def overlong(
     prompts: Sequence[str],
     completions: Sequence[str],

@@ -1,9 +1,14 @@
 """Rewards computed by frozen models inside the compiled GRPO step, built from a config.
 
-`config.model_rewards` holds (kind, weight, kwargs) triples; `build_model_rewards` loads each
-model (sharded, at start, so a bad path fails before the first step) and returns the
-`r1.rl.step.ModelReward`s, their states (the step's `frozen` input) and the batch-field
-encoders they need. See docs/grpo.md, "Rewards computed by frozen models inside the step".
+`config.model_rewards` holds (kind, weight, kwargs) triples; `model_reward_terms` loads each
+model (sharded, at start, so a bad path fails before the first step) and returns model
+`r1.rewards.RewardTerm`s (their `score` and field `encode` callables close over the model's
+graph) and their states (the step's `frozen` input, keyed by term label). Add the terms to the
+run's `RewardSpec` and compile it: the scorer runs them after the rule terms. See docs/grpo.md,
+"Rewards computed by frozen models inside the step", and docs/rewards.md.
+
+`build_model_rewards` is a temporary shim with the old return value for r1/rl/trainer.py and
+r1/aot/programs.py until they call the compiled spec.
 """
 
 from __future__ import annotations
@@ -15,16 +20,18 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from r1.rewards import RewardTerm
 from r1.rewards.tokens import TagIds
 from r1.rl.step import ModelReward
 
 
-def build_model_rewards(
+def model_reward_terms(
     config, tokenizer, mesh, abstract: bool = False
-) -> tuple[tuple[ModelReward, ...], dict[str, Any], list[Callable]]:
-    """The frozen-model rewards of `config.model_rewards` ((kind, weight, kwargs) triples), their
-    states (loaded, sharded, at start so that a bad path fails before the first step) and the
-    batch-field encoders they need (`encoder(answers) -> {field: array[P, ...]}`).
+) -> tuple[tuple[RewardTerm, ...], dict[str, Any]]:
+    """The model `RewardTerm`s of `config.model_rewards` ((kind, weight, kwargs) triples) and
+    their states {label: state} (loaded, sharded, at start so that a bad path fails before the
+    first step). A judge term reads the rows' ``answer`` (`RewardTerm.encode` turns it into
+    ``judge_reference_tokens`` int32[P, R] and ``judge_reference_mask`` bool[P, R]).
 
     kind "reward_model": kwargs `path` (a directory written by `r1.rm.model.save`, e.g. a
     `train_rm` export), `region` ("summary": the text after the last `</think>`, for
@@ -34,12 +41,12 @@ def build_model_rewards(
     kind "judge": kwargs `path` (a judge directory, e.g. from `experiments.train_judge`; its
     tokenizer must extend the policy's without moving ids). The judge reads each prompt's
     reference answer (the `answer` field, encoded with the judge's tokenizer) and the policy's
-    final answer, and generates a verdict inside the step (r1/rewards/judge.py).
+    final answer, and generates a verdict inside the step (r1/judge/).
 
     abstract: build the models without weights (their states are `jax.ShapeDtypeStruct`s), as
     `experiments.aot` does to compile the step for a pod.
     """
-    rewards, frozen, encoders = [], {}, []
+    terms, frozen = [], {}
     for index, entry in enumerate(config.get("model_rewards", ()) or ()):
         where = f"config.model_rewards[{index}]"
         try:
@@ -71,10 +78,10 @@ def build_model_rewards(
             def score(state, prompt_tokens, prompt_mask, completion, mask, fields, f=scorer):
                 return f(state, prompt_tokens, prompt_mask, completion, mask), {}
 
-            rewards.append(ModelReward(name, float(weight), score, rows=rows))
+            terms.append(RewardTerm(name, weight, kind="model", rows=rows, score=score))
             frozen[name] = rm_state
         elif kind == "judge":
-            from r1.rewards import judge as judge_lib
+            from r1 import judge as judge_lib
 
             path = kwargs.pop("path", None)
             if kwargs:
@@ -100,8 +107,8 @@ def build_model_rewards(
 
             width = judge.config.max_field_tokens
 
-            def encode(answers, tok=judge.tokenizer, width=width):
-                ids = [list(tok.encode(str(a)))[:width] for a in answers]
+            def encode(rows, tok=judge.tokenizer, width=width):
+                ids = [list(tok.encode(str(a)))[:width] for a in rows["answer"]]
                 tokens = np.full((len(ids), width), int(tok.pad_id), np.int32)
                 field_mask = np.zeros((len(ids), width), bool)
                 for row, row_ids in enumerate(ids):
@@ -109,9 +116,28 @@ def build_model_rewards(
                     field_mask[row, : len(row_ids)] = True
                 return {"judge_reference_tokens": tokens, "judge_reference_mask": field_mask}
 
-            rewards.append(ModelReward(name, float(weight), score))
+            terms.append(
+                RewardTerm(
+                    name, weight, kind="model", score=score, fields=("answer",), encode=encode
+                )
+            )
             frozen[name] = judge_state
-            encoders.append(encode)
         else:
             raise ValueError(f"{where}: unknown kind {kind!r} (expected reward_model or judge)")
-    return tuple(rewards), frozen, encoders
+    return tuple(terms), frozen
+
+
+def build_model_rewards(
+    config, tokenizer, mesh, abstract: bool = False
+) -> tuple[tuple[ModelReward, ...], dict[str, Any], list[Callable]]:
+    """Temporary shim (removed when the trainer calls the compiled spec): `model_reward_terms`
+    as the old (`r1.rl.step.ModelReward`s, states, encoders `encoder(answers) -> {field:
+    array[P, ...]}`)."""
+    terms, frozen = model_reward_terms(config, tokenizer, mesh, abstract=abstract)
+    rewards = tuple(ModelReward(t.label, t.weight, t.score, rows=t.rows) for t in terms)
+    encoders = [
+        (lambda answers, f=t.encode: f({"answer": list(answers)}))
+        for t in terms
+        if t.encode is not None
+    ]
+    return rewards, frozen, encoders

@@ -97,6 +97,7 @@ class GRPOConfig:
     update per mini-batch: the same update with 1/n of the saved activations (the loss is a
     sum over rows with a mini-batch-wide denominator). Metrics are averaged over the slices.
     0 = auto (`make_grpo_step` resolves it from the mesh): one row per batch shard per slice.
+    std_ddof: the advantage std's delta degrees of freedom (`group_advantages`).
     ref_update_every: replace the reference by the policy every this many steps (0: never; R1
     used 400). accuracy_reward: the reward whose mean is reported as `accuracy` (a 0/1 reward).
     """
@@ -105,6 +106,7 @@ class GRPOConfig:
     sampling: SamplingConfig = SamplingConfig(num_samples=8)
     loss: GRPOLossConfig = GRPOLossConfig()
     advantage_method: str = "std"
+    std_ddof: int = 1
     num_iterations: int = 1
     num_minibatches: int = 1
     num_microbatches: int = 1
@@ -242,7 +244,9 @@ def grpo_step_fn(
                 for part, values in parts.items():
                     reward_parts[f"{model_reward.name}/{part}"] = values
         rewards_pg = rewards.reshape(num_prompts, group)
-        advantages = group_advantages(rewards_pg, method=config.advantage_method).reshape(rows)
+        advantages = group_advantages(
+            rewards_pg, method=config.advantage_method, std_ddof=config.std_ddof
+        ).reshape(rows)
 
         tokens, mask, positions = _full_sequences(
             prompt_tokens, prompt_mask, completion, cmask, group

@@ -17,8 +17,9 @@ trained, or the reference policy itself) and the verdict is parsed by a fixed ru
 * **Host path.** `Judge.score(rows)`: greedy decoding of at most `max_new_tokens` tokens with the
   compiled sampler (`r1.sampling.sampler.make_sampler`), `batch_size` rows per call, prompts
   left-padded to one fixed length (one compilation), then `parse_verdict` on the decoded text.
-  Registered as the text rewards ``judge`` (extracts the completion's final answer, calls a
-  `Judge`) and ``judge_verdict`` (passes through scores a caller already got from a judge).
+  As text rewards (not in the rule registry): `JUDGE_REWARD` ``judge`` (extracts the
+  completion's final answer, calls a `Judge`) and `JUDGE_VERDICT` ``judge_verdict`` (passes
+  through scores a caller already got from a judge).
 * **In-graph path.** `judge_in_graph` / `judge_completions_in_graph`: the same prompt built
   from token arrays with static shapes (`build_judge_prompt`), `sample` with greedy decoding,
   and `parse_verdict_tokens` on the verdict ids: pure and jittable, so a GRPO step can run the
@@ -29,12 +30,14 @@ trained, or the reference policy itself) and the verdict is parsed by a fixed ru
   policy's). See docs/judge.md.
 
 The code is in `config` (settings, prompts, text verdicts), `graph` (in-graph judging) and
-`host` (`Judge` and the text rewards); every public name is re-exported here.
+`host` (`Judge` and the text rewards); every public name is re-exported here. `data` (synthetic
+verdicts, the tiny judge's training) is imported on its own: `from r1.judge import data`. In a
+GRPO run the judge is a *model* `RewardTerm` built by `r1.rl.model_rewards`.
 """
 
 from __future__ import annotations
 
-from r1.rewards.judge.config import (
+from r1.judge.config import (
     CONFIG_FILE,
     DEFAULT_TEMPLATE,
     FIELDS,
@@ -53,7 +56,7 @@ from r1.rewards.judge.config import (
     verdict_strings,
     verdict_values,
 )
-from r1.rewards.judge.graph import (
+from r1.judge.graph import (
     JudgeRewardFn,
     JudgeTokens,
     build_judge_prompt,
@@ -63,7 +66,9 @@ from r1.rewards.judge.graph import (
     parse_verdict_tokens,
     tag_span,
 )
-from r1.rewards.judge.host import (
+from r1.judge.host import (
+    JUDGE_REWARD,
+    JUDGE_VERDICT,
     Judge,
     judge_reward,
     judge_verdict,
@@ -75,6 +80,8 @@ __all__ = [
     "CONFIG_FILE",
     "DEFAULT_TEMPLATE",
     "FIELDS",
+    "JUDGE_REWARD",
+    "JUDGE_VERDICT",
     "Judge",
     "JudgeConfig",
     "JudgeRewardFn",

@@ -1,4 +1,4 @@
-"""The judging config, the judge prompt and verdict parsing on text (`r1.rewards.judge`)."""
+"""The judging config, the judge prompt and verdict parsing on text (`r1.judge`)."""
 
 from __future__ import annotations
 

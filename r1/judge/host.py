@@ -1,5 +1,9 @@
 """The judge on the host: `Judge` (load, score rows with the compiled sampler) and the text
-rewards ``judge`` and ``judge_verdict`` (`r1.rewards.judge`)."""
+rewards ``judge`` and ``judge_verdict`` (`r1.judge`).
+
+The two text rewards are `r1.rewards.Reward` objects, not registry entries (the registry holds
+rules only): use them in a spec as ``RewardTerm("judge", reward=JUDGE_REWARD, kwargs={"judge":
+judge})`` / ``RewardTerm("judge_verdict", reward=JUDGE_VERDICT)``."""
 
 from __future__ import annotations
 
@@ -14,9 +18,7 @@ import numpy as np
 from flax import nnx
 
 from r1 import sharding
-from r1.rewards.base import register, row_field
-from r1.rewards.extract import final_answer
-from r1.rewards.judge.config import (
+from r1.judge.config import (
     CONFIG_FILE,
     NO_ANSWER,
     TOKENIZER_FILE,
@@ -26,7 +28,9 @@ from r1.rewards.judge.config import (
     max_prompt_tokens,
     parse_verdict,
 )
-from r1.rewards.judge.graph import JudgeTokens
+from r1.judge.graph import JudgeTokens
+from r1.rewards.base import Reward, row_field
+from r1.rewards.extract import final_answer
 from r1.sampling.sampler import SamplingConfig, left_pad, make_sampler
 
 
@@ -226,7 +230,6 @@ class Judge:
 
 
 # ----------------------------------------------------------------------------- text rewards
-@register("judge", "text", fields=("answer",), doc="a judge model's verdict on the final answer")
 def judge_reward(
     prompts: Sequence[str],
     completions: Sequence[str],
@@ -251,12 +254,6 @@ def judge_reward(
     return scores, list(info["reasons"])
 
 
-@register(
-    "judge_verdict",
-    "text",
-    fields=("judge_score", "judge_reason"),
-    doc="scores a caller already got from `Judge.score`, passed through with their reasons",
-)
 def judge_verdict(
     prompts: Sequence[str],
     completions: Sequence[str],
@@ -272,3 +269,21 @@ def judge_verdict(
     if len(reasons) != batch:
         raise ValueError(f"judge_verdict: {len(reasons)} reasons for {batch} rows")
     return np.asarray(scores, np.float32).reshape(-1), reasons
+
+
+JUDGE_REWARD = Reward(
+    "judge",
+    "text",
+    judge_reward,
+    fields=("answer",),
+    doc="a judge model's verdict on the final answer",
+    reasons=(NO_ANSWER, *UNPARSEABLE),
+)
+JUDGE_VERDICT = Reward(
+    "judge_verdict",
+    "text",
+    judge_verdict,
+    fields=("judge_score", "judge_reason"),
+    doc="scores a caller already got from `Judge.score`, passed through with their reasons",
+    reasons=(NO_ANSWER, *UNPARSEABLE),
+)

@@ -32,10 +32,7 @@ import optax
 from flax import nnx
 
 from r1.data.tokenizers import DemoTokenizer, build_demo_tokenizer
-from r1.losses import next_token_loss
-from r1.models.config import ModelConfig
-from r1.models.transformer import Transformer
-from r1.rewards.judge import (
+from r1.judge import (
     CONFIG_FILE,
     TOKENIZER_FILE,
     Judge,
@@ -43,6 +40,9 @@ from r1.rewards.judge import (
     encode_judge_prompt,
     verdict_strings,
 )
+from r1.losses import next_token_loss
+from r1.models.config import ModelConfig
+from r1.models.transformer import Transformer
 
 MAX_VALUE = 99
 _UNITS = (

@@ -1,5 +1,5 @@
 """The judge inside a compiled program: prompts built from token arrays with static shapes,
-greedy decoding with `sample`, verdicts parsed from token ids (`r1.rewards.judge`)."""
+greedy decoding with `sample`, verdicts parsed from token ids (`r1.judge`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from r1.rewards.judge.config import JudgeConfig, verdict_strings, verdict_values
+from r1.judge.config import JudgeConfig, verdict_strings, verdict_values
 from r1.rewards.tokens import TagIds, find_sequence
 from r1.sampling.sampler import SamplingConfig, sample
 

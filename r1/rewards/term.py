@@ -1,0 +1,203 @@
+"""A `RewardTerm` (one weighted reward of a `RewardSpec`), row selection, text-field bytes.
+
+See `r1.rewards.spec` for the kinds, rows and the non-finite rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1.rewards.base import Reward, get
+
+BYTES_SUFFIX = "__bytes"
+KINDS = ("token", "text", "model")
+ROWS = ("all", "general", "reasoning")
+NON_FINITE = "non_finite"
+OTHER = "other"  # a text reward returned a reason it did not declare (`Reward.reasons`)
+
+# (frozen model state, prompt tokens int32[B, L], prompt mask bool[B, L], completion int32[B, N],
+#  completion mask bool[B, N], per-row fields) -> (score float32[B], {part: float32[B]})
+ModelScoreFn = Callable[
+    [Any, jax.Array, jax.Array, jax.Array, jax.Array, Mapping[str, jax.Array]],
+    tuple[jax.Array, Mapping[str, jax.Array]],
+]
+# {field: host values[P]} -> {array name: array[P, ...]}
+FieldEncoder = Callable[[Mapping[str, Sequence[Any]]], dict[str, np.ndarray]]
+
+
+# ----------------------------------------------------------------------------- text fields
+def encode_text_fields(
+    fields: Mapping[str, Sequence[Any]], width_multiple: int = 32
+) -> dict[str, np.ndarray]:
+    """{name: values[P]} -> {name__bytes: uint8[P, A]}: UTF-8 bytes, zero-padded to A, a
+    multiple of `width_multiple` (few shapes get compiled); lists and dicts are stored as JSON."""
+    out = {}
+    for name, values in fields.items():
+        encoded = [
+            (v if isinstance(v, str) else json.dumps(v)).encode("utf-8", "surrogateescape")
+            for v in values
+        ]
+        longest = max((len(e) for e in encoded), default=0)
+        width = max(width_multiple, -(-longest // width_multiple) * width_multiple)
+        array = np.zeros((len(encoded), width), np.uint8)
+        for i, e in enumerate(encoded):
+            array[i, : len(e)] = np.frombuffer(e, np.uint8)
+        out[name + BYTES_SUFFIX] = array
+    return out
+
+
+def decode_text_field(array: np.ndarray) -> list[Any]:
+    """uint8[B, A] from `encode_text_fields` -> the values (JSON lists / dicts parsed back)."""
+    values: list[Any] = []
+    for row in np.asarray(array):
+        text = bytes(row[row != 0].tolist()).decode("utf-8", "surrogateescape")
+        if text.startswith(("[", "{")):
+            try:
+                values.append(json.loads(text))
+                continue
+            except json.JSONDecodeError:
+                pass
+        values.append(text)
+    return values
+
+
+def is_numeric(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, (bool, int, float, np.number, np.bool_)) for v in values)
+
+
+def numeric_array(values: Sequence[Any]) -> np.ndarray:
+    array = np.asarray(values)
+    if array.dtype == bool:
+        return array
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.int32)
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32)
+    return np.asarray(values, np.int32)
+
+
+def row_selector(rows: str, fields: Mapping[str, Any]) -> jax.Array | None:
+    """bool[B] of the rows a term with selector `rows` scores, or None for every row."""
+    if rows == "all" or "general" not in fields:
+        return None
+    general = jnp.asarray(fields["general"]).astype(bool)
+    if rows == "general":
+        return general
+    if rows == "reasoning":
+        return ~general
+    raise ValueError(f"row selector: expected one of {ROWS}, got {rows!r}")
+
+
+# ----------------------------------------------------------------------------- terms
+@dataclasses.dataclass(frozen=True)
+class RewardTerm:
+    """One weighted term: ``weight * score`` (module docstring for the kinds and rows).
+
+    name: the registry name of a rule reward (or the name of a model term). weight: its factor
+    in the total. kwargs: static keyword arguments of a rule reward; ``correct_from="<label>"``
+    passes ``correct = scores[label] > 0.5`` of an earlier rule term. key: the term's label in
+    parts and failure counts (defaults to `name`; set it to use one reward twice). kind:
+    "token" / "text" (default: the registered kind) or "model". rows: "all", "general",
+    "reasoning" (model terms; rule terms never score general rows). score: a model term's
+    `ModelScoreFn`. fields: the per-row fields the term reads (default: the reward's). encode:
+    a model term's `FieldEncoder`. reward: a rule `Reward` not in the registry (e.g.
+    `r1.judge.JUDGE_VERDICT`).
+    """
+
+    name: str
+    weight: float = 1.0
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    key: str = ""
+    kind: str = ""
+    rows: str = "all"
+    score: ModelScoreFn | None = None
+    fields: tuple[str, ...] | None = None
+    encode: FieldEncoder | None = None
+    reward: Reward | None = None
+
+    def __post_init__(self):
+        where = f"reward term {self.label!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"reward term: name must be a non-empty string, got {self.name!r}")
+        try:
+            weight = float(self.weight)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: weight must be a number, got {self.weight!r}") from None
+        if not math.isfinite(weight):
+            raise ValueError(f"{where}: weight must be finite, got {weight}")
+        object.__setattr__(self, "weight", weight)
+        if not isinstance(self.kwargs, Mapping):
+            raise ValueError(f"{where}: kwargs must be a mapping, got {self.kwargs!r}")
+        if self.kind not in ("", *KINDS):
+            raise ValueError(f"{where}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.rows not in ROWS:
+            raise ValueError(f"{where}: rows must be one of {ROWS}, got {self.rows!r}")
+        if self.kind == "model" or self.score is not None:
+            if self.score is None or not callable(self.score):
+                raise ValueError(f"{where}: a model term needs its `score` callable")
+            if self.kind not in ("", "model") or self.reward is not None:
+                raise ValueError(f"{where}: a term with `score` is a model term, not a rule")
+            if "correct_from" in self.kwargs:
+                raise ValueError(f"{where}: correct_from is for rule terms")
+            object.__setattr__(self, "kind", "model")
+            fields = () if self.fields is None else tuple(self.fields)
+        else:
+            try:
+                reward = self.reward if self.reward is not None else get(self.name)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+            if self.kind and self.kind != reward.kind:
+                raise ValueError(
+                    f"{where}: kind {self.kind!r} given, but {reward.name!r} is a "
+                    f"{reward.kind} reward"
+                )
+            if self.rows == "general":
+                raise ValueError(
+                    f"{where}: rule rewards never score general rows (they have no gold "
+                    "answer); rows='general' is for model terms"
+                )
+            if self.encode is not None:
+                raise ValueError(f"{where}: `encode` is for model terms")
+            object.__setattr__(self, "kind", reward.kind)
+            fields = reward.fields if self.fields is None else tuple(self.fields)
+        object.__setattr__(self, "fields", tuple(fields))
+
+    @property
+    def label(self) -> str:
+        """The term's name in parts, breakdowns and failure counts."""
+        return self.key or self.name
+
+    @property
+    def rule(self) -> Reward:
+        """The rule reward of a token / text term."""
+        if self.kind == "model":
+            raise ValueError(f"reward term {self.label!r}: a model term has no rule reward")
+        return self.reward if self.reward is not None else get(self.name)
+
+    @property
+    def needed_fields(self) -> tuple[str, ...]:
+        """The per-row fields the term reads that neither its kwargs nor ``correct_from`` give."""
+        given = set(self.kwargs)
+        if "correct_from" in self.kwargs:
+            given.add("correct")
+        return tuple(f for f in self.fields if f not in given)
+
+    def call_kwargs(self, scores: Mapping[str, Any]) -> dict[str, Any]:
+        """`kwargs` with ``correct_from`` resolved against the earlier terms' `scores`."""
+        kwargs = dict(self.kwargs)
+        source = kwargs.pop("correct_from", None)
+        if source is not None:
+            if source not in scores:
+                raise ValueError(
+                    f"reward {self.label!r}: correct_from={source!r} must name an earlier term"
+                )
+            kwargs["correct"] = scores[source] > 0.5
+        return kwargs

@@ -1,0 +1,317 @@
+"""The GRPO experiment's typed sections (configs/r1_zero.py layout), parsed once.
+
+    exp = parse(config, num_devices=jax.device_count())
+    grpo = exp.grpo_config(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+
+`RLSection`, the `rl` section, is generated from the step's own dataclasses, so each GRPO
+setting is written once, where it is used: every field of `GRPOConfig` (r1/rl/step.py) but the
+nested `sampling` / `loss`, every field of `GRPOLossConfig` (r1/rl/grpo.py) but `max_length`
+(it is `max_new_tokens`), the user-facing fields of `SamplingConfig` (r1/sampling/sampler.py),
+and `prompts_per_step`. One name differs from its dataclass: `rl.advantage` sets
+`GRPOConfig.advantage_method`. Config files build their `rl` section with `rl_defaults(...)`,
+so every field is settable from the command line (`--config.rl.dual_clip=3.0`,
+`--config.rl.std_ddof=0`). Errors name the field as the user typed it:
+`--config.rl.group_size=0` fails with `config.rl.group_size: ...`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from typing import Any
+
+import ml_collections
+
+from r1 import configlib
+from r1.metrics.behaviour import REFLECTION_WORDS
+from r1.models.config import ModelConfig
+from r1.rl.grpo import ADVANTAGE_METHODS, GRPOLossConfig
+from r1.rl.step import GRPOConfig
+from r1.sampling.sampler import SamplingConfig
+from r1.sharding import MeshConfig
+from r1.train.config import (
+    InitSection,
+    OptimizerSection,
+    TokenizerSection,
+    TrainSection,
+    section,
+)
+
+SECTIONS = (
+    "init",
+    "tokenizer",
+    "data",
+    "rl",
+    "rewards",
+    "model_rewards",
+    "optimizer",
+    "train",
+    "eval",
+    "language",
+)
+
+
+# ----------------------------------------------------------------------------- config.data
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """`config.data`: the procedural `task` (with `task_kwargs`) whose train split gives the
+    prompts; `buckets`: the prompt lengths (tokens) prompts are left-padded to; `general_files`
+    (comma-separated JSONL paths of `prompt` rows) and `general_fraction` (their share of the
+    prompts, 0 <= f < 1): R1 stage 4's general prompts."""
+
+    task: str = "add"
+    task_kwargs: Any = None
+    buckets: tuple[int, ...] = (64, 128, 256)
+    general_files: str = ""
+    general_fraction: float = 0.0
+
+    def __post_init__(self):
+        buckets = (self.buckets,) if isinstance(self.buckets, int) else tuple(self.buckets)
+        if not buckets or any(not isinstance(b, int) or b < 1 for b in buckets):
+            raise ValueError(f"config.data.buckets: expected positive lengths, got {self.buckets}")
+        object.__setattr__(self, "buckets", buckets)
+        if not 0.0 <= self.general_fraction < 1.0:
+            raise ValueError(
+                f"config.data.general_fraction: expected 0 <= f < 1, got {self.general_fraction}"
+            )
+        if self.general_fraction > 0 and not self.general_files:
+            raise ValueError("config.data.general_files: needed when general_fraction > 0")
+
+
+# ----------------------------------------------------------------------------- config.rl
+# SamplingConfig fields a config does not set: the step sets them (num_samples is group_size)
+# or the tokenizer does (eos_ids, pad_id); RL never samples greedily.
+_SAMPLING_SKIP = ("num_samples", "greedy", "eos_ids", "stop_sequences", "pad_id")
+# GRPOLossConfig.max_length is the sampler's max_new_tokens.
+_LOSS_SKIP = ("max_length",)
+_GRPO_SKIP = ("sampling", "loss")
+# config.rl names that differ from the dataclass field they set.
+_RENAMED = {"advantage_method": "advantage"}
+# Fields of the step's dataclasses that another rl field sets (for error messages).
+_SET_BY = {"num_samples": "group_size", "max_length": "max_new_tokens"}
+
+
+def _fields(cls: type, skip: tuple[str, ...]) -> dict[str, str]:
+    """{config.rl name: field of `cls`} for the fields of `cls` a config sets."""
+    return {
+        _RENAMED.get(f.name, f.name): f.name for f in dataclasses.fields(cls) if f.name not in skip
+    }
+
+
+GRPO_FIELDS = _fields(GRPOConfig, _GRPO_SKIP)
+SAMPLING_FIELDS = _fields(SamplingConfig, _SAMPLING_SKIP)
+LOSS_FIELDS = _fields(GRPOLossConfig, _LOSS_SKIP)
+# The rl fields that are no dataclass's: P, prompts per step (global; each takes G rows).
+OWN_FIELDS: tuple[tuple[str, type, Any], ...] = (("prompts_per_step", int, 32),)
+
+
+def _rl_fields() -> list[tuple[str, Any, dataclasses.Field]]:
+    """(name, type, default) of every rl field, in the order configs list them."""
+    out = [(name, kind, dataclasses.field(default=value)) for name, kind, value in OWN_FIELDS]
+    seen = {name for name, _, _ in OWN_FIELDS}
+    for cls, names in (
+        (GRPOConfig, GRPO_FIELDS),
+        (SamplingConfig, SAMPLING_FIELDS),
+        (GRPOLossConfig, LOSS_FIELDS),
+    ):
+        hints = typing.get_type_hints(cls)
+        defaults = {f.name: f for f in dataclasses.fields(cls)}
+        for name, source in names.items():
+            if name in seen:
+                raise TypeError(f"RLSection: field {name!r} comes from two dataclasses")
+            seen.add(name)
+            field = defaults[source]
+            if field.default is dataclasses.MISSING:
+                raise TypeError(f"RLSection: {cls.__name__}.{source} needs a default")
+            out.append((name, hints[source], dataclasses.field(default=field.default)))
+    return out
+
+
+def _named(err: ValueError) -> ValueError:
+    """An error of the step's dataclasses (`SamplingConfig.top_p must ...`, `eps_low: ...`)
+    naming the rl field the user set (`config.rl.top_p must ...`)."""
+    text = str(err)
+    for prefix in ("SamplingConfig.", "GRPOLossConfig.", "GRPOConfig.", "GRPOConfig: "):
+        text = text.removeprefix(prefix)
+    match = re.match(r"([a-z_]+)(.*)", text, re.DOTALL)
+    if match:
+        source, rest = match.groups()
+        name = _SET_BY.get(source, _RENAMED.get(source, source))
+        if name in RL_FIELD_NAMES:
+            return ValueError(f"config.rl.{name}{rest}")
+    return ValueError(f"config.rl: {text}")
+
+
+def _step_config(rl: Any, eos_id: int, pad_id: int) -> GRPOConfig:
+    """The step's `GRPOConfig` of an `RLSection`: sampling, loss and schedule."""
+
+    def values(fields: dict[str, str]) -> dict[str, Any]:
+        return {source: getattr(rl, name) for name, source in fields.items()}
+
+    sampling = SamplingConfig(
+        **values(SAMPLING_FIELDS), num_samples=rl.group_size, eos_ids=(eos_id,), pad_id=pad_id
+    )
+    loss = GRPOLossConfig(**values(LOSS_FIELDS), max_length=rl.max_new_tokens)
+    grpo = values(GRPO_FIELDS)
+    grpo["accuracy_reward"] = grpo["accuracy_reward"] or None  # "" (a config's none) -> None
+    return GRPOConfig(**grpo, sampling=sampling, loss=loss)
+
+
+def _check_rl(self) -> None:
+    for name in ("prompts_per_step", "group_size"):
+        if getattr(self, name) < 1:
+            raise ValueError(f"config.rl.{name}: expected >= 1, got {getattr(self, name)}")
+    if self.advantage not in ADVANTAGE_METHODS:
+        raise ValueError(
+            f"config.rl.advantage: expected one of {ADVANTAGE_METHODS}, got {self.advantage!r}"
+        )
+    if self.std_ddof < 0:
+        raise ValueError(f"config.rl.std_ddof: expected 0 or 1, got {self.std_ddof}")
+    if self.ref_update_every < 0:
+        raise ValueError(
+            f"config.rl.ref_update_every: expected >= 0 (0: never), got {self.ref_update_every}"
+        )
+    try:
+        config = _step_config(self, eos_id=0, pad_id=0)
+    except ValueError as err:
+        raise _named(err) from err
+    if self.prompts_per_step % config.num_minibatches:
+        raise ValueError(
+            f"config.rl.prompts_per_step={self.prompts_per_step} is not divisible by "
+            f"config.rl.num_minibatches={self.num_minibatches} (mini-batches of whole groups)"
+        )
+
+
+RLSection = dataclasses.make_dataclass(
+    "RLSection",
+    _rl_fields(),
+    frozen=True,
+    namespace={"__post_init__": _check_rl},
+)
+RLSection.__module__ = __name__
+RLSection.__doc__ = """`config.rl`: the GRPO settings, one field per setting of the step's
+dataclasses.
+
+prompts_per_step: P prompts per step (global), each sampled group_size G times. Sampling
+(`SamplingConfig`): max_new_tokens, temperature, top_k, top_p, min_p, cache_dtype,
+decode_segments, unstack_layers. Loss (`GRPOLossConfig`): eps_low / eps_high (clip range),
+dual_clip (None or c > 1), beta (k3 KL weight; 0 drops the reference), ratio_level,
+aggregation, mask_truncated, drop_zero_variance_groups. Advantages: advantage (one of
+`r1.rl.grpo.ADVANTAGE_METHODS`), std_ddof (0: population std, 1: sample std). Schedule
+(`GRPOConfig`): num_iterations, num_minibatches, num_microbatches (0: one row per batch shard),
+ref_update_every (0: never). accuracy_reward: the 0/1 reward logged as `accuracy` ("" or None:
+none). The dataclasses' docstrings give each field's meaning and units.
+"""
+RL_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(RLSection))
+
+
+def rl_defaults(**overrides: Any) -> ml_collections.ConfigDict:
+    """The `rl` section for a config file: every `RLSection` field (defaults: the step's
+    dataclasses'), `overrides` applied; None-valued fields stay settable (typed placeholders)."""
+    return configlib.dataclass_dict(RLSection, overrides, "rl")
+
+
+# ----------------------------------------------------------------------------- config.eval
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """`config.eval`: greedy held-out accuracy every `every` steps (0: never) on
+    `per_difficulty` problems per difficulty of the task."""
+
+    every: int = 50
+    per_difficulty: int = 16
+
+    def __post_init__(self):
+        if self.every < 0 or self.per_difficulty < 1:
+            raise ValueError(
+                f"config.eval: every >= 0 and per_difficulty >= 1 expected, got {self.every}, "
+                f"{self.per_difficulty}"
+            )
+
+
+# ----------------------------------------------------------------------------- the experiment
+@dataclasses.dataclass(frozen=True)
+class GRPOExperiment:
+    """A GRPO config, typed: model, mesh and seed (`configlib.Experiment`) plus its sections.
+
+    rewards: the reward entries as given (`(name, weight, kwargs)` / `(name, weight)` tuples,
+    names or mappings, see `r1.rewards.spec.RewardSpec.from_config`); model_rewards:
+    `(kind, weight, kwargs)` triples of frozen-model rewards; both are checked for shape here
+    and for meaning by the reward builders. language: the language of the
+    behaviour metrics' reflection words (top-level `config.language`, default "en")."""
+
+    model: ModelConfig
+    mesh: MeshConfig
+    seed: int
+    init: InitSection
+    tokenizer: TokenizerSection
+    data: DataSection
+    rl: RLSection
+    rewards: tuple
+    model_rewards: tuple
+    optimizer: OptimizerSection
+    train: TrainSection
+    eval: EvalSection
+    language: str = "en"
+
+    def sampling_config(self, eos_id: int, pad_id: int) -> SamplingConfig:
+        """How the step draws its G completions per prompt (`GRPOConfig.sampling`)."""
+        return self.grpo_config(eos_id, pad_id).sampling
+
+    def grpo_config(self, eos_id: int, pad_id: int) -> GRPOConfig:
+        """The step's static settings (`r1.rl.step.GRPOConfig`); `eos_id` ends a completion,
+        `pad_id` fills the rows after it."""
+        return _step_config(self.rl, eos_id, pad_id)
+
+
+def _entries(value: Any, where: str, sizes: tuple[int, ...], mappings: bool) -> tuple:
+    """Reward entries as a tuple: each a name, a mapping (when `mappings`) or a sequence of one
+    of `sizes` items starting with a name (`(name, weight, kwargs)`), made a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+        raise TypeError(f"{where}: expected a tuple of entries, got {type(value).__name__}")
+    out = []
+    for i, entry in enumerate(value):
+        if hasattr(entry, "to_dict"):
+            entry = entry.to_dict()
+        if mappings and (isinstance(entry, str) or isinstance(entry, dict)):
+            out.append(entry)
+            continue
+        if not isinstance(entry, (tuple, list)) or len(entry) not in sizes:
+            raise TypeError(f"{where}[{i}]: expected (name, weight, kwargs), got {entry!r}")
+        if not isinstance(entry[0], str):
+            raise TypeError(f"{where}[{i}]: the first item must be a name, got {entry[0]!r}")
+        out.append(tuple(entry))
+    return tuple(out)
+
+
+def parse(config: Any, num_devices: int | None = None) -> GRPOExperiment:
+    """Validates a GRPO config into a `GRPOExperiment` (errors name `config.<section>.<field>`);
+    with `num_devices`, also that the mesh fits that many devices."""
+    experiment = configlib.parse_experiment(
+        config, extra_sections=SECTIONS, num_devices=num_devices
+    )
+    mapping = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    language = mapping.get("language", "en")
+    if language not in REFLECTION_WORDS:
+        raise ValueError(
+            f"config.language: expected one of {sorted(REFLECTION_WORDS)}, got {language!r}"
+        )
+    return GRPOExperiment(
+        model=experiment.model,
+        mesh=experiment.mesh,
+        seed=experiment.seed,
+        init=section(InitSection, config, "init"),
+        tokenizer=section(TokenizerSection, config, "tokenizer"),
+        data=section(DataSection, config, "data"),
+        rl=section(RLSection, config, "rl"),
+        rewards=_entries(mapping.get("rewards", ()), "config.rewards", (2, 3), mappings=True),
+        model_rewards=_entries(
+            mapping.get("model_rewards", ()), "config.model_rewards", (3,), mappings=False
+        ),
+        optimizer=section(OptimizerSection, config, "optimizer"),
+        train=section(TrainSection, config, "train"),
+        eval=section(EvalSection, config, "eval"),
+        language=language,
+    )

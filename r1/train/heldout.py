@@ -1,0 +1,103 @@
+"""Held-out greedy evaluation during training: accuracy, format and length per difficulty.
+
+The GRPO and SFT trainers (and the pipeline's stages through them) evaluate the policy every
+`eval.every` steps on a fixed held-out set of their procedural task, drawn from a seed the
+training stream never uses (`procedural.fixed_set(task, seed + 1, ...)`). The completions are
+decoded greedily inside one compiled program and scored there by token rewards: `correct`
+(the task's accuracy reward, `arithmetic_tokens` by default) and `format_strict_tokens`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from r1 import sharding
+from r1.data import pipeline, procedural
+from r1.rewards.tokens import TagIds, arithmetic_tokens, format_strict_tokens
+from r1.sampling.sampler import SamplingConfig, bucket_length, left_pad, sample
+from r1.train.distributed import replicated
+from r1.train.state import TrainState
+
+# (completion tokens int32[B, N], text mask bool[B, N] (EOS excluded), ids, target int32[B])
+#   -> correct float32[B] in {0, 1}
+AccuracyFn = Callable[..., jax.Array]
+
+
+def make_heldout_evaluator(
+    task: procedural.Task,
+    seed: int,
+    per_difficulty: int,
+    tokenizer: Any,
+    graphdef: nnx.GraphDef,
+    mesh: jax.sharding.Mesh,
+    max_new_tokens: int,
+    unstack_layers: bool = True,
+    accuracy: AccuracyFn = arithmetic_tokens,
+) -> Callable[[TrainState], dict[str, float]]:
+    """`evaluator(state) -> {"eval/accuracy", "eval/format", "eval/response_length/mean",
+    "eval/truncated_frac", "eval/accuracy/difficulty_<d>", "eval/response_length/difficulty_<d>"}`
+    on `per_difficulty` held-out problems per difficulty of `task` (rows from seed + 1)."""
+    rows = procedural.fixed_set(task, int(seed) + 1, int(per_difficulty))
+    encoded = [tokenizer.encode(pipeline.render_r1_zero_row(r), add_bos=True) for r in rows]
+    tokens, mask = left_pad(
+        encoded, bucket_length(max(len(e) for e in encoded)), tokenizer.pad_id
+    )
+    targets = np.asarray([int(r["answer"]) for r in rows], np.int32)
+    difficulty = np.asarray([r["difficulty"] for r in rows], np.int32)
+    sampling = SamplingConfig(
+        max_new_tokens=int(max_new_tokens),
+        greedy=True,
+        eos_ids=(tokenizer.eos_id,),
+        pad_id=tokenizer.pad_id,
+        unstack_layers=bool(unstack_layers),
+    )
+    ids = TagIds.from_tokenizer(tokenizer)
+    replicated_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    @functools.partial(jax.jit, out_shardings=replicated_sh)
+    def run(params, extra, tokens, mask, targets):
+        model = nnx.merge(graphdef, params, extra)
+        out = sample(model, tokens, mask, jax.random.key(0), sampling)
+        text_mask = out.mask & (out.tokens != tokenizer.eos_id)
+        correct = accuracy(out.tokens, text_mask, ids=ids, target=targets)
+        formatted = format_strict_tokens(out.tokens, text_mask, ids=ids)
+        return correct, formatted, out.lengths, out.truncated
+
+    inputs = tuple(replicated(a, mesh) for a in (tokens, mask, targets))
+
+    def evaluator(state: TrainState) -> dict[str, float]:
+        with sharding.use_mesh(mesh):
+            correct, formatted, lengths, truncated = jax.device_get(
+                run(state.params, state.extra, *inputs)
+            )
+        return heldout_metrics(correct, formatted, lengths, truncated, difficulty)
+
+    return evaluator
+
+
+def heldout_metrics(
+    correct: np.ndarray,
+    formatted: np.ndarray,
+    lengths: np.ndarray,
+    truncated: np.ndarray,
+    difficulty: np.ndarray,
+) -> dict[str, float]:
+    """The evaluator's metrics from per-problem arrays [n] (correct and formatted in {0, 1},
+    lengths in tokens, truncated bool, difficulty int)."""
+    metrics = {
+        "eval/accuracy": float(np.mean(correct)),
+        "eval/format": float(np.mean(formatted)),
+        "eval/response_length/mean": float(np.mean(lengths)),
+        "eval/truncated_frac": float(np.mean(truncated)),
+    }
+    for d in sorted(set(difficulty.tolist())):
+        sel = difficulty == d
+        metrics[f"eval/accuracy/difficulty_{d}"] = float(np.mean(correct[sel]))
+        metrics[f"eval/response_length/difficulty_{d}"] = float(np.mean(lengths[sel]))
+    return metrics
