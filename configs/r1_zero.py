@@ -90,7 +90,7 @@ def _base() -> ml_collections.ConfigDict:
             general_fraction=0.0,
         )
     )
-    # Every GRPO setting (r1.rl.config.RLSection), the defaults R1-Zero uses overridden.
+    # Every GRPO setting (r1.rl.config.RLSection: the step dataclasses' defaults), R1-Zero's set.
     c.rl = rl_defaults(
         prompts_per_step=32,
         group_size=16,

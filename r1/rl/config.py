@@ -167,7 +167,10 @@ def _check_rl(self) -> None:
             f"config.rl.advantage: expected one of {ADVANTAGE_METHODS}, got {self.advantage!r}"
         )
     if self.std_ddof < 0:
-        raise ValueError(f"config.rl.std_ddof: expected 0 or 1, got {self.std_ddof}")
+        raise ValueError(
+            f"config.rl.std_ddof: expected >= 0 (0: population std, 1: sample std), got "
+            f"{self.std_ddof}"
+        )
     if self.ref_update_every < 0:
         raise ValueError(
             f"config.rl.ref_update_every: expected >= 0 (0: never), got {self.ref_update_every}"

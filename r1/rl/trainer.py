@@ -178,7 +178,7 @@ class GRPOJob:
         difficulty = gather_to_host(arrays.get("difficulty"))
         out.update(
             step_behaviour(
-                samples, self.tokenizer, difficulty, self.exp.rl.group_size, self.exp.data.language
+                samples, self.tokenizer, difficulty, self.exp.rl.group_size, self.exp.language
             )
         )
         return out

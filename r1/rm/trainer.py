@@ -199,6 +199,60 @@ def _pairs(exp, tokenizer, workdir) -> tuple[dict, dict, Counter]:
     return train_arrays, eval_arrays, skipped
 
 
+class RMJob:
+    """The reward-model hooks of the run loop: batches by step number, the compiled step, the
+    held-out evaluator (its last accuracy shown in the progress bar)."""
+
+    def __init__(self, exp, mesh, graphdef, optimizer, state_sh, arrays, settings):
+        self.exp, self.mesh, self.arrays = exp, mesh, arrays
+        self.num_pairs = len(arrays["margin"])
+        self.batch_size = exp.train.batch_size
+        self.batch_sh = sharding.batch_shardings(
+            {k: v[: self.batch_size] for k, v in arrays.items()}, mesh
+        )
+        self.step_fn = jax.jit(
+            rm_step_fn(
+                graphdef,
+                optimizer,
+                settings,
+                exp.rm.use_margin,
+                float(exp.model.bias_update_rate),
+                exp.train.num_microbatches,
+            ),
+            in_shardings=(state_sh, self.batch_sh),
+            out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())),
+            donate_argnums=(0,),
+        )
+        self.eval_accuracy = float("nan")
+
+    def next_batch(self, step: int):
+        index = _batch_indices(step, self.batch_size, self.num_pairs, self.exp.seed)
+        return global_from_full({k: v[index] for k, v in self.arrays.items()}, self.batch_sh)
+
+    def run_step(self, state, batch):
+        with sharding.use_mesh(self.mesh):
+            new_state, metrics = self.step_fn(state, batch)
+        return new_state, metrics, None
+
+    def host_metrics(self, step, batch, metrics, outputs, seconds) -> dict[str, float]:
+        return {"epoch": step * self.batch_size / self.num_pairs}
+
+    def evaluating(self, evaluator):
+        def evaluate(state):
+            metrics = evaluator(state)
+            self.eval_accuracy = metrics["eval/accuracy"]
+            return metrics
+
+        return evaluate
+
+    def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
+        return {
+            "loss": f"{metrics['loss']:.3f}",
+            "acc": f"{metrics['accuracy']:.2f}",
+            "eval_acc": f"{self.eval_accuracy:.3f}",
+        }
+
+
 def train_rm(config: Any, workdir: str) -> dict[str, float]:
     """Trains (or resumes) a reward model in `workdir`; returns the last metrics, which include
     the held-out `eval/accuracy`."""
@@ -210,14 +264,14 @@ def train_rm(config: Any, workdir: str) -> dict[str, float]:
     settings = _settings(exp, tokenizer)
     train_arrays, eval_arrays, skipped = _pairs(exp, tokenizer, workdir)
     num_pairs = len(train_arrays["margin"])
-    batch_size = exp.train.batch_size
-    if num_pairs < batch_size:
+    if num_pairs < exp.train.batch_size:
         raise ValueError(
-            f"config.train.batch_size={batch_size}: only {num_pairs} usable training pairs"
+            f"config.train.batch_size={exp.train.batch_size}: only {num_pairs} usable training "
+            "pairs"
         )
     steps = exp.train.steps
     if steps < 1:
-        steps = math.ceil(exp.train.epochs * num_pairs / batch_size)
+        steps = math.ceil(exp.train.epochs * num_pairs / exp.train.batch_size)
     log.info(
         "reward model: %d train pairs, %d held out, skipped %s",
         num_pairs,
@@ -231,47 +285,8 @@ def train_rm(config: Any, workdir: str) -> dict[str, float]:
     del model
     state_sh = train_state_shardings(state, optimizer, mesh)
     state = jax.device_put(state, state_sh)
-    batch_sh = sharding.batch_shardings({k: v[:batch_size] for k, v in train_arrays.items()}, mesh)
-    step_fn = jax.jit(
-        rm_step_fn(
-            graphdef,
-            optimizer,
-            settings,
-            exp.rm.use_margin,
-            float(exp.model.bias_update_rate),
-            exp.train.num_microbatches,
-        ),
-        in_shardings=(state_sh, batch_sh),
-        out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())),
-        donate_argnums=(0,),
-    )
+    job = RMJob(exp, mesh, graphdef, optimizer, state_sh, train_arrays, settings)
     evaluator = make_evaluator(graphdef, eval_arrays, settings, exp.eval.batch_size, mesh)
-    eval_accuracy = [float("nan")]
-
-    def next_batch(step: int):
-        index = _batch_indices(step, batch_size, num_pairs, exp.seed)
-        return global_from_full({k: v[index] for k, v in train_arrays.items()}, batch_sh)
-
-    def run_step(state, batch):
-        with sharding.use_mesh(mesh):
-            new_state, metrics = step_fn(state, batch)
-        return new_state, metrics, None
-
-    def host_metrics(step, batch, metrics, outputs, seconds):
-        return {"epoch": step * batch_size / num_pairs}
-
-    def evaluate(state):
-        metrics = evaluator(state)
-        eval_accuracy[0] = metrics["eval/accuracy"]
-        return metrics
-
-    def postfix(metrics):
-        return {
-            "loss": f"{metrics['loss']:.3f}",
-            "acc": f"{metrics['accuracy']:.2f}",
-            "eval_acc": f"{eval_accuracy[0]:.3f}",
-        }
-
     loop = LoopSettings(
         name="rm",
         steps=steps,
@@ -283,12 +298,11 @@ def train_rm(config: Any, workdir: str) -> dict[str, float]:
         curve_panels=CURVE_PANELS,
     )
     hooks = LoopHooks(
-        next_batch=next_batch,
-        run_step=run_step,
-        host_metrics=host_metrics,
-        evaluate=evaluate,
-        data_state=lambda: {},
-        postfix=postfix,
+        next_batch=job.next_batch,
+        run_step=job.run_step,
+        host_metrics=job.host_metrics,
+        evaluate=job.evaluating(evaluator),
+        postfix=job.postfix,
     )
     result = run_loop(workdir, state, state_sh, loop, hooks)
     last = dict(result.last)

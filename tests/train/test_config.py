@@ -208,6 +208,7 @@ def test_rl_defaults_overrides_and_placeholders():
         ("top_p", 0.0, ValueError, r"config\.rl\.top_p"),
         ("max_new_tokens", 0, ValueError, r"config\.rl\.max_new_tokens"),
         ("advantage", "median", ValueError, r"config\.rl\.advantage"),
+        ("std_ddof", -1, ValueError, r"config\.rl\.std_ddof"),
         ("ratio_level", "row", ValueError, r"config\.rl\.ratio_level"),
         ("num_minibatches", 3, ValueError, r"config\.rl\.prompts_per_step.*num_minibatches"),
         ("group_size", "eight", TypeError, r"config\.rl\.group_size"),
