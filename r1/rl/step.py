@@ -30,7 +30,6 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from r1 import sharding
-from r1.models.moe import update_model_routing_biases
 from r1.rl.grpo import (
     GRPOLossConfig,
     chunked_token_logprobs,
@@ -41,7 +40,13 @@ from r1.rl.grpo import (
     zero_variance_groups,
 )
 from r1.sampling.sampler import SamplingConfig, sample
-from r1.train.state import TrainState, train_state_shardings
+from r1.train.state import (
+    TrainState,
+    accumulate_grads,
+    optimizer_step,
+    train_state_shardings,
+    update_routing_biases,
+)
 
 Batch = dict[str, jax.Array]
 # (completion tokens int32[B, N], completion mask bool[B, N], truncated bool[B], per-row fields)
@@ -164,6 +169,254 @@ def _moe_means(moe_stats: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
     }
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Rollout:
+    """One step's sampled rows (B = P * G; row p * G + g is prompt p's g-th completion).
+
+    prompt_tokens int32[P, L] (left-padded), prompt_mask bool[P, L]; completion int32[B, N],
+    completion_mask bool[B, N] (through EOS), logprobs float32[B, N] (pi_old, from the
+    sampler), lengths int32[B], truncated bool[B]; fields: the per-prompt batch fields repeated
+    per row, {name: [B, ...]}.
+    """
+
+    prompt_tokens: jax.Array
+    prompt_mask: jax.Array
+    completion: jax.Array
+    completion_mask: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    truncated: jax.Array
+    fields: dict[str, jax.Array]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Scores:
+    """Rewards of a rollout: total float32[B], parts {name: float32[B]} (unweighted, for
+    logging), failures {name: int32 scalar} (rows whose reward failed, this step)."""
+
+    total: jax.Array
+    parts: dict[str, jax.Array]
+    failures: dict[str, jax.Array]
+
+
+def rollout(policy: nnx.Module, batch: Batch, key: jax.Array, config: GRPOConfig) -> Rollout:
+    """Phase 1: G completions per prompt from the policy (pi_old). Sampling keys follow the
+    batch's `row_index` when present (the data row, not its position in the batch)."""
+    group = config.group_size
+    prompt_tokens, prompt_mask = batch["prompt_tokens"], batch["prompt_mask"]
+    row_ids = None
+    if "row_index" in batch:
+        row_ids = (batch["row_index"][:, None] * group + jnp.arange(group)[None, :]).reshape(-1)
+    out = sample(policy, prompt_tokens, prompt_mask, key, config.sampling, row_ids=row_ids)
+    fields = {
+        k: jnp.repeat(v, group, axis=0)
+        for k, v in batch.items()
+        if k not in ("prompt_tokens", "prompt_mask", "row_index")
+    }
+    return Rollout(
+        prompt_tokens,
+        prompt_mask,
+        out.tokens,
+        out.mask,
+        out.logprobs,
+        out.lengths,
+        out.truncated,
+        fields,
+    )
+
+
+def score(
+    rows: Rollout,
+    reward_fn: RewardFn,
+    model_rewards: tuple[ModelReward, ...],
+    frozen: dict[str, Any],
+    group: int,
+) -> Scores:
+    """Phase 2: rule rewards, then frozen-model rewards, added with their weights. With a
+    `general` field (R1 stage 4) rule rewards score the reasoning rows only, and a model reward
+    with rows="general" / "reasoning" only those rows."""
+    total, parts = reward_fn(rows.completion, rows.completion_mask, rows.truncated, rows.fields)
+    total = total.astype(jnp.float32)
+    general = rows.fields["general"].astype(bool) if "general" in rows.fields else None
+    if general is not None:
+        total = jnp.where(general, 0.0, total)
+        parts = {k: jnp.where(general, jnp.zeros_like(v), v) for k, v in parts.items()}
+    parts = dict(parts)
+    if model_rewards:
+        row_prompts = jnp.repeat(rows.prompt_tokens, group, axis=0)
+        row_prompt_mask = jnp.repeat(rows.prompt_mask.astype(bool), group, axis=0)
+    for model_reward in model_rewards:
+        value, extra_parts = model_reward.score(
+            jax.lax.stop_gradient(frozen[model_reward.name]),
+            row_prompts,
+            row_prompt_mask,
+            rows.completion,
+            rows.completion_mask,
+            rows.fields,
+        )
+        value = jax.lax.stop_gradient(value.astype(jnp.float32))
+        if general is not None and model_reward.rows != "all":
+            wanted = general if model_reward.rows == "general" else ~general
+            value = jnp.where(wanted, value, 0.0)
+        total = total + model_reward.weight * value
+        parts[model_reward.name] = value
+        for part, values in extra_parts.items():
+            parts[f"{model_reward.name}/{part}"] = values
+    return Scores(total, parts, {})
+
+
+def advantages(scores: Scores, config: GRPOConfig) -> tuple[jax.Array, jax.Array]:
+    """Phase 3: group-relative advantages float32[B] and the rewards as float32[P, G]."""
+    rewards_pg = scores.total.reshape(-1, config.group_size)
+    adv = group_advantages(rewards_pg, method=config.advantage_method, std_ddof=config.std_ddof)
+    return adv.reshape(-1), rewards_pg
+
+
+def _loss_inputs(
+    graphdef: nnx.GraphDef, state: TrainState, rows: Rollout, config: GRPOConfig, rewards_pg
+) -> dict[str, jax.Array]:
+    """The per-row arrays the update reads: full sequences, pi_old / reference log-probs and the
+    loss mask (reference forward skipped when beta == 0)."""
+    tokens, mask, positions = _full_sequences(
+        rows.prompt_tokens,
+        rows.prompt_mask,
+        rows.completion,
+        rows.completion_mask,
+        config.group_size,
+    )
+    inputs = {
+        "tokens": tokens,
+        "mask": mask,
+        "positions": positions,
+        "completion": rows.completion,
+        "completion_mask": rows.completion_mask,
+        "old_logp": jax.lax.stop_gradient(rows.logprobs),
+        "loss_mask": effective_mask(
+            rows.completion_mask, config=config.loss, truncated=rows.truncated, rewards=rewards_pg
+        ),
+    }
+    if config.loss.beta > 0:
+        reference = nnx.merge(graphdef, state.ref_params, state.extra)
+        ref_logp, _, _ = completion_logprobs(
+            reference, tokens, mask, positions, rows.prompt_tokens.shape[1], rows.completion
+        )
+        inputs["ref_logp"] = jax.lax.stop_gradient(ref_logp)
+    return inputs
+
+
+def policy_update(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    config: GRPOConfig,
+    state: TrainState,
+    inputs: dict[str, jax.Array],
+    adv: jax.Array,
+    prompt_len: int,
+) -> tuple[Any, Any, dict[str, jax.Array], list[jax.Array]]:
+    """Phase 4: mu iterations x M mini-batches of optimizer updates (`lax.scan`), each
+    mini-batch's gradient accumulated over `num_microbatches` interleaved slices of its rows
+    (`r1.train.state.accumulate_grads`). Returns (params, opt_state, metrics averaged over the
+    updates, per-MoE-layer expert loads summed over all of them)."""
+    rows = adv.shape[0]
+    per_mb = rows // config.num_minibatches
+    micro = config.num_microbatches
+    if micro < 1:
+        raise ValueError("GRPO step: num_microbatches=0 (auto) is resolved by make_grpo_step")
+    if per_mb % micro:
+        raise ValueError(
+            f"GRPO step: a mini-batch of {per_mb} rows does not split into "
+            f"num_microbatches={micro} equal slices"
+        )
+    denominator = loss_denominator(inputs["loss_mask"], config=config.loss)
+    denominator = denominator / config.num_minibatches
+    loss_cfg = dataclasses.replace(
+        config.loss, mask_truncated=False, drop_zero_variance_groups=False
+    )
+    data = {**inputs, "advantages": adv}
+
+    def loss_fn(params, mb):
+        model = nnx.merge(graphdef, params, state.extra)
+        logp, entropy, moe = completion_logprobs(
+            model, mb["tokens"], mb["mask"], mb["positions"], prompt_len, mb["completion"]
+        )
+        loss, metrics = grpo_loss(
+            logp,
+            mb["old_logp"],
+            mb.get("ref_logp"),
+            mb["advantages"],
+            mb["loss_mask"],
+            config=loss_cfg,
+            denominator=denominator,
+        )
+        # A mean over sequences: each of the `micro` slices contributes 1/micro of it.
+        moe_loss = sum((s["balance_loss"] for s in moe), jnp.zeros((), jnp.float32)) / micro
+        cmask = mb["completion_mask"]
+        ent = jnp.where(cmask, jax.lax.stop_gradient(entropy), 0.0)
+        metrics["entropy"] = jnp.sum(ent) / jnp.maximum(jnp.sum(cmask), 1)
+        metrics.update(_moe_means(moe))
+        return loss + moe_loss, (metrics, [s["expert_load"] for s in moe])
+
+    def update(carry, index):
+        params, opt_state = carry
+        minibatch = {
+            k: jax.lax.dynamic_slice_in_dim(v, index * per_mb, per_mb, axis=0)
+            for k, v in data.items()
+        }
+        grads, (metrics, loads) = accumulate_grads(loss_fn, params, minibatch, micro)
+        metrics = {k: jnp.mean(v, axis=0) for k, v in metrics.items()}
+        loads = [jnp.sum(load, axis=0) for load in loads]
+        params, opt_state, metrics["grad_norm"] = optimizer_step(
+            optimizer, params, opt_state, grads
+        )
+        return (params, opt_state), (metrics, loads)
+
+    indices = jnp.tile(jnp.arange(config.num_minibatches), config.num_iterations)
+    (params, opt_state), (mb_metrics, mb_loads) = jax.lax.scan(
+        update, (state.params, state.opt_state), indices
+    )
+    metrics = {k: jnp.mean(v) for k, v in mb_metrics.items()}
+    return params, opt_state, metrics, [jnp.sum(load, axis=0) for load in mb_loads]
+
+
+def refresh_reference(params: Any, ref_params: Any, new_step: jax.Array, every: int) -> Any:
+    """Phase 5: the reference becomes the policy every `every` steps (0: never)."""
+    if ref_params is None or every <= 0:
+        return ref_params
+    refresh = (new_step % every) == 0
+    return jax.tree.map(lambda p, r: jnp.where(refresh, p, r), params, ref_params)
+
+
+def step_metrics(rows: Rollout, scores: Scores, rewards_pg, config: GRPOConfig) -> dict:
+    """Phase 6: rollout and reward metrics (the update's come from `policy_update`)."""
+    lengths = rows.lengths.astype(jnp.float32)
+    rewards = scores.total
+    metrics = {
+        "reward/total": jnp.mean(rewards),
+        "reward/std": jnp.std(rewards),
+        "response_length/mean": jnp.mean(lengths),
+        "response_length/max": jnp.max(lengths),
+        "truncated_frac": jnp.mean(rows.truncated.astype(jnp.float32)),
+        "zero_variance_group_frac": jnp.mean(zero_variance_groups(rewards_pg).astype(jnp.float32)),
+        "generated_tokens": jnp.sum(lengths),
+    }
+    for name, values in scores.parts.items():
+        metrics[f"reward/{name}"] = jnp.mean(values.astype(jnp.float32))
+    for name, count in scores.failures.items():
+        metrics[f"reward_failures/{name}"] = count.astype(jnp.float32)
+    if config.accuracy_reward is not None:
+        if config.accuracy_reward not in scores.parts:
+            raise ValueError(
+                f"GRPOConfig.accuracy_reward={config.accuracy_reward!r} is not among the "
+                f"rewards {sorted(scores.parts)}"
+            )
+        metrics["accuracy"] = jnp.mean(
+            (scores.parts[config.accuracy_reward] > 0.5).astype(jnp.float32)
+        )
+    return metrics
+
+
 def grpo_step_fn(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
@@ -172,222 +425,60 @@ def grpo_step_fn(
     bias_update_rate: float = 0.0,
     model_rewards: tuple[ModelReward, ...] = (),
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array], dict[str, jax.Array]]]:
-    """The un-jitted `step(state, batch, frozen=None)` (for `jax.jit(...).lower(...)`, tests and
-    AOT compilation).
+    """The un-jitted `step(state, batch, frozen=None) -> (state, metrics, samples)` (for
+    `jax.jit(...).lower(...)`, tests and AOT compilation): the phases above in order.
 
     batch: {"prompt_tokens": int32[P, L] left-padded, "prompt_mask": bool[P, L], plus any
     per-prompt fields [P, ...] handed to the rewards (repeated to [B, ...])}. frozen: {name:
-    model state} for each of `model_rewards`.
+    model state} for each of `model_rewards`. samples: the completions (tokens, mask), their
+    rewards and 0/1 correctness, for host-side logging.
     """
     group = config.group_size
-    loss_cfg = config.loss
-    minibatch_cfg = dataclasses.replace(
-        loss_cfg, mask_truncated=False, drop_zero_variance_groups=False
-    )
 
     def step(state: TrainState, batch: Batch, frozen: dict[str, Any] | None = None):
         frozen = frozen or {}
         missing = [r.name for r in model_rewards if r.name not in frozen]
         if missing:
             raise ValueError(f"GRPO step: no frozen model state given for rewards {missing}")
-        prompt_tokens, prompt_mask = batch["prompt_tokens"], batch["prompt_mask"]
-        num_prompts, prompt_len = prompt_tokens.shape
-        rows = num_prompts * group
-        if rows % (config.num_minibatches * group):
+        num_prompts, prompt_len = batch["prompt_tokens"].shape
+        if (num_prompts * group) % (config.num_minibatches * group):
             raise ValueError(
                 f"GRPO step: {num_prompts} prompts x {group} rows cannot be split into "
                 f"{config.num_minibatches} mini-batches of whole groups"
             )
-        rng = jax.random.wrap_key_data(state.rng)
-        rng, sample_key = jax.random.split(rng)
-
+        rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
         policy = nnx.merge(graphdef, state.params, state.extra)
-        row_ids = None
-        if "row_index" in batch:  # keys follow the data row, not its position in the batch
-            row_ids = (batch["row_index"][:, None] * group + jnp.arange(group)[None, :]).reshape(-1)
-        rollout = sample(
-            policy, prompt_tokens, prompt_mask, sample_key, config.sampling, row_ids=row_ids
+        rows = rollout(policy, batch, sample_key, config)
+        scores = score(rows, reward_fn, model_rewards, frozen, group)
+        adv, rewards_pg = advantages(scores, config)
+        inputs = _loss_inputs(graphdef, state, rows, config, rewards_pg)
+        params, opt_state, metrics, loads = policy_update(
+            graphdef, optimizer, config, state, inputs, adv, prompt_len
         )
-        completion, cmask = rollout.tokens, rollout.mask
-        fields = {
-            k: jnp.repeat(v, group, axis=0)
-            for k, v in batch.items()
-            if k not in ("prompt_tokens", "prompt_mask", "row_index")
-        }
-        rewards, reward_parts = reward_fn(completion, cmask, rollout.truncated, fields)
-        rewards = rewards.astype(jnp.float32)
-        general = fields["general"].astype(bool) if "general" in fields else None
-        if general is not None:  # rule rewards score the reasoning rows only
-            rewards = jnp.where(general, 0.0, rewards)
-            reward_parts = {
-                k: jnp.where(general, jnp.zeros_like(v), v) for k, v in reward_parts.items()
-            }
-        if model_rewards:
-            reward_parts = dict(reward_parts)
-            row_prompts = jnp.repeat(prompt_tokens, group, axis=0)
-            row_prompt_mask = jnp.repeat(prompt_mask.astype(bool), group, axis=0)
-            for model_reward in model_rewards:
-                score, parts = model_reward.score(
-                    jax.lax.stop_gradient(frozen[model_reward.name]),
-                    row_prompts,
-                    row_prompt_mask,
-                    completion,
-                    cmask,
-                    fields,
-                )
-                score = jax.lax.stop_gradient(score.astype(jnp.float32))
-                if general is not None and model_reward.rows != "all":
-                    wanted = general if model_reward.rows == "general" else ~general
-                    score = jnp.where(wanted, score, 0.0)
-                rewards = rewards + model_reward.weight * score
-                reward_parts[model_reward.name] = score
-                for part, values in parts.items():
-                    reward_parts[f"{model_reward.name}/{part}"] = values
-        rewards_pg = rewards.reshape(num_prompts, group)
-        advantages = group_advantages(
-            rewards_pg, method=config.advantage_method, std_ddof=config.std_ddof
-        ).reshape(rows)
-
-        tokens, mask, positions = _full_sequences(
-            prompt_tokens, prompt_mask, completion, cmask, group
-        )
-        if loss_cfg.beta > 0:
-            reference = nnx.merge(graphdef, state.ref_params, state.extra)
-            ref_logp, _, _ = completion_logprobs(
-                reference, tokens, mask, positions, prompt_len, completion
-            )
-            ref_logp = jax.lax.stop_gradient(ref_logp)
-        else:
-            ref_logp = None
-        loss_mask = effective_mask(
-            cmask, config=loss_cfg, truncated=rollout.truncated, rewards=rewards_pg
-        )
-        denominator = loss_denominator(loss_mask, config=loss_cfg) / config.num_minibatches
-        old_logp = jax.lax.stop_gradient(rollout.logprobs)
-        per_mb = rows // config.num_minibatches
-        micro = config.num_microbatches
-        if micro < 1:
-            raise ValueError("GRPO step: num_microbatches=0 (auto) is resolved by make_grpo_step")
-        if per_mb % micro:
-            raise ValueError(
-                f"GRPO step: a mini-batch of {per_mb} rows does not split into "
-                f"num_microbatches={micro} equal slices"
-            )
-
-        def update(carry, index):
-            params, opt_state = carry
-
-            def loss_fn(p, slot):
-                def rows_of(x, index):
-                    # Mini-batch `index`, then its rows r with r mod micro == slot.
-                    x = jax.lax.dynamic_slice_in_dim(x, index * per_mb, per_mb, axis=0)
-                    if micro == 1:
-                        return x
-                    x = x.reshape(per_mb // micro, micro, *x.shape[1:])
-                    return jax.lax.dynamic_index_in_dim(x, slot, axis=1, keepdims=False)
-
-                model = nnx.merge(graphdef, p, state.extra)
-                logp, entropy, moe = completion_logprobs(
-                    model,
-                    rows_of(tokens, index),
-                    rows_of(mask, index),
-                    rows_of(positions, index),
-                    prompt_len,
-                    rows_of(completion, index),
-                )
-                loss, metrics = grpo_loss(
-                    logp,
-                    rows_of(old_logp, index),
-                    None if ref_logp is None else rows_of(ref_logp, index),
-                    rows_of(advantages, index),
-                    rows_of(loss_mask, index),
-                    config=minibatch_cfg,
-                    denominator=denominator,
-                )
-                # A mean over sequences: each of the `micro` slices contributes 1/micro of it.
-                moe_loss = sum((s["balance_loss"] for s in moe), jnp.zeros((), jnp.float32)) / micro
-                ent = jnp.where(rows_of(cmask, index), jax.lax.stop_gradient(entropy), 0.0)
-                metrics["entropy"] = jnp.sum(ent) / jnp.maximum(jnp.sum(rows_of(cmask, index)), 1)
-                loads = [s["expert_load"] for s in moe]
-                metrics.update(_moe_means(moe))
-                return loss + moe_loss, (metrics, loads)
-
-            grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-            if micro == 1:
-                (loss, (metrics, loads)), grads = grad_fn(params, 0)
-            else:
-
-                def accumulate(total, slot):
-                    (loss, (metrics, loads)), grads = grad_fn(params, slot)
-                    return jax.tree.map(jnp.add, total, grads), (metrics, loads)
-
-                zeros = jax.tree.map(jnp.zeros_like, params)
-                grads, (metrics, loads) = jax.lax.scan(accumulate, zeros, jnp.arange(micro))
-                metrics = {k: jnp.mean(v) for k, v in metrics.items()}
-                loads = [jnp.sum(load, axis=0) for load in loads]
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            metrics["grad_norm"] = optax.global_norm(grads)
-            return (params, opt_state), (metrics, loads)
-
-        indices = jnp.tile(jnp.arange(config.num_minibatches), config.num_iterations)
-        (params, opt_state), (mb_metrics, mb_loads) = jax.lax.scan(
-            update, (state.params, state.opt_state), indices
-        )
-        metrics = {k: jnp.mean(v) for k, v in mb_metrics.items()}
-
-        extra = state.extra
-        if bias_update_rate and mb_loads:
-            model = nnx.merge(graphdef, params, extra)
-            stats = [{"expert_load": jnp.sum(load, axis=0)} for load in mb_loads]
-            update_model_routing_biases(model, stats, bias_update_rate)
-            _, _, extra = nnx.split(model, nnx.Param, ...)
-
+        extra = update_routing_biases(graphdef, params, state.extra, loads, bias_update_rate)
         new_step = state.step + 1
-        ref_params = state.ref_params
-        if ref_params is not None and config.ref_update_every > 0:
-            refresh = (new_step % config.ref_update_every) == 0
-            ref_params = jax.tree.map(lambda p, r: jnp.where(refresh, p, r), params, ref_params)
-
-        lengths = rollout.lengths.astype(jnp.float32)
-        metrics.update(
-            {
-                "reward/total": jnp.mean(rewards),
-                "reward/std": jnp.std(rewards),
-                "response_length/mean": jnp.mean(lengths),
-                "response_length/max": jnp.max(lengths),
-                "truncated_frac": jnp.mean(rollout.truncated.astype(jnp.float32)),
-                "zero_variance_group_frac": jnp.mean(
-                    zero_variance_groups(rewards_pg).astype(jnp.float32)
-                ),
-                "generated_tokens": jnp.sum(lengths),
-            }
-        )
-        for name, values in reward_parts.items():
-            metrics[f"reward/{name}"] = jnp.mean(values.astype(jnp.float32))
-        if config.accuracy_reward is not None:
-            if config.accuracy_reward not in reward_parts:
-                raise ValueError(
-                    f"GRPOConfig.accuracy_reward={config.accuracy_reward!r} is not among the "
-                    f"rewards {sorted(reward_parts)}"
-                )
-            metrics["accuracy"] = jnp.mean(
-                (reward_parts[config.accuracy_reward] > 0.5).astype(jnp.float32)
-            )
         new_state = TrainState(
             step=new_step,
             params=params,
             extra=extra,
             opt_state=opt_state,
             rng=jax.random.key_data(rng),
-            ref_params=ref_params,
+            ref_params=refresh_reference(
+                params, state.ref_params, new_step, config.ref_update_every
+            ),
         )
+        metrics.update(step_metrics(rows, scores, rewards_pg, config))
         correct = (
-            reward_parts[config.accuracy_reward] > 0.5
+            scores.parts[config.accuracy_reward] > 0.5
             if config.accuracy_reward is not None
-            else jnp.zeros_like(rewards, bool)
+            else jnp.zeros_like(scores.total, bool)
         )
-        samples = {"tokens": completion, "mask": cmask, "rewards": rewards, "correct": correct}
+        samples = {
+            "tokens": rows.completion,
+            "mask": rows.completion_mask,
+            "rewards": scores.total,
+            "correct": correct,
+        }
         return new_state, metrics, samples
 
     return step
