@@ -10,11 +10,12 @@ their (alpha-weighted) balance loss.
 Vocabulary logits: with `ModelConfig.logits_chunk_size` > 0 the losses come from hidden states
 a chunk of positions at a time (`r1.losses.chunked_cross_entropy`), never as [B, T, V] logits.
 
-Gradient accumulation: the batch's B rows are split into `num_microbatches` interleaved
-micro-batches (row j goes to micro-batch j mod M, so each stays spread over the data axes) and
-a `lax.scan` sums their gradients. Every micro-batch divides its NLL sum by the token count of
-the *whole* batch, so the accumulated gradient equals the full-batch gradient exactly (up to
-float summation order), however the target tokens are spread over the micro-batches.
+Gradient accumulation (`r1.train.state.accumulate_grads`): the batch's B rows are split into
+`num_microbatches` interleaved micro-batches (row j goes to micro-batch j mod M, so each stays
+spread over the data axes) whose gradients are summed in float32. Every micro-batch divides
+its NLL sum by the token count of the *whole* batch, so the accumulated gradient equals the
+full-batch gradient exactly (up to float summation order), however the target tokens are
+spread over the micro-batches.
 
 `make_sft_step(...)` returns a jitted `step(state, batch) -> (state, metrics)` with explicit
 in/out shardings (state like the GRPO step's `TrainState`, batch rows on the `batch` axis) and
@@ -34,10 +35,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from r1.losses import balance_loss, chunked_cross_entropy, token_cross_entropy
-from r1.models.moe import update_model_routing_biases
 from r1.models.transformer import ModelOutput
 from r1.sharding import batch_shardings
-from r1.train.state import TrainState, train_state_shardings
+from r1.train.state import TrainState, accumulate_grads, apply_update, train_state_shardings
 
 Batch = dict[str, jax.Array]
 BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
@@ -182,12 +182,6 @@ def _moe_means(moe_stats: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
     return {f"moe/{k}": jnp.mean(jnp.stack([s[k] for s in moe_stats])) for k in keys}
 
 
-def _interleave(x: jax.Array, m: int) -> jax.Array:
-    """[B, ...] -> [M, B / M, ...] with row j in micro-batch j mod M."""
-    b = x.shape[0]
-    return jnp.moveaxis(x.reshape(b // m, m, *x.shape[1:]), 1, 0)
-
-
 def sft_grads(
     graphdef: nnx.GraphDef,
     params: Any,
@@ -196,7 +190,8 @@ def sft_grads(
     config: SFTConfig,
     grad_shardings: Any = None,
 ) -> tuple[Any, dict[str, jax.Array], list[jax.Array]]:
-    """The full-batch gradient, accumulated over `config.num_microbatches` micro-batches.
+    """The full-batch gradient, accumulated over `config.num_microbatches` interleaved
+    micro-batches (`r1.train.state.accumulate_grads`).
 
     Returns (grads like params, metrics, per-MoE-layer expert loads summed over micro-batches).
     metrics: loss and its parts (full-batch values), token_accuracy, target_tokens, MoE means.
@@ -208,8 +203,6 @@ def sft_grads(
     model = nnx.merge(graphdef, params, extra)
     depths = num_mtp_depths(model, config)
     denominators = target_counts(batch, depths)
-    micro = {k: _interleave(batch[k], m) for k in BATCH_KEYS}
-
     chunk = model.config.logits_chunk_size
 
     def loss_fn(p, mb):
@@ -228,16 +221,10 @@ def sft_grads(
         moe = _moe_means(output.moe)
         return loss, (metrics, moe, [s["expert_load"] for s in output.moe])
 
-    def accumulate(acc, mb):
-        (_, (metrics, moe, loads)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
-        acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads)
-        if grad_shardings is not None:
-            acc = jax.lax.with_sharding_constraint(acc, grad_shardings)
-        return acc, (metrics, moe, loads)
-
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    summed, (metrics, moe, loads) = jax.lax.scan(accumulate, zeros, micro)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), summed, params)
+    rows_only = {k: batch[k] for k in BATCH_KEYS}
+    grads, (metrics, moe, loads) = accumulate_grads(
+        loss_fn, params, rows_only, m, grad_shardings=grad_shardings
+    )
     out = {k: jnp.sum(v) for k, v in metrics.items()}
     out.update({k: jnp.mean(v) for k, v in moe.items()})
     out["target_tokens"] = denominators[0]
@@ -254,26 +241,16 @@ def sft_step_fn(
     """The un-jitted step (for `jax.jit(...).lower(...)`, tests and AOT compilation).
 
     batch: tokens, segment_ids, positions int32[B, T] and loss_mask bool[B, T]
-    (`r1.sft.data`). One optimizer update per call; MoE routing biases move by the expert
-    loads of the whole batch.
+    (`r1.sft.data`). One optimizer update per call (`r1.train.state.apply_update`); MoE routing
+    biases move by the expert loads of the whole batch.
     """
 
     def step(state: TrainState, batch: Batch):
         grads, metrics, loads = sft_grads(
             graphdef, state.params, state.extra, batch, config, grad_shardings
         )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        extra = state.extra
-        if bias_update_rate and loads:
-            model = nnx.merge(graphdef, params, extra)
-            update_model_routing_biases(
-                model, [{"expert_load": load} for load in loads], bias_update_rate
-            )
-            _, _, extra = nnx.split(model, nnx.Param, ...)
-        new_state = dataclasses.replace(
-            state, step=state.step + 1, params=params, extra=extra, opt_state=opt_state
+        new_state, metrics["grad_norm"] = apply_update(
+            state, graphdef, optimizer, grads, loads, bias_update_rate
         )
         return new_state, metrics
 
