@@ -124,6 +124,27 @@ def _stop_hit(buffer: jax.Array, step: jax.Array, sequences) -> jax.Array:
     return hit
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeState:
+    """The decode `lax.while_loop`'s carry (B rows, N = max_new_tokens, V vocabulary).
+
+    step: int32[], the next token index. logits: float32[B, V], the next token's logits.
+    done: bool[B], the row has ended. tokens: int32[B, N], mask: bool[B, N], logprobs /
+    sampling_logprobs: float32[B, N]: what `SampleOutput` returns, filled up to `step`.
+    cache: the KV cache (`r1.sampling.kv_cache`), grown between decode segments.
+    """
+
+    step: jax.Array
+    logits: jax.Array
+    done: jax.Array
+    tokens: jax.Array
+    mask: jax.Array
+    logprobs: jax.Array
+    sampling_logprobs: jax.Array
+    cache: Any
+
+
 def sample(
     model: Transformer,
     prompt_tokens: jax.Array,
@@ -194,48 +215,53 @@ def sample(
         sampling_logp = raw_logp if unfiltered else picked_logprob(filtered, token)
         return token, raw_logp, sampling_logp
 
-    def body(carry):
-        step, logits, done, buffers, cache = carry
-        tokens, mask, logp, slogp = buffers
-        token, lp, slp = choose(step, logits)
-        active = ~done
+    def body(state: DecodeState) -> DecodeState:
+        step = state.step
+        token, lp, slp = choose(step, state.logits)
+        active = ~state.done
         token = jnp.where(active, token, config.pad_id)
-        tokens = tokens.at[:, step].set(token)
-        mask = mask.at[:, step].set(active)
-        logp = logp.at[:, step].set(jnp.where(active, lp, 0.0))
-        slogp = slogp.at[:, step].set(jnp.where(active, slp, 0.0))
+        tokens = state.tokens.at[:, step].set(token)
+        mask = state.mask.at[:, step].set(active)
+        logp = state.logprobs.at[:, step].set(jnp.where(active, lp, 0.0))
+        slogp = state.sampling_logprobs.at[:, step].set(jnp.where(active, slp, 0.0))
         ended = jnp.any(token[:, None] == eos[None, :], axis=1)
         if config.stop_sequences:
             ended = ended | _stop_hit(tokens, step, config.stop_sequences)
-        done = done | (active & ended)
+        done = state.done | (active & ended)
         position = (next_position + step)[:, None]
         logits, cache = forward_with_cache(
-            model, token[:, None], position, active[:, None], cache, prompt_len + step
+            model, token[:, None], position, active[:, None], state.cache, prompt_len + step
         )
         logits = shard(logits[:, 0, :], ("batch", "act_vocab"))
-        return step + 1, logits, done, (tokens, mask, logp, slogp), cache
+        return DecodeState(step + 1, logits, done, tokens, mask, logp, slogp, cache)
 
-    buffers = (
-        jnp.full((rows, new), config.pad_id, jnp.int32),
-        jnp.zeros((rows, new), bool),
-        jnp.zeros((rows, new), jnp.float32),
-        jnp.zeros((rows, new), jnp.float32),
+    state = DecodeState(
+        step=jnp.zeros((), jnp.int32),
+        logits=last_logits,
+        done=jnp.zeros((rows,), bool),
+        tokens=jnp.full((rows, new), config.pad_id, jnp.int32),
+        mask=jnp.zeros((rows, new), bool),
+        logprobs=jnp.zeros((rows, new), jnp.float32),
+        sampling_logprobs=jnp.zeros((rows, new), jnp.float32),
+        cache=cache,
     )
-    step = jnp.zeros((), jnp.int32)
-    done = jnp.zeros((rows,), bool)
-    logits = last_logits
     for index, segment_end in enumerate(segment_ends):
         if index:
-            cache = grow_cache(cache, prompt_len + segment_end)
+            state = dataclasses.replace(
+                state, cache=grow_cache(state.cache, prompt_len + segment_end)
+            )
 
-        def cond(carry, segment_end=segment_end):
-            step, _, done, _, _ = carry
-            return (step < segment_end) & ~jnp.all(done)
+        def cond(state: DecodeState, segment_end=segment_end):
+            return (state.step < segment_end) & ~jnp.all(state.done)
 
-        step, logits, done, buffers, cache = jax.lax.while_loop(
-            cond, body, (step, logits, done, buffers, cache)
-        )
-    tokens, mask, logp, slogp = buffers
+        state = jax.lax.while_loop(cond, body, state)
+    tokens, mask, logp, slogp, done = (
+        state.tokens,
+        state.mask,
+        state.logprobs,
+        state.sampling_logprobs,
+        state.done,
+    )
     lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
     return SampleOutput(
         tokens=tokens,
