@@ -54,6 +54,7 @@ from r1.aot.programs import (
     shard_bytes,
     with_shardings,
 )
+from r1.sampling.kv_cache import forward_with_cache, init_cache
 
 GIB = 1024**3
 # libtpu guards the TPU against two processes with a lock file; describing a topology touches no
@@ -350,8 +351,6 @@ def roofline_seconds(flops: float, bytes_accessed: float, chip: ChipSpec, per_ch
 def decode_step_cost(program: Program) -> tuple[float, float]:
     """Per-device flops and bytes accessed of one decode step (the sampler's cached forward pass for
     one token against the full-length cache) compiled on the program's mesh."""
-    from r1.sampling.kv_cache import forward_with_cache, init_cache
-
     rows, slots = program.rows, program.prompt_len + program.new_tokens
     params = jax.tree.map(lambda x: x, program.state.params)
     extra = program.state.extra

@@ -43,6 +43,7 @@ from r1 import checkpoint as ckpt_lib
 from r1 import configlib, sharding
 from r1.data import procedural, templates
 from r1.evaluation import runner
+from r1.judge import data as judge_data
 from r1.recipes.stages import (
     Stage,
     atomic_json,
@@ -261,8 +262,6 @@ def stage_judge(config: Any, directory: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(
             "config.rejection.judge: tasks are judged but neither path nor train_steps > 0 is set"
         )
-    from r1.judge import data as judge_data  # noqa: PLC0415
-
     target = os.path.join(directory, "judge")
     report_path = os.path.join(target, "judge_report.json")
     if not os.path.exists(report_path):

@@ -19,11 +19,13 @@ import jax
 from r1 import configlib, sharding
 from r1.data import procedural, sources, templates
 from r1.judge import Judge, JudgeConfig, load_judge_config
+from r1.judge.data import with_word_answers
 from r1.rejection.filters import FilterConfig
 from r1.rejection.runner import SamplerPolicy, default_render, run
 from r1.rejection.select import SelectConfig
 from r1.rewards import RewardSpec
 from r1.sampling.sampler import SamplingConfig
+from r1.train import build
 
 TEMPLATES = ("r1_zero", *templates.CHAT_FORMATS)
 EXTRA_SECTIONS = (
@@ -157,8 +159,6 @@ def load_prompts(data: DataSection, seed: int) -> list[dict[str, Any]]:
         task = procedural.make_task(data.task, **dict(data.task_kwargs))
         rows = [procedural.generate(task, seed, i, data.split) for i in range(data.num_prompts)]
         if data.answer_words_fraction > 0:
-            from r1.judge.data import with_word_answers  # noqa: PLC0415
-
             rows = with_word_answers(rows, data.answer_words_fraction)
         return rows
     paths: Any = data.files
@@ -197,8 +197,6 @@ def parse_sections(config: Any) -> tuple[DataSection, SamplingSection, SelectCon
 def run_from_config(config: Any, workdir: str, config_name: str = "") -> dict[str, Any]:
     """Builds mesh, tokenizer, policy (`config.init.hf_path`), prompts and rewards from an
     experiment config (configs/rejection_sample.py) and runs `run` in `workdir`."""
-    from r1.rl import trainer  # noqa: PLC0415 - reuse its builders; heavy import kept local
-
     experiment = configlib.parse_experiment(
         config, num_devices=jax.device_count(), extra_sections=EXTRA_SECTIONS
     )
@@ -210,15 +208,13 @@ def run_from_config(config: Any, workdir: str, config_name: str = "") -> dict[st
         raise ValueError("config.init.hf_path: rejection sampling needs a checkpoint to sample")
     spec = RewardSpec.from_config(config.rewards)
     mesh = sharding.make_mesh(experiment.mesh)
-    tokenizer = trainer.build_tokenizer(config)
-    if tokenizer.vocab_size > experiment.model.vocab_size:
-        raise ValueError(
-            f"config.model.vocab_size={experiment.model.vocab_size} is smaller than the "
-            f"tokenizer's {tokenizer.vocab_size}"
-        )
+    tokenizer = build.build_tokenizer(str(config.tokenizer.kind), str(config.tokenizer.path))
+    build.check_vocab(tokenizer, experiment.model)
     judge = build_judge(judge_section, mesh)  # before the policy: a bad judge fails at start
     with sharding.use_mesh(mesh):
-        model = trainer.build_policy(config, experiment.model, mesh)
+        model = build.build_policy(
+            str(config.init.hf_path), experiment.model, mesh, experiment.seed
+        )
     sampling = SamplingConfig(
         max_new_tokens=sampling_section.max_new_tokens,
         num_samples=sampling_section.num_samples,

@@ -20,9 +20,12 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from r1 import judge as judge_lib
 from r1.rewards import RewardTerm
 from r1.rewards.tokens import TagIds
 from r1.rl.step import ModelReward
+from r1.rm import model as rm_model
+from r1.rm.reward import make_frozen_scorer
 
 
 def model_reward_terms(
@@ -56,9 +59,6 @@ def model_reward_terms(
         kwargs = dict(kwargs or {})
         name = str(kwargs.pop("name", kind if kind not in frozen else f"{kind}_{index}"))
         if kind == "reward_model":
-            from r1.rm import model as rm_model
-            from r1.rm.reward import make_frozen_scorer
-
             path = kwargs.pop("path", None)
             rows = kwargs.pop("rows", "all")
             if not path or not os.path.isdir(path):
@@ -81,8 +81,6 @@ def model_reward_terms(
             terms.append(RewardTerm(name, weight, kind="model", rows=rows, score=score))
             frozen[name] = rm_state
         elif kind == "judge":
-            from r1 import judge as judge_lib
-
             path = kwargs.pop("path", None)
             if kwargs:
                 raise ValueError(f"{where}: unknown judge options {sorted(kwargs)}")

@@ -50,10 +50,10 @@ from r1.train.state import (
 
 Batch = dict[str, jax.Array]
 # (completion tokens int32[B, N], completion mask bool[B, N], truncated bool[B], per-row fields)
-#   -> (total reward float32[B], {name: float32[B]})
+#   -> (total reward float32[B], {name: float32[B]}[, {"<name>/<reason>": int32 count}])
 RewardFn = Callable[
     [jax.Array, jax.Array, jax.Array, dict[str, jax.Array]],
-    tuple[jax.Array, dict[str, jax.Array]],
+    tuple,
 ]
 
 
@@ -237,8 +237,9 @@ def score(
     """Phase 2: rule rewards, then frozen-model rewards, added with their weights. With a
     `general` field (R1 stage 4) rule rewards score the reasoning rows only, and a model reward
     with rows="general" / "reasoning" only those rows."""
-    total, parts = reward_fn(rows.completion, rows.completion_mask, rows.truncated, rows.fields)
-    total = total.astype(jnp.float32)
+    out = reward_fn(rows.completion, rows.completion_mask, rows.truncated, rows.fields)
+    total, parts = out[0].astype(jnp.float32), out[1]
+    failures = dict(out[2]) if len(out) > 2 else {}
     general = rows.fields["general"].astype(bool) if "general" in rows.fields else None
     if general is not None:
         total = jnp.where(general, 0.0, total)
@@ -264,7 +265,7 @@ def score(
         parts[model_reward.name] = value
         for part, values in extra_parts.items():
             parts[f"{model_reward.name}/{part}"] = values
-    return Scores(total, parts, {})
+    return Scores(total, parts, failures)
 
 
 def advantages(scores: Scores, config: GRPOConfig) -> tuple[jax.Array, jax.Array]:

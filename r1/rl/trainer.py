@@ -171,8 +171,6 @@ class GRPOJob:
     def host_metrics(self, step, batch, metrics, samples, seconds) -> dict[str, float]:
         arrays, _ = batch
         out = {"tokens_per_sec": metrics["generated_tokens"] / seconds}
-        for name, count in sorted(self.bridge.failures.items()):
-            out[f"reward_failures/{name}"] = float(count)
         samples = gather_to_host(samples)  # a collective: every process takes part
         self.gathered = (step, samples)
         difficulty = gather_to_host(arrays.get("difficulty"))
