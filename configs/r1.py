@@ -30,7 +30,7 @@ Sections:
   generate `general_examples` synthetic replies), and `judge`: a generative judge for the rows
   no rule checks (`tasks`; with `data.answer_words_fraction` > 0 procedural rows get their
   answer in words, task "<task>_words"): `path` (a judge directory), or "" with `train_steps`
-  > 0 to train the tiny judge of r1/rewards/judge_data.py inside the stage first.
+  > 0 to train the tiny judge of r1/judge/data.py inside the stage first.
 * sft (stage 3b): SFT sections as cold_start (from the base, on traces + general rows).
 * reward_model (stage 4a): the RM trainer's `model` (its own backbone), `init`, `data`, `rm`,
   `optimizer`, `train`, `eval` (configs/reward_model.py); it uses the policy's tokenizer;

@@ -59,9 +59,8 @@ from r1.rm.data import POLITE
 from r1.rm.trainer import train_rm
 from r1.sft.trainer import train_sft
 from r1.train import build
-from r1.train.config import make_optimizer
 from r1.train.export import export_model
-from r1.train.state import abstract_with_shardings, init_train_state, train_state_shardings
+from r1.train.state import abstract_with_shardings
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +249,7 @@ def rejection_config(config: Any, hf_path: str, judge_path: str = "") -> ml_coll
 def stage_judge(config: Any, directory: str) -> tuple[str, dict[str, Any]]:
     """The judge of stage 3 (`config.rejection.judge`): ("", {}) when no task is judged; its
     `path` when one is given; otherwise the tiny judge trained here for `train_steps` steps on
-    synthetic verdicts (r1/rewards/judge_data.py) and saved to `directory/judge` (kept across
+    synthetic verdicts (r1/judge/data.py) and saved to `directory/judge` (kept across
     re-runs: a saved judge with its report is reused). Returns (path, its report)."""
     section = config.rejection.get("judge", None)
     if section is None or not tuple(section.tasks):
@@ -321,15 +320,10 @@ def grpo_export(cfg: ml_collections.ConfigDict, run_dir: str, out: str) -> int:
     """Restores the latest checkpoint of the GRPO run `run_dir` (made with `cfg`) and writes its
     policy in HF layout (plus tokenizer files) to `out`; returns the checkpoint's step."""
     exp = grpo_sections.parse(cfg, num_devices=jax.device_count())
-    mesh = sharding.make_mesh(exp.mesh)
-    tokenizer = build.build_tokenizer(exp.tokenizer.kind, exp.tokenizer.path)
-    optimizer = make_optimizer(exp.optimizer, exp.train.steps)
-    with sharding.use_mesh(mesh):
-        policy = build.build_policy(exp.init.hf_path, exp.model, mesh, exp.seed)
-    graphdef, state = init_train_state(policy, optimizer, exp.seed, with_reference=exp.rl.beta > 0)
-    del policy
-    abstract = abstract_with_shardings(state, train_state_shardings(state, optimizer, mesh))
-    del state
+    run = build.start_policy(exp, exp.train.steps, with_reference=exp.rl.beta > 0)
+    abstract = abstract_with_shardings(run.state, run.state_shardings)
+    graphdef, tokenizer = run.graphdef, run.tokenizer
+    del run
     checkpointer = ckpt_lib.Checkpointer(run_dir, keep=exp.train.keep_checkpoints)
     try:
         restored = checkpointer.restore_latest(abstract)

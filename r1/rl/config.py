@@ -35,6 +35,7 @@ from r1.train.config import (
     OptimizerSection,
     TokenizerSection,
     TrainSection,
+    common_sections,
     section,
 )
 
@@ -292,9 +293,7 @@ def _entries(value: Any, where: str, sizes: tuple[int, ...], mappings: bool) -> 
 def parse(config: Any, num_devices: int | None = None) -> GRPOExperiment:
     """Validates a GRPO config into a `GRPOExperiment` (errors name `config.<section>.<field>`);
     with `num_devices`, also that the mesh fits that many devices."""
-    experiment = configlib.parse_experiment(
-        config, extra_sections=SECTIONS, num_devices=num_devices
-    )
+    common = common_sections(config, SECTIONS, num_devices)
     mapping = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     language = mapping.get("language", "en")
     if language not in REFLECTION_WORDS:
@@ -302,18 +301,13 @@ def parse(config: Any, num_devices: int | None = None) -> GRPOExperiment:
             f"config.language: expected one of {sorted(REFLECTION_WORDS)}, got {language!r}"
         )
     return GRPOExperiment(
-        model=experiment.model,
-        mesh=experiment.mesh,
-        seed=experiment.seed,
-        init=section(InitSection, config, "init"),
-        tokenizer=section(TokenizerSection, config, "tokenizer"),
+        **common,
         data=section(DataSection, config, "data"),
         rl=section(RLSection, config, "rl"),
         rewards=_entries(mapping.get("rewards", ()), "config.rewards", (2, 3), mappings=True),
         model_rewards=_entries(
             mapping.get("model_rewards", ()), "config.model_rewards", (3,), mappings=False
         ),
-        optimizer=section(OptimizerSection, config, "optimizer"),
         train=section(TrainSection, config, "train"),
         eval=section(EvalSection, config, "eval"),
         language=language,

@@ -8,12 +8,8 @@ frozen)`). New code: `r1.rewards.spec`.
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import numpy as np
 
 from r1.rewards import RewardSpec, RewardTerm
 from r1.rewards.term import BYTES_SUFFIX, encode_text_fields
@@ -22,24 +18,17 @@ __all__ = ["BYTES_SUFFIX", "RewardBridge", "encode_text_fields"]
 
 
 class RewardBridge:
-    """The step's old `reward_fn(tokens, mask, truncated, fields) -> (total, parts)`: the rule
-    terms of a compiled `RewardSpec`. terms: (reward name, weight, kwargs) triples. `failures`
-    sums the scorer's per-batch failure counts over the run (host side, for logging)."""
+    """The step's `reward_fn(tokens, mask, truncated, fields) -> (total, parts, failures)`: the
+    rule terms of a compiled `RewardSpec`. terms: (reward name, weight, kwargs) triples."""
 
     def __init__(self, terms: Sequence[tuple[str, float, Mapping[str, Any]]], tokenizer: Any):
         self.terms = [(name, float(weight), dict(kwargs or {})) for name, weight, kwargs in terms]
         self.spec = RewardSpec(tuple(RewardTerm(n, w, k) for n, w, k in self.terms))
         self.scorer = self.spec.compile(tokenizer)
-        self.failures: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def _accumulate(self, counts: Mapping[str, Any]) -> None:
-        with self._lock:
-            self.failures.update({k: int(np.asarray(v)) for k, v in counts.items() if v})
 
     def __call__(self, tokens, mask, truncated, fields):
         """(total float32[B], parts {label: float32[B]}, failures {"<label>/<reason>": int32
-        count in this batch}); the failures are step outputs, so the trainer sums them in
-        step order."""
+        count in this batch}); the failures are step outputs, logged per step as
+        `reward_failures/<label>/<reason>`."""
         out = self.scorer(tokens, mask, truncated, fields)
         return out.total, out.parts, dict(out.failures)

@@ -32,12 +32,10 @@ from r1.rl.model_rewards import build_model_rewards
 from r1.rl.reward_bridge import RewardBridge, encode_text_fields
 from r1.rl.step import make_grpo_step
 from r1.train import build
-from r1.train.config import make_optimizer
 from r1.train.distributed import gather_to_host, global_batch
 from r1.train.export import export_model
 from r1.train.heldout import make_heldout_evaluator
 from r1.train.loop import LoopHooks, LoopSettings, run_loop, write_config
-from r1.train.state import init_train_state, train_state_shardings
 
 log = logging.getLogger(__name__)
 
@@ -220,18 +218,9 @@ def train(config: Any, workdir: str) -> dict[str, float]:
     """Runs (or resumes) a GRPO experiment in `workdir`; returns the last metrics."""
     exp = rl_config.parse(config, num_devices=jax.device_count())
     write_config(workdir, config)
-    mesh = sharding.make_mesh(exp.mesh)
-    tokenizer = build.build_tokenizer(exp.tokenizer.kind, exp.tokenizer.path)
-    build.check_vocab(tokenizer, exp.model)
-    optimizer = make_optimizer(exp.optimizer, exp.train.steps)
-    with sharding.use_mesh(mesh):
-        policy = build.build_policy(exp.init.hf_path, exp.model, mesh, exp.seed)
-    graphdef, state = init_train_state(
-        policy, optimizer, exp.seed, with_reference=exp.rl.beta > 0
-    )
-    del policy
-    state_sh = train_state_shardings(state, optimizer, mesh)
-    state = jax.device_put(state, state_sh)
+    run = build.start_policy(exp, exp.train.steps, with_reference=exp.rl.beta > 0)
+    mesh, tokenizer, graphdef, state = run.mesh, run.tokenizer, run.graphdef, run.state
+    optimizer, state_sh = run.optimizer, run.state_shardings
     job = GRPOJob(exp, workdir, tokenizer, mesh, graphdef, state, optimizer)
     evaluator = make_heldout_evaluator(
         procedural.make_task(exp.data.task, **dict(exp.data.task_kwargs or {})),

@@ -1,6 +1,6 @@
 """The reward-model experiment's typed sections (configs/reward_model.py layout), parsed once.
 
-    exp = parse(config, num_devices=jax.device_count())
+exp = parse(config, num_devices=jax.device_count())
 """
 
 from __future__ import annotations
@@ -8,12 +8,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from r1 import configlib
 from r1.models.config import ModelConfig
 from r1.rm.data import TEMPLATES
 from r1.rm.reward import MISSING_SUMMARY, REGIONS
 from r1.sharding import MeshConfig
-from r1.train.config import InitSection, OptimizerSection, TokenizerSection, section
+from r1.train.config import (
+    InitSection,
+    OptimizerSection,
+    TokenizerSection,
+    common_sections,
+    section,
+)
 
 SECTIONS = ("init", "tokenizer", "data", "rm", "optimizer", "train", "eval")
 
@@ -131,18 +136,10 @@ class RMExperiment:
 
 def parse(config: Any, num_devices: int | None = None) -> RMExperiment:
     """Validates a reward-model config (errors name `config.<section>.<field>`)."""
-    experiment = configlib.parse_experiment(
-        config, extra_sections=SECTIONS, num_devices=num_devices
-    )
     return RMExperiment(
-        model=experiment.model,
-        mesh=experiment.mesh,
-        seed=experiment.seed,
-        init=section(InitSection, config, "init"),
-        tokenizer=section(TokenizerSection, config, "tokenizer"),
+        **common_sections(config, SECTIONS, num_devices),
         data=section(DataSection, config, "data"),
         rm=section(RMSection, config, "rm"),
-        optimizer=section(OptimizerSection, config, "optimizer"),
         train=section(RMTrainSection, config, "train"),
         eval=section(RMEvalSection, config, "eval"),
     )

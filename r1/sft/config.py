@@ -1,6 +1,6 @@
 """The SFT experiment's typed sections (configs/sft.py layout), parsed once.
 
-    exp = parse(config, num_devices=jax.device_count())
+exp = parse(config, num_devices=jax.device_count())
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from r1 import configlib
 from r1.models.config import ModelConfig
 from r1.sft import data as sft_data
 from r1.sharding import MeshConfig
@@ -17,6 +16,7 @@ from r1.train.config import (
     OptimizerSection,
     TokenizerSection,
     TrainSection,
+    common_sections,
     section,
 )
 
@@ -111,18 +111,10 @@ class SFTExperiment:
 
 def parse(config: Any, num_devices: int | None = None) -> SFTExperiment:
     """Validates an SFT config into an `SFTExperiment` (errors name `config.<section>.<field>`)."""
-    experiment = configlib.parse_experiment(
-        config, extra_sections=SECTIONS, num_devices=num_devices
-    )
     return SFTExperiment(
-        model=experiment.model,
-        mesh=experiment.mesh,
-        seed=experiment.seed,
-        init=section(InitSection, config, "init"),
-        tokenizer=section(TokenizerSection, config, "tokenizer"),
+        **common_sections(config, SECTIONS, num_devices),
         data=section(DataSection, config, "data"),
         sft=section(SFTSection, config, "sft"),
-        optimizer=section(OptimizerSection, config, "optimizer"),
         train=section(TrainSection, config, "train"),
         eval=section(EvalSection, config, "eval"),
     )

@@ -35,12 +35,10 @@ from r1.sft import data as sft_data
 from r1.sft.config import DataSection
 from r1.sft.step import SFTConfig, make_sft_step
 from r1.train import build
-from r1.train.config import make_optimizer
 from r1.train.distributed import global_batch
 from r1.train.export import export_model
 from r1.train.heldout import make_heldout_evaluator
 from r1.train.loop import LoopHooks, LoopSettings, run_loop, write_config
-from r1.train.state import init_train_state, train_state_shardings
 
 log = logging.getLogger(__name__)
 
@@ -177,16 +175,9 @@ def train_sft(config: Any, workdir: str) -> dict[str, float]:
             f"the {jax.process_count()} processes"
         )
     write_config(workdir, config)
-    mesh = sharding.make_mesh(exp.mesh)
-    tokenizer = build.build_tokenizer(exp.tokenizer.kind, exp.tokenizer.path)
-    build.check_vocab(tokenizer, exp.model)
-    optimizer = make_optimizer(exp.optimizer, exp.train.steps)
-    with sharding.use_mesh(mesh):
-        policy = build.build_policy(exp.init.hf_path, exp.model, mesh, exp.seed)
-    graphdef, state = init_train_state(policy, optimizer, exp.seed, with_reference=False)
-    del policy
-    state_sh = train_state_shardings(state, optimizer, mesh)
-    state = jax.device_put(state, state_sh)
+    run = build.start_policy(exp, exp.train.steps)
+    mesh, tokenizer, graphdef, state = run.mesh, run.tokenizer, run.graphdef, run.state
+    optimizer, state_sh = run.optimizer, run.state_shardings
     job = SFTJob(exp, tokenizer, mesh, graphdef, state, optimizer)
     evaluator = None
     if exp.eval.every > 0 and exp.data.source == "procedural":

@@ -10,6 +10,7 @@ config's seed. The optimizer is built by `r1.train.config.make_optimizer`.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from typing import Any
@@ -22,6 +23,8 @@ from r1.data.tokenizers import HFTokenizer, build_demo_tokenizer
 from r1.models import hf
 from r1.models.config import ModelConfig
 from r1.models.transformer import Transformer
+from r1.train.config import make_optimizer
+from r1.train.state import TrainState, init_train_state, train_state_shardings
 
 
 def resolve_path(path: str) -> str:
@@ -76,4 +79,36 @@ def build_policy(
         return model
     return sharding.create_sharded_model(
         lambda: Transformer(model_cfg, rngs=nnx.Rngs(int(seed))), mesh
+    )
+
+
+@dataclasses.dataclass
+class PolicyRun:
+    """What a policy trainer starts from: the mesh, tokenizer, optimizer, the policy's graphdef
+    and its train state, placed on the mesh with `state_shardings`."""
+
+    mesh: jax.sharding.Mesh
+    tokenizer: Any
+    optimizer: Any
+    graphdef: nnx.GraphDef
+    state: TrainState
+    state_shardings: TrainState
+
+
+def start_policy(exp: Any, total_steps: int, with_reference: bool = False) -> PolicyRun:
+    """The GRPO and SFT trainers' start from their parsed experiment (`mesh`, `tokenizer`,
+    `model`, `init`, `optimizer` and `seed` sections): mesh, tokenizer (checked against the
+    model's vocabulary), optimizer over `total_steps`, policy and train state (with a frozen
+    reference copy when asked), sharded."""
+    mesh = sharding.make_mesh(exp.mesh)
+    tokenizer = build_tokenizer(exp.tokenizer.kind, exp.tokenizer.path)
+    check_vocab(tokenizer, exp.model)
+    optimizer = make_optimizer(exp.optimizer, total_steps)
+    with sharding.use_mesh(mesh):
+        policy = build_policy(exp.init.hf_path, exp.model, mesh, exp.seed)
+    graphdef, state = init_train_state(policy, optimizer, exp.seed, with_reference)
+    del policy
+    shardings = train_state_shardings(state, optimizer, mesh)
+    return PolicyRun(
+        mesh, tokenizer, optimizer, graphdef, jax.device_put(state, shardings), shardings
     )

@@ -55,8 +55,7 @@ class OptimizerSection:
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(
-                f"config.optimizer.schedule: expected 'constant' or 'cosine', got "
-                f"{self.schedule!r}"
+                f"config.optimizer.schedule: expected 'constant' or 'cosine', got {self.schedule!r}"
             )
         if self.learning_rate < 0 or self.warmup_steps < 0:
             raise ValueError(
@@ -100,6 +99,22 @@ def section(cls: type, config: Any, name: str) -> Any:
     """`config.<name>` as `cls` (an absent section takes `cls`'s defaults)."""
     mapping = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     return configlib.to_dataclass(cls, mapping.get(name, {}) or {}, f"config.{name}")
+
+
+def common_sections(config: Any, sections: tuple[str, ...], num_devices: int | None) -> dict:
+    """What every trainer's `parse` shares: model, mesh and seed (`configlib.parse_experiment`,
+    which also rejects top-level sections outside `sections`), init, tokenizer, optimizer."""
+    experiment = configlib.parse_experiment(
+        config, extra_sections=sections, num_devices=num_devices
+    )
+    return dict(
+        model=experiment.model,
+        mesh=experiment.mesh,
+        seed=experiment.seed,
+        init=section(InitSection, config, "init"),
+        tokenizer=section(TokenizerSection, config, "tokenizer"),
+        optimizer=section(OptimizerSection, config, "optimizer"),
+    )
 
 
 def make_optimizer(opt: OptimizerSection, total_steps: int) -> optax.GradientTransformation:

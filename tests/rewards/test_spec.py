@@ -252,12 +252,12 @@ def test_bridge_shim_equals_scorer():
     scorer = RewardSpec.from_config(terms).compile(TOK)
     completion, mask, truncated = rollout(TEXTS)
     fields = scorer.encode_fields({"answer": ["4"] * 4})
-    total, parts = jax.jit(bridge)(completion, mask, truncated, fields)
+    total, parts, failures = jax.jit(bridge)(completion, mask, truncated, fields)
     out = scorer(completion, mask, truncated, fields)
     np.testing.assert_array_equal(total, out.total)
     assert set(parts) == set(out.parts)
-    jax.effects_barrier()
-    assert bridge.failures == {"arithmetic/no_answer": 1}
+    # This batch's failure counts are step outputs (not a host counter).
+    assert {k: int(v) for k, v in failures.items() if int(v)} == {"arithmetic/no_answer": 1}
 
 
 def test_get_imports_only_the_reward_module():
