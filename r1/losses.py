@@ -109,7 +109,7 @@ def mtp_loss(mtp_logits: list[jax.Array], tokens: jax.Array, loss_mask: jax.Arra
 
 def balance_loss(output: ModelOutput) -> jax.Array:
     """Sum over MoE layers of their (already alpha-weighted) sequence-wise balance losses."""
-    terms = [stats["balance_loss"] for stats in output.moe if "balance_loss" in stats]
+    terms = [stats.balance_loss for stats in output.moe]
     return jnp.sum(jnp.stack(terms)) if terms else jnp.zeros((), jnp.float32)
 
 

@@ -19,18 +19,18 @@ from r1.data.tokenizers import build_demo_tokenizer
 from r1.models.config import ModelConfig
 from r1.models.layers import dtype_of
 from r1.models.transformer import Transformer
-from r1.rewards import get as get_reward
 from r1.rl import config as rl_config
 from r1.rl import step as step_lib
-from r1.rl.model_rewards import build_model_rewards
-from r1.rl.reward_bridge import BYTES_SUFFIX, RewardBridge
+from r1.rl.model_rewards import build_scorer
+from r1.rm import config as rm_config
 from r1.rm import model as rm_model
 from r1.rm import step as rm_step
-from r1.rm.reward import think_close_ids
+from r1.rm.reward import region_settings
+from r1.sft import config as sft_config
 from r1.sft import step as sft_step
 from r1.train import build
 from r1.train import state as train_state
-from r1.train.config import OptimizerSection, make_optimizer, section
+from r1.train.config import OptimizerSection, TokenizerSection, make_optimizer, section
 
 
 @dataclasses.dataclass
@@ -69,10 +69,10 @@ def with_shardings(tree: Any, shardings: Any) -> Any:
     )
 
 
-def stand_in_tokenizer(config: Any) -> Any:
+def stand_in_tokenizer(tokenizer: TokenizerSection) -> Any:
     """The run's tokenizer when it can be built here, else the demo tokenizer: the step only
     takes static tag/digit ids from it, which do not change the program's size."""
-    kind, path = config.tokenizer.kind, config.tokenizer.path
+    kind, path = tokenizer.kind, tokenizer.path
     if kind == "demo" or (kind == "hf" and path and pathlib.Path(path).exists()):
         return build.build_tokenizer(kind, path)
     return build_demo_tokenizer()
@@ -83,7 +83,7 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
     step x group), prompt bucket (the largest) and generation length."""
     experiment = rl_config.parse(config)
     model_cfg = experiment.model
-    tokenizer = stand_in_tokenizer(config)
+    tokenizer = stand_in_tokenizer(experiment.tokenizer)
     optimizer = make_optimizer(experiment.optimizer, experiment.train.steps)
     grpo_cfg = experiment.grpo_config(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
     graphdef, state = train_state.abstract_train_state(
@@ -99,32 +99,21 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
         "prompt_mask": jax.ShapeDtypeStruct((prompts, prompt_len), jnp.bool_),
         "row_index": jax.ShapeDtypeStruct((prompts,), jnp.int32),
     }
-    bridge = RewardBridge(list(experiment.rewards), tokenizer)
-    for name, _, _ in bridge.terms:
-        reward = get_reward(name)
-        for field in reward.fields:
-            if reward.kind == "token":
-                batch[field] = jax.ShapeDtypeStruct((prompts,), jnp.int32)
-            else:
-                batch[field + BYTES_SUFFIX] = jax.ShapeDtypeStruct((prompts, 64), jnp.uint8)
-    # Frozen models scored inside the step (reward models, a judge): built from their configs
-    # only, their batch fields shaped by their own encoders.
-    model_rewards, frozen, encoders = build_model_rewards(config, tokenizer, mesh, abstract=True)
-    for encode in encoders:
-        for field, value in encode(["0"] * prompts).items():
-            batch[field] = jax.ShapeDtypeStruct(value.shape, value.dtype)
-    if experiment.data.general_fraction > 0:
-        batch["general"] = jax.ShapeDtypeStruct((prompts,), jnp.bool_)
+    # Frozen models scored inside the step (reward models, a judge) are built from their
+    # configs only; the reward fields are shaped by the spec (its model terms by their encoders).
+    scorer, frozen = build_scorer(
+        experiment.rewards, experiment.model_rewards, tokenizer, mesh, abstract=True
+    )
+    batch.update(scorer.abstract_fields(prompts, general=experiment.data.general_fraction > 0))
     step = step_lib.make_grpo_step(
         graphdef,
         optimizer,
         grpo_cfg,
-        bridge,
+        scorer,
         mesh,
         state,
         batch,
         bias_update_rate=model_cfg.bias_update_rate,
-        model_rewards=model_rewards,
         frozen=frozen or None,
     )
     state_sh = train_state.train_state_shardings(state, optimizer, mesh)
@@ -159,29 +148,28 @@ def sft_program(config: Any, mesh: Mesh) -> Program:
     layout) at the config's batch (`sft.batch_size` packed rows of `data.seq_len` tokens),
     gradient accumulation (`sft.num_microbatches`) and MTP weight, as `r1.sft.trainer` builds it.
     """
-    sft = config.get("sft")
-    data = config.get("data")
-    if sft is None or "batch_size" not in sft or data is None or "seq_len" not in data:
+    if "sft" not in config:
         raise ValueError(
-            "--step=sft: the config needs `sft.batch_size` and `data.seq_len` (configs/sft.py "
+            "--step=sft: the config needs an `sft` section (configs/sft.py or configs/distill.py "
             f"layout); got sections {sorted(config.keys())}"
         )
+    sft = section(sft_config.SFTSection, config, "sft")
+    data = section(sft_config.DataSection, config, "data")
     model_cfg = configlib.model_config(config)
     seed = int(config.get("seed", 0))
     optimizer = make_optimizer(section(OptimizerSection, config, "optimizer"), 1)
     graphdef, state = train_state.abstract_train_state(
         lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)), optimizer, seed, with_reference=False
     )
-    rows, length = int(sft.batch_size), int(data.seq_len)
+    rows, length = sft.batch_size, data.seq_len
     batch = {
         "tokens": jax.ShapeDtypeStruct((rows, length), jnp.int32),
         "segment_ids": jax.ShapeDtypeStruct((rows, length), jnp.int32),
         "positions": jax.ShapeDtypeStruct((rows, length), jnp.int32),
         "loss_mask": jax.ShapeDtypeStruct((rows, length), jnp.bool_),
     }
-    micro = int(sft.get("num_microbatches", 1))
     sft_cfg = sft_step.SFTConfig(
-        num_microbatches=micro,
+        num_microbatches=sft.num_microbatches,
         mtp_weight=model_cfg.mtp_loss_weight if model_cfg.num_mtp_layers else 0.0,
     )
     step = sft_step.make_sft_step(
@@ -199,43 +187,40 @@ def sft_program(config: Any, mesh: Mesh) -> Program:
         rows=rows,
         prompt_len=length,
         new_tokens=0,
-        passes=micro,
+        passes=sft.num_microbatches,
     )
 
 
 def rm_program(config: Any, mesh: Mesh) -> Program:
     """The reward-model trainer's step (`r1.rm.step.rm_step_fn`, configs/reward_model.py
-    layout): `train.batch_size` preference pairs (chosen and rejected rows in one forward) of
-    `data.max_length` tokens, `train.num_microbatches`, the configured scoring region."""
-    needed = (("train", "batch_size"), ("data", "max_length"), ("rm", "region"))
-    missing = [f"{a}.{b}" for a, b in needed if a not in config or b not in config[a]]
-    if missing:
-        raise ValueError(f"--step=rm: the config needs {missing} (configs/reward_model.py layout)")
-    model_cfg = configlib.model_config(config)
-    seed = int(config.get("seed", 0))
-    optimizer = make_optimizer(section(OptimizerSection, config, "optimizer"), 1)
+    layout, parsed by `r1.rm.config.parse`): `train.batch_size` preference pairs (chosen and
+    rejected rows in one forward) of `data.max_length` tokens, `train.num_microbatches`, the
+    configured scoring region."""
+    if "rm" not in config:
+        raise ValueError(
+            "--step=rm: the config needs an `rm` section (configs/reward_model.py layout); got "
+            f"sections {sorted(config.keys())}"
+        )
+    exp = rm_config.parse(config)
+    model_cfg, seed = exp.model, exp.seed
+    optimizer = make_optimizer(exp.optimizer, 1)
     graphdef, state = train_state.abstract_train_state(
         lambda: rm_model.RewardModel(model_cfg, rngs=nnx.Rngs(seed)),
         optimizer,
         seed,
         with_reference=False,
     )
-    pairs, length = int(config.train.batch_size), int(config.data.max_length)
+    pairs, length = exp.train.batch_size, exp.data.max_length
     kinds = {"tokens": jnp.int32, "mask": jnp.bool_, "response": jnp.bool_}
     batch = {
         field: jax.ShapeDtypeStruct((pairs, length), kinds[field.split("_", 1)[1]])
         for field in rm_step.ROW_FIELDS
     }
     batch["margin"] = jax.ShapeDtypeStruct((pairs,), jnp.float32)
-    region = str(config.rm.region)
-    settings = dict(
-        region=region,
-        think_close=think_close_ids(stand_in_tokenizer(config).encode("</think>"))
-        if region == "summary"
-        else (),
-        missing=str(config.rm.get("missing_summary", "empty")),
+    settings = region_settings(
+        exp.rm.region, exp.rm.missing_summary, stand_in_tokenizer(exp.tokenizer)
     )
-    micro = int(config.train.get("num_microbatches", 1))
+    micro = exp.train.num_microbatches
     state_sh = train_state.train_state_shardings(state, optimizer, mesh)
     batch_sh = sharding.batch_shardings(batch, mesh)
     step = jax.jit(
@@ -243,7 +228,7 @@ def rm_program(config: Any, mesh: Mesh) -> Program:
             graphdef,
             optimizer,
             settings,
-            bool(config.rm.get("use_margin", False)),
+            exp.rm.use_margin,
             float(model_cfg.bias_update_rate),
             micro,
         ),

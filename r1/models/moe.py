@@ -5,7 +5,9 @@ parallelism.
 Functional core (pure functions of arrays):
   `route`                  logits -> chosen experts, gate weights, affinities.
   `capacity_keep_mask`     which assignments survive an optional per-expert capacity.
-  `routing_stats`          expert load, sequence-wise balance loss and load diagnostics.
+  `routing_stats`          expert load, sequence-wise balance loss and load diagnostics
+                           (a `RoutingStats` pytree per layer; `total_balance_loss`,
+                           `load_diagnostics` reduce a model's list of them).
   `grouped_ffn`            SwiGLU of rows sorted by expert ("ragged" grouped matmuls).
   `expert_ffn_dispatch`    sort token-expert pairs by expert, `grouped_ffn`, unsort, combine.
   `update_routing_bias`    b <- b + rate * sign(mean(load) - load).
@@ -30,6 +32,7 @@ dropless), and the partial outputs are `psum_scatter`-ed back to the tokens' own
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -141,13 +144,53 @@ def expert_capacity(n_tokens: int, cfg: ModelConfig) -> int | None:
     return max(1, math.ceil(cap))
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class RoutingStats:
+    """One MoE layer's routing statistics of a forward pass (a pytree; `ModelOutput.moe` holds
+    one per MoE layer in forward order). All float32:
+
+    expert_load [E]: valid token assignments per expert (before any capacity drop).
+    balance_loss []: the alpha-weighted sequence-wise balance loss (`routing_stats`).
+    max_mean_load_ratio []: max(load) / mean(load).
+    dead_expert_fraction []: share of experts with zero load.
+    dropped_fraction [] or None: share of valid assignments dropped by the expert capacity
+      (None for dropless routing).
+
+    Stacked (a scanned block's layers, micro-batch slices) each field gains leading axes.
+    """
+
+    expert_load: jax.Array
+    balance_loss: jax.Array
+    max_mean_load_ratio: jax.Array
+    dead_expert_fraction: jax.Array
+    dropped_fraction: jax.Array | None = None
+
+
+def total_balance_loss(stats: Sequence[RoutingStats]) -> jax.Array:
+    """float32[]: the layers' (alpha-weighted) balance losses added in forward order; 0 when
+    there are none (a dense model)."""
+    return sum((s.balance_loss for s in stats), jnp.zeros((), jnp.float32))
+
+
+def load_diagnostics(stats: Sequence[RoutingStats]) -> dict[str, jax.Array]:
+    """{"moe/max_mean_load_ratio", "moe/dead_expert_fraction"}: float32[] means over the MoE
+    layers ({} for a dense model)."""
+    if not stats:
+        return {}
+    return {
+        "moe/max_mean_load_ratio": jnp.mean(jnp.stack([s.max_mean_load_ratio for s in stats])),
+        "moe/dead_expert_fraction": jnp.mean(jnp.stack([s.dead_expert_fraction for s in stats])),
+    }
+
+
 def routing_stats(
     topk_idx: jax.Array,
     scores: jax.Array,
     token_mask: jax.Array,
     cfg: ModelConfig,
     keep: jax.Array | None = None,
-) -> dict[str, jax.Array]:
+) -> RoutingStats:
     """Per-layer routing statistics and the sequence-wise balance loss.
 
     Args:
@@ -155,7 +198,7 @@ def routing_stats(
       token_mask: bool[B, T], False for padding (ignored everywhere).
       keep: optional bool[B, T, k] capacity mask (adds `dropped_fraction`).
 
-    Returns a dict of float32 arrays:
+    Returns the `RoutingStats`:
       expert_load [E]: valid token assignments per expert (before any capacity drop).
       balance_loss []: aux_loss_alpha * mean over sequences (with >= 1 valid token) of
         sum_i f_i P_i, f_i = E / (k T_b) * #tokens choosing i, P_i = mean_t s_i / sum_j s_j
@@ -179,17 +222,18 @@ def routing_stats(
     has_tokens = (n_valid > 0).astype(jnp.float32)
     seq_loss = jnp.sum(per_seq * has_tokens) / jnp.maximum(has_tokens.sum(), 1.0)
     mean_load = jnp.mean(load)
-    stats = {
-        "expert_load": load,
-        "balance_loss": (cfg.aux_loss_alpha * seq_loss).astype(jnp.float32),
-        "max_mean_load_ratio": jnp.max(load) / jnp.maximum(mean_load, 1e-9),
-        "dead_expert_fraction": jnp.mean((load == 0).astype(jnp.float32)),
-    }
+    dropped_fraction = None
     if keep is not None:
         total = jnp.sum(valid) * k
         dropped = jnp.sum((~keep).astype(jnp.float32) * valid[..., None])
-        stats["dropped_fraction"] = dropped / jnp.maximum(total, 1.0)
-    return stats
+        dropped_fraction = dropped / jnp.maximum(total, 1.0)
+    return RoutingStats(
+        expert_load=load,
+        balance_loss=(cfg.aux_loss_alpha * seq_loss).astype(jnp.float32),
+        max_mean_load_ratio=jnp.max(load) / jnp.maximum(mean_load, 1e-9),
+        dead_expert_fraction=jnp.mean((load == 0).astype(jnp.float32)),
+        dropped_fraction=dropped_fraction,
+    )
 
 
 def update_routing_bias(bias: jax.Array, expert_load: jax.Array, rate: float) -> jax.Array:
@@ -454,8 +498,8 @@ class MoE(nnx.Module):
 
     def __call__(
         self, x: jax.Array, token_mask: jax.Array
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """x: float[B, T, D], token_mask: bool[B, T] -> (float[B, T, D], statistics).
+    ) -> tuple[jax.Array, RoutingStats]:
+        """x: float[B, T, D], token_mask: bool[B, T] -> (float[B, T, D], its RoutingStats).
 
         Padding tokens (token_mask False) count in no statistic, take no capacity and skip the
         routed experts (their output is the shared experts' only).
@@ -515,14 +559,15 @@ def moe_layers(model: nnx.Module) -> list[MoE]:
 
 
 def update_model_routing_biases(
-    model: nnx.Module, moe_stats: Sequence[dict[str, jax.Array]], rate: float
+    model: nnx.Module, moe_stats: Sequence[RoutingStats | jax.Array], rate: float
 ) -> None:
-    """Applies `update_routing_bias` in place to each MoE layer with its step's statistics.
+    """Applies `update_routing_bias` in place to each MoE layer with its step's expert load.
 
-    moe_stats: per MoE layer in forward order (`ModelOutput.moe`), each with `expert_load`.
-    When it is shorter than the model's MoE layers (e.g. the MTP modules did not run), only the
-    first len(moe_stats) layers change. A scanned block's MoE (`LayerStack`, bias float32[n, E])
-    takes the next n entries. Call outside the gradient (the bias is state).
+    moe_stats: per MoE layer in forward order (`ModelOutput.moe`), its `RoutingStats` or just
+    its expert load float32[E]. When it is shorter than the model's MoE layers (e.g. the MTP
+    modules did not run), only the first len(moe_stats) layers change. A scanned block's MoE
+    (`LayerStack`, bias float32[n, E]) takes the next n entries. Call outside the gradient (the
+    bias is state).
     """
     layers = moe_layers(model)
     counts = [
@@ -536,22 +581,19 @@ def update_model_routing_biases(
         raise ValueError(
             f"moe_stats has {len(moe_stats)} entries but the model has {capacity} MoE layers"
         )
-    for stats in moe_stats:
-        if "expert_load" not in stats:
-            raise ValueError(f"moe_stats entry lacks 'expert_load'; keys {sorted(stats)}")
+    loads = [s.expert_load if isinstance(s, RoutingStats) else s for s in moe_stats]
     position = 0
     for layer, count in zip(layers, counts):
-        if position >= len(moe_stats):
+        if position >= len(loads):
             break
         bias = layer.e_score_correction_bias
         if count == 0:
-            bias[...] = update_routing_bias(bias[...], moe_stats[position]["expert_load"], rate)
+            bias[...] = update_routing_bias(bias[...], loads[position], rate)
             position += 1
             continue
-        taken = moe_stats[position : position + count]
-        loads = jnp.stack([s["expert_load"] for s in taken])
+        taken = jnp.stack(loads[position : position + count])
         rows = jax.vmap(lambda b, load: update_routing_bias(b, load, rate))(
-            bias[...][: len(taken)], loads
+            bias[...][: len(taken)], taken
         )
         bias[...] = bias[...].at[: len(taken)].set(rows)
         position += len(taken)

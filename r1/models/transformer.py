@@ -12,6 +12,7 @@ from flax import nnx
 from r1.models.attention import Attention, SegmentMask
 from r1.models.config import ModelConfig
 from r1.models.layers import MLP, Embed, RMSNorm, dtype_of, key_stream, param
+from r1.models.moe import MoE, RoutingStats
 from r1.sharding import shard
 
 REMAT_POLICIES = {
@@ -27,7 +28,8 @@ class ModelOutput:
 
     logits: float32[B, T, V] (None when the forward ran with `compute_logits=False`).
     hidden: float[B, T, D] after the final norm.
-    moe: per MoE layer, the statistics dict its router returned (empty for dense models).
+    moe: per MoE layer in forward order, its `r1.models.moe.RoutingStats` (empty for dense
+    models).
     mtp_logits: per multi-token-prediction depth k (1-based), float32[B, T, V] predicting token
     t + 1 + k at position t (empty unless requested, and empty with `compute_logits=False`).
     mtp_hidden: per depth, the MTP module's normed hidden float[B, T, D] those logits come from
@@ -36,7 +38,7 @@ class ModelOutput:
 
     logits: jax.Array | None
     hidden: jax.Array
-    moe: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
+    moe: list[RoutingStats] = dataclasses.field(default_factory=list)
     mtp_logits: list[jax.Array] = dataclasses.field(default_factory=list)
     mtp_hidden: list[jax.Array] = dataclasses.field(default_factory=list)
 
@@ -65,8 +67,6 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, cfg.dtype)
         self.is_moe = cfg.is_moe_layer(layer_index)
         if self.is_moe:
-            from r1.models.moe import MoE
-
             self.mlp = MoE(cfg, rngs)
         else:
             self.mlp = MLP(cfg, cfg.intermediate_size, rngs)
@@ -77,11 +77,11 @@ class DecoderLayer(nnx.Module):
         positions: jax.Array,
         mask: jax.Array,
         token_mask: jax.Array,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """x: float[B, T, D] -> (float[B, T, D], MoE statistics or {})."""
+    ) -> tuple[jax.Array, RoutingStats | None]:
+        """x: float[B, T, D] -> (float[B, T, D], its RoutingStats; None for a dense layer)."""
         x = x + self.attn(self.input_norm(x), positions, mask)
         x = shard(x, ("batch", "length", "act_embed"))
-        stats: dict[str, jax.Array] = {}
+        stats = None
         h = self.post_attn_norm(x)
         if self.is_moe:
             h, stats = self.mlp(h, token_mask)
@@ -137,8 +137,8 @@ class LayerStack(nnx.Module):
         mask: SegmentMask,
         token_mask: jax.Array,
         policy: str,
-    ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
-        """x: float[B, T, D] -> (float[B, T, D], per layer the MoE statistics; [] if dense)."""
+    ) -> tuple[jax.Array, list[RoutingStats]]:
+        """x: float[B, T, D] -> (float[B, T, D], per layer its RoutingStats; [] if dense)."""
         graphdef, state = nnx.split(self.layer)
 
         def body(x, layer_state):
@@ -148,7 +148,7 @@ class LayerStack(nnx.Module):
             body = jax.checkpoint(body, policy=REMAT_POLICIES[policy])
         x, stats = jax.lax.scan(body, x, state)
         per_layer = [jax.tree.map(lambda s, j=j: s[j], stats) for j in range(self.count)]
-        return x, per_layer if stats else []
+        return x, per_layer if stats is not None else []
 
 
 class MTPModule(nnx.Module):
@@ -235,14 +235,14 @@ class Transformer(nnx.Module):
             token_mask = attention_mask.astype(bool)
         mask = SegmentMask(segment_ids.astype(jnp.int32), token_mask)
         x = shard(self.embed(tokens), ("batch", "length", "act_embed"))
-        moe_stats: list[dict[str, jax.Array]] = []
+        moe_stats: list[RoutingStats] = []
         for layer in self.layers:
             if isinstance(layer, LayerStack):
                 x, stacked = layer(x, positions, mask, token_mask, cfg.remat_policy)
                 moe_stats.extend(stacked)
                 continue
             x, stats = _run_layer(layer, x, positions, mask, token_mask, cfg.remat_policy)
-            if stats:
+            if stats is not None:
                 moe_stats.append(stats)
         hidden = self.final_norm(x)
         logits = self.logits_from_hidden(hidden) if compute_logits else None
@@ -252,7 +252,7 @@ class Transformer(nnx.Module):
             for k, module in enumerate(self.mtp, start=1):
                 shifted = jnp.concatenate([tokens[:, k:], jnp.zeros((b, k), tokens.dtype)], axis=1)
                 h, normed, stats = module(h, self.embed(shifted), positions, mask, token_mask)
-                if stats:
+                if stats is not None:
                     moe_stats.append(stats)
                 mtp_hidden.append(normed)
                 if compute_logits:

@@ -355,6 +355,32 @@ class CompiledSpec:
                 out.update(term.encode(rows))
         return out
 
+    def abstract_fields(
+        self, num_prompts: int, text_bytes: int = 64, general: bool = False
+    ) -> dict[str, jax.ShapeDtypeStruct]:
+        """The shapes of `encode_fields`' arrays for `num_prompts` rows, without data (for
+        compiling the step ahead of time): token fields and ``target`` int32[P], other text
+        fields ``<name>__bytes`` uint8[P, text_bytes], model terms' arrays from their `encode` on
+        placeholder rows, ``general`` bool[P] when `general`."""
+        out: dict[str, jax.ShapeDtypeStruct] = {}
+        if general:
+            out["general"] = jax.ShapeDtypeStruct((num_prompts,), jnp.bool_)
+        for term in (*self.token_terms, *self.text_terms):
+            for name in term.needed_fields:
+                if name in out or name + BYTES_SUFFIX in out:
+                    continue
+                if term.kind == "token" or name == "target":
+                    out[name] = jax.ShapeDtypeStruct((num_prompts,), jnp.int32)
+                else:
+                    shape = (num_prompts, text_bytes)
+                    out[name + BYTES_SUFFIX] = jax.ShapeDtypeStruct(shape, jnp.uint8)
+        for term in self.model_terms:
+            if term.encode is not None:
+                rows = {name: ["0"] * num_prompts for name in term.fields}
+                for name, value in term.encode(rows).items():
+                    out[name] = jax.ShapeDtypeStruct(value.shape, value.dtype)
+        return out
+
     # ------------------------------------------------------------------ in the step
     def _text_callback(self, tokens, mask, *arrays, names, has_general):
         tokens, mask = np.asarray(tokens), np.asarray(mask).astype(bool)
@@ -450,26 +476,26 @@ class CompiledSpec:
             total = jnp.where(general, 0.0, total)
             parts = {k: jnp.where(general, jnp.zeros_like(v), v) for k, v in parts.items()}
         if self.model_terms:
-            frozen = frozen or {}
-            missing = [n for n in self.model_names if n not in frozen]
-            if missing:
-                raise ValueError(f"rewards: no frozen model state given for model terms {missing}")
-            for term in self.model_terms:
-                score, model_parts = term.score(
-                    jax.lax.stop_gradient(frozen[term.label]),
-                    prompt_tokens,
-                    prompt_mask,
-                    completion,
-                    completion_mask,
-                    fields,
-                )
-                score, bad = _finite(jax.lax.stop_gradient(score.astype(jnp.float32)))
-                wanted = row_selector(term.rows, fields)
-                if wanted is not None:
-                    score = jnp.where(wanted, score, 0.0)
-                total = total + term.weight * score
-                parts[term.label] = score
-                for part, values in model_parts.items():
-                    parts[f"{term.label}/{part}"] = jax.lax.stop_gradient(values)
-                failures[f"{term.label}/{NON_FINITE}"] = _count(bad, wanted)
+            model_args = (prompt_tokens, prompt_mask, completion, completion_mask, fields)
+            total = self._model_terms(total, parts, failures, frozen or {}, *model_args)
         return ScorerOutput(total, parts, failures)
+
+    def _model_terms(self, total, parts, failures, frozen, *model_args):
+        """Adds the model terms' weighted scores to `total` (returned) and their parts and
+        non-finite counts to `parts` / `failures` (in place)."""
+        missing = [n for n in self.model_names if n not in frozen]
+        if missing:
+            raise ValueError(f"rewards: no frozen model state given for model terms {missing}")
+        fields = model_args[-1]
+        for term in self.model_terms:
+            score, model_parts = term.score(jax.lax.stop_gradient(frozen[term.label]), *model_args)
+            score, bad = _finite(jax.lax.stop_gradient(score.astype(jnp.float32)))
+            wanted = row_selector(term.rows, fields)
+            if wanted is not None:
+                score = jnp.where(wanted, score, 0.0)
+            total = total + term.weight * score
+            parts[term.label] = score
+            for part, values in model_parts.items():
+                parts[f"{term.label}/{part}"] = jax.lax.stop_gradient(values)
+            failures[f"{term.label}/{NON_FINITE}"] = _count(bad, wanted)
+        return total

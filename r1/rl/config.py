@@ -26,6 +26,8 @@ import ml_collections
 from r1 import configlib
 from r1.metrics.behaviour import REFLECTION_WORDS
 from r1.models.config import ModelConfig
+from r1.rewards import RewardSpec
+from r1.rewards.term import ROWS
 from r1.rl.grpo import ADVANTAGE_METHODS, GRPOLossConfig
 from r1.rl.step import GRPOConfig
 from r1.sampling.sampler import SamplingConfig
@@ -234,15 +236,98 @@ class EvalSection:
 
 
 # ----------------------------------------------------------------------------- the experiment
+MODEL_REWARD_KINDS = ("reward_model", "judge")
+# The kwargs each model-reward kind takes besides `path` and `name`, with their allowed values
+# (r1/rm/reward.py: the region a reward model reads, what a response without `</think>` gives).
+MODEL_REWARD_OPTIONS = {
+    "reward_model": {
+        "region": ("summary", "whole"),
+        "missing": ("empty", "response"),
+        "rows": ROWS,
+    },
+    "judge": {},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRewardEntry:
+    """One entry of `config.model_rewards`, a `(kind, weight, kwargs)` triple, typed.
+
+    kind: "reward_model" (a directory written by `r1.rm.model.save`) or "judge" (a judge
+    directory, r1/judge/). weight: its factor in the total reward. name: its label in the
+    metrics (`reward/<name>`; kwargs ``name``, default the kind, `<kind>_<index>` when taken).
+    path: the model's directory (checked when the model loads, at start). options: the kind's
+    other kwargs (reward_model: ``region``, ``missing``, ``rows``; the judge takes none).
+    """
+
+    kind: str
+    weight: float
+    name: str
+    path: str
+    options: typing.Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in MODEL_REWARD_KINDS:
+            raise ValueError(
+                f"unknown kind {self.kind!r} (expected one of {', '.join(MODEL_REWARD_KINDS)})"
+            )
+        unknown = sorted(set(self.options) - set(MODEL_REWARD_OPTIONS[self.kind]))
+        if unknown:
+            raise ValueError(f"unknown {self.kind} options {unknown}")
+        for option, value in self.options.items():
+            allowed = MODEL_REWARD_OPTIONS[self.kind][option]
+            if value not in allowed:
+                raise ValueError(f"{option}: expected one of {allowed}, got {value!r}")
+        if not isinstance(self.path, str) or not self.path:
+            raise ValueError(f"{self.kind} needs kwargs `path` (a directory), got {self.path!r}")
+        if not isinstance(self.weight, (int, float)) or isinstance(self.weight, bool):
+            raise ValueError(f"weight must be a number, got {self.weight!r}")
+
+
+def model_reward_entries(entries: tuple) -> tuple[ModelRewardEntry, ...]:
+    """`(kind, weight, kwargs)` triples -> `ModelRewardEntry`s (errors name
+    `config.model_rewards[i]`); at most one judge per run."""
+    out: list[ModelRewardEntry] = []
+    for index, (kind, weight, kwargs) in enumerate(entries):
+        where = f"config.model_rewards[{index}]"
+        if kwargs is not None and not isinstance(kwargs, typing.Mapping):
+            raise ValueError(f"{where}: kwargs must be a mapping, got {kwargs!r}")
+        options = dict(kwargs or {})
+        taken = {e.name for e in out}
+        name = str(options.pop("name", kind if kind not in taken else f"{kind}_{index}"))
+        try:
+            entry = ModelRewardEntry(kind, weight, name, options.pop("path", None), options)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        if name in taken:
+            raise ValueError(f"{where}: name {name!r} is taken by an earlier model reward")
+        if kind == "judge" and any(e.kind == "judge" for e in out):
+            raise ValueError(f"{where}: only one judge reward per run")
+        out.append(entry)
+    return tuple(out)
+
+
+def reward_spec(entries: tuple) -> RewardSpec:
+    """The rule rewards of `config.rewards` as a `RewardSpec` (errors name `config.rewards`)."""
+    try:
+        return RewardSpec.from_config(entries)
+    except ValueError as err:
+        raise ValueError(
+            f"config.{err}" if str(err).startswith("rewards") else f"config.rewards: {err}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- the experiment
 @dataclasses.dataclass(frozen=True)
 class GRPOExperiment:
     """A GRPO config, typed: model, mesh and seed (`configlib.Experiment`) plus its sections.
 
-    rewards: the reward entries as given (`(name, weight, kwargs)` / `(name, weight)` tuples,
-    names or mappings, see `r1.rewards.spec.RewardSpec.from_config`); model_rewards:
-    `(kind, weight, kwargs)` triples of frozen-model rewards; both are checked for shape here
-    and for meaning by the reward builders. language: the language of the
-    behaviour metrics' reflection words (top-level `config.language`, default "en")."""
+    rewards: the rule rewards of `config.rewards` (`(name, weight, kwargs)` / `(name, weight)`
+    tuples, names or mappings, see `r1.rewards.spec.RewardSpec.from_config`), as a checked
+    `RewardSpec`. model_rewards: the frozen-model rewards of `config.model_rewards` (`(kind,
+    weight, kwargs)` triples), loaded at start by `r1.rl.model_rewards.build_scorer`.
+    language: the language of the behaviour metrics' reflection words (top-level
+    `config.language`, default "en")."""
 
     model: ModelConfig
     mesh: MeshConfig
@@ -251,8 +336,8 @@ class GRPOExperiment:
     tokenizer: TokenizerSection
     data: DataSection
     rl: RLSection
-    rewards: tuple
-    model_rewards: tuple
+    rewards: RewardSpec
+    model_rewards: tuple[ModelRewardEntry, ...]
     optimizer: OptimizerSection
     train: TrainSection
     eval: EvalSection
@@ -300,14 +385,31 @@ def parse(config: Any, num_devices: int | None = None) -> GRPOExperiment:
         raise ValueError(
             f"config.language: expected one of {sorted(REFLECTION_WORDS)}, got {language!r}"
         )
+    rl = section(RLSection, config, "rl")
+    rewards = reward_spec(
+        _entries(mapping.get("rewards", ()), "config.rewards", (2, 3), mappings=True)
+    )
+    model_rewards = model_reward_entries(
+        _entries(mapping.get("model_rewards", ()), "config.model_rewards", (3,), mappings=False)
+    )
+    labels = [t.label for t in rewards.terms]
+    for index, entry in enumerate(model_rewards):
+        if entry.name in labels:
+            raise ValueError(
+                f"config.model_rewards[{index}]: name {entry.name!r} is also a rule reward's "
+                "label; set kwargs `name`"
+            )
+        labels.append(entry.name)
+    if rl.accuracy_reward and rl.accuracy_reward not in labels:
+        raise ValueError(
+            f"config.rl.accuracy_reward: {rl.accuracy_reward!r} is not among the rewards {labels}"
+        )
     return GRPOExperiment(
         **common,
         data=section(DataSection, config, "data"),
-        rl=section(RLSection, config, "rl"),
-        rewards=_entries(mapping.get("rewards", ()), "config.rewards", (2, 3), mappings=True),
-        model_rewards=_entries(
-            mapping.get("model_rewards", ()), "config.model_rewards", (3,), mappings=False
-        ),
+        rl=rl,
+        rewards=rewards,
+        model_rewards=model_rewards,
         train=section(TrainSection, config, "train"),
         eval=section(EvalSection, config, "eval"),
         language=language,

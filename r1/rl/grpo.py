@@ -428,37 +428,13 @@ def grpo_loss(
       ``valid_token_frac``; ``zero_variance_group_frac`` (with rewards); ``truncated_frac``
       (with truncated).
     """
-    _check_rank("logp_new", logp_new, 2, "B, T")
-    shape = logp_new.shape
-    B = shape[0]
-    for name, x in (("logp_old", logp_old), ("completion_mask", completion_mask)):
-        if x.shape != shape:
-            raise ValueError(f"{name}: expected shape {shape} like logp_new, got {x.shape}")
-    if advantages.shape != (B,):
-        raise ValueError(
-            f"advantages: expected shape ({B},) (one per completion row), got {advantages.shape}"
-        )
-    use_kl = config.beta != 0.0
-    if use_kl and logp_ref is None:
-        raise ValueError(f"logp_ref: beta={config.beta} needs reference log-probs, got None")
-    if logp_ref is not None and logp_ref.shape != shape:
-        raise ValueError(f"logp_ref: expected shape {shape}, got {logp_ref.shape}")
-
+    _check_loss_inputs(logp_new, logp_old, logp_ref, advantages, completion_mask, config)
     mask = effective_mask(completion_mask, config=config, truncated=truncated, rewards=rewards)
     mf = mask.astype(jnp.float32)
     # Sanitise masked positions first, so padding garbage cannot make NaN values or gradients.
     new = jnp.where(mask, logp_new.astype(jnp.float32), 0.0)
     old = jax.lax.stop_gradient(jnp.where(mask, logp_old.astype(jnp.float32), 0.0))
-    log_ratio = new - old  # [B, T]
-
-    if config.ratio_level == "token":
-        ratio = jnp.exp(log_ratio)
-    else:
-        n_tok = jnp.maximum(jnp.sum(mf, axis=1, keepdims=True), 1.0)  # [B, 1]
-        seq_log_ratio = jnp.sum(log_ratio * mf, axis=1, keepdims=True) / n_tok  # [B, 1]
-        ratio = jax.lax.stop_gradient(jnp.exp(seq_log_ratio)) * jnp.exp(
-            new - jax.lax.stop_gradient(new)
-        )  # [B, T], value s_i on every token
+    ratio = importance_ratio(new, old, mf, config.ratio_level)
 
     adv = advantages.astype(jnp.float32)[:, None]  # [B, 1]
     lo, hi = 1.0 - config.eps_low, 1.0 + config.eps_high
@@ -472,53 +448,100 @@ def grpo_loss(
     metrics: dict[str, jax.Array] = {}
     kl_loss = jnp.zeros((), jnp.float32)
     if logp_ref is not None:
-        ref = jax.lax.stop_gradient(jnp.where(mask, logp_ref.astype(jnp.float32), 0.0))
-        if not use_kl:  # monitor only: no gradient through the KL metric
-            new_kl = jax.lax.stop_gradient(new)
-        else:
-            new_kl = new
-        d = ref - new_kl
-        k3 = jnp.exp(d) - d - 1.0
+        k3 = _k3(new, logp_ref, mask, with_gradient=config.beta != 0.0)
         metrics["kl"] = jax.lax.stop_gradient(_masked_mean(k3, mf))
-        if use_kl:
+        if config.beta != 0.0:
             kl_loss = config.beta * _aggregate(k3, mf, config) / denom
     loss = policy_loss + kl_loss
 
     sg = jax.lax.stop_gradient
-    r_sg = sg(ratio)
-    low = jnp.logical_and(r_sg < lo, adv < 0.0).astype(jnp.float32)
-    high = jnp.logical_and(r_sg > hi, adv > 0.0).astype(jnp.float32)
     metrics.update(
         {
             "loss": sg(loss),
             "loss/policy": sg(policy_loss),
             "loss/kl": sg(kl_loss),
-            "ratio/mean": _masked_mean(r_sg, mf),
-            "clip_frac/low": _masked_mean(low, mf),
-            "clip_frac/high": _masked_mean(high, mf),
-            "valid_token_frac": jnp.mean(mf),
+            "ratio/mean": _masked_mean(sg(ratio), mf),
         }
     )
-    clip = low + high
-    if config.dual_clip is not None:
-        dual = jnp.logical_and(r_sg > config.dual_clip, adv < 0.0).astype(jnp.float32)
-        metrics["clip_frac/dual"] = _masked_mean(dual, mf)
-        clip = clip + dual
-    metrics["clip_frac"] = _masked_mean(clip, mf)
-
-    row_f = (jnp.sum(mf, axis=1) > 0).astype(jnp.float32)  # [B]
-    a = sg(advantages.astype(jnp.float32))
-    a_mean = _masked_mean(a, row_f)
-    has_rows = jnp.sum(row_f) > 0
-    metrics["advantage/mean"] = a_mean
-    metrics["advantage/std"] = jnp.sqrt(_masked_mean(jnp.square(a - a_mean), row_f))
-    metrics["advantage/min"] = jnp.where(has_rows, jnp.min(jnp.where(row_f > 0, a, jnp.inf)), 0.0)
-    metrics["advantage/max"] = jnp.where(has_rows, jnp.max(jnp.where(row_f > 0, a, -jnp.inf)), 0.0)
+    metrics.update(_clip_metrics(sg(ratio), adv, mf, lo, hi, config.dual_clip))
+    metrics.update(_advantage_metrics(sg(advantages.astype(jnp.float32)), mf))
     if rewards is not None:
-        _check_groups(rewards, B)
+        _check_groups(rewards, logp_new.shape[0])
         metrics["zero_variance_group_frac"] = jnp.mean(
             zero_variance_groups(rewards).astype(jnp.float32)
         )
     if truncated is not None:
         metrics["truncated_frac"] = jnp.mean(truncated.astype(jnp.float32))
     return loss, metrics
+
+
+def _check_loss_inputs(logp_new, logp_old, logp_ref, advantages, completion_mask, config):
+    """Shape checks of `grpo_loss`'s arguments (errors name the argument)."""
+    _check_rank("logp_new", logp_new, 2, "B, T")
+    shape = logp_new.shape
+    for name, x in (("logp_old", logp_old), ("completion_mask", completion_mask)):
+        if x.shape != shape:
+            raise ValueError(f"{name}: expected shape {shape} like logp_new, got {x.shape}")
+    if advantages.shape != (shape[0],):
+        raise ValueError(
+            f"advantages: expected shape ({shape[0]},) (one per completion row), got "
+            f"{advantages.shape}"
+        )
+    if config.beta != 0.0 and logp_ref is None:
+        raise ValueError(f"logp_ref: beta={config.beta} needs reference log-probs, got None")
+    if logp_ref is not None and logp_ref.shape != shape:
+        raise ValueError(f"logp_ref: expected shape {shape}, got {logp_ref.shape}")
+
+
+def importance_ratio(new: jax.Array, old: jax.Array, mf: jax.Array, level: str) -> jax.Array:
+    """float32[B, T] ratios pi / pi_old from sanitised log-probs `new`, `old` (0 where masked)
+    and the float mask `mf`. level "token": ``exp(new - old)``; "sequence" (GSPO): the
+    sequence ratio ``s_i = exp(mean_t (new - old))`` on every token, in the stop-gradient form
+    ``sg[s_i] * exp(new - sg[new])`` (value s_i, gradient s_i * grad new)."""
+    log_ratio = new - old  # [B, T]
+    if level == "token":
+        return jnp.exp(log_ratio)
+    n_tok = jnp.maximum(jnp.sum(mf, axis=1, keepdims=True), 1.0)  # [B, 1]
+    seq_log_ratio = jnp.sum(log_ratio * mf, axis=1, keepdims=True) / n_tok  # [B, 1]
+    return jax.lax.stop_gradient(jnp.exp(seq_log_ratio)) * jnp.exp(new - jax.lax.stop_gradient(new))
+
+
+def _k3(new: jax.Array, logp_ref: jax.Array, mask: jax.Array, with_gradient: bool) -> jax.Array:
+    """float32[B, T] k3 = exp(d) - d - 1, d = ref - new (masked positions 0); without
+    `with_gradient` (beta == 0, a monitor only) no gradient flows through it."""
+    ref = jax.lax.stop_gradient(jnp.where(mask, logp_ref.astype(jnp.float32), 0.0))
+    new_kl = new if with_gradient else jax.lax.stop_gradient(new)
+    d = ref - new_kl
+    return jnp.exp(d) - d - 1.0
+
+
+def _clip_metrics(ratio, adv, mf, lo: float, hi: float, dual_clip: float | None) -> dict:
+    """Fractions of valid tokens whose policy gradient a clip cuts off (`grpo_loss`)."""
+    low = jnp.logical_and(ratio < lo, adv < 0.0).astype(jnp.float32)
+    high = jnp.logical_and(ratio > hi, adv > 0.0).astype(jnp.float32)
+    metrics = {
+        "clip_frac/low": _masked_mean(low, mf),
+        "clip_frac/high": _masked_mean(high, mf),
+        "valid_token_frac": jnp.mean(mf),
+    }
+    clip = low + high
+    if dual_clip is not None:
+        dual = jnp.logical_and(ratio > dual_clip, adv < 0.0).astype(jnp.float32)
+        metrics["clip_frac/dual"] = _masked_mean(dual, mf)
+        clip = clip + dual
+    metrics["clip_frac"] = _masked_mean(clip, mf)
+    return metrics
+
+
+def _advantage_metrics(a: jax.Array, mf: jax.Array) -> dict:
+    """Mean / std (population) / min / max of advantages float32[B] over rows with a valid
+    token (0 when there is none)."""
+    row_f = (jnp.sum(mf, axis=1) > 0).astype(jnp.float32)  # [B]
+    a_mean = _masked_mean(a, row_f)
+    has_rows = jnp.sum(row_f) > 0
+    return {
+        "advantage/mean": a_mean,
+        "advantage/std": jnp.sqrt(_masked_mean(jnp.square(a - a_mean), row_f)),
+        "advantage/min": jnp.where(has_rows, jnp.min(jnp.where(row_f > 0, a, jnp.inf)), 0.0),
+        "advantage/max": jnp.where(has_rows, jnp.max(jnp.where(row_f > 0, a, -jnp.inf)), 0.0),
+    }

@@ -1,7 +1,8 @@
 """The GRPO iteration as ONE compiled program.
 
     sample G completions per prompt (KV-cache sampler, pi_old log-probs from the sampler)
-    -> rewards (jax.numpy rewards fused; text rewards through jax.pure_callback)
+    -> rewards (the run's compiled `r1.rewards.RewardSpec`: jax.numpy rule terms fused, text
+       terms through one jax.pure_callback, frozen reward models / judge as model terms)
     -> group advantages -> reference log-probs (skipped when beta == 0)
     -> mu iterations x M mini-batches of optax updates (lax.scan)
     -> MoE balancing-bias update -> reference refresh every N steps -> metrics
@@ -30,6 +31,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from r1 import sharding
+from r1.models.moe import load_diagnostics, total_balance_loss
+from r1.rewards import CompiledSpec, ScorerOutput
 from r1.rl.grpo import (
     GRPOLossConfig,
     chunked_token_logprobs,
@@ -49,45 +52,6 @@ from r1.train.state import (
 )
 
 Batch = dict[str, jax.Array]
-# (completion tokens int32[B, N], completion mask bool[B, N], truncated bool[B], per-row fields)
-#   -> (total reward float32[B], {name: float32[B]}[, {"<name>/<reason>": int32 count}])
-RewardFn = Callable[
-    [jax.Array, jax.Array, jax.Array, dict[str, jax.Array]],
-    tuple,
-]
-
-
-# (frozen model state, prompt tokens int32[B, L], prompt mask bool[B, L], completion int32[B, N],
-#  completion mask bool[B, N], per-row fields) -> (score float32[B], {part name: float32[B]})
-ModelScoreFn = Callable[
-    [Any, jax.Array, jax.Array, jax.Array, jax.Array, dict[str, jax.Array]],
-    tuple[jax.Array, dict[str, jax.Array]],
-]
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelReward:
-    """A reward computed by a frozen model inside the compiled step (a reward model, a judge).
-
-    The model's state is another input of the step (`frozen[name]`, sharded by the same rules,
-    never donated, under stop_gradient), like the reference policy: sampling, judging and the
-    update stay one program. The score is added to the rule rewards with `weight`; it and its
-    parts are logged as `reward/<name>` and `reward/<name>/<part>`. rows: which rows it scores
-    when the batch has a `general` field (R1 stage 4: rule rewards score reasoning rows only,
-    a reward model `rows="general"` the general ones); "all" scores every row.
-    """
-
-    name: str
-    weight: float
-    score: ModelScoreFn
-    rows: str = "all"
-
-    def __post_init__(self):
-        if self.rows not in ("all", "general", "reasoning"):
-            raise ValueError(
-                f"ModelReward {self.name!r}: rows must be all, general or reasoning, got "
-                f"{self.rows!r}"
-            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +108,9 @@ def _full_sequences(prompt_tokens, prompt_mask, completion, completion_mask, gro
 
 def completion_logprobs(model, tokens, mask, positions, prompt_len: int, completion):
     """Log-probs float32[B, N] of the completion tokens, their entropies float32[B, N] and the
-    MoE statistics of this forward pass. Vocabulary logits exist `logits_chunk_size` positions
-    at a time (`r1.rl.grpo.chunked_token_logprobs`; 0 = all at once), never as [B, L + N, V]
-    unless asked."""
+    MoE layers' `RoutingStats` of this forward pass. Vocabulary logits exist
+    `logits_chunk_size` positions at a time (`r1.rl.grpo.chunked_token_logprobs`; 0 = all at
+    once), never as [B, L + N, V] unless asked."""
     output = model.forward(tokens, positions=positions, attention_mask=mask, compute_logits=False)
     n = completion.shape[1]
     hidden = output.hidden[:, prompt_len - 1 : prompt_len - 1 + n]
@@ -154,19 +118,6 @@ def completion_logprobs(model, tokens, mask, positions, prompt_len: int, complet
         hidden, model.logits_from_hidden, completion, model.config.logits_chunk_size
     )
     return logp, entropy, output.moe
-
-
-def _moe_means(moe_stats: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
-    if not moe_stats:
-        return {}
-    return {
-        "moe/max_mean_load_ratio": jnp.mean(
-            jnp.stack([s["max_mean_load_ratio"] for s in moe_stats])
-        ),
-        "moe/dead_expert_fraction": jnp.mean(
-            jnp.stack([s["dead_expert_fraction"] for s in moe_stats])
-        ),
-    }
 
 
 @jax.tree_util.register_dataclass
@@ -188,17 +139,6 @@ class Rollout:
     lengths: jax.Array
     truncated: jax.Array
     fields: dict[str, jax.Array]
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class Scores:
-    """Rewards of a rollout: total float32[B], parts {name: float32[B]} (unweighted, for
-    logging), failures {name: int32 scalar} (rows whose reward failed, this step)."""
-
-    total: jax.Array
-    parts: dict[str, jax.Array]
-    failures: dict[str, jax.Array]
 
 
 def rollout(policy: nnx.Module, batch: Batch, key: jax.Array, config: GRPOConfig) -> Rollout:
@@ -227,48 +167,27 @@ def rollout(policy: nnx.Module, batch: Batch, key: jax.Array, config: GRPOConfig
     )
 
 
-def score(
-    rows: Rollout,
-    reward_fn: RewardFn,
-    model_rewards: tuple[ModelReward, ...],
-    frozen: dict[str, Any],
-    group: int,
-) -> Scores:
-    """Phase 2: rule rewards, then frozen-model rewards, added with their weights. With a
-    `general` field (R1 stage 4) rule rewards score the reasoning rows only, and a model reward
-    with rows="general" / "reasoning" only those rows."""
-    out = reward_fn(rows.completion, rows.completion_mask, rows.truncated, rows.fields)
-    total, parts = out[0].astype(jnp.float32), out[1]
-    failures = dict(out[2]) if len(out) > 2 else {}
-    general = rows.fields["general"].astype(bool) if "general" in rows.fields else None
-    if general is not None:
-        total = jnp.where(general, 0.0, total)
-        parts = {k: jnp.where(general, jnp.zeros_like(v), v) for k, v in parts.items()}
-    parts = dict(parts)
-    if model_rewards:
-        row_prompts = jnp.repeat(rows.prompt_tokens, group, axis=0)
-        row_prompt_mask = jnp.repeat(rows.prompt_mask.astype(bool), group, axis=0)
-    for model_reward in model_rewards:
-        value, extra_parts = model_reward.score(
-            jax.lax.stop_gradient(frozen[model_reward.name]),
-            row_prompts,
-            row_prompt_mask,
-            rows.completion,
-            rows.completion_mask,
-            rows.fields,
-        )
-        value = jax.lax.stop_gradient(value.astype(jnp.float32))
-        if general is not None and model_reward.rows != "all":
-            wanted = general if model_reward.rows == "general" else ~general
-            value = jnp.where(wanted, value, 0.0)
-        total = total + model_reward.weight * value
-        parts[model_reward.name] = value
-        for part, values in extra_parts.items():
-            parts[f"{model_reward.name}/{part}"] = values
-    return Scores(total, parts, failures)
+def score(rows: Rollout, scorer: CompiledSpec, frozen: dict[str, Any], group: int) -> ScorerOutput:
+    """Phase 2: the compiled reward spec on the rollout (`r1.rewards.CompiledSpec.__call__`):
+    rule terms, then frozen-model terms, added with their weights. With a `general` field (R1
+    stage 4) rule terms score the reasoning rows only, and a model term the rows its `rows`
+    selects. Model terms see the prompt repeated per row."""
+    prompt_tokens = prompt_mask = None
+    if scorer.model_terms:
+        prompt_tokens = jnp.repeat(rows.prompt_tokens, group, axis=0)
+        prompt_mask = jnp.repeat(rows.prompt_mask.astype(bool), group, axis=0)
+    return scorer(
+        rows.completion,
+        rows.completion_mask,
+        rows.truncated,
+        rows.fields,
+        prompt_tokens,
+        prompt_mask,
+        frozen,
+    )
 
 
-def advantages(scores: Scores, config: GRPOConfig) -> tuple[jax.Array, jax.Array]:
+def advantages(scores: ScorerOutput, config: GRPOConfig) -> tuple[jax.Array, jax.Array]:
     """Phase 3: group-relative advantages float32[B] and the rewards as float32[P, G]."""
     rewards_pg = scores.total.reshape(-1, config.group_size)
     adv = group_advantages(rewards_pg, method=config.advantage_method, std_ddof=config.std_ddof)
@@ -352,12 +271,12 @@ def policy_update(
             denominator=denominator,
         )
         # A mean over sequences: each of the `micro` slices contributes 1/micro of it.
-        moe_loss = sum((s["balance_loss"] for s in moe), jnp.zeros((), jnp.float32)) / micro
+        moe_loss = total_balance_loss(moe) / micro
         cmask = mb["completion_mask"]
         ent = jnp.where(cmask, jax.lax.stop_gradient(entropy), 0.0)
         metrics["entropy"] = jnp.sum(ent) / jnp.maximum(jnp.sum(cmask), 1)
-        metrics.update(_moe_means(moe))
-        return loss + moe_loss, (metrics, [s["expert_load"] for s in moe])
+        metrics.update(load_diagnostics(moe))
+        return loss + moe_loss, (metrics, [s.expert_load for s in moe])
 
     def update(carry, index):
         params, opt_state = carry
@@ -389,7 +308,7 @@ def refresh_reference(params: Any, ref_params: Any, new_step: jax.Array, every: 
     return jax.tree.map(lambda p, r: jnp.where(refresh, p, r), params, ref_params)
 
 
-def step_metrics(rows: Rollout, scores: Scores, rewards_pg, config: GRPOConfig) -> dict:
+def step_metrics(rows: Rollout, scores: ScorerOutput, rewards_pg, config: GRPOConfig) -> dict:
     """Phase 6: rollout and reward metrics (the update's come from `policy_update`)."""
     lengths = rows.lengths.astype(jnp.float32)
     rewards = scores.total
@@ -422,23 +341,23 @@ def grpo_step_fn(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
     config: GRPOConfig,
-    reward_fn: RewardFn,
+    scorer: CompiledSpec,
     bias_update_rate: float = 0.0,
-    model_rewards: tuple[ModelReward, ...] = (),
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array], dict[str, jax.Array]]]:
     """The un-jitted `step(state, batch, frozen=None) -> (state, metrics, samples)` (for
     `jax.jit(...).lower(...)`, tests and AOT compilation): the phases above in order.
 
     batch: {"prompt_tokens": int32[P, L] left-padded, "prompt_mask": bool[P, L], plus any
-    per-prompt fields [P, ...] handed to the rewards (repeated to [B, ...])}. frozen: {name:
-    model state} for each of `model_rewards`. samples: the completions (tokens, mask), their
+    per-prompt fields [P, ...] handed to the rewards (repeated to [B, ...]), e.g. from
+    `scorer.encode_fields`}. frozen: {label: model state} for each of `scorer.model_names`.
+    samples: the completions (tokens, mask), their
     rewards and 0/1 correctness, for host-side logging.
     """
     group = config.group_size
 
     def step(state: TrainState, batch: Batch, frozen: dict[str, Any] | None = None):
         frozen = frozen or {}
-        missing = [r.name for r in model_rewards if r.name not in frozen]
+        missing = [name for name in scorer.model_names if name not in frozen]
         if missing:
             raise ValueError(f"GRPO step: no frozen model state given for rewards {missing}")
         num_prompts, prompt_len = batch["prompt_tokens"].shape
@@ -450,7 +369,7 @@ def grpo_step_fn(
         rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
         policy = nnx.merge(graphdef, state.params, state.extra)
         rows = rollout(policy, batch, sample_key, config)
-        scores = score(rows, reward_fn, model_rewards, frozen, group)
+        scores = score(rows, scorer, frozen, group)
         adv, rewards_pg = advantages(scores, config)
         inputs = _loss_inputs(graphdef, state, rows, config, rewards_pg)
         params, opt_state, metrics, loads = policy_update(
@@ -501,26 +420,26 @@ def make_grpo_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
     config: GRPOConfig,
-    reward_fn: RewardFn,
+    scorer: CompiledSpec,
     mesh: Mesh,
     state: TrainState,
     batch: Batch,
     bias_update_rate: float = 0.0,
-    model_rewards: tuple[ModelReward, ...] = (),
     frozen: dict[str, Any] | None = None,
 ):
     """The jitted step with explicit shardings (state donated). `state` and `batch` give the
     structure (abstract values are fine). Call it under `r1.sharding.use_mesh(mesh)`.
 
-    Without model rewards it is `step(state, batch)`; with them `step(state, batch, frozen)`,
-    where `frozen` ({name: nnx.State}, given here for its structure) is sharded by the rules
-    and not donated."""
+    scorer: the run's compiled reward spec (`r1.rl.model_rewards.build_scorer`). Without model
+    terms the step is `step(state, batch)`; with them `step(state, batch, frozen)`, where
+    `frozen` ({label: nnx.State}, given here for its structure) is sharded by the rules and not
+    donated."""
     rows = batch["prompt_tokens"].shape[0] * config.group_size
     if config.num_microbatches == 0:
         config = dataclasses.replace(
             config, num_microbatches=auto_microbatches(rows // config.num_minibatches, mesh)
         )
-    fn = grpo_step_fn(graphdef, optimizer, config, reward_fn, bias_update_rate, model_rewards)
+    fn = grpo_step_fn(graphdef, optimizer, config, scorer, bias_update_rate)
     state_sh = train_state_shardings(state, optimizer, mesh)
     batch_sh = sharding.batch_shardings(batch, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -534,7 +453,7 @@ def make_grpo_step(
         "correct": rewards_sh,
     }
     out_shardings = (state_sh, replicated, samples_sh)
-    if not model_rewards:
+    if not scorer.model_names:
         return jax.jit(
             lambda state, batch: fn(state, batch),
             in_shardings=(state_sh, batch_sh),
@@ -542,7 +461,10 @@ def make_grpo_step(
             donate_argnums=(0,),
         )
     if frozen is None:
-        raise ValueError("make_grpo_step: model_rewards need `frozen` (their model states)")
+        raise ValueError(
+            f"make_grpo_step: the model rewards {list(scorer.model_names)} need `frozen` (their "
+            "model states)"
+        )
     frozen_sh = {name: sharding.state_shardings(value, mesh) for name, value in frozen.items()}
     return jax.jit(
         fn,

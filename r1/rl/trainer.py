@@ -27,9 +27,9 @@ from r1 import sharding
 from r1.data import pipeline, procedural
 from r1.data.mixture import GeneralMixture, load_general_prompts
 from r1.metrics.behaviour import behaviour_metrics
+from r1.rewards import CompiledSpec
 from r1.rl import config as rl_config
-from r1.rl.model_rewards import build_model_rewards
-from r1.rl.reward_bridge import RewardBridge, encode_text_fields
+from r1.rl.model_rewards import build_scorer
 from r1.rl.step import make_grpo_step
 from r1.train import build
 from r1.train.distributed import gather_to_host, global_batch
@@ -77,23 +77,17 @@ def prompt_stream(exp: rl_config.GRPOExperiment, tokenizer: Any):
     return iter(dataset)
 
 
-def batch_arrays(batch: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Pipeline batch (numpy, object fields) -> step batch (arrays only) and the prompt texts."""
+# Pipeline batch keys that are not reward fields: the prompt itself and host-side bookkeeping.
+NOT_REWARD_FIELDS = ("tokens", "mask", "prompt_text", "prompt", "id", "task", "difficulty")
+
+
+def batch_arrays(
+    batch: dict[str, Any], scorer: CompiledSpec
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Pipeline batch (numpy, object fields) -> the step's batch (arrays only: prompt tokens and
+    mask, `row_index`, and the reward fields `scorer.encode_fields` makes of the rows' columns)
+    and the host-side values {"prompt_texts": [P] str, "difficulty": int32[P] or None}."""
     arrays = {"prompt_tokens": batch["tokens"].astype(np.int32), "prompt_mask": batch["mask"]}
-    answers = [str(a) for a in batch["answer"]]
-    general = np.asarray(batch["general"], bool) if "general" in batch else None
-    try:
-        # general prompts (R1 stage 4) have no answer: target -1 matches nothing
-        arrays["target"] = np.asarray(
-            [-1 if general is not None and general[i] else int(a) for i, a in enumerate(answers)],
-            np.int32,
-        )
-    except ValueError:
-        pass
-    if general is not None:
-        arrays["general"] = general
-    if "difficulty" in batch:
-        arrays["difficulty"] = np.asarray(batch["difficulty"], np.int32)
     if "id" in batch:
         # Procedural ids end in the row's index: sampling keys follow the row, not its position
         # in the batch, so a batch split across hosts samples what one host would.
@@ -103,8 +97,15 @@ def batch_arrays(batch: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[str
             )
         except (IndexError, ValueError):
             pass
-    arrays.update(encode_text_fields({"answer": answers}))
-    return arrays, list(batch["prompt_text"])
+    columns = {k: list(v) for k, v in batch.items() if k not in NOT_REWARD_FIELDS}
+    arrays.update(scorer.encode_fields(columns))
+    host = {
+        "prompt_texts": list(batch["prompt_text"]),
+        "difficulty": (
+            np.asarray(batch["difficulty"], np.int32) if "difficulty" in batch else None
+        ),
+    }
+    return arrays, host
 
 
 # ----------------------------------------------------------------------------- the job
@@ -118,19 +119,12 @@ class GRPOJob:
         self.template_state = state
         self.grpo_cfg = exp.grpo_config(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
         self.data_iter = prompt_stream(exp, tokenizer)
-        self.bridge = RewardBridge([tuple(t) for t in exp.rewards], tokenizer)
-        self.model_rewards, self.frozen, self.field_encoders = build_model_rewards(
-            {"model_rewards": exp.model_rewards}, tokenizer, mesh
-        )
+        self.scorer, self.frozen = build_scorer(exp.rewards, exp.model_rewards, tokenizer, mesh)
         self.compiled: dict[tuple, Any] = {}
         self.gathered: tuple[int, Any] = (-1, None)
 
     def next_batch(self, step: int):
-        raw = next(self.data_iter)
-        arrays, prompt_texts = batch_arrays(raw)
-        for encode in self.field_encoders:
-            arrays.update(encode([str(a) for a in raw["answer"]]))
-        return arrays, prompt_texts
+        return batch_arrays(next(self.data_iter), self.scorer)
 
     def _step_fn(self, arrays: dict[str, np.ndarray]):
         key = tuple((k, v.shape) for k, v in sorted(arrays.items()))
@@ -145,12 +139,11 @@ class GRPOJob:
                     self.graphdef,
                     self.optimizer,
                     self.grpo_cfg,
-                    self.bridge,
+                    self.scorer,
                     self.mesh,
                     self.template_state,
                     abstract_batch,
                     bias_update_rate=self.exp.model.bias_update_rate,
-                    model_rewards=self.model_rewards,
                     frozen=self.frozen or None,
                 ),
                 sharding.batch_shardings(abstract_batch, self.mesh),
@@ -162,16 +155,16 @@ class GRPOJob:
         step_fn, batch_sh = self._step_fn(arrays)
         device_batch = {k: global_batch(v, batch_sh[k]) for k, v in arrays.items()}
         with sharding.use_mesh(self.mesh):
-            if self.model_rewards:
+            if self.scorer.model_names:
                 return step_fn(state, device_batch, self.frozen)
             return step_fn(state, device_batch)
 
     def host_metrics(self, step, batch, metrics, samples, seconds) -> dict[str, float]:
-        arrays, _ = batch
+        _, host = batch
         out = {"tokens_per_sec": metrics["generated_tokens"] / seconds}
         samples = gather_to_host(samples)  # a collective: every process takes part
         self.gathered = (step, samples)
-        difficulty = gather_to_host(arrays.get("difficulty"))
+        difficulty = gather_to_host(host["difficulty"])
         out.update(
             step_behaviour(
                 samples, self.tokenizer, difficulty, self.exp.rl.group_size, self.exp.language
@@ -183,7 +176,7 @@ class GRPOJob:
         every = self.exp.train.samples_every
         if jax.process_index() != 0 or every <= 0 or not (step % every == 0 or step == 1):
             return
-        _, prompt_texts = batch
+        prompt_texts = batch[1]["prompt_texts"]
         gathered_step, gathered = self.gathered
         if gathered_step != step:
             raise RuntimeError(f"GRPO samples of step {gathered_step} logged as step {step}")

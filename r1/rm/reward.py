@@ -14,11 +14,13 @@ the reward model's parameters as a (frozen) input, on any mesh.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from r1.rewards.extract import THINK_CLOSE
 from r1.rewards.tokens import TagIds, find_sequence
 from r1.rm.model import RewardModel
 
@@ -34,6 +36,15 @@ def think_close_ids(ids: TagIds | Sequence[int]) -> tuple[int, ...]:
     if not out:
         raise ValueError("think_close: expected the non-empty token ids of '</think>'")
     return out
+
+
+def region_settings(region: str, missing: str, tokenizer: Any) -> dict[str, Any]:
+    """The static scoring settings of `region_mask` / `pair_scores` ({region, think_close,
+    missing}): the `</think>` ids come from `tokenizer` when the region is "summary"."""
+    if region not in REGIONS:
+        raise ValueError(f"region: expected one of {REGIONS}, got {region!r}")
+    close = think_close_ids(tokenizer.encode(THINK_CLOSE)) if region == "summary" else ()
+    return {"region": region, "think_close": close, "missing": missing}
 
 
 def summary_mask(

@@ -74,7 +74,7 @@ def rm_step_fn(
                 "reward/rejected": jnp.mean(r_r),
                 "reward/gap": jnp.mean(r_c - r_r),
             }
-            loads = [s["expert_load"] for s in output.moe if "expert_load" in s]
+            loads = [s.expert_load for s in output.moe]
             return (bt + moe) / m, (metrics, loads)
 
         grads, (metrics, loads) = accumulate_grads(loss_fn, state.params, batch, m)

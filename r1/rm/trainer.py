@@ -30,12 +30,11 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from r1 import sharding
-from r1.data import templates
 from r1.rm import config as rm_config
 from r1.rm import data as rm_data
 from r1.rm import model as rm_model
 from r1.rm.loss import bradley_terry_losses, pair_accuracy
-from r1.rm.reward import think_close_ids
+from r1.rm.reward import region_settings
 from r1.rm.step import pair_scores, rm_step_fn
 from r1.train import build
 from r1.train.config import make_optimizer
@@ -68,9 +67,7 @@ def build_reward_model(exp: rm_config.RMExperiment, mesh) -> rm_model.RewardMode
         return model
     if exp.init.hf_path:
         backbone = build.build_policy(exp.init.hf_path, model_cfg, mesh, exp.seed)
-        return rm_model.RewardModel(
-            backbone.config, rngs=nnx.Rngs(exp.seed + 1), backbone=backbone
-        )
+        return rm_model.RewardModel(backbone.config, rngs=nnx.Rngs(exp.seed + 1), backbone=backbone)
     return sharding.create_sharded_model(
         lambda: rm_model.RewardModel(model_cfg, rngs=nnx.Rngs(exp.seed)), mesh
     )
@@ -173,16 +170,6 @@ def _batch_indices(step: int, batch_size: int, num_pairs: int, seed: int) -> np.
     return out
 
 
-def _settings(exp: rm_config.RMExperiment, tokenizer: Any) -> dict:
-    region = exp.rm.region
-    think_close = think_close_ids(tokenizer.encode(templates.THINK_CLOSE))
-    return dict(
-        region=region,
-        think_close=think_close if region == "summary" else (),
-        missing=exp.rm.missing_summary,
-    )
-
-
 def _pairs(exp, tokenizer, workdir) -> tuple[dict, dict, Counter]:
     """The encoded train and held-out pair arrays and every skip count."""
     train_pairs, eval_pairs, skipped = load_pair_splits(exp, workdir)
@@ -261,7 +248,7 @@ def train_rm(config: Any, workdir: str) -> dict[str, float]:
     mesh = sharding.make_mesh(exp.mesh)
     tokenizer = build.build_tokenizer(exp.tokenizer.kind, exp.tokenizer.path)
     build.check_vocab(tokenizer, exp.model)
-    settings = _settings(exp, tokenizer)
+    settings = region_settings(exp.rm.region, exp.rm.missing_summary, tokenizer)
     train_arrays, eval_arrays, skipped = _pairs(exp, tokenizer, workdir)
     num_pairs = len(train_arrays["margin"])
     if num_pairs < exp.train.batch_size:

@@ -35,6 +35,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from r1.losses import balance_loss, chunked_cross_entropy, token_cross_entropy
+from r1.models.moe import load_diagnostics
 from r1.models.transformer import ModelOutput
 from r1.sharding import batch_shardings
 from r1.train.state import TrainState, accumulate_grads, apply_update, train_state_shardings
@@ -175,13 +176,6 @@ def forward(
     )
 
 
-def _moe_means(moe_stats: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
-    keys = ("max_mean_load_ratio", "dead_expert_fraction")
-    if not moe_stats:
-        return {}
-    return {f"moe/{k}": jnp.mean(jnp.stack([s[k] for s in moe_stats])) for k in keys}
-
-
 def sft_grads(
     graphdef: nnx.GraphDef,
     params: Any,
@@ -218,8 +212,8 @@ def sft_grads(
             logits_chunk_size=chunk,
         )
         metrics["loss"] = loss
-        moe = _moe_means(output.moe)
-        return loss, (metrics, moe, [s["expert_load"] for s in output.moe])
+        moe = load_diagnostics(output.moe)
+        return loss, (metrics, moe, [s.expert_load for s in output.moe])
 
     rows_only = {k: batch[k] for k in BATCH_KEYS}
     grads, (metrics, moe, loads) = accumulate_grads(

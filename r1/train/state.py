@@ -200,7 +200,7 @@ def update_routing_biases(
     if not rate or not loads:
         return extra
     model = nnx.merge(graphdef, params, extra)
-    update_model_routing_biases(routed(model), [{"expert_load": x} for x in loads], rate)
+    update_model_routing_biases(routed(model), list(loads), rate)
     _, _, extra = nnx.split(model, nnx.Param, ...)
     return extra
 

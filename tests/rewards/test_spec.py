@@ -244,20 +244,27 @@ def test_jitted_scorer_equals_host_path_for_text_terms():
     assert counted == host.failures
 
 
-def test_bridge_shim_equals_scorer():
-    from r1.rl.reward_bridge import RewardBridge
-
-    terms = [("format_strict_tokens", 0.5, {}), ("arithmetic", 1.0, {})]
-    bridge = RewardBridge(terms, TOK)
+def test_failures_are_batch_outputs_and_abstract_fields_match_encoded():
+    terms = [
+        ("format_strict_tokens", 0.5, {}),
+        ("arithmetic_tokens", 1.0, {}),
+        "arithmetic",
+        "math",
+    ]
     scorer = RewardSpec.from_config(terms).compile(TOK)
     completion, mask, truncated = rollout(TEXTS)
-    fields = scorer.encode_fields({"answer": ["4"] * 4})
-    total, parts, failures = jax.jit(bridge)(completion, mask, truncated, fields)
-    out = scorer(completion, mask, truncated, fields)
-    np.testing.assert_array_equal(total, out.total)
-    assert set(parts) == set(out.parts)
+    fields = scorer.encode_fields({"answer": ["4"] * 4, "general": [False] * 4})
+    out = jax.jit(scorer)(completion, mask, truncated, fields)
     # This batch's failure counts are step outputs (not a host counter).
-    assert {k: int(v) for k, v in failures.items() if int(v)} == {"arithmetic/no_answer": 1}
+    assert {k: int(v) for k, v in out.failures.items() if int(v)} == {
+        "arithmetic/no_answer": 1,
+        "math/no_answer": 1,
+    }
+    width = fields["answer__bytes"].shape[1]
+    abstract = scorer.abstract_fields(4, text_bytes=width, general=True)
+    assert {k: (v.shape, np.dtype(v.dtype)) for k, v in abstract.items()} == {
+        k: (v.shape, v.dtype) for k, v in fields.items()
+    }
 
 
 def test_get_imports_only_the_reward_module():

@@ -32,9 +32,7 @@ PARSERS = {
     "configs/sft.py": sft_config.parse,
     "configs/reward_model.py": rm_config.parse,
 }
-DIRECT = [
-    (path, variant) for path in PARSERS for variant in configlib.variants(str(ROOT / path))
-]
+DIRECT = [(path, variant) for path in PARSERS for variant in configlib.variants(str(ROOT / path))]
 
 
 def _load(spec: str) -> ml_collections.ConfigDict:
@@ -157,7 +155,10 @@ def test_grpo_config_of_r1_zero_tiny():
     assert exp.grpo_config(eos_id=3, pad_id=0) == expected
     assert exp.sampling_config(eos_id=3, pad_id=0) == expected.sampling
     assert exp.rl.prompts_per_step == 16 and exp.data.buckets == (32, 48)
-    assert exp.rewards == (("arithmetic_tokens", 1.0, {}), ("format_strict_tokens", 0.1, {}))
+    assert [(t.name, t.weight, dict(t.kwargs), t.kind) for t in exp.rewards.terms] == [
+        ("arithmetic_tokens", 1.0, {}, "token"),
+        ("format_strict_tokens", 0.1, {}, "token"),
+    ]
     assert exp.model_rewards == () and exp.language == "en"
     assert exp.train.samples_every == 10 and exp.eval.per_difficulty == 16
 
@@ -261,6 +262,50 @@ def test_section_errors_name_the_field():
     config = _load("configs/r1_zero.py:tiny")
     config.model_rewards = (("reward_model", 1.0),)
     with pytest.raises(TypeError, match=r"config\.model_rewards\[0\]"):
+        rl_config.parse(config)
+    for rewards, message in (
+        ((("no_such_reward", 1.0),), r"config\.rewards: reward term 'no_such_reward'"),
+        ((("math", 1.0), ("math", 0.5)), r"config\.rewards: duplicate term labels"),
+    ):
+        config = _load("configs/r1_zero.py:tiny")
+        config.rewards = rewards
+        with pytest.raises(ValueError, match=message):
+            rl_config.parse(config)
+    for entries, message in (
+        ((("critic", 1.0, {"path": "/m"}),), r"model_rewards\[0\]: unknown kind 'critic'"),
+        ((("judge", 1.0, {}),), r"model_rewards\[0\]: judge needs kwargs `path`"),
+        ((("judge", 1.0, {"path": "/j", "region": "whole"}),), r"\[0\]: unknown judge options"),
+        (
+            (("reward_model", 1.0, {"path": "/m", "region": "tail"}),),
+            r"model_rewards\[0\]: region: expected one of",
+        ),
+        (
+            (("judge", 1.0, {"path": "/a"}), ("judge", 1.0, {"path": "/b"})),
+            r"model_rewards\[1\]: only one judge",
+        ),
+        (
+            (("reward_model", 1.0, {"path": "/m", "name": "arithmetic_tokens"}),),
+            r"model_rewards\[0\]: name 'arithmetic_tokens' is also a rule reward",
+        ),
+    ):
+        config = _load("configs/r1_zero.py:tiny")
+        config.model_rewards = entries
+        with pytest.raises(ValueError, match=message):
+            rl_config.parse(config)
+    config = _load("configs/r1_zero.py:tiny")
+    config.model_rewards = (
+        ("reward_model", 0.5, {"path": "/m", "rows": "general"}),
+        ("reward_model", 0.2, {"path": "/n", "region": "whole"}),
+    )
+    exp = rl_config.parse(config)
+    assert [(e.name, e.path, dict(e.options)) for e in exp.model_rewards] == [
+        ("reward_model", "/m", {"rows": "general"}),
+        ("reward_model_1", "/n", {"region": "whole"}),
+    ]
+    config.rl.accuracy_reward = "reward_model_1"
+    assert rl_config.parse(config).rl.accuracy_reward == "reward_model_1"
+    config.rl.accuracy_reward = "math"
+    with pytest.raises(ValueError, match=r"config\.rl\.accuracy_reward: 'math' is not among"):
         rl_config.parse(config)
     config = _load("configs/r1_zero.py:tiny")
     config.language = "xx"

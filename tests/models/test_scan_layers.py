@@ -75,7 +75,7 @@ def test_scanned_forward_and_gradients_equal_unrolled(cfg, remat, tmp_path):
     moe_layers = sum(cfg.is_moe_layer(i) for i in range(cfg.num_layers))
     assert len(a.moe) == len(b.moe) == moe_layers
     for sa, sb in zip(a.moe, b.moe):
-        np.testing.assert_allclose(sa["expert_load"], sb["expert_load"], atol=1e-6)
+        np.testing.assert_allclose(sa.expert_load, sb.expert_load, atol=1e-6)
 
     np.testing.assert_allclose(ga["embed"]["embedding"][...], gb["embed"]["embedding"][...],
                                atol=2e-4)  # fmt: skip

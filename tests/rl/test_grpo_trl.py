@@ -1,5 +1,5 @@
 """GRPO losses and advantages against TRL's own code (`GRPOTrainer._compute_loss` driven through
-a stub trainer, no model; `nanstd`), on the fixed inputs of tests/grpo_reference.py."""
+a stub trainer, no model; `nanstd`), on the fixed inputs of tests/rl/grpo_reference.py."""
 
 from __future__ import annotations
 

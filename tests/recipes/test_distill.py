@@ -204,9 +204,7 @@ class _Fakes:
     def __init__(self, monkeypatch):
         self.calls = {"sample": 0, "evaluate": 0, "sft": 0}
         self.fail_sft = False
-        from r1.rejection import experiment
-
-        monkeypatch.setattr(experiment, "run_from_config", self.sample)
+        monkeypatch.setattr(distill_lib, "run_from_config", self.sample)
         monkeypatch.setattr(distill_lib, "_load", lambda cfg, mesh: (cfg, None))
         monkeypatch.setattr(distill_lib, "_evaluate", self.evaluate)
 

@@ -11,6 +11,7 @@ from flax import nnx
 
 from r1 import sharding, testing
 from r1.models.transformer import Transformer
+from r1.rewards import Reward, RewardSpec, RewardTerm
 from r1.rl.grpo import GRPOLossConfig
 from r1.rl.step import GRPOConfig, auto_microbatches, grpo_step_fn, make_grpo_step
 from r1.sampling.sampler import SamplingConfig, left_pad
@@ -19,12 +20,38 @@ from r1.train.state import init_train_state
 TARGET = 7
 
 
-def token_reward(tokens, mask, truncated, fields):
-    """Share of generated tokens equal to TARGET, plus an exact-match bonus on the first token
-    against the per-prompt field `first` (a jax.numpy reward, fused into the step)."""
-    hits = jnp.sum((tokens == TARGET) & mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1)
-    exact = (tokens[:, 0] == fields["first"]).astype(jnp.float32)
-    return hits + exact, {"target_share": hits, "exact": exact}
+class IdTokenizer:
+    """Token ids as text (decode joins them with spaces); no EOS, so rewards see every token."""
+
+    eos_id = None
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def _target_share(tokens, mask, ids, **fields):
+    """Share of generated tokens equal to TARGET."""
+    return jnp.sum((tokens == TARGET) & mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1)
+
+
+def _exact(tokens, mask, ids, first, **fields):
+    """Exact match of the first token against the per-prompt field `first`."""
+    return (tokens[:, 0] == first).astype(jnp.float32)
+
+
+def spec_of(*terms):
+    return RewardSpec(tuple(terms)).compile(IdTokenizer())
+
+
+RULES = (
+    RewardTerm("target_share", reward=Reward("target_share", "token", _target_share)),
+    RewardTerm("exact", reward=Reward("exact", "token", _exact, fields=("first",))),
+)
+# Two jax.numpy rewards fused into the step: total = target share + exact-match bonus.
+token_reward = spec_of(*RULES)
 
 
 def _setup(cfg, *, beta=0.0, mu=1, minibatches=1, eps=0.2, lr=1e-2, group=4, prompts=4):
@@ -113,18 +140,12 @@ def test_text_reward_through_pure_callback():
     config = dataclasses.replace(config, accuracy_reward="has_target")
     seen = []
 
-    def host_reward(tokens, mask):
-        tokens, mask = np.asarray(tokens), np.asarray(mask)
-        texts = [" ".join(map(str, row[m])) for row, m in zip(tokens, mask)]
-        seen.append(len(texts))
-        return np.asarray([float(str(TARGET) in t.split()) for t in texts], np.float32)
+    def host_reward(prompts, completions, **fields):
+        seen.append(len(completions))
+        scores = [float(str(TARGET) in t.split()) for t in completions]
+        return np.asarray(scores, np.float32), [""] * len(completions)
 
-    def reward_fn(tokens, mask, truncated, fields):
-        out = jax.pure_callback(
-            host_reward, jax.ShapeDtypeStruct((tokens.shape[0],), jnp.float32), tokens, mask
-        )
-        return out, {"has_target": out}
-
+    reward_fn = spec_of(RewardTerm("has_target", reward=Reward("has_target", "text", host_reward)))
     step = jax.jit(grpo_step_fn(graphdef, optimizer, config, reward_fn))
     _, metrics, samples = step(state, batch)
     assert seen and seen[0] == 16
@@ -169,7 +190,6 @@ def test_sharded_step_matches_single_device(mesh_cfg, devices):
 def test_reward_model_runs_inside_the_sharded_step(devices):
     """A frozen reward model is one more input of the one program; its score is added with its
     weight, logged as reward/<name>, and equals scoring the rollout outside the step."""
-    from r1.rl.step import ModelReward
     from r1.rm.model import RewardModel
     from r1.rm.reward import make_frozen_scorer
 
@@ -182,20 +202,10 @@ def test_reward_model_runs_inside_the_sharded_step(devices):
         return scorer(frozen, prompt_tokens, prompt_mask, completion, mask), {}
 
     weight = 0.5
-    reward = ModelReward("helpful", weight, score)
+    spec = spec_of(*RULES, RewardTerm("helpful", weight, kind="model", score=score))
     mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=4))
     frozen = {"helpful": rm_state}
-    step = make_grpo_step(
-        graphdef,
-        optimizer,
-        config,
-        token_reward,
-        mesh,
-        state,
-        batch,
-        model_rewards=(reward,),
-        frozen=frozen,
-    )
+    step = make_grpo_step(graphdef, optimizer, config, spec, mesh, state, batch, frozen=frozen)
     text = step.lower(state, batch, frozen).as_text()
     assert text.count("func.func public @main") == 1
     with sharding.use_mesh(mesh):
@@ -208,28 +218,26 @@ def test_reward_model_runs_inside_the_sharded_step(devices):
         jnp.asarray(samples["tokens"]),
         jnp.asarray(samples["mask"]),
     )
-    rule, _ = token_reward(
+    rule = token_reward(
         jnp.asarray(samples["tokens"]),
         jnp.asarray(samples["mask"]),
         None,
         {"first": jnp.repeat(batch["first"], group, 0)},
-    )
+    ).total
     np.testing.assert_allclose(float(metrics["reward/helpful"]), float(expected.mean()), atol=1e-5)
     np.testing.assert_allclose(
         np.asarray(samples["rewards"]), np.asarray(rule + weight * expected), atol=1e-5
     )
     assert samples["correct"].shape == (len(samples["tokens"]),)
     with pytest.raises(ValueError, match="no frozen model state"):
-        jax.eval_shape(
-            grpo_step_fn(graphdef, optimizer, config, token_reward, 0.0, (reward,)), state, batch
-        )
+        jax.eval_shape(grpo_step_fn(graphdef, optimizer, config, spec, 0.0), state, batch)
+    with pytest.raises(ValueError, match="need `frozen`"):
+        make_grpo_step(graphdef, optimizer, config, spec, mesh, state, batch)
 
 
 def test_general_rows_get_the_model_reward_and_reasoning_rows_the_rules():
     """R1 stage 4: with a `general` batch field, rule rewards score reasoning rows only and a
     model reward with rows="general" scores general rows only."""
-    from r1.rl.step import ModelReward
-
     cfg = testing.tiny_dense_config()
     graphdef, state, optimizer, config, batch = _setup(cfg)
     batch["general"] = jnp.asarray([False, True, False, True])
@@ -237,21 +245,21 @@ def test_general_rows_get_the_model_reward_and_reasoning_rows_the_rules():
     def score(frozen, prompt_tokens, prompt_mask, completion, mask, fields):
         return jnp.full(completion.shape[:1], frozen, jnp.float32), {}
 
-    reward = ModelReward("helpful", 1.0, score, rows="general")
-    step = jax.jit(grpo_step_fn(graphdef, optimizer, config, token_reward, 0.0, (reward,)))
+    reward = RewardTerm("helpful", 1.0, kind="model", score=score, rows="general")
+    step = jax.jit(grpo_step_fn(graphdef, optimizer, config, spec_of(*RULES, reward), 0.0))
     _, _, samples = step(state, batch, {"helpful": jnp.float32(3.0)})
     group = config.group_size
     general = np.repeat(np.asarray(batch["general"]), group)
-    rule, _ = token_reward(
+    rule = token_reward(
         jnp.asarray(samples["tokens"]),
         jnp.asarray(samples["mask"]),
         None,
         {"first": jnp.repeat(batch["first"], group, 0)},
-    )
+    ).total
     expected = np.where(general, 3.0, np.asarray(rule))
     np.testing.assert_allclose(np.asarray(samples["rewards"]), expected, atol=1e-6)
     with pytest.raises(ValueError, match="rows must be"):
-        ModelReward("x", 1.0, score, rows="some")
+        RewardTerm("x", 1.0, kind="model", score=score, rows="some")
 
 
 def test_general_mixture_source(tmp_path):

@@ -26,7 +26,7 @@ from r1.models.transformer import Transformer
 from r1.testing import DummyTokenizer, tiny_dense_config
 from r1.train.state import init_train_state
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ----------------------------------------------------------------------------- pass@k

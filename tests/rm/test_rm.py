@@ -30,7 +30,7 @@ from r1.rm.reward import (
 from r1.rm.trainer import train_rm
 from r1.testing import tiny_dense_config, tiny_moe_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLOSE = (7, 8)  # a two-token "</think>" for crafted rows
 
 

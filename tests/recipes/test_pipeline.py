@@ -26,7 +26,7 @@ from r1.rm import config as rm_config
 from r1.rm.data import POLITE
 from r1.sft import config as sft_config
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _events(workdir) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ from r1.sft.config import parse as parse_sections
 from r1.sft.trainer import TIMING_KEYS, train_sft
 from r1.train.state import init_train_state
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOK = testing.DummyTokenizer()
 
 

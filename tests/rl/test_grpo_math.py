@@ -1,11 +1,11 @@
 """GRPO math (r1/rl/grpo.py) against an independent, loop-based NumPy float64 reference.
 
-The reference (tests/grpo_reference.py) is written from the formulas (DeepSeekMath, DAPO,
+The reference (tests/rl/grpo_reference.py) is written from the formulas (DeepSeekMath, DAPO,
 Dr. GRPO, GSPO, dual-clip PPO) one row and one token at a time, with analytic derivatives that
 are themselves checked here by central finite differences; the JAX code is vectorised and
 differentiated by autodiff. The GSPO reference differentiates the sequence ratio
 s_i = exp(mean_t log r_it) directly, the JAX code uses the GSPO-token stop-gradient form, so the
-test also checks that the two agree. TRL parity: tests/test_grpo_trl.py.
+test also checks that the two agree. TRL parity: tests/rl/test_grpo_trl.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from grpo_reference import (  # tests/grpo_reference.py
+from grpo_reference import (  # tests/rl/grpo_reference.py
     ADV,
     ADV_RANDOM,
     ATOL,
