@@ -29,6 +29,8 @@ from __future__ import annotations
 import ml_collections
 
 from r1 import configlib
+from r1.rm import config as rm_config
+from r1.train.config import OptimizerSection
 
 VARIANTS = ("tiny", "qwen2_5_1_5b_helpfulness", "qwen2_5_1_5b_harmlessness")
 
@@ -51,40 +53,23 @@ TINY_MODEL = dict(
 
 
 def _base() -> ml_collections.ConfigDict:
+    """Every section generated from its dataclass (r1/rm/config.py, r1/train/config.py), so
+    each field is written once and settable from the command line; values here are the
+    paper's helpfulness settings where they differ from the dataclass defaults."""
     c = ml_collections.ConfigDict()
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, expert=1, tensor=1))
     c.seed = 0
     c.init = ml_collections.ConfigDict(dict(hf_path="", rm_path=""))
     c.tokenizer = ml_collections.ConfigDict(dict(kind="hf", path=""))
-    c.data = ml_collections.ConfigDict(
-        dict(
-            train_files=(),
-            eval_files=(),
-            eval_fraction=0.05,
-            synthetic=ml_collections.ConfigDict(dict(rule="polite", num_train=2048, num_eval=256)),
-            template="r1_zero",
-            add_bos=True,
-            max_length=8192,
-        )
+    c.data = configlib.dataclass_dict(rm_config.DataSection, {"synthetic": {}}, "config.data")
+    c.rm = configlib.dataclass_dict(rm_config.RMSection, {}, "config.rm")
+    c.optimizer = configlib.dataclass_dict(
+        OptimizerSection,
+        dict(learning_rate=6e-6, warmup_steps=0, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0),
+        "config.optimizer",
     )
-    c.rm = ml_collections.ConfigDict(
-        dict(region="summary", missing_summary="empty", use_margin=False)
-    )
-    c.optimizer = ml_collections.ConfigDict(
-        dict(learning_rate=6e-6, warmup_steps=0, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0)
-    )
-    c.train = ml_collections.ConfigDict(
-        dict(
-            steps=0,
-            epochs=1.0,
-            batch_size=256,
-            num_microbatches=1,
-            checkpoint_every=50,
-            keep_checkpoints=3,
-            log_every=1,
-        )
-    )
-    c.eval = ml_collections.ConfigDict(dict(every=50, batch_size=64))
+    c.train = configlib.dataclass_dict(rm_config.RMTrainSection, {}, "config.train")
+    c.eval = configlib.dataclass_dict(rm_config.RMEvalSection, {}, "config.eval")
     return c
 
 

@@ -120,6 +120,29 @@ def test_rl_section_is_generated_from_the_step_dataclasses():
     assert set(configlib.load_config(str(ROOT / "configs/r1.py:tiny")).reasoning_rl.rl) == names
 
 
+@pytest.mark.parametrize("variant", ["tiny", "qwen2_5_1_5b_harmlessness"])
+def test_rm_sections_are_generated_from_their_dataclasses(variant):
+    config = configlib.load_config(str(ROOT / f"configs/reward_model.py:{variant}"))
+    for name, cls in (
+        ("data", rm_config.DataSection),
+        ("rm", rm_config.RMSection),
+        ("train", rm_config.RMTrainSection),
+        ("eval", rm_config.RMEvalSection),
+        ("optimizer", OptimizerSection),
+    ):
+        assert set(config[name]) == {f.name for f in dataclasses.fields(cls)}, name
+    assert set(config.data.synthetic) == {"rule", "num_train", "num_eval"}
+    config = _flags(
+        [
+            f"--config={ROOT}/configs/reward_model.py:{variant}",
+            "--config.rm.use_margin=True",
+            "--config.data.synthetic.num_train=64",
+        ]
+    )
+    exp = rm_config.parse(config)
+    assert exp.rm.use_margin and exp.data.synthetic.num_train == 64
+
+
 def test_grpo_config_of_r1_zero_tiny():
     """What `grpo_config_from` built for configs/r1_zero.py:tiny, written out by hand."""
     exp = rl_config.parse(configlib.load_config(str(ROOT / "configs/r1_zero.py:tiny")))
