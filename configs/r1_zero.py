@@ -3,15 +3,15 @@ r"""R1-Zero: GRPO from a base model with rule rewards only (accuracy + format), 
 tiny (the embedded CPU demo, 2 cores, about 4 minutes):
     python -m experiments.train --config=configs/r1_zero.py:tiny --workdir=runs/r1_zero_tiny
 
-qwen2_5_1_5b_gsm8k (one TPU v4-8 / v5e-8 host or one GPU; local checkpoint and data):
+qwen2_5_1_5b_gsm8k (one TPU v4-8 / v5e-8 host or one GPU; local checkpoint and GSM8K files):
     python -m experiments.train --config=configs/r1_zero.py:qwen2_5_1_5b_gsm8k \
         --config.init.hf_path=/ckpt/Qwen2.5-1.5B --config.tokenizer.path=/ckpt/Qwen2.5-1.5B \
-        --workdir=gs://bucket/r1_zero_1_5b
+        --config.data.files=/data/gsm8k/train.jsonl --workdir=gs://bucket/r1_zero_1_5b
 
-qwen2_5_7b_math (TPU v5p-32: run the same command on every host):
+qwen2_5_7b_math (TPU v5p-32: run the same command on every host; MATH-layout files):
     python -m experiments.train --config=configs/r1_zero.py:qwen2_5_7b_math \
         --config.init.hf_path=/ckpt/Qwen2.5-Math-7B --config.tokenizer.path=/ckpt/Qwen2.5-Math-7B \
-        --workdir=gs://bucket/r1_zero_7b
+        --config.data.files='/data/math/train-*.parquet' --workdir=gs://bucket/r1_zero_7b
 
 deepseek_v3 (the paper's hyperparameters; TPU v5p-2048, i.e. 1024 v5p chips, topology
 v5p:8x8x16; the same mesh code fits any v5p slice of >= 512 chips, fsdp takes the rest):
@@ -26,8 +26,9 @@ Sections: model, mesh, seed (see configs/models.py); init (base checkpoint, HF l
 tokenizer, data (prompt source and buckets), rl (GRPO), rewards ((name, weight, kwargs) triples,
 see r1/rewards), optimizer, train (steps, checkpoints, samples), eval (held-out evaluation),
 language (of the reflection-word metrics). Every section is typed in r1/rl/config.py.
-The procedural data path is implemented; local GSM8K / MATH files arrive with the data configs
-(`data.task` names the procedural task used when `data.files` is empty).
+Prompts: `data.files` (comma-separated local JSONL / JSON / Parquet paths or globs, or
+`tfds:name/config:split`; `data.layout` gsm8k / math / r1 / auto) replace the procedural
+`data.task`; the gsm8k and math variants read files only (`data.task` is empty).
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def _base() -> ml_collections.ConfigDict:
         dict(
             task="add",
             task_kwargs=ml_collections.ConfigDict(),
+            # Prompt files (comma-separated paths / globs / tfds:name/config:split) replace the
+            # procedural task when set; layout "auto" or gsm8k / math / r1, one or one per file.
+            files="",
+            layout="auto",
+            num_epochs=0,
+            tfds_data_dir="",
             buckets=(64, 128, 256),
             # R1 stage 4: this share of prompts comes from general_files (JSONL `prompt`
             # rows), scored by a model reward with rows="general" instead of the rule rewards.
@@ -155,8 +162,18 @@ def _hf(preset: str) -> ml_collections.ConfigDict:
     return c
 
 
+def _math_files(c: ml_collections.ConfigDict, layout: str) -> None:
+    """Prompts from math files (`--config.data.files=...`, required: no procedural fallback),
+    scored by math-verify (`math`) plus the strict format reward."""
+    c.data.update(task="", layout=layout, buckets=(256, 512))
+    c.rewards = (("math", 1.0, {}), ("format_strict", 1.0, {}))
+    c.rl.accuracy_reward = "math"
+
+
 def qwen2_5_1_5b_gsm8k() -> ml_collections.ConfigDict:
+    """GSM8K (local JSONL / Parquet in the GSM8K layout) with the `math` reward."""
     c = _hf("qwen2_5_1_5b")
+    _math_files(c, "gsm8k")
     c.mesh.update(data=1, fsdp=-1)
     c.rl.update(
         prompts_per_step=32, group_size=8, max_new_tokens=1024, beta=0.04, num_microbatches=0
@@ -167,7 +184,9 @@ def qwen2_5_1_5b_gsm8k() -> ml_collections.ConfigDict:
 
 
 def qwen2_5_7b_math() -> ml_collections.ConfigDict:
+    """MATH-layout files (`problem`, `solution` with a boxed answer) with the `math` reward."""
     c = _hf("qwen2_5_7b")
+    _math_files(c, "math")
     c.mesh.update(data=1, fsdp=-1, tensor=4)
     c.rl.update(
         prompts_per_step=32, group_size=16, max_new_tokens=4096, beta=0.001, num_microbatches=0

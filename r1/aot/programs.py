@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -81,6 +82,12 @@ def stand_in_tokenizer(tokenizer: TokenizerSection) -> Any:
 def grpo_program(config: Any, mesh: Mesh) -> Program:
     """The trainer's GRPO step for `config` on `mesh`, with the config's real batch (prompts per
     step x group), prompt bucket (the largest) and generation length."""
+    data = config.get("data") or {}
+    if not data.get("task", "add") and not data.get("files", ""):
+        # A file-driven config compiled without its files: the step's shapes do not depend on
+        # them (prompts are padded to the largest bucket), so any name stands in.
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.data.files = "<prompt files>"
     experiment = rl_config.parse(config)
     model_cfg = experiment.model
     tokenizer = stand_in_tokenizer(experiment.tokenizer)

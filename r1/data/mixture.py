@@ -74,6 +74,7 @@ class GeneralMixture:
                 "difficulty": 0,
                 "task": "general",
                 "id": f"general-{index}",
+                "domain": "general",
                 "general": 1,
             }
         return {**self.primary[index], "general": 0}

@@ -29,6 +29,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("gsm8k", "math", "r1")
+# The domain of a layout's rows (a row may name its own in a `domain` field; an r1-layout row
+# without one has none); per-domain rewards route rows by it.
+LAYOUT_DOMAINS = {"gsm8k": "math", "math": "math"}
 _REQUIRED = {
     "gsm8k": ("question", "answer"),
     "math": ("problem", "solution"),
@@ -157,6 +160,11 @@ def convert_row(raw: Any, layout: str, task: str) -> dict[str, Any]:
     else:
         raise ValueError(f"layout: expected one of {LAYOUTS} or 'auto', got {layout!r}")
     row.setdefault("task", raw.get("task") if isinstance(raw.get("task"), str) else task)
+    domain = raw.get("domain")
+    if isinstance(domain, str) and domain:
+        row["domain"] = domain
+    elif layout in LAYOUT_DOMAINS:
+        row["domain"] = LAYOUT_DOMAINS[layout]
     if "id" in raw and raw["id"] is not None:
         row["id"] = str(raw["id"])
     return row
@@ -421,6 +429,86 @@ def load_tfds(
         max_logged=max_logged,
         id_prefix=f"{name}/{split}",
     )
+
+
+# ------------------------------------------------------------------------------ file lists
+TFDS_PREFIX = "tfds:"
+
+
+def split_list(value: str | Sequence[str]) -> list[str]:
+    """A comma-separated string (or a sequence) -> its non-empty, stripped items."""
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return [item.strip() for item in items if item.strip()]
+
+
+def load_sources(
+    files: str | Sequence[str],
+    layouts: str | Sequence[str] = "auto",
+    *,
+    tfds_data_dir: str | None = None,
+    max_logged: int = 5,
+) -> tuple[list[dict[str, Any]], list[LoadReport]]:
+    """Rows of every entry of `files` (comma-separated): local JSONL / JSON / Parquet paths or
+    glob patterns, and TFDS datasets as ``tfds:name/config:split`` (prepared in
+    `tfds_data_dir`; never downloaded). `layouts`: one layout for all entries, or one per entry
+    (comma-separated, same count). Rows are concatenated in entry order (a glob's files sorted).
+    Raises `ValueError` naming the entry when an entry has no valid row."""
+    entries = split_list(files)
+    if not entries:
+        raise ValueError("data files: no file given")
+    layout_list = split_list(layouts) or ["auto"]
+    if len(layout_list) == 1:
+        layout_list = layout_list * len(entries)
+    if len(layout_list) != len(entries):
+        raise ValueError(
+            f"data layouts: {len(layout_list)} layouts {layout_list} for {len(entries)} files "
+            f"{entries} (give one layout, or one per file)"
+        )
+    rows: list[dict[str, Any]] = []
+    reports: list[LoadReport] = []
+    for entry, layout in zip(entries, layout_list):
+        if layout != "auto" and layout not in LAYOUTS:
+            raise ValueError(f"{entry}: layout expected one of {LAYOUTS} or 'auto', got {layout!r}")
+        if entry.startswith(TFDS_PREFIX):
+            name, sep, split = entry[len(TFDS_PREFIX) :].rpartition(":")
+            if not sep or not name or not split:
+                raise ValueError(f"{entry}: expected tfds:name[/config]:split")
+            more, report = load_tfds(
+                name, split, data_dir=tfds_data_dir, layout=layout, max_logged=max_logged
+            )
+            rows += more
+            reports.append(report)
+        else:
+            more, file_reports = load_files(entry, layout, max_logged=max_logged)
+            rows += more
+            reports += file_reports
+    return rows, reports
+
+
+UNDECODABLE = ("invalid JSON", "row is not an object", "invalid record")
+GOLD_MARKERS = ("answer", "solution", "####", "boxed")
+
+
+def skip_category(reason: str) -> str:
+    """A skip reason (`RowError.reason`, e.g. "no '####' in answer") -> its metric name:
+    "undecodable" (not JSON, not an object), "no_layout", "bad_answer" (the gold answer is
+    missing or unparsable), "missing_field" (any other field)."""
+    if reason in UNDECODABLE:
+        return "undecodable"
+    if reason == "no known layout":
+        return "no_layout"
+    if any(marker in reason for marker in GOLD_MARKERS):
+        return "bad_answer"
+    return "missing_field"
+
+
+def skipped_counts(reports: Sequence[LoadReport]) -> dict[str, int]:
+    """{category: rows skipped} summed over load reports (`skip_category`)."""
+    total: collections.Counter[str] = collections.Counter()
+    for report in reports:
+        for reason, count in report.skipped.items():
+            total[skip_category(reason)] += count
+    return dict(total)
 
 
 # ------------------------------------------------------------------------------ in memory

@@ -48,6 +48,24 @@ class RopeScaling:
             )
 
 
+# The fields a run chooses and a checkpoint does not fix: precision, memory (remat, chunking,
+# scan) and the MoE balancing / loss settings of training. Loading a checkpoint takes its
+# architecture from its config.json and these from the run's config.
+EXECUTION_FIELDS = (
+    "dtype",
+    "param_dtype",
+    "remat_policy",
+    "attention_block_size",
+    "logits_chunk_size",
+    "moe_token_chunk_size",
+    "scan_layers",
+    "aux_loss_alpha",
+    "bias_update_rate",
+    "capacity_factor",
+    "mtp_loss_weight",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a decoder-only transformer (Llama, Qwen2/2.5, DeepSeek-V3 families).

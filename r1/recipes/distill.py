@@ -44,6 +44,7 @@ from r1 import configlib, sharding
 from r1.data import procedural, sources
 from r1.evaluation import runner as eval_runner
 from r1.models import hf
+from r1.models.config import EXECUTION_FIELDS
 from r1.recipes.distill_traces import (
     TraceSection,
     prepare_traces,
@@ -81,17 +82,6 @@ TRACES_FILE = os.path.join("traces", "sft.jsonl")
 STATE_FILE, REPORT_FILE = "stages.json", "distill_report.json"
 # ModelConfig fields that say how to compute, not what the checkpoint is: taken from
 # `config.model` when the architecture comes from a checkpoint's config.json.
-EXECUTION_FIELDS = (
-    "dtype",
-    "param_dtype",
-    "remat_policy",
-    "attention_block_size",
-    "logits_chunk_size",
-    "moe_token_chunk_size",
-    "bias_update_rate",
-    "capacity_factor",
-    "mtp_loss_weight",
-)
 TABLE_KEYS = ("count", "samples", "response_length", "truncated", "no_answer")
 
 

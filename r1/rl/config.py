@@ -24,6 +24,7 @@ from typing import Any
 import ml_collections
 
 from r1 import configlib
+from r1.data.sources import LAYOUTS, split_list
 from r1.metrics.behaviour import REFLECTION_WORDS
 from r1.models.config import ModelConfig
 from r1.rewards import RewardSpec
@@ -58,13 +59,25 @@ SECTIONS = (
 # ----------------------------------------------------------------------------- config.data
 @dataclasses.dataclass(frozen=True)
 class DataSection:
-    """`config.data`: the procedural `task` (with `task_kwargs`) whose train split gives the
-    prompts; `buckets`: the prompt lengths (tokens) prompts are left-padded to; `general_files`
-    (comma-separated JSONL paths of `prompt` rows) and `general_fraction` (their share of the
-    prompts, 0 <= f < 1): R1 stage 4's general prompts."""
+    """`config.data`: where the prompts come from and how they are padded.
+
+    files: comma-separated local JSONL / JSON / Parquet paths or globs, and TFDS datasets as
+    ``tfds:name/config:split`` (prepared in `tfds_data_dir`); when set they replace the
+    procedural task. layout: "auto" or one of `r1.data.sources.LAYOUTS`, one for all files or
+    one per file (comma-separated). num_epochs: passes over the files (0: forever); rows are
+    shuffled with the run's seed, differently each epoch. task / task_kwargs: the procedural
+    task whose train split gives the prompts when no file is set (the demo); "" requires
+    files. buckets: the
+    prompt lengths (tokens) prompts are left-padded to; longer prompts are skipped and counted.
+    general_files (comma-separated JSONL paths of `prompt` rows) and general_fraction (their
+    share of the prompts, 0 <= f < 1): R1 stage 4's general prompts."""
 
     task: str = "add"
     task_kwargs: Any = None
+    files: str = ""
+    layout: str = "auto"
+    num_epochs: int = 0
+    tfds_data_dir: str = ""
     buckets: tuple[int, ...] = (64, 128, 256)
     general_files: str = ""
     general_fraction: float = 0.0
@@ -80,6 +93,18 @@ class DataSection:
             )
         if self.general_fraction > 0 and not self.general_files:
             raise ValueError("config.data.general_files: needed when general_fraction > 0")
+        if not self.task and not self.files:
+            raise ValueError(
+                "config.data.files: this config reads prompt files and has no procedural task; "
+                "set --config.data.files=PATH[,PATH...] (and --config.data.layout)"
+            )
+        if self.num_epochs < 0:
+            raise ValueError(f"config.data.num_epochs: expected >= 0, got {self.num_epochs}")
+        for layout in split_list(self.layout):
+            if layout != "auto" and layout not in LAYOUTS:
+                raise ValueError(
+                    f"config.data.layout: expected 'auto' or one of {LAYOUTS}, got {layout!r}"
+                )
 
 
 # ----------------------------------------------------------------------------- config.rl

@@ -13,6 +13,7 @@ progress bar's fields. Restore, SIGTERM, the non-finite stop, checkpoints, metri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ import numpy as np
 
 from r1 import logging as r1_logging
 from r1 import sharding
-from r1.data import pipeline, procedural
+from r1.data import pipeline, procedural, sources
 from r1.data.mixture import GeneralMixture, load_general_prompts
 from r1.metrics.behaviour import behaviour_metrics
 from r1.rewards import CompiledSpec
@@ -51,34 +52,97 @@ CURVE_PANELS = (
 
 
 # ----------------------------------------------------------------------------- data
-def prompt_stream(exp: rl_config.GRPOExperiment, tokenizer: Any):
-    """The training prompts: the procedural task's train split (mixed with general prompts
-    when `data.general_fraction` > 0), rendered and bucketed by the grain pipeline, each
-    process reading its share of `rl.prompts_per_step`. Returns the grain iterator."""
-    task = procedural.make_task(exp.data.task, **dict(exp.data.task_kwargs or {}))
-    source = procedural.ProceduralSource(task, exp.seed, split="train")
+class IndexedRows:
+    """Rows with their index in the source as `row_index` (the sampler keys rows by it, so a
+    row draws the same completions wherever it lands in a batch or on which host)."""
+
+    def __init__(self, rows: Any):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.rows[index], "row_index": index}
+
+
+@dataclasses.dataclass
+class PromptStream:
+    """The training prompts: `iterator` (grain, checkpointable) of batches of this process's
+    share of `rl.prompts_per_step`; `rows`: this process's rows per epoch (files; 0 for the
+    endless procedural stream); `skipped`: {category: rows} dropped when the files were read."""
+
+    iterator: Any
+    rows: int = 0
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """`data/epoch` (epochs begun, fractional), `data/position` (rows drawn by this process,
+        too-long ones included) and `data/skipped/<category>` (cumulative)."""
+        stats = self.iterator.stats()
+        out = {f"data/skipped/{k}": float(v) for k, v in self.skipped.items()}
+        out["data/skipped/too_long"] = float(stats["skipped_too_long"])
+        if self.rows:
+            position = stats["rows"] + stats["skipped_too_long"]
+            out["data/position"] = float(position)
+            out["data/epoch"] = position / self.rows
+        return out
+
+
+def prompt_stream(exp: rl_config.GRPOExperiment, tokenizer: Any) -> PromptStream:
+    """The training prompts: the rows of `data.files` (shuffled with the run's seed, repeated
+    `data.num_epochs` times or forever), else the procedural task's train split; mixed with
+    general prompts when `data.general_fraction` > 0; rendered and bucketed by the grain
+    pipeline, each process reading its share of `rl.prompts_per_step`."""
     fields = pipeline.DEFAULT_FIELDS
+    skipped: dict[str, int] = {}
+    if exp.data.files:
+        rows, reports = sources.load_sources(
+            exp.data.files, exp.data.layout, tfds_data_dir=exp.data.tfds_data_dir or None
+        )
+        skipped = sources.skipped_counts(reports)
+        source: Any = rows
+    else:
+        task = procedural.make_task(exp.data.task, **dict(exp.data.task_kwargs or {}))
+        source = procedural.ProceduralSource(task, exp.seed, split="train")
     if exp.data.general_fraction > 0:
         general = load_general_prompts(str(exp.data.general_files))
         source = GeneralMixture(source, general, exp.data.general_fraction, exp.seed)
         fields = (*fields, "general")
+    if exp.data.files:
+        source = IndexedRows(source)
+        fields = (*fields, "row_index", "domain")
+    processes = jax.process_count()
     buckets = tuple(exp.data.buckets)
     dataset = pipeline.prompt_dataset(
         source,
         tokenizer,
         fields=fields,
-        batch_size=exp.rl.prompts_per_step // jax.process_count(),
+        batch_size=exp.rl.prompts_per_step // processes,
         # Every process must pad to the same length to form one global batch.
-        buckets=buckets if jax.process_count() == 1 else (max(buckets),),
+        buckets=buckets if processes == 1 else (max(buckets),),
         seed=exp.seed,
-        shuffle=False,
+        shuffle=bool(exp.data.files),  # procedural rows are already random
+        num_epochs=exp.data.num_epochs or None,
         num_threads=1,
     )
-    return iter(dataset)
+    rows = len(source) // processes if exp.data.files else 0
+    return PromptStream(iter(dataset), rows, skipped)
 
 
 # Pipeline batch keys that are not reward fields: the prompt itself and host-side bookkeeping.
-NOT_REWARD_FIELDS = ("tokens", "mask", "prompt_text", "prompt", "id", "task", "difficulty")
+NOT_REWARD_FIELDS = (
+    "tokens",
+    "mask",
+    "lengths",
+    "valid",
+    "prompt_text",
+    "prompt",
+    "id",
+    "task",
+    "difficulty",
+    "row_index",
+)
 
 
 def batch_arrays(
@@ -88,7 +152,9 @@ def batch_arrays(
     mask, `row_index`, and the reward fields `scorer.encode_fields` makes of the rows' columns)
     and the host-side values {"prompt_texts": [P] str, "difficulty": int32[P] or None}."""
     arrays = {"prompt_tokens": batch["tokens"].astype(np.int32), "prompt_mask": batch["mask"]}
-    if "id" in batch:
+    if "row_index" in batch:
+        arrays["row_index"] = np.asarray(batch["row_index"], np.int32)
+    elif "id" in batch:
         # Procedural ids end in the row's index: sampling keys follow the row, not its position
         # in the batch, so a batch split across hosts samples what one host would.
         try:
@@ -118,13 +184,17 @@ class GRPOJob:
         self.graphdef, self.optimizer = graphdef, optimizer
         self.template_state = state
         self.grpo_cfg = exp.grpo_config(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-        self.data_iter = prompt_stream(exp, tokenizer)
+        self.prompts = prompt_stream(exp, tokenizer)
         self.scorer, self.frozen = build_scorer(exp.rewards, exp.model_rewards, tokenizer, mesh)
         self.compiled: dict[tuple, Any] = {}
         self.gathered: tuple[int, Any] = (-1, None)
 
     def next_batch(self, step: int):
-        return batch_arrays(next(self.data_iter), self.scorer)
+        try:
+            raw = next(self.prompts.iterator)
+        except StopIteration:  # data.num_epochs passes are done
+            return None
+        return batch_arrays(raw, self.scorer)
 
     def _step_fn(self, arrays: dict[str, np.ndarray]):
         key = tuple((k, v.shape) for k, v in sorted(arrays.items()))
@@ -161,7 +231,7 @@ class GRPOJob:
 
     def host_metrics(self, step, batch, metrics, samples, seconds) -> dict[str, float]:
         _, host = batch
-        out = {"tokens_per_sec": metrics["generated_tokens"] / seconds}
+        out = {"tokens_per_sec": metrics["generated_tokens"] / seconds, **self.prompts.metrics()}
         samples = gather_to_host(samples)  # a collective: every process takes part
         self.gathered = (step, samples)
         difficulty = gather_to_host(host["difficulty"])
@@ -214,24 +284,28 @@ def train(config: Any, workdir: str) -> dict[str, float]:
     run = build.start_policy(exp, exp.train.steps, with_reference=exp.rl.beta > 0)
     mesh, tokenizer, graphdef, state = run.mesh, run.tokenizer, run.graphdef, run.state
     optimizer, state_sh = run.optimizer, run.state_shardings
+    exp = dataclasses.replace(exp, model=run.model)  # the checkpoint's architecture
     job = GRPOJob(exp, workdir, tokenizer, mesh, graphdef, state, optimizer)
-    evaluator = make_heldout_evaluator(
-        procedural.make_task(exp.data.task, **dict(exp.data.task_kwargs or {})),
-        exp.seed,
-        exp.eval.per_difficulty,
-        tokenizer,
-        graphdef,
-        mesh,
-        exp.rl.max_new_tokens,
-        exp.rl.unstack_layers,
-    )
+    # The held-out set is the procedural task's; a file-driven run has none of its own yet.
+    evaluator = None
+    if not exp.data.files:
+        evaluator = make_heldout_evaluator(
+            procedural.make_task(exp.data.task, **dict(exp.data.task_kwargs or {})),
+            exp.seed,
+            exp.eval.per_difficulty,
+            tokenizer,
+            graphdef,
+            mesh,
+            exp.rl.max_new_tokens,
+            exp.rl.unstack_layers,
+        )
     settings = LoopSettings(
         name="grpo",
         steps=exp.train.steps,
         checkpoint_every=exp.train.checkpoint_every,
         keep_checkpoints=exp.train.keep_checkpoints,
-        eval_every=exp.eval.every,
-        eval_at_start=exp.eval.every > 0,
+        eval_every=exp.eval.every if evaluator else 0,
+        eval_at_start=evaluator is not None and exp.eval.every > 0,
         curve_panels=CURVE_PANELS,
     )
     hooks = LoopHooks(
@@ -240,8 +314,8 @@ def train(config: Any, workdir: str) -> dict[str, float]:
         host_metrics=job.host_metrics,
         on_logged=job.on_logged,
         evaluate=evaluator,
-        data_state=job.data_iter.get_state,
-        restore_data=job.data_iter.set_state,
+        data_state=job.prompts.iterator.get_state,
+        restore_data=job.prompts.iterator.set_state,
         on_resume=job.on_resume,
         postfix=job.postfix,
     )

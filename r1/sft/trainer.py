@@ -21,6 +21,7 @@ call it with their own ConfigDicts of this layout, `configs/sft.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -178,6 +179,7 @@ def train_sft(config: Any, workdir: str) -> dict[str, float]:
     run = build.start_policy(exp, exp.train.steps)
     mesh, tokenizer, graphdef, state = run.mesh, run.tokenizer, run.graphdef, run.state
     optimizer, state_sh = run.optimizer, run.state_shardings
+    exp = dataclasses.replace(exp, model=run.model)  # the checkpoint's architecture
     job = SFTJob(exp, tokenizer, mesh, graphdef, state, optimizer)
     evaluator = None
     if exp.eval.every > 0 and exp.data.source == "procedural":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import logging
 import os
 from typing import Any
 
@@ -21,10 +22,12 @@ from flax import nnx
 from r1 import configlib, sharding
 from r1.data.tokenizers import HFTokenizer, build_demo_tokenizer
 from r1.models import hf
-from r1.models.config import ModelConfig
+from r1.models.config import EXECUTION_FIELDS, ModelConfig
 from r1.models.transformer import Transformer
 from r1.train.config import make_optimizer
 from r1.train.state import TrainState, init_train_state, train_state_shardings
+
+log = logging.getLogger(__name__)
 
 
 def resolve_path(path: str) -> str:
@@ -51,31 +54,41 @@ def build_tokenizer(kind: str, path: str = "") -> Any:
     raise ValueError(f"config.tokenizer.kind: expected 'demo' or 'hf', got {kind!r}")
 
 
-def check_vocab(tokenizer: Any, model_cfg: ModelConfig) -> None:
-    """Raises when the tokenizer has ids the model's embedding table does not."""
+def check_vocab(tokenizer: Any, model_cfg: ModelConfig, where: str = "config.model") -> None:
+    """Raises when the tokenizer has ids the model's embedding table does not (`where` names
+    the model: the config section or the checkpoint)."""
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise ValueError(
-            f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
-            f"{tokenizer.vocab_size}"
+            f"{where}: vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size} ids"
         )
+
+
+def architecture_differences(preset: ModelConfig, checkpoint: ModelConfig) -> list[str]:
+    """The architecture fields (not `EXECUTION_FIELDS`) where `preset` and `checkpoint` differ."""
+    a, b = preset.to_dict(), checkpoint.to_dict()
+    return sorted(k for k in b if k not in EXECUTION_FIELDS and a.get(k) != b[k])
 
 
 def build_policy(
     hf_path: str, model_cfg: ModelConfig, mesh: jax.sharding.Mesh, seed: int
 ) -> Transformer:
     """The policy: loaded from the local HF-layout checkpoint `hf_path` (its architecture from
-    the checkpoint; dtypes, remat and MoE balancing settings from `model_cfg`), or, when
-    `hf_path` is empty, built fresh from `model_cfg` with `seed`, sharded on `mesh`."""
+    the checkpoint's config.json; `EXECUTION_FIELDS` (dtypes, remat, chunking, scan, MoE
+    balancing) from `model_cfg`), or, when `hf_path` is empty, built fresh from `model_cfg`
+    with `seed`, sharded on `mesh`. A preset whose architecture differs from the checkpoint's is
+    not used: the differences are logged."""
     if hf_path:
-        _, model = hf.load(
-            resolve_path(hf_path),
-            mesh=mesh,
-            dtype=model_cfg.dtype,
-            param_dtype=model_cfg.param_dtype,
-            remat_policy=model_cfg.remat_policy,
-            bias_update_rate=model_cfg.bias_update_rate,
-            aux_loss_alpha=model_cfg.aux_loss_alpha,
-        )
+        execution = {k: getattr(model_cfg, k) for k in EXECUTION_FIELDS}
+        cfg, model = hf.load(resolve_path(hf_path), mesh=mesh, **execution)
+        differ = architecture_differences(model_cfg, cfg)
+        if differ:
+            log.warning(
+                "config.model differs from the checkpoint %s in %s; using the checkpoint's "
+                "architecture",
+                hf_path,
+                differ,
+            )
         return model
     return sharding.create_sharded_model(
         lambda: Transformer(model_cfg, rngs=nnx.Rngs(int(seed))), mesh
@@ -85,7 +98,9 @@ def build_policy(
 @dataclasses.dataclass
 class PolicyRun:
     """What a policy trainer starts from: the mesh, tokenizer, optimizer, the policy's graphdef
-    and its train state, placed on the mesh with `state_shardings`."""
+    and its train state, placed on the mesh with `state_shardings`, and the policy's
+    `ModelConfig` (the checkpoint's architecture when one was loaded: use it, not the config's
+    preset, for everything after the start, e.g. the export)."""
 
     mesh: jax.sharding.Mesh
     tokenizer: Any
@@ -93,6 +108,7 @@ class PolicyRun:
     graphdef: nnx.GraphDef
     state: TrainState
     state_shardings: TrainState
+    model: ModelConfig
 
 
 def start_policy(exp: Any, total_steps: int, with_reference: bool = False) -> PolicyRun:
@@ -102,13 +118,23 @@ def start_policy(exp: Any, total_steps: int, with_reference: bool = False) -> Po
     reference copy when asked), sharded."""
     mesh = sharding.make_mesh(exp.mesh)
     tokenizer = build_tokenizer(exp.tokenizer.kind, exp.tokenizer.path)
-    check_vocab(tokenizer, exp.model)
+    if not exp.init.hf_path:
+        check_vocab(tokenizer, exp.model)
     optimizer = make_optimizer(exp.optimizer, total_steps)
     with sharding.use_mesh(mesh):
         policy = build_policy(exp.init.hf_path, exp.model, mesh, exp.seed)
+    model_cfg = policy.config
+    if exp.init.hf_path:
+        check_vocab(tokenizer, model_cfg, f"the checkpoint {exp.init.hf_path}")
     graphdef, state = init_train_state(policy, optimizer, exp.seed, with_reference)
     del policy
     shardings = train_state_shardings(state, optimizer, mesh)
     return PolicyRun(
-        mesh, tokenizer, optimizer, graphdef, jax.device_put(state, shardings), shardings
+        mesh,
+        tokenizer,
+        optimizer,
+        graphdef,
+        jax.device_put(state, shardings),
+        shardings,
+        model_cfg,
     )

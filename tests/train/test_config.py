@@ -53,7 +53,11 @@ def _flags(argv: list[str]) -> ml_collections.ConfigDict:
 
 # ----------------------------------------------------------------------------- every variant
 # Variants whose docstring command sets a field the file leaves empty.
-COMMAND_LINE = {"configs/sft.py:qwen2_5_1_5b_traces": ("data", "files", ("/data/traces.jsonl",))}
+COMMAND_LINE = {
+    "configs/sft.py:qwen2_5_1_5b_traces": ("data", "files", ("/data/traces.jsonl",)),
+    "configs/r1_zero.py:qwen2_5_1_5b_gsm8k": ("data", "files", "/data/gsm8k/train.jsonl"),
+    "configs/r1_zero.py:qwen2_5_7b_math": ("data", "files", "/data/math/train.jsonl"),
+}
 
 
 @pytest.mark.parametrize("path,variant", DIRECT)
