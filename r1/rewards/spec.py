@@ -56,6 +56,7 @@ from r1.rewards.term import (
     is_numeric,
     numeric_array,
     row_selector,
+    rows_domain,
 )
 from r1.rewards.tokens import TagIds
 
@@ -166,6 +167,31 @@ class RewardSpec:
         mappings with keys ``name``, ``weight``, ``kwargs``, ``key``, ``rows``, or terms."""
         return cls(tuple(_term_from_entry(i, entry) for i, entry in enumerate(config)))
 
+    @classmethod
+    def from_domains(cls, config: Mapping[str, Sequence[Any]]) -> RewardSpec:
+        """Per-domain rewards: {domain: entries as in `from_config`}. Each term scores only
+        the rows of its domain (``rows="domain:<name>"``); a reward used by several domains is
+        labelled ``<label>@<domain>`` in each (e.g. ``format_strict@math``), others keep their
+        label (``math``, ``code``)."""
+        per_domain = {
+            str(domain): [_term_from_entry(i, e) for i, e in enumerate(entries)]
+            for domain, entries in config.items()
+        }
+        uses = collections.Counter(t.label for terms in per_domain.values() for t in terms)
+        out = []
+        for domain, terms in per_domain.items():
+            if not domain:
+                raise ValueError("rewards: a domain name must be non-empty")
+            for term in terms:
+                if term.rows != "all":
+                    raise ValueError(
+                        f"rewards.{domain}: term {term.label!r} sets rows={term.rows!r}; a "
+                        "per-domain term scores its domain's rows"
+                    )
+                key = term.label if uses[term.label] == 1 else f"{term.label}@{domain}"
+                out.append(dataclasses.replace(term, key=key, rows=f"domain:{domain}"))
+        return cls(tuple(out))
+
     def fields(self) -> tuple[str, ...]:
         """Sorted per-row fields the terms read (`RewardTerm.needed_fields`)."""
         return tuple(sorted({f for t in self.terms for f in t.needed_fields}))
@@ -189,6 +215,38 @@ def _finite(scores: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.where(finite, scores, jnp.zeros_like(scores)), ~finite
 
 
+def _take(value: Any, index: np.ndarray, batch: int) -> Any:
+    """The rows `index` of a per-row value (a sequence or array of length `batch`); other
+    values (a scalar kwarg, a language code) unchanged."""
+    if isinstance(value, np.ndarray) and value.ndim and len(value) == batch:
+        return value[index]
+    if isinstance(value, (list, tuple)) and len(value) == batch:
+        return [value[i] for i in index]
+    return value
+
+
+def _host_selection(term: RewardTerm, row_domains: Any, batch: int) -> np.ndarray | None:
+    """bool[B] rows a domain term scores on the host (rows' ``domain`` strings), else None."""
+    domain = rows_domain(term.rows)
+    if domain is None:
+        return None
+    if row_domains is None:
+        raise ValueError(
+            f"reward term {term.label!r}: scores rows of domain {domain!r}; give the rows' "
+            "`domain` field"
+        )
+    if len(row_domains) != batch:
+        raise ValueError(f"rewards: field 'domain' has {len(row_domains)} values for {batch} rows")
+    return np.asarray([d == domain for d in row_domains], bool)
+
+
+def _both(a: Any, b: Any) -> Any:
+    """The logical and of two optional bool[B] row selections (None: every row)."""
+    if a is None:
+        return b
+    return a if b is None else a & b
+
+
 def _count(bad: jax.Array, rows: jax.Array | None) -> jax.Array:
     if rows is not None:
         bad = bad & rows
@@ -209,6 +267,11 @@ class CompiledSpec:
         self.text_terms = tuple(t for t in spec.terms if t.kind == "text")
         self.model_terms = tuple(t for t in spec.terms if t.kind == "model")
         self.model_names = tuple(t.label for t in self.model_terms)
+        # The domains the terms select ("domain:<name>"), in first-use order: row field
+        # `domain` holds an index into this table (-1: a domain no term names).
+        self.domains: tuple[str, ...] = tuple(
+            dict.fromkeys(d for t in spec.terms if (d := rows_domain(t.rows)) is not None)
+        )
         if self.token_terms and tokenizer is None:
             raise ValueError(
                 f"reward term {self.token_terms[0].label!r}: a token reward needs a tokenizer "
@@ -245,7 +308,26 @@ class CompiledSpec:
         completions: list[str],
         fields: Mapping[str, Any],
         scores: Mapping[str, Any],
+        selected: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[str]]:
+        """(float32[B] scores, B reasons) of a text term; with `selected` (bool[B]) the rule
+        runs on those rows only (others score 0 with no reason)."""
+        if selected is not None:
+            batch = len(completions)
+            index = np.flatnonzero(np.asarray(selected, bool))
+            out, reasons = np.zeros(batch, np.float32), [""] * batch
+            if len(index):
+                values, some = self._text_term(
+                    term,
+                    _take(prompts, index, batch),
+                    _take(completions, index, batch),
+                    {k: _take(v, index, batch) for k, v in fields.items()},
+                    {k: _take(v, index, batch) for k, v in scores.items()},
+                )
+                out[index] = values
+                for row, reason in zip(index, some):
+                    reasons[row] = reason
+            return out, reasons
         values, reasons = term.rule.detailed(
             prompts, completions, **{**fields, **term.call_kwargs(scores)}
         )
@@ -268,11 +350,14 @@ class CompiledSpec:
         self, prompts: Sequence[str], completions: Sequence[str], **fields: Any
     ) -> RewardResult:
         """Host scores of decoded completions, terms in config order (rejection sampling,
-        evaluation). fields: per-row values (lists or arrays of length B) the rewards read.
-        Token terms re-encode the texts with the tokenizer; model terms are refused."""
+        evaluation). fields: per-row values (lists or arrays of length B) the rewards read; a
+        term with a ``"domain:<name>"`` selector scores only the rows whose ``domain`` field
+        (strings) is <name>. Token terms re-encode the texts with the tokenizer; model terms
+        are refused."""
         batch = len(completions)
         if len(prompts) != batch:
             raise ValueError(f"rewards: {len(prompts)} prompts but {batch} completions")
+        row_domains = fields.get("domain")
         total = np.zeros(batch, np.float32)
         breakdown: dict[str, np.ndarray] = {}
         failures: collections.Counter[str] = collections.Counter()
@@ -299,9 +384,18 @@ class CompiledSpec:
                 raw = np.asarray(values, np.float64).reshape(-1)
                 reasons = ["" if ok else NON_FINITE for ok in np.isfinite(raw)]
                 scores = finite_scores(raw)
+                selected = _host_selection(term, row_domains, batch)
+                if selected is not None:
+                    scores = np.where(selected, scores, np.float32(0))
+                    reasons = [r if ok else "" for r, ok in zip(reasons, selected)]
             else:
                 scores, reasons = self._text_term(
-                    term, list(prompts), list(completions), fields, breakdown
+                    term,
+                    list(prompts),
+                    list(completions),
+                    fields,
+                    breakdown,
+                    _host_selection(term, row_domains, batch),
                 )
             breakdown[term.label] = scores
             total = total + np.float32(term.weight) * scores
@@ -313,8 +407,9 @@ class CompiledSpec:
         strings) -> the arrays [P, ...] the step needs: ``general`` bool[P] when present,
         numeric fields as int32 / float32 / bool [P], string and list fields as
         ``<name>__bytes`` uint8[P, A], ``target`` int32[P] from ``answer`` when no row gives
-        it (-1 on general rows), and each model term's own arrays (its `encode`). A field the
-        rows lack is left out (the reward names it when it runs)."""
+        it (-1 on general rows), ``domain`` int32[P] (`domain_ids`) when terms select domains,
+        and each model term's own arrays (its `encode`). A field the rows lack is left out (the
+        reward names it when it runs)."""
         sizes = {k: len(v) for k, v in rows.items()}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"encode_fields: columns of different lengths {sizes}")
@@ -323,6 +418,8 @@ class CompiledSpec:
         if "general" in rows:
             general = np.asarray(rows["general"], bool).reshape(-1)
             out["general"] = general
+        if self.domains:
+            out["domain"] = self.domain_ids(rows.get("domain"), max(sizes.values(), default=0))
         for term in (*self.token_terms, *self.text_terms):
             for name in term.needed_fields:
                 if name in out or name + BYTES_SUFFIX in out:
@@ -355,6 +452,14 @@ class CompiledSpec:
                 out.update(term.encode(rows))
         return out
 
+    def domain_ids(self, domains: Sequence[Any] | None, num_rows: int) -> np.ndarray:
+        """int32[P]: each row's domain as its index in `self.domains` (-1 for a domain no term
+        selects, or a row without one)."""
+        if domains is None:
+            return np.full((num_rows,), -1, np.int32)
+        index = {d: i for i, d in enumerate(self.domains)}
+        return np.asarray([index.get(d, -1) for d in domains], np.int32).reshape(-1)
+
     def abstract_fields(
         self, num_prompts: int, text_bytes: int = 64, general: bool = False
     ) -> dict[str, jax.ShapeDtypeStruct]:
@@ -365,6 +470,8 @@ class CompiledSpec:
         out: dict[str, jax.ShapeDtypeStruct] = {}
         if general:
             out["general"] = jax.ShapeDtypeStruct((num_prompts,), jnp.bool_)
+        if self.domains:
+            out["domain"] = jax.ShapeDtypeStruct((num_prompts,), jnp.int32)
         for term in (*self.token_terms, *self.text_terms):
             for name in term.needed_fields:
                 if name in out or name + BYTES_SUFFIX in out:
@@ -382,10 +489,11 @@ class CompiledSpec:
         return out
 
     # ------------------------------------------------------------------ in the step
-    def _text_callback(self, tokens, mask, *arrays, names, has_general):
+    def _text_callback(self, tokens, mask, *arrays, names, has_general, has_domain):
         tokens, mask = np.asarray(tokens), np.asarray(mask).astype(bool)
         completions = [self.tokenizer.decode(row[m].tolist()) for row, m in zip(tokens, mask)]
         arrays = list(arrays)
+        domain = np.asarray(arrays.pop()) if has_domain else None
         general = np.asarray(arrays.pop(), bool) if has_general else None
         fields: dict[str, Any] = {}
         for name, array in zip(names, arrays[: len(names)]):
@@ -401,7 +509,14 @@ class CompiledSpec:
         out = np.zeros((len(self.text_terms), len(completions)), np.float32)
         prompts = [""] * len(completions)
         for i, term in enumerate(self.text_terms):
-            values, reasons = self._text_term(term, prompts, completions, fields, scores_by_label)
+            selected = None
+            if rows_domain(term.rows) is not None:  # only this domain's rows run the rule
+                selected = domain == self.domains.index(rows_domain(term.rows))
+                if general is not None:
+                    selected = selected & ~general
+            values, reasons = self._text_term(
+                term, prompts, completions, fields, scores_by_label, selected
+            )
             scores_by_label[term.label] = values
             out[i] = values
             for row, reason in enumerate(reasons):
@@ -444,9 +559,12 @@ class CompiledSpec:
             kwargs = term.call_kwargs(parts)
             scores = term.rule.fn(completion, mask, ids=self.tag_ids, **{**numeric, **kwargs})
             scores, bad = _finite(scores.astype(jnp.float32))
+            wanted = row_selector(term.rows, fields, self.domains)
+            if wanted is not None:
+                scores = jnp.where(wanted, scores, jnp.zeros_like(scores))
             parts[term.label] = scores
             total = total + term.weight * scores
-            failures[f"{term.label}/{NON_FINITE}"] = _count(bad, rule_rows)
+            failures[f"{term.label}/{NON_FINITE}"] = _count(bad, _both(rule_rows, wanted))
         if self.text_terms:
             names = tuple(
                 sorted(n for n in fields if n.removesuffix(BYTES_SUFFIX) in self._text_fields)
@@ -454,9 +572,17 @@ class CompiledSpec:
             extra = [parts[s] for s in self._text_sources]
             if general is not None:
                 extra.append(general)
+            has_domain = bool(self.domains)
+            if has_domain:
+                if "domain" not in fields:
+                    raise ValueError(
+                        "rewards: terms select domains but the batch has no 'domain' field "
+                        "(scorer.encode_fields makes it)"
+                    )
+                extra.append(fields["domain"])
             scores, counts = jax.pure_callback(
                 lambda *args: self._text_callback(
-                    *args, names=names, has_general=general is not None
+                    *args, names=names, has_general=general is not None, has_domain=has_domain
                 ),
                 (
                     jax.ShapeDtypeStruct((len(self.text_terms), batch), jnp.float32),
@@ -490,7 +616,7 @@ class CompiledSpec:
         for term in self.model_terms:
             score, model_parts = term.score(jax.lax.stop_gradient(frozen[term.label]), *model_args)
             score, bad = _finite(jax.lax.stop_gradient(score.astype(jnp.float32)))
-            wanted = row_selector(term.rows, fields)
+            wanted = row_selector(term.rows, fields, self.domains)
             if wanted is not None:
                 score = jnp.where(wanted, score, 0.0)
             total = total + term.weight * score

@@ -84,8 +84,36 @@ def numeric_array(values: Sequence[Any]) -> np.ndarray:
     return np.asarray(values, np.int32)
 
 
-def row_selector(rows: str, fields: Mapping[str, Any]) -> jax.Array | None:
-    """bool[B] of the rows a term with selector `rows` scores, or None for every row."""
+DOMAIN_PREFIX = "domain:"
+
+
+def rows_domain(rows: str) -> str | None:
+    """The domain a ``"domain:<name>"`` selector names, else None."""
+    return rows[len(DOMAIN_PREFIX) :] if rows.startswith(DOMAIN_PREFIX) else None
+
+
+def valid_rows(rows: Any) -> bool:
+    return isinstance(rows, str) and (rows in ROWS or bool(rows_domain(rows)))
+
+
+def row_selector(
+    rows: str, fields: Mapping[str, Any], domains: Sequence[str] = ()
+) -> jax.Array | None:
+    """bool[B] of the rows a term with selector `rows` scores, or None for every row.
+
+    "all"; "general" / "reasoning" (by the bool field ``general``; every row when the batch
+    has none); ``"domain:<name>"``: rows whose int field ``domain`` is the index of <name> in
+    `domains` (the compiled spec's domain table)."""
+    domain = rows_domain(rows)
+    if domain is not None:
+        if domain not in domains:
+            raise ValueError(f"row selector {rows!r}: domain not among {tuple(domains)}")
+        if "domain" not in fields:
+            raise ValueError(
+                f"row selector {rows!r}: the batch has no int field 'domain' (the compiled "
+                "spec's encode_fields makes it from the rows' domains)"
+            )
+        return jnp.asarray(fields["domain"]) == domains.index(domain)
     if rows == "all" or "general" not in fields:
         return None
     general = jnp.asarray(fields["general"]).astype(bool)
@@ -93,7 +121,7 @@ def row_selector(rows: str, fields: Mapping[str, Any]) -> jax.Array | None:
         return general
     if rows == "reasoning":
         return ~general
-    raise ValueError(f"row selector: expected one of {ROWS}, got {rows!r}")
+    raise ValueError(f"row selector: expected one of {ROWS} or 'domain:<name>', got {rows!r}")
 
 
 # ----------------------------------------------------------------------------- terms
@@ -106,7 +134,8 @@ class RewardTerm:
     passes ``correct = scores[label] > 0.5`` of an earlier rule term. key: the term's label in
     parts and failure counts (defaults to `name`; set it to use one reward twice). kind:
     "token" / "text" (default: the registered kind) or "model". rows: "all", "general",
-    "reasoning" (model terms; rule terms never score general rows). score: a model term's
+    "reasoning" (model terms; rule terms never score general rows), or "domain:<name>" (the
+    rows of that domain: per-domain rewards). score: a model term's
     `ModelScoreFn`. fields: the per-row fields the term reads (default: the reward's). encode:
     a model term's `FieldEncoder`. reward: a rule `Reward` not in the registry (e.g.
     `r1.judge.JUDGE_VERDICT`).
@@ -138,8 +167,10 @@ class RewardTerm:
             raise ValueError(f"{where}: kwargs must be a mapping, got {self.kwargs!r}")
         if self.kind not in ("", *KINDS):
             raise ValueError(f"{where}: kind must be one of {KINDS}, got {self.kind!r}")
-        if self.rows not in ROWS:
-            raise ValueError(f"{where}: rows must be one of {ROWS}, got {self.rows!r}")
+        if not valid_rows(self.rows):
+            raise ValueError(
+                f"{where}: rows must be one of {ROWS} or 'domain:<name>', got {self.rows!r}"
+            )
         if self.kind == "model" or self.score is not None:
             if self.score is None or not callable(self.score):
                 raise ValueError(f"{where}: a model term needs its `score` callable")

@@ -260,7 +260,7 @@ class EvalSection:
             )
 
 
-# ----------------------------------------------------------------------------- the experiment
+# ----------------------------------------------------------------------------- config.rewards
 MODEL_REWARD_KINDS = ("reward_model", "judge")
 # The kwargs each model-reward kind takes besides `path` and `name`, with their allowed values
 # (r1/rm/reward.py: the region a reward model reads, what a response without `</think>` gives).
@@ -332,13 +332,22 @@ def model_reward_entries(entries: tuple) -> tuple[ModelRewardEntry, ...]:
     return tuple(out)
 
 
-def reward_spec(entries: tuple) -> RewardSpec:
-    """The rule rewards of `config.rewards` as a `RewardSpec` (errors name `config.rewards`)."""
+def reward_spec(value: Any) -> RewardSpec:
+    """The rule rewards of `config.rewards` as a `RewardSpec` (errors name `config.rewards`):
+    a tuple of entries for every row, or a mapping {domain: entries} (per-domain rewards:
+    each row is scored by its own domain's terms only, `RewardSpec.from_domains`)."""
     try:
-        return RewardSpec.from_config(entries)
+        if isinstance(value, typing.Mapping):
+            entries = {
+                domain: _entries(e, f"config.rewards.{domain}", (2, 3), mappings=True)
+                for domain, e in value.items()
+            }
+            return RewardSpec.from_domains(entries)
+        return RewardSpec.from_config(_entries(value, "config.rewards", (2, 3), mappings=True))
     except ValueError as err:
+        text = str(err)
         raise ValueError(
-            f"config.{err}" if str(err).startswith("rewards") else f"config.rewards: {err}"
+            f"config.{text}" if text.startswith("rewards") else f"config.rewards: {text}"
         ) from None
 
 
@@ -411,9 +420,7 @@ def parse(config: Any, num_devices: int | None = None) -> GRPOExperiment:
             f"config.language: expected one of {sorted(REFLECTION_WORDS)}, got {language!r}"
         )
     rl = section(RLSection, config, "rl")
-    rewards = reward_spec(
-        _entries(mapping.get("rewards", ()), "config.rewards", (2, 3), mappings=True)
-    )
+    rewards = reward_spec(mapping.get("rewards", ()))
     model_rewards = model_reward_entries(
         _entries(mapping.get("model_rewards", ()), "config.model_rewards", (3,), mappings=False)
     )
@@ -425,10 +432,11 @@ def parse(config: Any, num_devices: int | None = None) -> GRPOExperiment:
                 "label; set kwargs `name`"
             )
         labels.append(entry.name)
-    if rl.accuracy_reward and rl.accuracy_reward not in labels:
-        raise ValueError(
-            f"config.rl.accuracy_reward: {rl.accuracy_reward!r} is not among the rewards {labels}"
-        )
+    for label in split_list(rl.accuracy_reward or ""):
+        if label not in labels:
+            raise ValueError(
+                f"config.rl.accuracy_reward: {label!r} is not among the rewards {labels}"
+            )
     return GRPOExperiment(
         **common,
         data=section(DataSection, config, "data"),

@@ -68,7 +68,8 @@ class GRPOConfig:
     0 = auto (`make_grpo_step` resolves it from the mesh): one row per batch shard per slice.
     std_ddof: the advantage std's delta degrees of freedom (`group_advantages`).
     ref_update_every: replace the reference by the policy every this many steps (0: never; R1
-    used 400). accuracy_reward: the reward whose mean is reported as `accuracy` (a 0/1 reward).
+    used 400). accuracy_reward: the reward whose rows > 0.5 are reported as `accuracy` (a 0/1
+    reward); comma-separated labels (per-domain accuracy rewards): a row is correct when any is.
     """
 
     group_size: int = 8
@@ -308,8 +309,54 @@ def refresh_reference(params: Any, ref_params: Any, new_step: jax.Array, every: 
     return jax.tree.map(lambda p, r: jnp.where(refresh, p, r), params, ref_params)
 
 
-def step_metrics(rows: Rollout, scores: ScorerOutput, rewards_pg, config: GRPOConfig) -> dict:
-    """Phase 6: rollout and reward metrics (the update's come from `policy_update`)."""
+def correct_rows(scores: ScorerOutput, config: GRPOConfig) -> jax.Array | None:
+    """bool[B]: rows whose accuracy reward is > 0.5 (any of `config.accuracy_reward`'s
+    comma-separated labels: per-domain accuracy rewards, each 0 off its domain), or None."""
+    if not config.accuracy_reward:
+        return None
+    labels = [label.strip() for label in config.accuracy_reward.split(",") if label.strip()]
+    missing = [label for label in labels if label not in scores.parts]
+    if missing:
+        raise ValueError(
+            f"GRPOConfig.accuracy_reward={config.accuracy_reward!r}: {missing} not among the "
+            f"rewards {sorted(scores.parts)}"
+        )
+    correct = scores.parts[labels[0]] > 0.5
+    for label in labels[1:]:
+        correct = correct | (scores.parts[label] > 0.5)
+    return correct
+
+
+def domain_metrics(
+    rows: Rollout, scores: ScorerOutput, correct: jax.Array | None, domains: tuple[str, ...]
+) -> dict[str, jax.Array]:
+    """Per-domain `rows/domain/<d>` (count), `reward/domain/<d>`, `response_length/domain/<d>`
+    and `accuracy/domain/<d>` (means over the domain's rows; 0 when it has none this step)."""
+    out = {}
+    lengths = rows.lengths.astype(jnp.float32)
+    for index, name in enumerate(domains):
+        selected = (rows.fields["domain"] == index).astype(jnp.float32)
+        count = jnp.sum(selected)
+        denominator = jnp.maximum(count, 1.0)
+        out[f"rows/domain/{name}"] = count
+        out[f"reward/domain/{name}"] = jnp.sum(scores.total * selected) / denominator
+        out[f"response_length/domain/{name}"] = jnp.sum(lengths * selected) / denominator
+        if correct is not None:
+            out[f"accuracy/domain/{name}"] = (
+                jnp.sum(correct.astype(jnp.float32) * selected) / denominator
+            )
+    return out
+
+
+def step_metrics(
+    rows: Rollout,
+    scores: ScorerOutput,
+    rewards_pg,
+    config: GRPOConfig,
+    domains: tuple[str, ...] = (),
+) -> dict:
+    """Phase 6: rollout and reward metrics (the update's come from `policy_update`), and per-
+    domain ones for the scorer's `domains`."""
     lengths = rows.lengths.astype(jnp.float32)
     rewards = scores.total
     metrics = {
@@ -325,15 +372,11 @@ def step_metrics(rows: Rollout, scores: ScorerOutput, rewards_pg, config: GRPOCo
         metrics[f"reward/{name}"] = jnp.mean(values.astype(jnp.float32))
     for name, count in scores.failures.items():
         metrics[f"reward_failures/{name}"] = count.astype(jnp.float32)
-    if config.accuracy_reward is not None:
-        if config.accuracy_reward not in scores.parts:
-            raise ValueError(
-                f"GRPOConfig.accuracy_reward={config.accuracy_reward!r} is not among the "
-                f"rewards {sorted(scores.parts)}"
-            )
-        metrics["accuracy"] = jnp.mean(
-            (scores.parts[config.accuracy_reward] > 0.5).astype(jnp.float32)
-        )
+    correct = correct_rows(scores, config)
+    if correct is not None:
+        metrics["accuracy"] = jnp.mean(correct.astype(jnp.float32))
+    if domains and "domain" in rows.fields:
+        metrics.update(domain_metrics(rows, scores, correct, domains))
     return metrics
 
 
@@ -387,12 +430,10 @@ def grpo_step_fn(
                 params, state.ref_params, new_step, config.ref_update_every
             ),
         )
-        metrics.update(step_metrics(rows, scores, rewards_pg, config))
-        correct = (
-            scores.parts[config.accuracy_reward] > 0.5
-            if config.accuracy_reward is not None
-            else jnp.zeros_like(scores.total, bool)
-        )
+        metrics.update(step_metrics(rows, scores, rewards_pg, config, scorer.domains))
+        correct = correct_rows(scores, config)
+        if correct is None:
+            correct = jnp.zeros_like(scores.total, bool)
         samples = {
             "tokens": rows.completion,
             "mask": rows.completion_mask,

@@ -281,3 +281,66 @@ def _env():
     import os
 
     return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+
+def test_per_domain_terms_score_and_run_only_on_their_rows():
+    seen = []
+
+    def code_like(prompts, completions, **_):
+        seen.append(list(completions))
+        return np.ones(len(completions), np.float32), ["no_code" for _ in completions]
+
+    code = Reward("code_like", "text", code_like, reasons=("no_code",))
+    spec = RewardSpec.from_domains(
+        {
+            "math": [("arithmetic", 1.0, {}), ("format_strict_tokens", 0.5, {})],
+            "code": [RewardTerm("code_like", reward=code), ("format_strict_tokens", 0.5, {})],
+        }
+    )
+    labels = [t.label for t in spec.terms]
+    assert labels == [
+        "arithmetic",
+        "format_strict_tokens@math",
+        "code_like",
+        "format_strict_tokens@code",
+    ]
+    scorer = spec.compile(TOK)
+    assert scorer.domains == ("math", "code")
+    domains = ["math", "code", "other", "math"]
+    fields = scorer.encode_fields({"answer": ["4"] * 4, "domain": domains})
+    assert fields["domain"].tolist() == [0, 1, -1, 0]
+    completion, mask, truncated = rollout(TEXTS)
+    out = jax.jit(scorer)(completion, mask, truncated, fields)
+    assert seen == [[TEXTS[1]]]  # the code reward ran on the code row only
+    parts = {k: np.asarray(v) for k, v in out.parts.items()}
+    host = RewardSpec.from_config(["arithmetic", "format_strict_tokens"]).compile(TOK)
+    full = host.score_texts([""] * 4, TEXTS, target=[4] * 4)
+    math_rows = np.asarray([True, False, False, True])
+    np.testing.assert_array_equal(
+        parts["arithmetic"], np.where(math_rows, full.breakdown["arithmetic"], 0)
+    )
+    np.testing.assert_array_equal(
+        parts["format_strict_tokens@math"],
+        np.where(math_rows, full.breakdown["format_strict_tokens"], 0),
+    )
+    np.testing.assert_array_equal(parts["code_like"], [0, 1, 0, 0])
+    expected = (
+        np.where(math_rows, full.breakdown["arithmetic"], 0)
+        + np.float32(0.5) * np.where(math_rows, full.breakdown["format_strict_tokens"], 0)
+        + np.asarray([0, 1, 0, 0], np.float32)
+        + np.float32(0.5)
+        * np.where(~math_rows, full.breakdown["format_strict_tokens"], 0)
+        * np.asarray([0, 1, 0, 0])
+    )
+    np.testing.assert_allclose(np.asarray(out.total), expected, rtol=1e-6)
+    counts = {k: int(v) for k, v in out.failures.items() if int(v)}
+    assert counts == {"code_like/no_code": 1}  # row 2 (domain "other") is nobody's
+    # The same routing on the host, from the rows' domain strings.
+    result = scorer.score_texts([""] * 4, TEXTS, target=[4] * 4, domain=domains)
+    for label, values in result.breakdown.items():
+        np.testing.assert_array_equal(values, parts[label], err_msg=label)
+    assert result.failures == {"code_like/no_code": 1}
+    abstract = scorer.abstract_fields(4)
+    assert abstract["domain"].shape == (4,) and abstract["domain"].dtype == jnp.int32
+    with pytest.raises(ValueError, match="rewards.code: term 'code_like' sets rows"):
+        RewardSpec.from_domains({"code": [RewardTerm("code_like", reward=code, rows="reasoning")]})
