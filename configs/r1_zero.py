@@ -14,9 +14,20 @@ qwen2_5_7b_math (TPU v5p-32: run the same command on every host; MATH-layout fil
         --config.data.files='/data/math/train-*.parquet' --workdir=gs://bucket/r1_zero_7b
 
 deepseek_v3 (the paper's hyperparameters; TPU v5p-2048, i.e. 1024 v5p chips, topology
-v5p:8x8x16; the same mesh code fits any v5p slice of >= 512 chips, fsdp takes the rest):
+v5p:8x8x16; the same mesh code fits any v5p slice of >= 512 chips, fsdp takes the rest; math
+and code prompts mixed by weight, each row scored by its own domain's rewards):
     python -m experiments.train --config=configs/r1_zero.py:deepseek_v3 \
-        --config.init.hf_path=/ckpt/DeepSeek-V3-Base --workdir=gs://bucket/r1_zero_v3
+        --config.init.hf_path=/ckpt/DeepSeek-V3-Base \
+        --config.tokenizer.path=/ckpt/DeepSeek-V3-Base \
+        --config.data.files='/data/math/train-*.parquet,/data/code/apps.jsonl' \
+        --config.data.layout=math,stdio --config.data.mixture=0.6,0.4 \
+        --workdir=gs://bucket/r1_zero_v3
+
+Code problems with any file-driven variant (rows of the humaneval / mbpp / stdio layouts are
+domain "code", scored by the sandboxed `code` reward plus format; metrics carry `reward/code`):
+    python -m experiments.train --config=configs/r1_zero.py:qwen2_5_1_5b_gsm8k \
+        --config.init.hf_path=/ckpt/Qwen2.5-1.5B --config.tokenizer.path=/ckpt/Qwen2.5-1.5B \
+        --config.data.files=/data/mbpp/train.jsonl --config.data.layout=mbpp --workdir=W
 
 Non-tiny variants name their target pod in `train.topology` / `train.slices`; compile their
 real step for it on any CPU host (see docs/pod_plan.md):
@@ -24,11 +35,12 @@ real step for it on any CPU host (see docs/pod_plan.md):
 
 Sections: model, mesh, seed (see configs/models.py); init (base checkpoint, HF layout),
 tokenizer, data (prompt source and buckets), rl (GRPO), rewards ((name, weight, kwargs) triples,
-see r1/rewards), optimizer, train (steps, checkpoints, samples), eval (held-out evaluation),
-language (of the reflection-word metrics). Every section is typed in r1/rl/config.py.
-Prompts: `data.files` (comma-separated local JSONL / JSON / Parquet paths or globs, or
-`tfds:name/config:split`; `data.layout` gsm8k / math / r1 / auto) replace the procedural
-`data.task`; the gsm8k and math variants read files only (`data.task` is empty).
+or {domain: triples}; see r1/rewards), optimizer, train (steps, checkpoints, samples), eval
+(held-out evaluation), language (of the reflection-word metrics). Every section is typed in
+r1/rl/config.py. Prompts: `data.files` (comma-separated local JSONL / JSON / Parquet paths or
+globs, or `tfds:name/config:split`; `data.layout` gsm8k / math / r1 / humaneval / mbpp / stdio
+/ auto, one or one per file; `data.domains`, `data.mixture`) replace the procedural
+`data.task`; the non-tiny variants read files only (`data.task` is empty). See docs/data.md.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from __future__ import annotations
 import ml_collections
 
 from r1 import configlib
-from r1.rl.config import rl_defaults
+from r1.rl.config import eval_defaults, rl_defaults
 
 VARIANTS = ("tiny", "qwen2_5_1_5b_gsm8k", "qwen2_5_7b_math", "deepseek_v3")
 
@@ -85,9 +97,13 @@ def _base() -> ml_collections.ConfigDict:
             task="add",
             task_kwargs=ml_collections.ConfigDict(),
             # Prompt files (comma-separated paths / globs / tfds:name/config:split) replace the
-            # procedural task when set; layout "auto" or gsm8k / math / r1, one or one per file.
+            # procedural task when set; layout "auto" or one of r1.data.sources.LAYOUTS, one or
+            # one per file; domains: the files' row domain ("" = by layout); mixture: one
+            # sampling weight per file ("" = rows concatenated).
             files="",
             layout="auto",
+            domains="",
+            mixture="",
             num_epochs=0,
             tfds_data_dir="",
             buckets=(64, 128, 256),
@@ -125,7 +141,8 @@ def _base() -> ml_collections.ConfigDict:
             export_dtype="",
         )
     )
-    c.eval = ml_collections.ConfigDict(dict(every=50, per_difficulty=16))
+    # Held-out evaluation: the procedural task's, or eval.files (r1.rl.config.EvalSection).
+    c.eval = eval_defaults(every=50, per_difficulty=16)
     # The language of the behaviour metrics' reflection words (r1.metrics.behaviour).
     c.language = "en"
     return c
@@ -162,18 +179,30 @@ def _hf(preset: str) -> ml_collections.ConfigDict:
     return c
 
 
-def _math_files(c: ml_collections.ConfigDict, layout: str) -> None:
-    """Prompts from math files (`--config.data.files=...`, required: no procedural fallback),
-    scored by math-verify (`math`) plus the strict format reward."""
+# Per-domain rule rewards of the file-driven variants: math rows (gsm8k / math layouts) are
+# scored by math-verify, code rows (humaneval / mbpp / stdio layouts) by the sandbox, each plus
+# the strict format reward; a row runs only its own domain's rewards.
+REASONING_REWARDS = {
+    "math": (("math", 1.0, {}), ("format_strict", 1.0, {})),
+    "code": (("code", 1.0, {}), ("format_strict", 1.0, {})),
+}
+
+
+def _reasoning_files(c: ml_collections.ConfigDict, layout: str) -> None:
+    """Prompts from files (`--config.data.files=...`, required: no procedural fallback) in
+    `layout` by default, scored per domain (`REASONING_REWARDS`)."""
     c.data.update(task="", layout=layout, buckets=(256, 512))
-    c.rewards = (("math", 1.0, {}), ("format_strict", 1.0, {}))
-    c.rl.accuracy_reward = "math"
+    # A mapping replaces the base's tuple (ConfigDict keeps a field's type): override one
+    # domain's terms as --config.rewards.code="(('code', 1.0, {}), ...)".
+    del c.rewards
+    c.rewards = REASONING_REWARDS
+    c.rl.accuracy_reward = "math,code"
 
 
 def qwen2_5_1_5b_gsm8k() -> ml_collections.ConfigDict:
     """GSM8K (local JSONL / Parquet in the GSM8K layout) with the `math` reward."""
     c = _hf("qwen2_5_1_5b")
-    _math_files(c, "gsm8k")
+    _reasoning_files(c, "gsm8k")
     c.mesh.update(data=1, fsdp=-1)
     c.rl.update(
         prompts_per_step=32, group_size=8, max_new_tokens=1024, beta=0.04, num_microbatches=0
@@ -186,7 +215,7 @@ def qwen2_5_1_5b_gsm8k() -> ml_collections.ConfigDict:
 def qwen2_5_7b_math() -> ml_collections.ConfigDict:
     """MATH-layout files (`problem`, `solution` with a boxed answer) with the `math` reward."""
     c = _hf("qwen2_5_7b")
-    _math_files(c, "math")
+    _reasoning_files(c, "math")
     c.mesh.update(data=1, fsdp=-1, tensor=4)
     c.rl.update(
         prompts_per_step=32, group_size=16, max_new_tokens=4096, beta=0.001, num_microbatches=0
@@ -205,6 +234,10 @@ def deepseek_v3() -> ml_collections.ConfigDict:
     Mesh: experts over 64 devices, heads/mlp/vocab over 2, fsdp over the rest (8 on 1024 chips,
     4 on 512); the 512 rows spread over fsdp x expert. See docs/pod_plan.md."""
     c = _hf("deepseek_v3")
+    # Math and code prompts (R1-Zero's reasoning RL), each file's layout detected; mix them by
+    # weight with --config.data.mixture (e.g. "0.6,0.4").
+    _reasoning_files(c, "auto")
+    c.data.buckets = (512, 1024, 2048)
     c.mesh.update(data=1, fsdp=-1, expert=64, tensor=2)
     c.rl.update(
         prompts_per_step=32,

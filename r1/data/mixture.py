@@ -1,4 +1,5 @@
-"""General (non-reasoning) prompts mixed into a task's prompt stream, for R1's stage 4.
+"""Prompt mixtures: several files by weight (`WeightedMixture`), and general prompts mixed
+into a task's prompt stream for R1's stage 4 (`GeneralMixture`).
 
 R1's last RL stage trains on reasoning prompts scored by rules and general prompts scored by
 reward models (helpfulness, harmlessness). `GeneralMixture` is a grain random-access source:
@@ -78,3 +79,44 @@ class GeneralMixture:
                 "general": 1,
             }
         return {**self.primary[index], "general": 0}
+
+
+class WeightedMixture:
+    """Rows drawn from several parts (e.g. a math file and a code file) with given weights.
+
+    Row `i` comes from part `d` with probability ``weights[d] / sum(weights)`` and is that
+    part's row ``k``, both drawn from ``(seed, i)``: deterministic for any reader, process or
+    resume (grain indexes it), with rows drawn with replacement inside each part. One epoch is
+    ``len(self)`` = the parts' total rows, so epochs and positions keep their meaning.
+    """
+
+    def __init__(
+        self,
+        parts: Sequence[Sequence[Mapping[str, Any]]],
+        weights: Sequence[float],
+        seed: int,
+    ):
+        if len(parts) != len(weights):
+            raise ValueError(f"mixture: {len(weights)} weights for {len(parts)} sources")
+        weights = np.asarray([float(w) for w in weights], np.float64)
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+            raise ValueError(
+                f"mixture: weights must be >= 0, finite, and not all 0; got {weights.tolist()}"
+            )
+        if any(len(p) == 0 for p, w in zip(parts, weights) if w > 0):
+            raise ValueError("mixture: a source with a positive weight has no rows")
+        self.parts, self.seed = [list(p) for p in parts], int(seed)
+        self.probabilities = weights / weights.sum()
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def part_of(self, index: int) -> tuple[int, int]:
+        """(part, row within the part) of mixture row `index`."""
+        rng = np.random.default_rng([self.seed, index, 11])
+        part = int(rng.choice(len(self.parts), p=self.probabilities))
+        return part, int(rng.integers(len(self.parts[part])))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        part, row = self.part_of(index)
+        return dict(self.parts[part][row])

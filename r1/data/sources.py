@@ -1,18 +1,22 @@
 r"""Question/answer sources from local files (JSONL, JSON, Parquet) and TFDS, schema-checked.
 
-Layouts (`LAYOUTS`):
+Layouts (`LAYOUTS`; the code layouts "humaneval", "mbpp" and "stdio" are documented in
+`r1.data.code_layouts`):
 * "gsm8k": `question`, `answer` whose last line is `#### 42`; the gold answer is the number
   after `####` (thousands separators removed); difficulty = number of solution lines (steps).
 * "math": `problem`, `solution` with the final answer in the last `\boxed{...}` (nested braces
   handled; `\fbox{}` and `\boxed 5` too); difficulty = `level` ("Level 3" -> 3) when present.
 * "r1": rows already in r1's form, `prompt` and `answer` (e.g. written by
-  `r1.data.procedural`), optional `difficulty`, `task`, `id`.
+  `r1.data.procedural`), or `prompt` and `tests` (a code row: statements and / or
+  ``{"input", "output"}`` cases for the ``code`` reward), optional `difficulty`, `task`, `id`,
+  `domain`.
 * "auto" (default): the first layout whose fields the file's first usable row has.
 
-Every row becomes `{"prompt", "answer", "difficulty", "task", "id", ...}`. Rows with missing
-fields or an unparsable answer are skipped and counted in a `LoadReport` (reason -> count; the
-first few reasons are logged with their line numbers). A file with no valid row at all (wrong
-layout, not JSON, empty) raises `ValueError` naming the file.
+Every row becomes `{"prompt", "answer" (code rows: "tests"), "difficulty", "task", "id",
+"domain", ...}`; `domain` is the row's own, else its layout's (`LAYOUT_DOMAINS`). Rows with
+missing fields or an unparsable answer are skipped and counted in a `LoadReport` (reason ->
+count; the first few reasons are logged with their line numbers). A file with no valid row at
+all (wrong layout, not JSON, empty) raises `ValueError` naming the file.
 """
 
 from __future__ import annotations
@@ -26,25 +30,29 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from r1.data import code_layouts
+from r1.data.rows import RowError, text_field
+
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("gsm8k", "math", "r1")
+LAYOUTS = ("gsm8k", "math", "r1", *code_layouts.CODE_LAYOUTS)
 # The domain of a layout's rows (a row may name its own in a `domain` field; an r1-layout row
-# without one has none); per-domain rewards route rows by it.
-LAYOUT_DOMAINS = {"gsm8k": "math", "math": "math"}
+# without one has none, or "code" when it has `tests` and no `answer`); per-domain rewards
+# route rows by it.
+LAYOUT_DOMAINS = {
+    "gsm8k": "math",
+    "math": "math",
+    **{layout: code_layouts.CODE_DOMAIN for layout in code_layouts.CODE_LAYOUTS},
+}
+# What each layout needs, as said in errors ("auto" detection: `detect_layout`).
 _REQUIRED = {
     "gsm8k": ("question", "answer"),
     "math": ("problem", "solution"),
-    "r1": ("prompt", "answer"),
+    "r1": ("prompt", "answer or tests"),
+    "humaneval": ("prompt", "test", "entry_point"),
+    "mbpp": ("text", "test_list"),
+    "stdio": ("a statement", "input_output or test cases"),
 }
-
-
-class RowError(ValueError):
-    """Why one row was skipped; `reason` is a short category used for counting."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 # ------------------------------------------------------------------------------ answer extraction
@@ -105,22 +113,6 @@ def extract_math_answer(solution: str) -> str:
 
 
 # ------------------------------------------------------------------------------ row conversion
-def text_field(raw: Mapping[str, Any], key: str) -> str:
-    """`raw[key]` as text (bytes decoded as UTF-8, numbers written out); a `RowError` naming the
-    field when it is missing, empty, or not text (a bool, a list, ...)."""
-    value = raw.get(key)
-    if value is None:
-        raise RowError(f"missing field '{key}'")
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise RowError(f"field '{key}' is not text", type(value).__name__)
-    value = str(value)
-    if not value.strip():
-        raise RowError(f"empty field '{key}'")
-    return value
-
-
 def _int_or(value: Any, default: int) -> int:
     if isinstance(value, bool):
         return default
@@ -153,10 +145,9 @@ def convert_row(raw: Any, layout: str, task: str) -> dict[str, Any]:
         if isinstance(raw.get("type"), str):
             row["subject"] = raw["type"]
     elif layout == "r1":
-        row = dict(raw)
-        row["prompt"] = text_field(raw, "prompt")
-        row["answer"] = text_field(raw, "answer").strip()
-        row["difficulty"] = _int_or(raw.get("difficulty"), 0)
+        row = _r1_row(raw)
+    elif layout in code_layouts.CODE_LAYOUTS:
+        row = code_layouts.convert_code_row(raw, layout)
     else:
         raise ValueError(f"layout: expected one of {LAYOUTS} or 'auto', got {layout!r}")
     row.setdefault("task", raw.get("task") if isinstance(raw.get("task"), str) else task)
@@ -171,13 +162,34 @@ def convert_row(raw: Any, layout: str, task: str) -> dict[str, Any]:
 
 
 def detect_layout(raw: Any) -> str | None:
-    """The first layout whose required fields all appear in `raw` (a dict), else None."""
+    """The layout of `raw` (a dict) by its fields, in `LAYOUTS` order, else None."""
     if not isinstance(raw, dict):
         return None
-    for layout in LAYOUTS:
-        if all(k in raw for k in _REQUIRED[layout]):
+    if "question" in raw and "answer" in raw:
+        return "gsm8k"
+    if "problem" in raw and "solution" in raw:
+        return "math"
+    if "prompt" in raw and ("answer" in raw or isinstance(raw.get("tests"), list)):
+        return "r1"
+    for layout in code_layouts.CODE_LAYOUTS:
+        if code_layouts.looks_like(raw, layout):
             return layout
     return None
+
+
+def _r1_row(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """An r1-layout row: `prompt` and a gold `answer`, or a code row's `tests` (a list)."""
+    row = dict(raw)
+    row["prompt"] = text_field(raw, "prompt")
+    if raw.get("answer") is None and isinstance(raw.get("tests"), list):
+        if not raw["tests"]:
+            raise RowError("empty tests", "a code row needs at least one test")
+        row.setdefault("domain", code_layouts.CODE_DOMAIN)
+        row.pop("answer", None)
+    else:
+        row["answer"] = text_field(raw, "answer").strip()
+    row["difficulty"] = _int_or(raw.get("difficulty"), 0)
+    return row
 
 
 # ------------------------------------------------------------------------------ reports
@@ -247,9 +259,10 @@ def convert_records(
         rows.append(row)
         report.num_kept += 1
     if not rows:
+        expected = LAYOUTS if layout == "auto" else (layout,)
         raise ValueError(
             f"{name}: no valid row (expected layout {layout!r}: "
-            + " or ".join(f"{lay} {_REQUIRED[lay]}" for lay in LAYOUTS)
+            + " or ".join(f"{lay} {_REQUIRED[lay]}" for lay in expected)
             + f"); {report.summary()}"
         )
     if report.num_skipped:
@@ -441,62 +454,109 @@ def split_list(value: str | Sequence[str]) -> list[str]:
     return [item.strip() for item in items if item.strip()]
 
 
-def load_sources(
+@dataclasses.dataclass
+class SourceEntry:
+    """The rows of one entry of a data-file list (a path, a glob or a TFDS name)."""
+
+    entry: str
+    layout: str
+    rows: list[dict[str, Any]]
+    reports: list[LoadReport]
+
+
+def _per_entry(
+    value: str | Sequence[str], entries: list[str], what: str, default: str, keep_empty: bool
+) -> list[str]:
+    """One item of `value` per entry: one given for all, or one each (empty items kept as
+    `default` when `keep_empty`, else dropped)."""
+    if keep_empty:
+        items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
+        items = [v or default for v in items] if any(items) else [default]
+    else:
+        items = split_list(value) or [default]
+    if len(items) == 1:
+        items = items * len(entries)
+    if len(items) != len(entries):
+        raise ValueError(
+            f"data {what}: {len(items)} {what} {items} for {len(entries)} files {entries} (give "
+            f"one, or one per file)"
+        )
+    return items
+
+
+def load_entries(
     files: str | Sequence[str],
     layouts: str | Sequence[str] = "auto",
     *,
+    domains: str | Sequence[str] = "",
     tfds_data_dir: str | None = None,
     max_logged: int = 5,
-) -> tuple[list[dict[str, Any]], list[LoadReport]]:
-    """Rows of every entry of `files` (comma-separated): local JSONL / JSON / Parquet paths or
-    glob patterns, and TFDS datasets as ``tfds:name/config:split`` (prepared in
-    `tfds_data_dir`; never downloaded). `layouts`: one layout for all entries, or one per entry
-    (comma-separated, same count). Rows are concatenated in entry order (a glob's files sorted).
-    Raises `ValueError` naming the entry when an entry has no valid row."""
+) -> list[SourceEntry]:
+    """The rows of each entry of `files` (comma-separated): local JSONL / JSON / Parquet paths
+    or glob patterns (a glob's files sorted), and TFDS datasets as ``tfds:name/config:split``
+    (prepared in `tfds_data_dir`; never downloaded). `layouts`: one layout for all entries, or
+    one per entry (comma-separated). `domains`: "" (each row's own domain, else its layout's),
+    one name for all entries or one per entry ("" keeps the default for that entry): the
+    `domain` of every row of the entry. Raises `ValueError` naming the entry when an entry has
+    no valid row."""
     entries = split_list(files)
     if not entries:
         raise ValueError("data files: no file given")
-    layout_list = split_list(layouts) or ["auto"]
-    if len(layout_list) == 1:
-        layout_list = layout_list * len(entries)
-    if len(layout_list) != len(entries):
-        raise ValueError(
-            f"data layouts: {len(layout_list)} layouts {layout_list} for {len(entries)} files "
-            f"{entries} (give one layout, or one per file)"
-        )
-    rows: list[dict[str, Any]] = []
-    reports: list[LoadReport] = []
-    for entry, layout in zip(entries, layout_list):
+    layout_list = _per_entry(layouts, entries, "layouts", "auto", keep_empty=False)
+    domain_list = _per_entry(domains, entries, "domains", "", keep_empty=True)
+    out = []
+    for entry, layout, domain in zip(entries, layout_list, domain_list):
         if layout != "auto" and layout not in LAYOUTS:
             raise ValueError(f"{entry}: layout expected one of {LAYOUTS} or 'auto', got {layout!r}")
         if entry.startswith(TFDS_PREFIX):
             name, sep, split = entry[len(TFDS_PREFIX) :].rpartition(":")
             if not sep or not name or not split:
                 raise ValueError(f"{entry}: expected tfds:name[/config]:split")
-            more, report = load_tfds(
+            rows, report = load_tfds(
                 name, split, data_dir=tfds_data_dir, layout=layout, max_logged=max_logged
             )
-            rows += more
-            reports.append(report)
+            reports = [report]
         else:
-            more, file_reports = load_files(entry, layout, max_logged=max_logged)
-            rows += more
-            reports += file_reports
-    return rows, reports
+            rows, reports = load_files(entry, layout, max_logged=max_logged)
+        if domain:
+            rows = [{**row, "domain": domain} for row in rows]
+        out.append(SourceEntry(entry, layout, rows, reports))
+    return out
+
+
+def load_sources(
+    files: str | Sequence[str],
+    layouts: str | Sequence[str] = "auto",
+    *,
+    domains: str | Sequence[str] = "",
+    tfds_data_dir: str | None = None,
+    max_logged: int = 5,
+) -> tuple[list[dict[str, Any]], list[LoadReport]]:
+    """`load_entries`' rows concatenated in entry order, and all their load reports."""
+    loaded = load_entries(
+        files, layouts, domains=domains, tfds_data_dir=tfds_data_dir, max_logged=max_logged
+    )
+    rows = [row for entry in loaded for row in entry.rows]
+    return rows, [report for entry in loaded for report in entry.reports]
 
 
 UNDECODABLE = ("invalid JSON", "row is not an object", "invalid record")
-GOLD_MARKERS = ("answer", "solution", "####", "boxed")
+# A code row's tests are its gold answer.
+GOLD_MARKERS = ("answer", "solution", "####", "boxed", "test", "case", "input_output")
+UNSUPPORTED = ("call-based tests",)
 
 
 def skip_category(reason: str) -> str:
     """A skip reason (`RowError.reason`, e.g. "no '####' in answer") -> its metric name:
-    "undecodable" (not JSON, not an object), "no_layout", "bad_answer" (the gold answer is
-    missing or unparsable), "missing_field" (any other field)."""
+    "undecodable" (not JSON, not an object), "no_layout", "unsupported" (e.g. call-based code
+    tests), "bad_answer" (the gold answer or a code row's tests missing or unparsable),
+    "missing_field" (any other field)."""
     if reason in UNDECODABLE:
         return "undecodable"
     if reason == "no known layout":
         return "no_layout"
+    if reason in UNSUPPORTED:
+        return "unsupported"
     if any(marker in reason for marker in GOLD_MARKERS):
         return "bad_answer"
     return "missing_field"

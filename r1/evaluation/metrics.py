@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from r1.rewards.countdown import parse_integer_answer
-from r1.rewards.extract import WHITESPACE, answer_content, final_answer
+from r1.rewards.extract import WHITESPACE, answer_content, final_answer, last_code_block
 
 
 # ----------------------------------------------------------------------------- pass@k
@@ -115,12 +115,16 @@ def vote_key(completion: str, reward: str) -> str | None:
     """The answer of `completion` that votes in cons@k, extracted as reward `reward` reads it.
 
     arithmetic: the integer in the last ``<answer>`` (as ``str(int)``); countdown: the
-    expression in the last ``<answer>`` with whitespace and any ``= ...`` suffix removed; any
+    expression in the last ``<answer>`` with whitespace and any ``= ...`` suffix removed; code:
+    the last fenced code block, stripped; any
     other reward (math): `normalize_answer` of `r1.rewards.extract.final_answer`.
     """
     if reward == "arithmetic":
         value = parse_integer_answer(completion)
         return None if value is None else str(value)
+    if reward == "code":  # identical programs vote together
+        program = last_code_block(completion)
+        return (program or "").strip() or None
     if reward == "countdown":
         content = answer_content(completion)
         if content is None:

@@ -13,7 +13,8 @@ filled with repeats, so every batch has one of a few static shapes). Row `r` of 
 draws its randomness from `fold_in(key(seed), p * num_samples + r)`, so a sample does not depend
 on how the prompts were batched. Completions are decoded and scored with the registered
 accuracy reward of the row (`reward="auto"`: `arithmetic` for the procedural `add` / `mul`
-tasks, `countdown` for countdown, `math` (math-verify) for everything else), their final
+tasks, `countdown` for countdown, `code` (the sandbox; a sample passes when every test does)
+for code rows, `math` (math-verify) for everything else), their final
 answers extracted for majority voting (`r1.evaluation.metrics.vote_key`), and everything is
 summarised per task (and per difficulty within a task when rows carry one).
 
@@ -168,9 +169,12 @@ def render_prompt(row: Mapping[str, Any], template: str) -> str:
 
 
 def reward_name(row: Mapping[str, Any], reward: str) -> str:
-    """The accuracy reward that grades `row`: `reward`, or by task when it is "auto"."""
+    """The accuracy reward that grades `row`: `reward`, or when it is "auto": ``code`` for a
+    code row (domain "code", or `tests` and no `answer`), else by task (`AUTO_REWARDS`)."""
     if reward != "auto":
         return reward
+    if row.get("domain") == "code" or ("tests" in row and "answer" not in row):
+        return "code"
     return AUTO_REWARDS.get(str(row.get("task", "")), "math")
 
 

@@ -22,9 +22,10 @@ A `RewardTerm` has one of three kinds:
 
 Rows. With a bool field ``general`` in the batch (R1 stage 4), rule terms never score general
 rows (a rule needs a gold answer; their score there is 0), and model terms score the rows their
-``rows`` selects: ``"all"`` (default), ``"general"``, ``"reasoning"`` (not general).
-`row_selector` is the one place that reads the selector, so a later per-row ``domain`` field can
-add selectors without touching the scorer.
+``rows`` selects: ``"all"`` (default), ``"general"``, ``"reasoning"`` (not general). Per-domain
+terms (`RewardSpec.from_domains`) select ``"domain:<name>"``: the rows whose ``domain`` is
+<name>; on the host a text rule runs on its rows only. `row_selector` (in the step) and
+`host_selection` (on the host) are the only readers of a selector.
 
 Non-finite scores, everywhere (host, token, text, model): the score becomes 0 and the row is
 counted as failure reason ``non_finite`` (``"<label>/non_finite"``).
@@ -51,12 +52,17 @@ from r1.rewards.term import (
     FieldEncoder,
     ModelScoreFn,
     RewardTerm,
+    both_selected,
+    count_selected,
     decode_text_field,
     encode_text_fields,
+    host_selection,
     is_numeric,
     numeric_array,
     row_selector,
     rows_domain,
+    take_rows,
+    zero_non_finite,
 )
 from r1.rewards.tokens import TagIds
 
@@ -171,12 +177,16 @@ class RewardSpec:
     def from_domains(cls, config: Mapping[str, Sequence[Any]]) -> RewardSpec:
         """Per-domain rewards: {domain: entries as in `from_config`}. Each term scores only
         the rows of its domain (``rows="domain:<name>"``); a reward used by several domains is
-        labelled ``<label>@<domain>`` in each (e.g. ``format_strict@math``), others keep their
-        label (``math``, ``code``)."""
-        per_domain = {
-            str(domain): [_term_from_entry(i, e) for i, e in enumerate(entries)]
-            for domain, entries in config.items()
-        }
+        labelled ``<domain>.<label>`` in each (e.g. ``math.format_strict``: TensorBoard names
+        allow no ``@``), others keep their label (``math``, ``code``)."""
+        per_domain = {}
+        for domain, entries in config.items():
+            try:
+                per_domain[str(domain)] = [_term_from_entry(i, e) for i, e in enumerate(entries)]
+            except ValueError as err:
+                text = str(err).removeprefix("rewards")
+                text = text if text[:1] == "[" else f": {text}"
+                raise ValueError(f"rewards.{domain}{text}") from None
         uses = collections.Counter(t.label for terms in per_domain.values() for t in terms)
         out = []
         for domain, terms in per_domain.items():
@@ -188,7 +198,7 @@ class RewardSpec:
                         f"rewards.{domain}: term {term.label!r} sets rows={term.rows!r}; a "
                         "per-domain term scores its domain's rows"
                     )
-                key = term.label if uses[term.label] == 1 else f"{term.label}@{domain}"
+                key = term.label if uses[term.label] == 1 else f"{domain}.{term.label}"
                 out.append(dataclasses.replace(term, key=key, rows=f"domain:{domain}"))
         return cls(tuple(out))
 
@@ -210,49 +220,6 @@ class RewardSpec:
 
 
 # ----------------------------------------------------------------------------- compiled
-def _finite(scores: jax.Array) -> tuple[jax.Array, jax.Array]:
-    finite = jnp.isfinite(scores)
-    return jnp.where(finite, scores, jnp.zeros_like(scores)), ~finite
-
-
-def _take(value: Any, index: np.ndarray, batch: int) -> Any:
-    """The rows `index` of a per-row value (a sequence or array of length `batch`); other
-    values (a scalar kwarg, a language code) unchanged."""
-    if isinstance(value, np.ndarray) and value.ndim and len(value) == batch:
-        return value[index]
-    if isinstance(value, (list, tuple)) and len(value) == batch:
-        return [value[i] for i in index]
-    return value
-
-
-def _host_selection(term: RewardTerm, row_domains: Any, batch: int) -> np.ndarray | None:
-    """bool[B] rows a domain term scores on the host (rows' ``domain`` strings), else None."""
-    domain = rows_domain(term.rows)
-    if domain is None:
-        return None
-    if row_domains is None:
-        raise ValueError(
-            f"reward term {term.label!r}: scores rows of domain {domain!r}; give the rows' "
-            "`domain` field"
-        )
-    if len(row_domains) != batch:
-        raise ValueError(f"rewards: field 'domain' has {len(row_domains)} values for {batch} rows")
-    return np.asarray([d == domain for d in row_domains], bool)
-
-
-def _both(a: Any, b: Any) -> Any:
-    """The logical and of two optional bool[B] row selections (None: every row)."""
-    if a is None:
-        return b
-    return a if b is None else a & b
-
-
-def _count(bad: jax.Array, rows: jax.Array | None) -> jax.Array:
-    if rows is not None:
-        bad = bad & rows
-    return jnp.sum(bad.astype(jnp.int32))
-
-
 class CompiledSpec:
     """A `RewardSpec` bound to a tokenizer: the GRPO scorer (`__call__`), host scoring
     (`score_texts`) and the prompt-field encoder (`encode_fields`).
@@ -319,10 +286,10 @@ class CompiledSpec:
             if len(index):
                 values, some = self._text_term(
                     term,
-                    _take(prompts, index, batch),
-                    _take(completions, index, batch),
-                    {k: _take(v, index, batch) for k, v in fields.items()},
-                    {k: _take(v, index, batch) for k, v in scores.items()},
+                    take_rows(prompts, index, batch),
+                    take_rows(completions, index, batch),
+                    {k: take_rows(v, index, batch) for k, v in fields.items()},
+                    {k: take_rows(v, index, batch) for k, v in scores.items()},
                 )
                 out[index] = values
                 for row, reason in zip(index, some):
@@ -384,7 +351,7 @@ class CompiledSpec:
                 raw = np.asarray(values, np.float64).reshape(-1)
                 reasons = ["" if ok else NON_FINITE for ok in np.isfinite(raw)]
                 scores = finite_scores(raw)
-                selected = _host_selection(term, row_domains, batch)
+                selected = host_selection(term, row_domains, batch)
                 if selected is not None:
                     scores = np.where(selected, scores, np.float32(0))
                     reasons = [r if ok else "" for r, ok in zip(reasons, selected)]
@@ -395,7 +362,7 @@ class CompiledSpec:
                     list(completions),
                     fields,
                     breakdown,
-                    _host_selection(term, row_domains, batch),
+                    host_selection(term, row_domains, batch),
                 )
             breakdown[term.label] = scores
             total = total + np.float32(term.weight) * scores
@@ -558,13 +525,15 @@ class CompiledSpec:
         for term in self.token_terms:
             kwargs = term.call_kwargs(parts)
             scores = term.rule.fn(completion, mask, ids=self.tag_ids, **{**numeric, **kwargs})
-            scores, bad = _finite(scores.astype(jnp.float32))
+            scores, bad = zero_non_finite(scores.astype(jnp.float32))
             wanted = row_selector(term.rows, fields, self.domains)
             if wanted is not None:
                 scores = jnp.where(wanted, scores, jnp.zeros_like(scores))
             parts[term.label] = scores
             total = total + term.weight * scores
-            failures[f"{term.label}/{NON_FINITE}"] = _count(bad, _both(rule_rows, wanted))
+            failures[f"{term.label}/{NON_FINITE}"] = count_selected(
+                bad, both_selected(rule_rows, wanted)
+            )
         if self.text_terms:
             names = tuple(
                 sorted(n for n in fields if n.removesuffix(BYTES_SUFFIX) in self._text_fields)
@@ -615,7 +584,7 @@ class CompiledSpec:
         fields = model_args[-1]
         for term in self.model_terms:
             score, model_parts = term.score(jax.lax.stop_gradient(frozen[term.label]), *model_args)
-            score, bad = _finite(jax.lax.stop_gradient(score.astype(jnp.float32)))
+            score, bad = zero_non_finite(jax.lax.stop_gradient(score.astype(jnp.float32)))
             wanted = row_selector(term.rows, fields, self.domains)
             if wanted is not None:
                 score = jnp.where(wanted, score, 0.0)
@@ -623,5 +592,5 @@ class CompiledSpec:
             parts[term.label] = score
             for part, values in model_parts.items():
                 parts[f"{term.label}/{part}"] = jax.lax.stop_gradient(values)
-            failures[f"{term.label}/{NON_FINITE}"] = _count(bad, wanted)
+            failures[f"{term.label}/{NON_FINITE}"] = count_selected(bad, wanted)
         return total

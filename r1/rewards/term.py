@@ -37,8 +37,9 @@ FieldEncoder = Callable[[Mapping[str, Sequence[Any]]], dict[str, np.ndarray]]
 def encode_text_fields(
     fields: Mapping[str, Sequence[Any]], width_multiple: int = 32
 ) -> dict[str, np.ndarray]:
-    """{name: values[P]} -> {name__bytes: uint8[P, A]}: UTF-8 bytes, zero-padded to A, a
-    multiple of `width_multiple` (few shapes get compiled); lists and dicts are stored as JSON."""
+    """{name: values[P]} -> {name__bytes: uint8[P, A]}: UTF-8 bytes, zero-padded to A =
+    `width_multiple` times a power of two (few shapes get compiled even when lengths vary
+    widely, as a code row's tests do); lists and dicts are stored as JSON."""
     out = {}
     for name, values in fields.items():
         encoded = [
@@ -46,7 +47,8 @@ def encode_text_fields(
             for v in values
         ]
         longest = max((len(e) for e in encoded), default=0)
-        width = max(width_multiple, -(-longest // width_multiple) * width_multiple)
+        blocks = max(1, -(-longest // width_multiple))
+        width = width_multiple * (1 << (blocks - 1).bit_length())
         array = np.zeros((len(encoded), width), np.uint8)
         for i, e in enumerate(encoded):
             array[i, : len(e)] = np.frombuffer(e, np.uint8)
@@ -232,3 +234,49 @@ class RewardTerm:
                 )
             kwargs["correct"] = scores[source] > 0.5
         return kwargs
+
+
+# ----------------------------------------------------------------------------- host rows
+def take_rows(value: Any, index: np.ndarray, batch: int) -> Any:
+    """The rows `index` of a per-row value (a sequence or array of length `batch`); other
+    values (a scalar kwarg, a language code) unchanged."""
+    if isinstance(value, np.ndarray) and value.ndim and len(value) == batch:
+        return value[index]
+    if isinstance(value, (list, tuple)) and len(value) == batch:
+        return [value[i] for i in index]
+    return value
+
+
+def host_selection(term: RewardTerm, row_domains: Any, batch: int) -> np.ndarray | None:
+    """bool[B] rows a domain term scores on the host (rows' ``domain`` strings), else None."""
+    domain = rows_domain(term.rows)
+    if domain is None:
+        return None
+    if row_domains is None:
+        raise ValueError(
+            f"reward term {term.label!r}: scores rows of domain {domain!r}; give the rows' "
+            "`domain` field"
+        )
+    if len(row_domains) != batch:
+        raise ValueError(f"rewards: field 'domain' has {len(row_domains)} values for {batch} rows")
+    return np.asarray([d == domain for d in row_domains], bool)
+
+
+def both_selected(a: Any, b: Any) -> Any:
+    """The logical and of two optional bool[B] row selections (None: every row)."""
+    if a is None:
+        return b
+    return a if b is None else a & b
+
+
+def zero_non_finite(scores: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(scores with non-finite values set to 0, bool mask of those values)."""
+    finite = jnp.isfinite(scores)
+    return jnp.where(finite, scores, jnp.zeros_like(scores)), ~finite
+
+
+def count_selected(bad: jax.Array, rows: jax.Array | None) -> jax.Array:
+    """int32[]: rows where `bad`, among the selected `rows` (None: every row)."""
+    if rows is not None:
+        bad = bad & rows
+    return jnp.sum(bad.astype(jnp.int32))

@@ -64,11 +64,16 @@ class DataSection:
     files: comma-separated local JSONL / JSON / Parquet paths or globs, and TFDS datasets as
     ``tfds:name/config:split`` (prepared in `tfds_data_dir`); when set they replace the
     procedural task. layout: "auto" or one of `r1.data.sources.LAYOUTS`, one for all files or
-    one per file (comma-separated). num_epochs: passes over the files (0: forever); rows are
-    shuffled with the run's seed, differently each epoch. task / task_kwargs: the procedural
-    task whose train split gives the prompts when no file is set (the demo); "" requires
-    files. buckets: the
-    prompt lengths (tokens) prompts are left-padded to; longer prompts are skipped and counted.
+    one per file (comma-separated). domains: "" (each row's own domain, else its layout's:
+    gsm8k / math -> "math", humaneval / mbpp / stdio -> "code"), or one domain name for all
+    files or one per file (comma-separated; "" keeps the default of that file): per-domain
+    rewards score a row by its domain. mixture: "" (the files' rows concatenated), or one
+    sampling weight per file (comma-separated, e.g. "0.7,0.3"): each prompt comes from a file
+    drawn by weight (`r1.data.mixture.WeightedMixture`). num_epochs: passes over the files
+    (0: forever); rows are shuffled with the run's seed, differently each epoch. task /
+    task_kwargs: the procedural task whose train split gives the prompts when no file is set
+    (the demo); "" requires files. buckets: the prompt lengths (tokens) prompts are
+    left-padded to; longer prompts are skipped and counted.
     general_files (comma-separated JSONL paths of `prompt` rows) and general_fraction (their
     share of the prompts, 0 <= f < 1): R1 stage 4's general prompts."""
 
@@ -76,6 +81,8 @@ class DataSection:
     task_kwargs: Any = None
     files: str = ""
     layout: str = "auto"
+    domains: str = ""
+    mixture: str = ""
     num_epochs: int = 0
     tfds_data_dir: str = ""
     buckets: tuple[int, ...] = (64, 128, 256)
@@ -105,6 +112,37 @@ class DataSection:
                 raise ValueError(
                     f"config.data.layout: expected 'auto' or one of {LAYOUTS}, got {layout!r}"
                 )
+        files = split_list(self.files)
+        for name, value in (("layout", self.layout), ("domains", self.domains)):
+            items = value.split(",") if value.strip() else []
+            if len(items) > 1 and len(items) != len(files):
+                raise ValueError(
+                    f"config.data.{name}: {len(items)} items {items} for {len(files)} files; give "
+                    "one for all files or one per file"
+                )
+        if self.mixture:
+            weights = self.mixture_weights
+            if not files or len(weights) != len(files):
+                raise ValueError(
+                    f"config.data.mixture: {len(weights)} weights for {len(files)} files "
+                    f"{files}; give one weight per file"
+                )
+
+    @property
+    def mixture_weights(self) -> tuple[float, ...]:
+        """`mixture` as numbers (a clear error naming the field when one is not >= 0)."""
+        try:
+            weights = tuple(float(w) for w in split_list(self.mixture))
+        except ValueError:
+            raise ValueError(
+                f"config.data.mixture: expected comma-separated numbers, got {self.mixture!r}"
+            ) from None
+        if any(not w >= 0 or w == float("inf") for w in weights) or not sum(weights) > 0:
+            raise ValueError(
+                f"config.data.mixture: weights must be finite, >= 0 and not all 0, got "
+                f"{self.mixture!r}"
+            )
+        return weights
 
 
 # ----------------------------------------------------------------------------- config.rl
@@ -246,11 +284,27 @@ def rl_defaults(**overrides: Any) -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------- config.eval
 @dataclasses.dataclass(frozen=True)
 class EvalSection:
-    """`config.eval`: greedy held-out accuracy every `every` steps (0: never) on
-    `per_difficulty` problems per difficulty of the task."""
+    """`config.eval`: held-out evaluation every `every` steps (0: never).
+
+    Without `files`: greedy accuracy on `per_difficulty` problems per difficulty of the
+    procedural task. With `files` (comma-separated paths / globs / ``tfds:``, `layout` as
+    `config.data.layout`): `num_samples` completions per problem (temperature `temperature`,
+    top-p `top_p`, at most `max_new_tokens` tokens, 0: rl.max_new_tokens) on the files' rows
+    (the first `max_problems`, 0: all), graded by each row's accuracy reward (math-verify; the
+    sandbox, all tests passing, for code rows), giving `eval/pass@1`, `eval/cons@<k>`,
+    `eval/response_length/mean`, `eval/truncated_frac`, and the same per domain
+    (`eval/<domain>/pass@1`, ...) and per difficulty (`eval/pass@1/difficulty_<d>`)."""
 
     every: int = 50
     per_difficulty: int = 16
+    files: str = ""
+    layout: str = "auto"
+    num_samples: int = 4
+    max_problems: int = 0
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 0
+    batch_size: int = 16
 
     def __post_init__(self):
         if self.every < 0 or self.per_difficulty < 1:
@@ -258,6 +312,27 @@ class EvalSection:
                 f"config.eval: every >= 0 and per_difficulty >= 1 expected, got {self.every}, "
                 f"{self.per_difficulty}"
             )
+        for name in ("num_samples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config.eval.{name}: expected >= 1, got {getattr(self, name)}")
+        for name in ("max_problems", "max_new_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"config.eval.{name}: expected >= 0, got {getattr(self, name)}")
+        if not self.temperature > 0 or not 0 < self.top_p <= 1:
+            raise ValueError(
+                f"config.eval: temperature > 0 and 0 < top_p <= 1 expected, got "
+                f"{self.temperature}, {self.top_p}"
+            )
+        for layout in split_list(self.layout):
+            if layout != "auto" and layout not in LAYOUTS:
+                raise ValueError(
+                    f"config.eval.layout: expected 'auto' or one of {LAYOUTS}, got {layout!r}"
+                )
+
+
+def eval_defaults(**overrides: Any) -> ml_collections.ConfigDict:
+    """The `eval` section for a config file: every `EvalSection` field, `overrides` applied."""
+    return configlib.dataclass_dict(EvalSection, overrides, "eval")
 
 
 # ----------------------------------------------------------------------------- config.rewards

@@ -26,7 +26,8 @@ import numpy as np
 from r1 import logging as r1_logging
 from r1 import sharding
 from r1.data import pipeline, procedural, sources
-from r1.data.mixture import GeneralMixture, load_general_prompts
+from r1.data.mixture import GeneralMixture, WeightedMixture, load_general_prompts
+from r1.evaluation.runner import EvalConfig
 from r1.metrics.behaviour import behaviour_metrics
 from r1.rewards import CompiledSpec
 from r1.rl import config as rl_config
@@ -35,7 +36,7 @@ from r1.rl.step import make_grpo_step
 from r1.train import build
 from r1.train.distributed import gather_to_host, global_batch
 from r1.train.export import export_model
-from r1.train.heldout import make_heldout_evaluator
+from r1.train.heldout import make_file_evaluator, make_heldout_evaluator
 from r1.train.loop import LoopHooks, LoopSettings, run_loop, write_config
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ CURVE_PANELS = (
     ("held-out accuracy by difficulty", ("eval/accuracy/difficulty_*",)),
     ("held-out length by difficulty", ("eval/response_length/difficulty_*",)),
     ("reflection words per 1k tokens", ("behaviour/reflection_per_1k",)),
+    ("reward by domain", ("reward/domain/*",)),
+    ("accuracy by domain", ("accuracy/domain/*",)),
+    ("response length by domain", ("response_length/domain/*",)),
 )
 
 
@@ -89,19 +93,67 @@ class PromptStream:
         return out
 
 
-def prompt_stream(exp: rl_config.GRPOExperiment, tokenizer: Any) -> PromptStream:
+def file_rows(data: rl_config.DataSection, seed: int) -> tuple[Any, dict[str, int]]:
+    """The rows of `data.files` (concatenated, or a `WeightedMixture` by `data.mixture`) and
+    {category: rows skipped} while reading them."""
+    entries = sources.load_entries(
+        data.files,
+        data.layout,
+        domains=data.domains,
+        tfds_data_dir=data.tfds_data_dir or None,
+    )
+    skipped = sources.skipped_counts([r for e in entries for r in e.reports])
+    if data.mixture:
+        return WeightedMixture([e.rows for e in entries], data.mixture_weights, seed), skipped
+    return [row for e in entries for row in e.rows], skipped
+
+
+def heldout_evaluator(exp: rl_config.GRPOExperiment, tokenizer, graphdef, mesh):
+    """The evaluator of `eval.every`: on `eval.files` (k samples per problem, pass@1 / cons@k
+    by domain and difficulty), else on the procedural task's held-out set when the run trains
+    on it; None for a file-driven run without eval files."""
+    if exp.eval.files:
+        rows, _ = sources.load_sources(
+            exp.eval.files, exp.eval.layout, tfds_data_dir=exp.data.tfds_data_dir or None
+        )
+        config = EvalConfig(
+            num_samples=exp.eval.num_samples,
+            temperature=exp.eval.temperature,
+            top_p=exp.eval.top_p,
+            max_new_tokens=exp.eval.max_new_tokens or exp.rl.max_new_tokens,
+            batch_size=exp.eval.batch_size,
+            seed=exp.seed + 1,
+            language=exp.language,
+        )
+        rows = rows[: exp.eval.max_problems] if exp.eval.max_problems else rows
+        return make_file_evaluator(rows, tokenizer, graphdef, mesh, config)
+    if exp.data.files:
+        return None
+    return make_heldout_evaluator(
+        procedural.make_task(exp.data.task, **dict(exp.data.task_kwargs or {})),
+        exp.seed,
+        exp.eval.per_difficulty,
+        tokenizer,
+        graphdef,
+        mesh,
+        exp.rl.max_new_tokens,
+        exp.rl.unstack_layers,
+    )
+
+
+def prompt_stream(
+    exp: rl_config.GRPOExperiment, tokenizer: Any, reward_fields: tuple[str, ...] = ()
+) -> PromptStream:
     """The training prompts: the rows of `data.files` (shuffled with the run's seed, repeated
-    `data.num_epochs` times or forever), else the procedural task's train split; mixed with
-    general prompts when `data.general_fraction` > 0; rendered and bucketed by the grain
-    pipeline, each process reading its share of `rl.prompts_per_step`."""
-    fields = pipeline.DEFAULT_FIELDS
+    `data.num_epochs` times or forever; mixed by `data.mixture`), else the procedural task's
+    train split; mixed with general prompts when `data.general_fraction` > 0; rendered and
+    bucketed by the grain pipeline, each process reading its share of `rl.prompts_per_step`.
+    Batches carry the rows' `reward_fields` (e.g. a code row's ``tests``) besides the
+    pipeline's default fields."""
+    fields = tuple(dict.fromkeys((*pipeline.DEFAULT_FIELDS, *reward_fields)))
     skipped: dict[str, int] = {}
     if exp.data.files:
-        rows, reports = sources.load_sources(
-            exp.data.files, exp.data.layout, tfds_data_dir=exp.data.tfds_data_dir or None
-        )
-        skipped = sources.skipped_counts(reports)
-        source: Any = rows
+        source, skipped = file_rows(exp.data, exp.seed)
     else:
         task = procedural.make_task(exp.data.task, **dict(exp.data.task_kwargs or {}))
         source = procedural.ProceduralSource(task, exp.seed, split="train")
@@ -184,8 +236,8 @@ class GRPOJob:
         self.graphdef, self.optimizer = graphdef, optimizer
         self.template_state = state
         self.grpo_cfg = exp.grpo_config(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-        self.prompts = prompt_stream(exp, tokenizer)
         self.scorer, self.frozen = build_scorer(exp.rewards, exp.model_rewards, tokenizer, mesh)
+        self.prompts = prompt_stream(exp, tokenizer, self.scorer.spec.fields())
         self.compiled: dict[tuple, Any] = {}
         self.gathered: tuple[int, Any] = (-1, None)
 
@@ -286,19 +338,7 @@ def train(config: Any, workdir: str) -> dict[str, float]:
     optimizer, state_sh = run.optimizer, run.state_shardings
     exp = dataclasses.replace(exp, model=run.model)  # the checkpoint's architecture
     job = GRPOJob(exp, workdir, tokenizer, mesh, graphdef, state, optimizer)
-    # The held-out set is the procedural task's; a file-driven run has none of its own yet.
-    evaluator = None
-    if not exp.data.files:
-        evaluator = make_heldout_evaluator(
-            procedural.make_task(exp.data.task, **dict(exp.data.task_kwargs or {})),
-            exp.seed,
-            exp.eval.per_difficulty,
-            tokenizer,
-            graphdef,
-            mesh,
-            exp.rl.max_new_tokens,
-            exp.rl.unstack_layers,
-        )
+    evaluator = heldout_evaluator(exp, tokenizer, graphdef, mesh)
     settings = LoopSettings(
         name="grpo",
         steps=exp.train.steps,

@@ -1,4 +1,6 @@
-"""Held-out greedy evaluation during training: accuracy, format and length per difficulty.
+"""Held-out evaluation during training: the procedural task's (greedy, in one program) or
+files' (`make_file_evaluator`: k samples per problem, pass@1 / cons@k per domain and
+difficulty through `r1.evaluation`).
 
 The GRPO and SFT trainers (and the pipeline's stages through them) evaluate the policy every
 `eval.every` steps on a fixed held-out set of their procedural task, drawn from a seed the
@@ -10,7 +12,7 @@ decoded greedily inside one compiled program and scored there by token rewards: 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -19,6 +21,7 @@ from flax import nnx
 
 from r1 import sharding
 from r1.data import pipeline, procedural
+from r1.evaluation.runner import EvalConfig, evaluate
 from r1.rewards.tokens import TagIds, arithmetic_tokens, format_strict_tokens
 from r1.sampling.sampler import SamplingConfig, bucket_length, left_pad, sample
 from r1.train.distributed import replicated
@@ -101,3 +104,59 @@ def heldout_metrics(
         metrics[f"eval/accuracy/difficulty_{d}"] = float(np.mean(correct[sel]))
         metrics[f"eval/response_length/difficulty_{d}"] = float(np.mean(lengths[sel]))
     return metrics
+
+
+# ----------------------------------------------------------------------------- from files
+def make_file_evaluator(
+    rows: Sequence[Mapping[str, Any]],
+    tokenizer: Any,
+    graphdef: nnx.GraphDef,
+    mesh: jax.sharding.Mesh,
+    config: EvalConfig,
+) -> Callable[[TrainState], dict[str, float]]:
+    """`evaluator(state) -> metrics` on held-out `rows` (e.g. from `config.eval.files`):
+    `r1.evaluation.evaluate` with `config` (k samples per problem, each row graded by its
+    accuracy reward), summarised by `file_eval_metrics`. Each row's task is its domain, so
+    the per-task tables are per-domain."""
+    rows = [{**row, "task": str(row.get("domain") or row.get("task") or "default")} for row in rows]
+    if not rows:
+        raise ValueError("held-out evaluation: no rows")
+
+    def evaluator(state: TrainState) -> dict[str, float]:
+        model = nnx.merge(graphdef, state.params, state.extra)
+        result = evaluate(model, tokenizer, rows, config, mesh=mesh)
+        return file_eval_metrics(result)
+
+    return evaluator
+
+
+def file_eval_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """An `r1.evaluation.evaluate` result -> flat metrics: ``eval/<name>`` over every problem,
+    ``eval/<task>/<name>`` per task (domain) when there are several, and
+    ``eval/<name>/difficulty_<d>`` per difficulty, for names pass@1, pass@k, cons@k,
+    response_length/mean, truncated_frac."""
+    k = int(result["num_samples"])
+    names = {
+        "pass@1": "pass@1",
+        f"pass@{k}": f"pass@{k}",
+        f"cons@{k}": f"cons@{k}",
+        "response_length": "response_length/mean",
+        "truncated": "truncated_frac",
+    }
+
+    def flat(table: Mapping[str, Any], prefix: str, suffix: str = "") -> dict[str, float]:
+        return {
+            f"{prefix}{metric}{suffix}": float(table[key])
+            for key, metric in names.items()
+            if key in table
+        }
+
+    out = flat(result["overall"], "eval/")
+    tasks = result["tasks"]
+    for task, table in tasks.items():
+        if len(tasks) > 1:
+            out.update(flat(table, f"eval/{task}/"))
+        for difficulty, sub in (table.get("by_difficulty") or {}).items():
+            prefix = "eval/" if len(tasks) == 1 else f"eval/{task}/"
+            out.update(flat(sub, prefix, f"/difficulty_{difficulty}"))
+    return out

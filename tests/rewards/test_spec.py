@@ -300,9 +300,9 @@ def test_per_domain_terms_score_and_run_only_on_their_rows():
     labels = [t.label for t in spec.terms]
     assert labels == [
         "arithmetic",
-        "format_strict_tokens@math",
+        "math.format_strict_tokens",
         "code_like",
-        "format_strict_tokens@code",
+        "code.format_strict_tokens",
     ]
     scorer = spec.compile(TOK)
     assert scorer.domains == ("math", "code")
@@ -320,7 +320,7 @@ def test_per_domain_terms_score_and_run_only_on_their_rows():
         parts["arithmetic"], np.where(math_rows, full.breakdown["arithmetic"], 0)
     )
     np.testing.assert_array_equal(
-        parts["format_strict_tokens@math"],
+        parts["math.format_strict_tokens"],
         np.where(math_rows, full.breakdown["format_strict_tokens"], 0),
     )
     np.testing.assert_array_equal(parts["code_like"], [0, 1, 0, 0])

@@ -35,14 +35,15 @@ def test_greedy_equals_full_forward_argmax(name):
     assert config.segment_ends() == (2, 4, 6)
     out = _run(model, config)
     for row, prompt in enumerate(PROMPTS):
-        seq = list(prompt)
+        # One causal forward over prompt + completion: position p's logits are those of the
+        # prefix ending at p, so each generated token must be the argmax after its prefix.
+        completion = [int(t) for t in out.tokens[row]]
+        logits = model(jnp.asarray([list(prompt) + completion]))[0]
         for t in range(steps):
-            logits = model(jnp.asarray([seq]))[0, -1]
-            token = int(jnp.argmax(logits))
-            assert token == int(out.tokens[row, t]), (row, t)
-            logp = float(jax.nn.log_softmax(logits)[token])
+            position = len(prompt) + t - 1
+            assert int(jnp.argmax(logits[position])) == completion[t], (row, t)
+            logp = float(jax.nn.log_softmax(logits[position])[completion[t]])
             assert abs(logp - float(out.logprobs[row, t])) < 1e-4
-            seq.append(token)
     assert bool(out.mask.all()) and bool(out.truncated.all())
     np.testing.assert_array_equal(out.lengths, [steps] * 3)
 

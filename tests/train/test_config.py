@@ -57,6 +57,7 @@ COMMAND_LINE = {
     "configs/sft.py:qwen2_5_1_5b_traces": ("data", "files", ("/data/traces.jsonl",)),
     "configs/r1_zero.py:qwen2_5_1_5b_gsm8k": ("data", "files", "/data/gsm8k/train.jsonl"),
     "configs/r1_zero.py:qwen2_5_7b_math": ("data", "files", "/data/math/train.jsonl"),
+    "configs/r1_zero.py:deepseek_v3": ("data", "files", "/data/math.jsonl,/data/code.jsonl"),
 }
 
 
@@ -78,6 +79,51 @@ def test_config_file_variant_parses(path, variant):
                 setattr(value, dataclasses.fields(value)[0].name, None)
     if variant == "tiny":
         PARSERS[path](config, num_devices=8)
+
+
+def test_per_domain_rewards_mixture_and_domains_from_the_command_line():
+    config = _flags(
+        [
+            "--config=configs/r1_zero.py:qwen2_5_1_5b_gsm8k",
+            "--config.data.files=/d/math.jsonl,/d/code.jsonl",
+            "--config.data.layout=gsm8k,mbpp",
+            "--config.data.mixture=0.6,0.4",
+            "--config.data.domains=,python",
+            "--config.rewards.code=(('code', 1.0, {'all_or_nothing': True}),)",
+        ]
+    )
+    exp = rl_config.parse(config)
+    assert exp.data.mixture_weights == (0.6, 0.4) and exp.data.domains == ",python"
+    terms = {t.label: t for t in exp.rewards.terms}
+    assert set(terms) == {"math", "format_strict", "code"}
+    assert terms["math"].rows == "domain:math" and terms["code"].rows == "domain:code"
+    assert terms["code"].kwargs == {"all_or_nothing": True}
+    assert exp.rl.accuracy_reward == "math,code"
+
+
+@pytest.mark.parametrize(
+    "field, value, pattern",
+    [
+        ("data.mixture", "0.5", r"config\.data\.mixture: 1 weights for 2 files"),
+        ("data.mixture", "0.5,x", r"config\.data\.mixture: expected comma-separated numbers"),
+        ("data.mixture", "0,0", r"config\.data\.mixture: weights must be"),
+        ("data.domains", "a,b,c", r"config\.data\.domains: 3 items"),
+        ("data.layout", "gsm8k,math,mbpp", r"config\.data\.layout: 3 items"),
+        ("rewards", {"math": (("nope", 1.0, {}),)}, r"config\.rewards\.math.*nope"),
+        ("rl.accuracy_reward", "math,judge", r"config\.rl\.accuracy_reward: 'judge'"),
+    ],
+)
+def test_data_and_per_domain_reward_errors_name_the_field(field, value, pattern):
+    config = _load("configs/r1_zero.py:qwen2_5_1_5b_gsm8k")
+    config.data.files = "/d/a.jsonl,/d/b.jsonl"
+    section, name = field.split(".") if "." in field else (None, field)
+    if section is None:
+        del config[name]
+        config[name] = value
+    else:
+        config[section][name] = value
+    with pytest.raises(ValueError, match=pattern):
+        rl_config.parse(config)
 
 
 @pytest.mark.parametrize("variant", configlib.variants(str(ROOT / "configs/r1.py")))
@@ -191,7 +237,10 @@ def test_grpo_config_of_r1_zero_tiny():
 
 
 def test_grpo_config_of_deepseek_v3():
-    exp = rl_config.parse(configlib.load_config(str(ROOT / "configs/r1_zero.py:deepseek_v3")))
+    config = _load("configs/r1_zero.py:deepseek_v3")
+    config.data.files = "/data/math.jsonl,/data/code.jsonl"
+    exp = rl_config.parse(config)
+    assert {t.rows for t in exp.rewards.terms} == {"domain:math", "domain:code"}
     grpo = exp.grpo_config(eos_id=1, pad_id=2)
     assert grpo.group_size == 16 and grpo.sampling.max_new_tokens == 32768
     assert grpo.num_microbatches == 0 and grpo.ref_update_every == 400
