@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +52,9 @@ from r1.rewards.term import (
     ROWS,
     FieldEncoder,
     ModelScoreFn,
+    RewardResult,
     RewardTerm,
+    ScorerOutput,
     both_selected,
     count_selected,
     decode_text_field,
@@ -83,33 +86,6 @@ __all__ = [
     "encode_text_fields",
     "row_selector",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class RewardResult:
-    """Host scores of a batch (`CompiledSpec.score_texts`).
-
-    Attributes:
-      total: float32[B], the weighted sum.
-      breakdown: term label -> float32[B] unweighted scores (for logging).
-      failures: ``"<label>/<reason>" -> count`` over the batch, e.g. ``{"math/timeout": 2}``.
-    """
-
-    total: np.ndarray
-    breakdown: dict[str, np.ndarray]
-    failures: dict[str, int]
-
-
-class ScorerOutput(NamedTuple):
-    """What the compiled scorer returns inside the GRPO step (a pytree).
-
-    total: float32[B]. parts: {label: float32[B]} plus ``"<label>/<part>"`` of model terms.
-    failures: {"<label>/<reason>": int32[]} counts in this batch (every key, zeros included).
-    """
-
-    total: jax.Array
-    parts: dict[str, jax.Array]
-    failures: dict[str, jax.Array]
 
 
 def _term_from_entry(i: int, entry: Any) -> RewardTerm:
@@ -234,6 +210,7 @@ class CompiledSpec:
         self.text_terms = tuple(t for t in spec.terms if t.kind == "text")
         self.model_terms = tuple(t for t in spec.terms if t.kind == "model")
         self.model_names = tuple(t.label for t in self.model_terms)
+        self.host_seconds = 0.0
         # The domains the terms select ("domain:<name>"), in first-use order: row field
         # `domain` holds an index into this table (-1: a domain no term names).
         self.domains: tuple[str, ...] = tuple(
@@ -456,7 +433,20 @@ class CompiledSpec:
         return out
 
     # ------------------------------------------------------------------ in the step
-    def _text_callback(self, tokens, mask, *arrays, names, has_general, has_domain):
+    def take_host_seconds(self) -> float:
+        """Wall seconds the step's host callback spent scoring text terms since the last call
+        (the GRPO trainer logs them as ``time/rewards``)."""
+        seconds, self.host_seconds = self.host_seconds, 0.0
+        return seconds
+
+    def _text_callback(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self._score_text_terms(*args, **kwargs)
+        finally:
+            self.host_seconds += time.perf_counter() - start
+
+    def _score_text_terms(self, tokens, mask, *arrays, names, has_general, has_domain):
         tokens, mask = np.asarray(tokens), np.asarray(mask).astype(bool)
         completions = [self.tokenizer.decode(row[m].tolist()) for row, m in zip(tokens, mask)]
         arrays = list(arrays)

@@ -9,7 +9,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -124,6 +124,34 @@ def row_selector(
     if rows == "reasoning":
         return ~general
     raise ValueError(f"row selector: expected one of {ROWS} or 'domain:<name>', got {rows!r}")
+
+
+# ----------------------------------------------------------------------------- results
+@dataclasses.dataclass(frozen=True)
+class RewardResult:
+    """Host scores of a batch (`CompiledSpec.score_texts`).
+
+    Attributes:
+      total: float32[B], the weighted sum.
+      breakdown: term label -> float32[B] unweighted scores (for logging).
+      failures: ``"<label>/<reason>" -> count`` over the batch, e.g. ``{"math/timeout": 2}``.
+    """
+
+    total: np.ndarray
+    breakdown: dict[str, np.ndarray]
+    failures: dict[str, int]
+
+
+class ScorerOutput(NamedTuple):
+    """What the compiled scorer returns inside the GRPO step (a pytree).
+
+    total: float32[B]. parts: {label: float32[B]} plus ``"<label>/<part>"`` of model terms.
+    failures: {"<label>/<reason>": int32[]} counts in this batch (every key, zeros included).
+    """
+
+    total: jax.Array
+    parts: dict[str, jax.Array]
+    failures: dict[str, jax.Array]
 
 
 # ----------------------------------------------------------------------------- terms

@@ -284,6 +284,8 @@ class GRPOJob:
     def host_metrics(self, step, batch, metrics, samples, seconds) -> dict[str, float]:
         _, host = batch
         out = {"tokens_per_sec": metrics["generated_tokens"] / seconds, **self.prompts.metrics()}
+        if self.scorer.text_terms:  # this process's time in the reward callback
+            out["time/rewards"] = self.scorer.take_host_seconds()
         samples = gather_to_host(samples)  # a collective: every process takes part
         self.gathered = (step, samples)
         difficulty = gather_to_host(host["difficulty"])

@@ -10,7 +10,7 @@ import time
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TIMING_KEYS = {"step_seconds", "tokens_per_sec"}
+TIMING_KEYS = {"step_seconds", "tokens_per_sec", "time/rewards"}
 # A random-init policy of the demo's architecture, shrunk so each step takes a fraction of a second.
 FAST = [
     "--config.init.hf_path=",

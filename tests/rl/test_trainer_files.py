@@ -16,7 +16,7 @@ from r1.data import sources
 from r1.rl import config as rl_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TIMING_KEYS = {"step_seconds", "tokens_per_sec"}
+TIMING_KEYS = {"step_seconds", "tokens_per_sec", "time/rewards"}
 
 GSM8K = [
     {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3+4=7\n#### 7"},
