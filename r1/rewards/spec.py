@@ -34,6 +34,7 @@ counted as failure reason ``non_finite`` (``"<label>/non_finite"``).
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from r1.rewards.base import finite_scores
 from r1.rewards.term import (
@@ -64,7 +66,6 @@ from r1.rewards.term import (
     numeric_array,
     row_selector,
     rows_domain,
-    take_rows,
     zero_non_finite,
 )
 from r1.rewards.tokens import TagIds
@@ -210,7 +211,9 @@ class CompiledSpec:
         self.text_terms = tuple(t for t in spec.terms if t.kind == "text")
         self.model_terms = tuple(t for t in spec.terms if t.kind == "model")
         self.model_names = tuple(t.label for t in self.model_terms)
-        self.host_seconds = 0.0
+        # Host callback seconds, shared with the copies `shard_rows` makes.
+        self._host_time = [0.0]
+        self.row_sharding: tuple[jax.sharding.Mesh, tuple[str, ...]] | None = None
         # The domains the terms select ("domain:<name>"), in first-use order: row field
         # `domain` holds an index into this table (-1: a domain no term names).
         self.domains: tuple[str, ...] = tuple(
@@ -245,40 +248,6 @@ class CompiledSpec:
         )
 
     # ------------------------------------------------------------------ host
-    def _text_term(
-        self,
-        term: RewardTerm,
-        prompts: list[str],
-        completions: list[str],
-        fields: Mapping[str, Any],
-        scores: Mapping[str, Any],
-        selected: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, list[str]]:
-        """(float32[B] scores, B reasons) of a text term; with `selected` (bool[B]) the rule
-        runs on those rows only (others score 0 with no reason)."""
-        if selected is not None:
-            batch = len(completions)
-            index = np.flatnonzero(np.asarray(selected, bool))
-            out, reasons = np.zeros(batch, np.float32), [""] * batch
-            if len(index):
-                values, some = self._text_term(
-                    term,
-                    take_rows(prompts, index, batch),
-                    take_rows(completions, index, batch),
-                    {k: take_rows(v, index, batch) for k, v in fields.items()},
-                    {k: take_rows(v, index, batch) for k, v in scores.items()},
-                )
-                out[index] = values
-                for row, reason in zip(index, some):
-                    reasons[row] = reason
-            return out, reasons
-        values, reasons = term.rule.detailed(
-            prompts, completions, **{**fields, **term.call_kwargs(scores)}
-        )
-        raw = np.asarray(values, np.float64).reshape(-1)
-        reasons = [NON_FINITE if not ok else r for r, ok in zip(reasons, np.isfinite(raw))]
-        return finite_scores(raw), reasons
-
     def _encode_texts(self, completions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         ids = [list(self.tokenizer.encode(c)) for c in completions]
         longest = max((len(i) for i in ids), default=0)
@@ -333,8 +302,7 @@ class CompiledSpec:
                     scores = np.where(selected, scores, np.float32(0))
                     reasons = [r if ok else "" for r, ok in zip(reasons, selected)]
             else:
-                scores, reasons = self._text_term(
-                    term,
+                scores, reasons = term.score_texts(
                     list(prompts),
                     list(completions),
                     fields,
@@ -436,7 +404,7 @@ class CompiledSpec:
     def take_host_seconds(self) -> float:
         """Wall seconds the step's host callback spent scoring text terms since the last call
         (the GRPO trainer logs them as ``time/rewards``)."""
-        seconds, self.host_seconds = self.host_seconds, 0.0
+        seconds, self._host_time[0] = self._host_time[0], 0.0
         return seconds
 
     def _text_callback(self, *args, **kwargs):
@@ -444,7 +412,7 @@ class CompiledSpec:
         try:
             return self._score_text_terms(*args, **kwargs)
         finally:
-            self.host_seconds += time.perf_counter() - start
+            self._host_time[0] += time.perf_counter() - start
 
     def _score_text_terms(self, tokens, mask, *arrays, names, has_general, has_domain):
         tokens, mask = np.asarray(tokens), np.asarray(mask).astype(bool)
@@ -471,8 +439,8 @@ class CompiledSpec:
                 selected = domain == self.domains.index(rows_domain(term.rows))
                 if general is not None:
                     selected = selected & ~general
-            values, reasons = self._text_term(
-                term, prompts, completions, fields, scores_by_label, selected
+            values, reasons = term.score_texts(
+                prompts, completions, fields, scores_by_label, selected
             )
             scores_by_label[term.label] = values
             out[i] = values
@@ -539,19 +507,9 @@ class CompiledSpec:
                         "(scorer.encode_fields makes it)"
                     )
                 extra.append(fields["domain"])
-            scores, counts = jax.pure_callback(
-                lambda *args: self._text_callback(
-                    *args, names=names, has_general=general is not None, has_domain=has_domain
-                ),
-                (
-                    jax.ShapeDtypeStruct((len(self.text_terms), batch), jnp.float32),
-                    jax.ShapeDtypeStruct((len(self.text_failure_keys),), jnp.int32),
-                ),
-                completion,
-                mask,
-                *[fields[n] for n in names],
-                *extra,
-            )
+            operands = (completion, mask, *[fields[n] for n in names], *extra)
+            flags = dict(names=names, has_general=general is not None, has_domain=has_domain)
+            scores, counts = self._host_scores(operands, flags)
             for i, term in enumerate(self.text_terms):
                 parts[term.label] = scores[i]
                 total = total + term.weight * scores[i]
@@ -564,6 +522,48 @@ class CompiledSpec:
             model_args = (prompt_tokens, prompt_mask, completion, completion_mask, fields)
             total = self._model_terms(total, parts, failures, frozen or {}, *model_args)
         return ScorerOutput(total, parts, failures)
+
+    def _host_scores(self, operands: tuple, flags: dict) -> tuple[jax.Array, jax.Array]:
+        """The text terms' (float32[T, B] scores, int32[K] failure counts) from one host
+        callback over all rows, or, after `shard_rows`, one callback per device on the rows it
+        holds (each process scores only its own rows; counts summed over the row axes)."""
+
+        def callback(*local):
+            rows = local[0].shape[0]
+            return jax.pure_callback(
+                lambda *args: self._text_callback(*args, **flags),
+                (
+                    jax.ShapeDtypeStruct((len(self.text_terms), rows), jnp.float32),
+                    jax.ShapeDtypeStruct((len(self.text_failure_keys),), jnp.int32),
+                ),
+                *local,
+            )
+
+        if self.row_sharding is None:
+            return callback(*operands)
+        mesh, axes = self.row_sharding
+
+        def per_device(*local):
+            scores, counts = callback(*local)
+            return scores, jax.lax.psum(counts, axes)
+
+        in_specs = tuple(P(axes, *([None] * (x.ndim - 1))) for x in operands)
+        return jax.shard_map(
+            per_device,
+            mesh=mesh,
+            in_specs=in_specs,
+            out_specs=(P(None, axes), P()),
+            check_vma=False,
+        )(*operands)
+
+    def shard_rows(self, mesh: jax.sharding.Mesh, axes: Sequence[str]) -> CompiledSpec:
+        """This scorer with its host callback split over the mesh axes `axes` that shard the
+        rollout's rows (e.g. ``("data", "fsdp")``): each device's callback scores the rows it
+        holds, so on a multi-host run a process never receives another's rows. Results are
+        the same as unsplit; the rows must divide evenly over `axes`."""
+        out = copy.copy(self)
+        out.row_sharding = (mesh, tuple(axes)) if tuple(axes) else None
+        return out
 
     def _model_terms(self, total, parts, failures, frozen, *model_args):
         """Adds the model terms' weighted scores to `total` (returned) and their parts and

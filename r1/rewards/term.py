@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1.rewards.base import Reward, get
+from r1.rewards.base import Reward, finite_scores, get
 
 BYTES_SUFFIX = "__bytes"
 KINDS = ("token", "text", "model")
@@ -262,6 +262,40 @@ class RewardTerm:
                 )
             kwargs["correct"] = scores[source] > 0.5
         return kwargs
+
+    def score_texts(
+        self,
+        prompts: list[str],
+        completions: list[str],
+        fields: Mapping[str, Any],
+        scores: Mapping[str, Any],
+        selected: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, list[str]]:
+        """Host scores of a text term: (float32[B] scores, B reasons; non-finite scores are 0
+        with reason ``non_finite``). fields: the per-row fields; scores: earlier terms' scores
+        by label (for ``correct_from``); with `selected` (bool[B]) the rule runs on those rows
+        only (others score 0 with no reason)."""
+        if selected is not None:
+            batch = len(completions)
+            index = np.flatnonzero(np.asarray(selected, bool))
+            out, reasons = np.zeros(batch, np.float32), [""] * batch
+            if len(index):
+                values, some = self.score_texts(
+                    take_rows(prompts, index, batch),
+                    take_rows(completions, index, batch),
+                    {k: take_rows(v, index, batch) for k, v in fields.items()},
+                    {k: take_rows(v, index, batch) for k, v in scores.items()},
+                )
+                out[index] = values
+                for row, reason in zip(index, some):
+                    reasons[row] = reason
+            return out, reasons
+        values, reasons = self.rule.detailed(
+            prompts, completions, **{**fields, **self.call_kwargs(scores)}
+        )
+        raw = np.asarray(values, np.float64).reshape(-1)
+        reasons = [NON_FINITE if not ok else r for r, ok in zip(reasons, np.isfinite(raw))]
+        return finite_scores(raw), reasons
 
 
 # ----------------------------------------------------------------------------- host rows

@@ -445,11 +445,16 @@ def grpo_step_fn(
     return step
 
 
+def row_axes(rows: int, mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes the `batch` rule shards `rows` rows over (those dividing it)."""
+    spec = sharding.logical_to_spec(("batch",), (rows,), mesh)[0]
+    return () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+
+
 def auto_microbatches(minibatch_rows: int, mesh: Mesh) -> int:
     """Gradient-accumulation slices that leave one row per batch shard in each slice: the
     rows per shard of the mesh's `batch` rule (1 when the rows do not split evenly)."""
-    spec = sharding.logical_to_spec(("batch",), (minibatch_rows,), mesh)[0]
-    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
+    axes = row_axes(minibatch_rows, mesh)
     shards = 1
     for axis in axes:
         shards *= mesh.shape[axis]
@@ -480,6 +485,9 @@ def make_grpo_step(
         config = dataclasses.replace(
             config, num_microbatches=auto_microbatches(rows // config.num_minibatches, mesh)
         )
+    if scorer.text_terms and jax.process_count() > 1:
+        # Each process scores only the rows its devices hold (no host gathers the batch).
+        scorer = scorer.shard_rows(mesh, row_axes(rows, mesh))
     fn = grpo_step_fn(graphdef, optimizer, config, scorer, bias_update_rate)
     state_sh = train_state_shardings(state, optimizer, mesh)
     batch_sh = sharding.batch_shardings(batch, mesh)
