@@ -10,6 +10,8 @@ a local cold-start JSONL and a local general-data JSONL, see docs/r1_pipeline.md
     python -m experiments.r1_pipeline --config=configs/r1.py:qwen2_5_7b \
         --config.init.hf_path=/ckpt/Qwen2.5-7B --config.tokenizer.path=/ckpt/Qwen2.5-7B \
         --config.cold_start.files=/data/r1_cold_start.jsonl \
+        --config.reasoning_rl.data.files=/data/math.jsonl,/data/code.jsonl \
+        --config.all_scenarios_rl.data.files=/data/math.jsonl,/data/code.jsonl \
         --config.rejection.general_files=/data/r1_general.jsonl \
         --config.reward_model.data.train_files='("/data/r1_helpful_pairs.jsonl",)' \
         --workdir=/runs/r1_7b --distributed
@@ -23,8 +25,10 @@ Sections:
 * task: the procedural reasoning task (`name`, `kwargs`) every stage trains and evaluates on.
 * cold_start (stage 1): `files` (a cold-start JSONL; empty: generate `num_examples` readable
   traces of `task`), and the SFT trainer's `data`, `sft`, `optimizer`, `train` (configs/sft.py).
-* reasoning_rl (stage 2): the GRPO trainer's `data` (buckets), `rl`, `rewards` (accuracy +
-  format + language consistency), `optimizer`, `train`, `eval` (configs/r1_zero.py).
+* reasoning_rl (stage 2): the GRPO trainer's `data` (buckets; `files` / `layout` / `mixture`
+  replace the procedural task, as in configs/r1_zero.py), `rl`, `rewards` (accuracy + format +
+  language consistency; a {domain: terms} mapping for file-driven stages), `optimizer`,
+  `train`, `eval` (configs/r1_zero.py).
 * rejection (stage 3a): the rejection sampler's `data`, `sampling`, `rewards`, `select`,
   `filters` (configs/rejection_sample.py), `general_files` (general non-reasoning rows; empty:
   generate `general_examples` synthetic replies), and `judge`: a generative judge for the rows
@@ -50,6 +54,15 @@ from r1.evaluation.runner import EvalConfig
 from r1.rl.config import rl_defaults
 
 VARIANTS = ("tiny", "qwen2_5_7b")
+
+# qwen2_5_7b's reasoning RL prompts (stages 2 and 4): set --config.reasoning_rl.data.files and
+# --config.all_scenarios_rl.data.files to your files (docs/data.md lists the layouts).
+REASONING_FILES = "/data/r1_math.jsonl,/data/r1_code.jsonl"
+_LANGUAGE = ("language", 1.0, {"language": "en"})
+REASONING_REWARDS = {
+    "math": (("math", 1.0, {}), ("format_strict", 1.0, {}), _LANGUAGE),
+    "code": (("code", 1.0, {}), ("format_strict", 1.0, {}), _LANGUAGE),
+}
 
 
 def _cd(**kwargs) -> ml_collections.ConfigDict:
@@ -272,9 +285,22 @@ def qwen2_5_7b() -> ml_collections.ConfigDict:
     c.sft.sft.num_microbatches = 8
     c.sft.train.steps = 12000  # ~800k samples x 2 epochs / 128
     for rl in (c.reasoning_rl, c.all_scenarios_rl):
-        rl.rl.update(max_new_tokens=8192)
+        rl.rl.update(max_new_tokens=8192, accuracy_reward="math,code")
         rl.optimizer.learning_rate = 1e-6
-        rl.data.buckets = (128, 256)
+        # Reasoning prompts from files (math and code, each file's layout detected), scored
+        # per domain with accuracy + format + language consistency; stage 4 mixes in the
+        # general rows of stage 3 for the reward model (all_scenarios_rl.general_fraction).
+        rl.data.update(
+            buckets=(128, 256, 512),
+            files=REASONING_FILES,
+            layout="auto",
+            domains="",
+            mixture="",
+            num_epochs=0,
+            tfds_data_dir="",
+        )
+        del rl.rewards
+        rl.rewards = REASONING_REWARDS
     c.reasoning_rl.train.steps = 2000
     c.rejection.sampling.update(num_samples=16, max_new_tokens=8192)
     c.rejection.general_files = "/data/r1_general.jsonl"

@@ -168,6 +168,15 @@ def common_sections(config: Any, hf_path: str) -> dict[str, Any]:
     }
 
 
+def _reward_entries(rewards: Any) -> Any:
+    """A stage's `rewards` as plain data: (name, weight, kwargs) tuples, or {domain: tuples}
+    (per-domain rewards of a file-driven stage)."""
+    rewards = _dict(rewards)
+    if isinstance(rewards, Mapping):
+        return {domain: tuple(tuple(t) for t in terms) for domain, terms in rewards.items()}
+    return tuple(tuple(t) for t in rewards)
+
+
 def _task(config: Any) -> tuple[str, dict[str, Any]]:
     return str(config.task.name), dict(_dict(config.task.kwargs))
 
@@ -200,7 +209,8 @@ def rl_config(
     model_rewards: tuple = (),
 ) -> ml_collections.ConfigDict:
     """The GRPO trainer's config (configs/r1_zero.py layout) for `section` (reasoning_rl or
-    all_scenarios_rl), starting from `hf_path`; `steps` overrides `train.steps`."""
+    all_scenarios_rl), starting from `hf_path`; `steps` overrides `train.steps`. A section
+    whose `data.files` is set trains on those files (the procedural task stays the fallback)."""
     task, kwargs = _task(config)
     out = common_sections(config, hf_path)
     train = dict(_dict(section.train))
@@ -209,7 +219,7 @@ def rl_config(
     out.update(
         data={**_dict(section.data), "task": task, "task_kwargs": kwargs},
         rl=_dict(section.rl),
-        rewards=tuple(tuple(t) for t in section.rewards),
+        rewards=_reward_entries(section.rewards),
         model_rewards=model_rewards,
         optimizer=_dict(section.optimizer),
         train=train,

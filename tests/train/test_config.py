@@ -135,7 +135,12 @@ def test_pipeline_stage_configs_parse(variant):
         assert exp.data.files == ("/d/a.jsonl",) and exp.train.export
     reasoning = rl_config.parse(pipeline.rl_config(config, config.reasoning_rl, "/s1/export"))
     assert reasoning.init.hf_path == "/s1/export"
-    assert reasoning.rl.accuracy_reward == "arithmetic_tokens"
+    if variant == "tiny":
+        assert reasoning.rl.accuracy_reward == "arithmetic_tokens" and not reasoning.data.files
+    else:  # reasoning files scored per domain, with language consistency
+        assert reasoning.rl.accuracy_reward == "math,code" and reasoning.data.files
+        labels = {t.label for t in reasoning.rewards.terms}
+        assert {"math", "code", "math.language", "code.language"} <= labels
     stage4 = pipeline.rl_config(config, config.all_scenarios_rl, "/s3/export", steps=3)
     stage4.data.update(general_files="/g.jsonl", general_fraction=0.25)
     exp = rl_config.parse(stage4)
