@@ -154,11 +154,14 @@ def evaluate_config(config: Any, workdir: str) -> dict[str, Any]:
     rows = load_rows(config)
     with sharding.use_mesh(mesh):
         model = load_model(config, experiment.model, mesh)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(
-            f"config.model.vocab_size={model.config.vocab_size} is smaller than the tokenizer's "
-            f"{tokenizer.vocab_size}"
-        )
+    where = (
+        f"the run {config.init.workdir}"
+        if config.init.workdir
+        else f"the checkpoint {config.init.hf_path}"
+        if config.init.hf_path
+        else "config.model"
+    )
+    build.check_vocab(tokenizer, model.config, where)
     result = runner.evaluate(model, tokenizer, rows, eval_cfg, mesh=mesh, progress=True)
     result["checkpoint"] = (
         {"workdir": str(config.init.workdir), "step": int(config.init.step)}

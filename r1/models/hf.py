@@ -229,6 +229,11 @@ def _read_config(path: str) -> dict[str, Any]:
         raise ValueError(f"{config_path}: invalid JSON: {err}") from err
 
 
+def read_config(path: str, **config_overrides: Any) -> ModelConfig:
+    """The `ModelConfig` of the Hugging Face directory `path` (its config.json only)."""
+    return config_from_hf(_read_config(path), **config_overrides)
+
+
 def load_abstract(path: str, **config_overrides: Any) -> tuple[ModelConfig, Transformer]:
     """The model of the Hugging Face directory `path` without its weights: (config, a
     `Transformer` built with `nnx.eval_shape`, leaves `jax.ShapeDtypeStruct` with their

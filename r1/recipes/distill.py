@@ -310,13 +310,14 @@ def _load(sub_config: Any, mesh: jax.sharding.Mesh) -> tuple[nnx.Module, Any]:
         sub_config,
         extra_sections=tuple(k for k in sub_config if k not in ("model", "mesh", "seed")),
     )
-    with sharding.use_mesh(mesh):
-        model = build.build_policy(
-            str(sub_config.init.hf_path), experiment.model, mesh, experiment.seed
-        )
-    return model, build.build_tokenizer(
+    tokenizer = build.build_tokenizer(
         str(sub_config.tokenizer.kind), str(sub_config.tokenizer.get("path", ""))
     )
+    with sharding.use_mesh(mesh):
+        model = build.build_policy(
+            str(sub_config.init.hf_path), experiment.model, mesh, experiment.seed, tokenizer
+        )
+    return model, tokenizer
 
 
 # ----------------------------------------------------------------------------- the pipeline

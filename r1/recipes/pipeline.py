@@ -372,7 +372,9 @@ def evaluate_stage(config: Any, hf_path: str, directory: str, stage: str) -> dic
     mesh = sharding.make_mesh(experiment.mesh)
     tokenizer = build.build_tokenizer(str(cfg.tokenizer.kind), str(cfg.tokenizer.path))
     with sharding.use_mesh(mesh):
-        model = build.build_policy(str(cfg.init.hf_path), experiment.model, mesh, experiment.seed)
+        model = build.build_policy(
+            str(cfg.init.hf_path), experiment.model, mesh, experiment.seed, tokenizer
+        )
     name, kwargs = _task(config)
     rows = procedural.fixed_set(
         procedural.make_task(name, **kwargs),

@@ -209,7 +209,11 @@ def run_from_config(config: Any, workdir: str, config_name: str = "") -> dict[st
     spec = RewardSpec.from_config(config.rewards)
     mesh = sharding.make_mesh(experiment.mesh)
     tokenizer = build.build_tokenizer(str(config.tokenizer.kind), str(config.tokenizer.path))
-    build.check_vocab(tokenizer, experiment.model)
+    build.check_vocab(
+        tokenizer,
+        build.policy_config(str(config.init.hf_path), experiment.model),
+        f"the checkpoint {config.init.hf_path}",
+    )
     judge = build_judge(judge_section, mesh)  # before the policy: a bad judge fails at start
     with sharding.use_mesh(mesh):
         model = build.build_policy(

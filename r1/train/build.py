@@ -70,14 +70,32 @@ def architecture_differences(preset: ModelConfig, checkpoint: ModelConfig) -> li
     return sorted(k for k in b if k not in EXECUTION_FIELDS and a.get(k) != b[k])
 
 
+def policy_config(hf_path: str, model_cfg: ModelConfig) -> ModelConfig:
+    """The `ModelConfig` `build_policy` gives the policy, from config.json alone: the
+    checkpoint's architecture with `model_cfg`'s `EXECUTION_FIELDS`, or `model_cfg` itself
+    when `hf_path` is empty."""
+    if not hf_path:
+        return model_cfg
+    execution = {k: getattr(model_cfg, k) for k in EXECUTION_FIELDS}
+    return hf.read_config(resolve_path(hf_path), **execution)
+
+
 def build_policy(
-    hf_path: str, model_cfg: ModelConfig, mesh: jax.sharding.Mesh, seed: int
+    hf_path: str,
+    model_cfg: ModelConfig,
+    mesh: jax.sharding.Mesh,
+    seed: int,
+    tokenizer: Any = None,
 ) -> Transformer:
     """The policy: loaded from the local HF-layout checkpoint `hf_path` (its architecture from
     the checkpoint's config.json; `EXECUTION_FIELDS` (dtypes, remat, chunking, scan, MoE
     balancing) from `model_cfg`), or, when `hf_path` is empty, built fresh from `model_cfg`
     with `seed`, sharded on `mesh`. A preset whose architecture differs from the checkpoint's is
-    not used: the differences are logged."""
+    not used: the differences are logged. With `tokenizer`, a tokenizer with more ids than the
+    policy's embedding fails first, naming both numbers (before any weight is read)."""
+    if tokenizer is not None:
+        where = f"the checkpoint {hf_path}" if hf_path else "config.model"
+        check_vocab(tokenizer, policy_config(hf_path, model_cfg), where)
     if hf_path:
         execution = {k: getattr(model_cfg, k) for k in EXECUTION_FIELDS}
         cfg, model = hf.load(resolve_path(hf_path), mesh=mesh, **execution)
@@ -118,14 +136,10 @@ def start_policy(exp: Any, total_steps: int, with_reference: bool = False) -> Po
     reference copy when asked), sharded."""
     mesh = sharding.make_mesh(exp.mesh)
     tokenizer = build_tokenizer(exp.tokenizer.kind, exp.tokenizer.path)
-    if not exp.init.hf_path:
-        check_vocab(tokenizer, exp.model)
     optimizer = make_optimizer(exp.optimizer, total_steps)
     with sharding.use_mesh(mesh):
-        policy = build_policy(exp.init.hf_path, exp.model, mesh, exp.seed)
+        policy = build_policy(exp.init.hf_path, exp.model, mesh, exp.seed, tokenizer)
     model_cfg = policy.config
-    if exp.init.hf_path:
-        check_vocab(tokenizer, model_cfg, f"the checkpoint {exp.init.hf_path}")
     graphdef, state = init_train_state(policy, optimizer, exp.seed, with_reference)
     del policy
     shardings = train_state_shardings(state, optimizer, mesh)
