@@ -293,7 +293,7 @@ class EvalSection:
     (the first `max_problems`, 0: all), graded by each row's accuracy reward (math-verify; the
     sandbox, all tests passing, for code rows), giving `eval/pass@1`, `eval/cons@<k>`,
     `eval/response_length/mean`, `eval/truncated_frac`, and the same per domain
-    (`eval/<domain>/pass@1`, ...) and per difficulty (`eval/pass@1/difficulty_<d>`)."""
+    (`eval/pass@1/domain/<d>`, ...) and per difficulty (`eval/pass@1/difficulty_<n>`)."""
 
     every: int = 50
     per_difficulty: int = 16

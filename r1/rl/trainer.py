@@ -43,10 +43,11 @@ log = logging.getLogger(__name__)
 
 CURVE_PANELS = (
     ("reward", ("reward/total",)),
-    ("accuracy", ("accuracy", "eval/accuracy")),
+    ("accuracy", ("accuracy", "eval/accuracy", "eval/pass@1")),
     ("response length", ("response_length/mean", "eval/response_length/mean")),
     ("KL", ("kl",)),
-    ("held-out accuracy by difficulty", ("eval/accuracy/difficulty_*",)),
+    ("held-out accuracy by difficulty", ("eval/accuracy/difficulty_*", "eval/pass@1/difficulty_*")),
+    ("held-out pass@1 by domain", ("eval/pass@1/domain/*",)),
     ("held-out length by difficulty", ("eval/response_length/difficulty_*",)),
     ("reflection words per 1k tokens", ("behaviour/reflection_per_1k",)),
     ("reward by domain", ("reward/domain/*",)),

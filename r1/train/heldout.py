@@ -48,9 +48,7 @@ def make_heldout_evaluator(
     on `per_difficulty` held-out problems per difficulty of `task` (rows from seed + 1)."""
     rows = procedural.fixed_set(task, int(seed) + 1, int(per_difficulty))
     encoded = [tokenizer.encode(pipeline.render_r1_zero_row(r), add_bos=True) for r in rows]
-    tokens, mask = left_pad(
-        encoded, bucket_length(max(len(e) for e in encoded)), tokenizer.pad_id
-    )
+    tokens, mask = left_pad(encoded, bucket_length(max(len(e) for e in encoded)), tokenizer.pad_id)
     targets = np.asarray([int(r["answer"]) for r in rows], np.int32)
     difficulty = np.asarray([r["difficulty"] for r in rows], np.int32)
     sampling = SamplingConfig(
@@ -132,9 +130,10 @@ def make_file_evaluator(
 
 def file_eval_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """An `r1.evaluation.evaluate` result -> flat metrics: ``eval/<name>`` over every problem,
-    ``eval/<task>/<name>`` per task (domain) when there are several, and
-    ``eval/<name>/difficulty_<d>`` per difficulty, for names pass@1, pass@k, cons@k,
-    response_length/mean, truncated_frac."""
+    ``eval/<name>/domain/<task>`` per task (domain) when there are several, and
+    ``eval/<name>/difficulty_<d>`` per difficulty (``eval/<name>/domain/<task>/difficulty_<d>``
+    with several domains), for names pass@1, pass@k, cons@k, response_length/mean,
+    truncated_frac."""
     k = int(result["num_samples"])
     names = {
         "pass@1": "pass@1",
@@ -144,19 +143,19 @@ def file_eval_metrics(result: Mapping[str, Any]) -> dict[str, float]:
         "truncated": "truncated_frac",
     }
 
-    def flat(table: Mapping[str, Any], prefix: str, suffix: str = "") -> dict[str, float]:
+    def flat(table: Mapping[str, Any], suffix: str = "") -> dict[str, float]:
         return {
-            f"{prefix}{metric}{suffix}": float(table[key])
+            f"eval/{metric}{suffix}": float(table[key])
             for key, metric in names.items()
             if key in table
         }
 
-    out = flat(result["overall"], "eval/")
+    out = flat(result["overall"])
     tasks = result["tasks"]
     for task, table in tasks.items():
-        if len(tasks) > 1:
-            out.update(flat(table, f"eval/{task}/"))
+        where = "" if len(tasks) == 1 else f"/domain/{task}"
+        if where:
+            out.update(flat(table, where))
         for difficulty, sub in (table.get("by_difficulty") or {}).items():
-            prefix = "eval/" if len(tasks) == 1 else f"eval/{task}/"
-            out.update(flat(sub, prefix, f"/difficulty_{difficulty}"))
+            out.update(flat(sub, f"{where}/difficulty_{difficulty}"))
     return out

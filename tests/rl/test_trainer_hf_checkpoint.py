@@ -195,9 +195,11 @@ def test_r1_zero_trains_on_a_math_and_code_mixture_with_per_domain_rewards(check
     assert [r["step"] for r in evals] == [0, 3]
     for row in evals:
         for name in ("pass@1", "pass@2", "cons@2", "response_length/mean"):
-            assert {f"eval/{name}", f"eval/math/{name}", f"eval/code/{name}"} <= set(row)
+            assert {f"eval/{name}", f"eval/{name}/domain/math", f"eval/{name}/domain/code"} <= set(
+                row
+            )
         assert 0.0 <= row["eval/pass@1"] <= row["eval/pass@2"] <= 1.0
-        assert "eval/math/pass@1/difficulty_1" in row
+        assert "eval/pass@1/domain/math/difficulty_1" in row
     for row in rows:
         code_rows, math_rows = row["rows/domain/code"], row["rows/domain/math"]
         assert code_rows + math_rows == 4  # 2 prompts x G=2, every row in one domain
