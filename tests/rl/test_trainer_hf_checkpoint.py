@@ -140,6 +140,11 @@ HUMANEVAL = {
     "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
     "entry_point": "add",
 }
+MBPP = {"text": "Write double(x).", "test_list": ["assert double(2) == 4"]}
+STDIO = {
+    "question": "Read an integer and print it doubled.",
+    "input_output": json.dumps({"inputs": ["2\n"], "outputs": ["4\n"]}),
+}
 GSM8K = {"question": "What is 3 plus 4?", "answer": "3+4=7\n#### 7"}
 
 
@@ -170,16 +175,17 @@ def _train(workdir, checkpoint, files, *extra):
 
 @pytest.mark.slow
 def test_r1_zero_trains_on_a_math_and_code_mixture_with_per_domain_rewards(checkpoints, tmp_path):
-    code = tmp_path / "humaneval.jsonl"
-    code.write_text("\n".join(json.dumps(HUMANEVAL) for _ in range(4)) + "\n")
-    math = tmp_path / "gsm8k.jsonl"
-    math.write_text("\n".join(json.dumps(GSM8K) for _ in range(4)) + "\n")
+    files = {}
+    for name, row in (("gsm8k", GSM8K), ("humaneval", HUMANEVAL), ("mbpp", MBPP), ("stdio", STDIO)):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("\n".join(json.dumps(row) for _ in range(4)) + "\n")
+    math, code = files["gsm8k"], files["humaneval"]
     rows = _train(
         tmp_path / "run",
         checkpoints["qwen2"],
-        f"{math},{code}",
-        "--config.data.layout=gsm8k,humaneval",
-        "--config.data.mixture=0.5,0.5",
+        ",".join(str(f) for f in files.values()),
+        f"--config.data.layout={','.join(files)}",
+        "--config.data.mixture=0.4,0.2,0.2,0.2",
         f"--config.eval.files={math},{code}",
         "--config.eval.layout=gsm8k,humaneval",
         "--config.eval.every=3",
