@@ -104,6 +104,12 @@ def _base() -> ml_collections.ConfigDict:
             layout="auto",
             domains="",
             mixture="",
+            # The prompt: "r1_zero" (R1-Zero's template), "chat" (the checkpoint's own chat
+            # template, for instruct / distilled models) or "plain"; system_prompt and the
+            # answer-format instruction apply to chat / plain ("auto": boxed for math rows).
+            template="r1_zero",
+            system_prompt="",
+            instruction="auto",
             num_epochs=0,
             tfds_data_dir="",
             buckets=(64, 128, 256),

@@ -46,6 +46,52 @@ def render_r1_zero_row(row: Mapping[str, Any]) -> str:
     return templates.render_r1_zero(row["prompt"])
 
 
+PROMPT_TEMPLATES = ("r1_zero", "chat", "plain")
+
+
+def prompt_renderer(
+    template: str, tokenizer: Any = None, system_prompt: str = "", instruction: str = "auto"
+) -> Callable[[Mapping[str, Any]], str]:
+    """row -> prompt text under `template`:
+
+    * "r1_zero": R1-Zero's template around the question (`system_prompt` and `instruction`
+      unused: the template states the answer format);
+    * "chat": the tokenizer's own chat template (`tokenizer.render_chat`, from its
+      tokenizer_config.json) with the question (+ instruction) as the user turn, after an
+      optional system turn `system_prompt`, ending in the generation prompt;
+    * "plain": the question (+ instruction) as is.
+
+    instruction: appended to the question on its own line; "auto" gives rows with a gold
+    `answer` (math and other reasoning rows) `templates.BOXED_INSTRUCTION`, and code rows
+    (whose prompts state their answer format) and general rows nothing; "" gives nothing.
+    """
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"template: expected one of {PROMPT_TEMPLATES}, got {template!r}")
+    if template == "r1_zero":
+        return render_r1_zero_row
+    if template == "chat" and not callable(getattr(tokenizer, "render_chat", None)):
+        raise ValueError(
+            f"template 'chat' needs a tokenizer with a chat template (a Hugging Face tokenizer "
+            f"directory whose tokenizer_config.json has one); got {tokenizer!r}"
+        )
+
+    def question(row: Mapping[str, Any]) -> str:
+        extra = instruction
+        if instruction == "auto":
+            reasoning = row.get("answer") and row.get("domain") not in ("code", "general")
+            extra = templates.BOXED_INSTRUCTION if reasoning else ""
+        return f"{row['prompt']}\n{extra}" if extra else str(row["prompt"])
+
+    if template == "plain":
+        return question
+
+    def chat(row: Mapping[str, Any]) -> str:
+        messages = [{"role": "user", "content": question(row)}]
+        return tokenizer.render_chat(messages, system=system_prompt or None)
+
+    return chat
+
+
 def default_process() -> tuple[int, int]:
     """`(jax.process_index(), jax.process_count())`."""
     import jax  # noqa: PLC0415 - keep this module importable without initialising jax

@@ -24,6 +24,7 @@ from typing import Any
 import ml_collections
 
 from r1 import configlib
+from r1.data.pipeline import PROMPT_TEMPLATES
 from r1.data.sources import LAYOUTS, split_list
 from r1.metrics.behaviour import REFLECTION_WORDS
 from r1.models.config import ModelConfig
@@ -69,7 +70,13 @@ class DataSection:
     files or one per file (comma-separated; "" keeps the default of that file): per-domain
     rewards score a row by its domain. mixture: "" (the files' rows concatenated), or one
     sampling weight per file (comma-separated, e.g. "0.7,0.3"): each prompt comes from a file
-    drawn by weight (`r1.data.mixture.WeightedMixture`). num_epochs: passes over the files
+    drawn by weight (`r1.data.mixture.WeightedMixture`). template: how a question becomes
+    the prompt: "r1_zero" (R1-Zero's template), "chat" (the checkpoint's own chat template from
+    its tokenizer_config.json, for instruct / distilled models; `system_prompt` an optional
+    system turn) or "plain"; instruction: the answer-format line added to the question under
+    "chat" / "plain" ("auto": `templates.BOXED_INSTRUCTION` for rows with a gold answer,
+    nothing for code and general rows; "": none; else the text given). num_epochs: passes over
+    the files
     (0: forever); rows are shuffled with the run's seed, differently each epoch. task /
     task_kwargs: the procedural task whose train split gives the prompts when no file is set
     (the demo); "" requires files. buckets: the prompt lengths (tokens) prompts are
@@ -83,6 +90,9 @@ class DataSection:
     layout: str = "auto"
     domains: str = ""
     mixture: str = ""
+    template: str = "r1_zero"
+    system_prompt: str = ""
+    instruction: str = "auto"
     num_epochs: int = 0
     tfds_data_dir: str = ""
     buckets: tuple[int, ...] = (64, 128, 256)
@@ -107,6 +117,10 @@ class DataSection:
             )
         if self.num_epochs < 0:
             raise ValueError(f"config.data.num_epochs: expected >= 0, got {self.num_epochs}")
+        if self.template not in PROMPT_TEMPLATES:
+            raise ValueError(
+                f"config.data.template: expected one of {PROMPT_TEMPLATES}, got {self.template!r}"
+            )
         for layout in split_list(self.layout):
             if layout != "auto" and layout not in LAYOUTS:
                 raise ValueError(

@@ -117,7 +117,15 @@ def heldout_evaluator(exp: rl_config.GRPOExperiment, tokenizer, graphdef, mesh):
         rows, _ = sources.load_sources(
             exp.eval.files, exp.eval.layout, tfds_data_dir=exp.data.tfds_data_dir or None
         )
+        template = exp.data.template
+        if template != "r1_zero":  # prompted as in training: rendered here, then sent as is
+            render = pipeline.prompt_renderer(
+                template, tokenizer, exp.data.system_prompt, exp.data.instruction
+            )
+            rows = [{**row, "prompt": render(row)} for row in rows]
         config = EvalConfig(
+            template="r1_zero" if template == "r1_zero" else "plain",
+            add_bos=template != "chat",
             num_samples=exp.eval.num_samples,
             temperature=exp.eval.temperature,
             top_p=exp.eval.top_p,
@@ -170,6 +178,11 @@ def prompt_stream(
     dataset = pipeline.prompt_dataset(
         source,
         tokenizer,
+        render=pipeline.prompt_renderer(
+            exp.data.template, tokenizer, exp.data.system_prompt, exp.data.instruction
+        ),
+        # A chat template writes the BOS text itself when its family has one.
+        add_bos=exp.data.template != "chat",
         fields=fields,
         batch_size=exp.rl.prompts_per_step // processes,
         # Every process must pad to the same length to form one global batch.

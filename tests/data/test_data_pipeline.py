@@ -199,3 +199,31 @@ def test_tokenize_rows_for_fixed_sets():
     np.testing.assert_array_equal(batch["difficulty"], [d for d in range(2, 9) for _ in range(2)])
     with pytest.raises(ValueError, match="largest bucket"):
         pipeline.tokenize_rows(rows, TOK, buckets=(8,))
+
+
+class _ChatTokenizer:
+    """Stands in for a tokenizer with a chat template (records what it was asked to render)."""
+
+    def render_chat(self, messages, *, system=None):
+        head = f"[system]{system}" if system else ""
+        return head + "".join(f"[{m['role']}]{m['content']}" for m in messages) + "[assistant]"
+
+
+def test_prompt_renderer_templates_and_the_answer_format_instruction():
+    math = {"prompt": "What is 2+2?", "answer": "4", "domain": "math"}
+    code = {"prompt": "Write f.", "tests": ["assert f()"], "domain": "code"}
+    general = {"prompt": "Say hi.", "answer": "", "domain": "general"}
+    r1_zero = pipeline.prompt_renderer("r1_zero")
+    assert r1_zero(math) == templates.render_r1_zero("What is 2+2?")
+    plain = pipeline.prompt_renderer("plain")
+    assert plain(math) == f"What is 2+2?\n{templates.BOXED_INSTRUCTION}"
+    assert plain(code) == "Write f." and plain(general) == "Say hi."
+    chat = pipeline.prompt_renderer("chat", _ChatTokenizer(), "Be brief.", "Answer in words.")
+    assert chat(code) == "[system]Be brief.[user]Write f.\nAnswer in words.[assistant]"
+    assert pipeline.prompt_renderer("chat", _ChatTokenizer(), "", "")(math) == (
+        "[user]What is 2+2?[assistant]"
+    )
+    with pytest.raises(ValueError, match="template 'chat' needs a tokenizer with a chat"):
+        pipeline.prompt_renderer("chat", object())
+    with pytest.raises(ValueError, match="template: expected one of"):
+        pipeline.prompt_renderer("jinja")
