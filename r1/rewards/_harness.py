@@ -1,9 +1,12 @@
 """Sandbox harness: runs ONE untrusted program and its test expressions, in a child process.
 
-Started by `r1.rewards.sandbox` as ``python -I -S -B _harness.py RESULT_FD`` with a JSON job on
-stdin; imports nothing from r1. Order of events (everything before step 5 is trusted code):
+Started by `r1.rewards.sandbox` as ``python -I -S -B _harness.py RESULT_FD JOB_FD`` with a
+JSON job on JOB_FD (stdin when absent); imports nothing from r1. Order of events (everything
+before step 5 is trusted code):
 
-1. read the job (program, test units, nonce, limits), close stdin;
+1. read the job (program, test units, nonce, limits, io mode); stdin becomes /dev/null, except
+   in io mode (a stdin/stdout case), where stdin carries the case input and stdout goes back
+   to the parent, which compares it with the expected output;
 2. when root: ``unshare(CLONE_NEWNET | CLONE_NEWNS)``; private tmpfs over /tmp, /var/tmp,
    /run/lock, /dev/shm, /etc, /home, /root (the Python installation is bound back read-only);
    the working directory is a fresh tmpfs directory that vanishes with the process;
@@ -89,9 +92,10 @@ def _limits(job, dropping):
 
 def main():
     result_fd = int(sys.argv[1])
+    job_fd = int(sys.argv[2]) if len(sys.argv) > 2 else 0
     raw = b""
     while True:
-        chunk = os.read(0, 1 << 20)
+        chunk = os.read(job_fd, 1 << 20)
         if not chunk:
             break
         raw += chunk
@@ -99,9 +103,13 @@ def main():
 
     job = json.loads(raw.decode("utf-8"))
     del raw
-    devnull = os.open("/dev/null", os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.close(devnull)
+    io_mode = bool(job.get("io"))
+    if job_fd != 0:
+        os.close(job_fd)
+    if not io_mode:  # io mode: stdin is the case input, stdout goes back to the parent
+        devnull = os.open("/dev/null", os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.close(devnull)
     nonce = job.pop("nonce")
 
     _write, _repr, _type, _len, _str = os.write, repr, type, len, str
@@ -294,15 +302,27 @@ def main():
 
     clean_builtins = _dict(builtins.__dict__)
     namespace = {"__name__": "__main__", "__builtins__": builtins}
+    _flush = sys.stdout.flush
+
+    def flush_stdout():
+        try:
+            _flush()
+        except _BaseException:
+            pass
+
     armed[0] = True
     try:
         _exec(_compile(program, "<program>", "exec"), namespace)
-    except SystemExit:
-        send("exit")
-        os._exit(0)
+    except SystemExit as exc:
+        # A stdin/stdout program may end with exit() / sys.exit(0): a normal end there.
+        if not (io_mode and exc.code in (None, 0)):
+            send("exit")
+            os._exit(0)
     except _BaseException as exc:
         send("program_error", _type(exc).__name__)
         os._exit(0)
+    if io_mode:
+        flush_stdout()
     send("program_done")
     for index, unit in enumerate(units):
         # Undo what the program did to builtins before each test.

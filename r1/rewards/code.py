@@ -1,5 +1,6 @@
-"""Code accuracy: run the last fenced code block against the row's test statements in the
-sandbox (`r1.rewards.sandbox`); score = fraction of tests passed, 0 on any failure."""
+"""Code accuracy: run the last fenced code block against the row's tests in the sandbox
+(`r1.rewards.sandbox`): Python test statements and Codeforces-style stdin/stdout cases;
+score = fraction of tests passed (or all-or-nothing)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ from r1.rewards.sandbox import SandboxConfig, run_batch
         "sandbox_violation",
         "tampered",
         "no_result",
+        "wrong_answer",
+        "output_limit",
+        "bad_test",
     ),
 )
 def code_accuracy(
@@ -39,17 +43,38 @@ def code_accuracy(
     cpu_s: int = 2,
     memory_mb: int = 1024,
     workers: int | None = None,
+    all_or_nothing: bool = False,
+    float_tolerance: float | None = None,
+    max_cases: int = 64,
     **fields: Any,
 ) -> tuple[np.ndarray, list[str]]:
-    """float32[B] in [0, 1].
+    """float32[B] in [0, 1]: the fraction of the row's tests passed, or with
+    `all_or_nothing` 1 when every test passes and 0 otherwise (the cases after a failed one
+    are then skipped).
 
     Fields: tests: per row a list of Python statements (e.g. ``assert f(2) == 4``) run after
-    the program. Reasons: no_code_block, no_tests, timeout, crash, memory, syntax_error, exited,
-    sandbox_violation, tampered, no_result.
+    the program, and / or stdin/stdout cases ``{"input": str, "output": str}``: the program
+    runs once per case with the input on stdin, its stdout compared with the output after
+    trailing whitespace and line endings are normalised (numeric tokens within
+    `float_tolerance` relative when given); at most `max_cases` cases per row run. Limits per
+    run: `timeout_s` wall seconds, `cpu_s` CPU seconds, `memory_mb`. Reasons (the row's first
+    failed test): no_code_block, no_tests, timeout, crash, memory, syntax_error, exited,
+    sandbox_violation, tampered, no_result, wrong_answer, output_limit, bad_test.
     """
     tests = [list(t) for t in row_field(fields, "tests", len(completions), "code")]
     programs = [last_code_block(c) for c in completions]
-    config = SandboxConfig(timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb, workers=workers)
+    config = SandboxConfig(
+        timeout_s=timeout_s,
+        cpu_s=cpu_s,
+        memory_mb=memory_mb,
+        workers=workers,
+        float_tolerance=float_tolerance,
+        max_cases=max_cases,
+        stop_at_first_failure=all_or_nothing,
+    )
     results = run_batch(programs, tests, config)
-    scores = np.asarray([r.score for r in results], np.float32)
-    return scores, [r.reason for r in results]
+    if all_or_nothing:
+        scores = [float(bool(r.passed) and all(r.passed)) for r in results]
+    else:
+        scores = [r.score for r in results]
+    return np.asarray(scores, np.float32), [r.reason for r in results]

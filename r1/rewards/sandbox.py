@@ -25,6 +25,7 @@ import builtins
 import concurrent.futures
 import dataclasses
 import json
+import math
 import os
 import secrets
 import select
@@ -33,8 +34,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 _HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_harness.py")
@@ -61,7 +63,12 @@ _TRUSTED_BINOPS = (
 
 @dataclasses.dataclass(frozen=True)
 class SandboxConfig:
-    """Limits for one program. ``workers=None`` uses every core this process may run on."""
+    """Limits for one program. ``workers=None`` uses every core this process may run on.
+
+    stdin/stdout cases (`IOCase`): ``float_tolerance`` (None: outputs compare as text) lets
+    numeric tokens differ by ``tol * max(1, |expected|)``; only the first ``max_cases`` cases
+    of a row run; ``stop_at_first_failure`` skips the cases after the first failed one (they
+    count as failed: for all-or-nothing scoring)."""
 
     timeout_s: float = 2.0
     cpu_s: int = 2
@@ -70,13 +77,18 @@ class SandboxConfig:
     max_processes: int = 0
     isolate: bool = True
     workers: int | None = None
+    float_tolerance: float | None = None
+    max_cases: int = 64
+    stop_at_first_failure: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class SandboxResult:
-    """Outcome of one program: ``passed[i]`` per test; ``reason`` "" or why it scored 0
-    (timeout, crash, syntax_error, exited, sandbox_violation, tampered, no_result);
-    ``detail`` e.g. the violated rule; ``isolation`` the layers the child reported."""
+    """Outcome of one program: ``passed[i]`` per test (statements first, then stdin/stdout
+    cases, in the row's order within each kind); ``reason`` "" or why a test failed, the
+    first of (timeout, crash, memory, syntax_error, exited, sandbox_violation, tampered,
+    no_result, wrong_answer, output_limit, bad_test); ``detail`` e.g. the violated rule;
+    ``isolation`` the layers the child reported."""
 
     passed: tuple[bool, ...]
     reason: str = ""
@@ -85,7 +97,8 @@ class SandboxResult:
 
     @property
     def score(self) -> float:
-        if self.reason or not self.passed:
+        """Fraction of tests passed (0 with no test)."""
+        if not self.passed:
             return 0.0
         return sum(self.passed) / len(self.passed)
 
@@ -232,113 +245,264 @@ def _read_frames(text: str, nonce: str) -> tuple[list[tuple], bool]:
     return frames, tampered
 
 
-def run_program(
-    program: str, tests: Sequence[str], config: SandboxConfig = SandboxConfig()
-) -> SandboxResult:
-    """Run ``program`` then each of ``tests`` in a fresh sandboxed process. Never raises for
-    anything in ``program`` or ``tests``."""
-    units = [split_test(str(t)) for t in tests]
-    if not units:
-        return SandboxResult((), "no_tests")
-    nonce = secrets.token_hex(16)
+@dataclasses.dataclass(frozen=True)
+class IOCase:
+    """A stdin/stdout test: the program runs with `input` on stdin; it passes when its stdout
+    equals `output` after `normalize_output` (or token by token within a float tolerance)."""
+
+    input: str
+    output: str
+
+
+def parse_case(item: Any) -> IOCase | None:
+    """A ``{"input": str, "output": str}`` test item as an `IOCase` (other keys ignored); None
+    when `item` is a mapping without text `input` / `output` (a bad test)."""
+    inputs, outputs = item.get("input"), item.get("output")
+    if not isinstance(inputs, str) or not isinstance(outputs, str):
+        return None
+    return IOCase(inputs, outputs)
+
+
+def normalize_output(text: str) -> list[str]:
+    """Output lines as compared: line endings unified (``\r\n`` and ``\r`` -> ``\n``),
+    trailing whitespace of every line removed, trailing empty lines dropped. Leading
+    whitespace and inner spacing are kept."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _close_enough(got: str, want: str, tolerance: float) -> bool:
+    if got == want:
+        return True
+    try:
+        a, b = float(got), float(want)
+    except ValueError:
+        return False
+    return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= tolerance * max(1.0, abs(b))
+
+
+def output_matches(got: str, want: str, float_tolerance: float | None = None) -> bool:
+    """Whether a program's stdout `got` answers a case whose expected output is `want`:
+    `normalize_output` equal, or with `float_tolerance`, equal whitespace-separated tokens
+    where tokens that both parse as floats may differ by ``tol * max(1, |want|)``."""
+    if float_tolerance is None:
+        return normalize_output(got) == normalize_output(want)
+    got_tokens, want_tokens = got.split(), want.split()
+    return len(got_tokens) == len(want_tokens) and all(
+        _close_enough(g, w, float_tolerance) for g, w in zip(got_tokens, want_tokens)
+    )
+
+
+@dataclasses.dataclass
+class _ChildRun:
+    """What one harness process left: its frames, whether they were tampered with or too
+    long, its exit code, whether it timed out, and its stdout (io mode; None on overflow)."""
+
+    frames: list[tuple]
+    tampered: bool
+    overflow: bool
+    returncode: int | None
+    timed_out: bool
+    stdout: bytes | None
+
+    @property
+    def isolation(self) -> str:
+        return next((str(f[1]) for f in self.frames if f[0] == "isolation"), "")
+
+
+def _feed(fd: int, data: bytes) -> None:
+    """Writes `data` to the pipe `fd` (the program's stdin) and closes it; stops quietly when
+    the program exits or closes its end."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view[:65536]) :]
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _run_child(job: dict, config: SandboxConfig, stdin_data: bytes | None) -> _ChildRun:
+    """One harness process on `job` (a fresh work dir, the limits of `config`). The job goes
+    through its own pipe; with `stdin_data` (io mode) the program's stdin carries it and its
+    stdout is read back, else stdin is closed and stdout discarded."""
     workdir = tempfile.mkdtemp(prefix="r1-sandbox-")
-    root = os.geteuid() == 0
-    if root:
+    if os.geteuid() == 0:
         os.chown(workdir, 65534, 65534)
-    job = {
-        "program": program,
-        "units": [u.wire() for u in units],
-        "nonce": nonce,
-        "cpu_s": config.cpu_s,
-        "memory_mb": config.memory_mb,
-        "file_size_mb": config.file_size_mb,
-        "max_processes": config.max_processes,
-        "isolate": config.isolate,
-        "workdir": workdir,
-    }
+    job = {**job, "workdir": workdir}
     read_fd, write_fd = os.pipe()
-    timed_out = False
-    output = bytearray()
+    job_read, job_write = os.pipe()
+    io_mode = stdin_data is not None
+    timed_out, output, stdout = False, bytearray(), bytearray()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-B", _HARNESS, str(write_fd)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            [sys.executable, "-I", "-S", "-B", _HARNESS, str(write_fd), str(job_read)],
+            stdin=subprocess.PIPE if io_mode else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if io_mode else subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            pass_fds=(write_fd,),
+            pass_fds=(write_fd, job_read),
             cwd=workdir,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
             start_new_session=True,
         )
-        os.close(write_fd)
-        write_fd = -1
-        try:
-            proc.stdin.write(json.dumps(job).encode("utf-8", "surrogatepass"))
+        for fd in (write_fd, job_read):
+            os.close(fd)
+        write_fd = job_read = -1
+        threading.Thread(
+            target=_feed, args=(job_write, json.dumps(job).encode("utf-8", "surrogatepass"))
+        ).start()
+        job_write = -1
+        streams = {read_fd: output}
+        if io_mode:
+            feeder = threading.Thread(target=_feed, args=(os.dup(proc.stdin.fileno()), stdin_data))
             proc.stdin.close()
-        except OSError:
-            pass
-        deadline = time.monotonic() + config.timeout_s + 0.5  # + interpreter start-up
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                break
-            ready, _, _ = select.select([read_fd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(read_fd, 1 << 16)
-            if not chunk:
-                break
-            output += chunk
-            if len(output) > MAX_OUTPUT_BYTES:
-                break
+            feeder.start()
+            streams[proc.stdout.fileno()] = stdout
+        timed_out = _drain(streams, time.monotonic() + config.timeout_s + 0.5)
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         proc.wait()
+        if io_mode:
+            proc.stdout.close()
+            feeder.join(timeout=5)
     finally:
-        os.close(read_fd)
-        if write_fd >= 0:
-            os.close(write_fd)
+        for fd in (read_fd, write_fd, job_read, job_write):
+            if fd >= 0:
+                os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
+    frames, tampered = _read_frames(output.decode("utf-8", "replace"), job["nonce"])
+    overflow = len(output) > MAX_OUTPUT_BYTES
+    kept = None if len(stdout) > MAX_OUTPUT_BYTES else bytes(stdout)
+    return _ChildRun(frames, tampered, overflow, proc.returncode, timed_out, kept)
 
-    frames, tampered = _read_frames(output.decode("utf-8", "replace"), nonce)
-    isolation = next((str(f[1]) for f in frames if f[0] == "isolation"), "")
-    fail = tuple(False for _ in units)
-    violations = [str(f[1]) for f in frames if f[0] == "violation"]
+
+def _drain(streams: dict[int, bytearray], deadline: float) -> bool:
+    """Reads the fds of `streams` into their buffers until all close, one passes
+    `MAX_OUTPUT_BYTES`, or `deadline` (monotonic seconds) passes; True when it timed out."""
+    open_fds = list(streams)
+    while open_fds:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        ready, _, _ = select.select(open_fds, [], [], left)
+        for fd in ready:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                open_fds.remove(fd)
+                continue
+            streams[fd] += chunk
+            if len(streams[fd]) > MAX_OUTPUT_BYTES:
+                return False
+    return False
+
+
+def _failure(run: _ChildRun) -> tuple[str, str]:
+    """(reason, detail) of a child run that failed before its tests could count, else ("", "")."""
+    violations = [str(f[1]) for f in run.frames if f[0] == "violation"]
     if violations:
-        return SandboxResult(fail, "sandbox_violation", violations[0], isolation)
-    if tampered or len(output) > MAX_OUTPUT_BYTES:
-        return SandboxResult(fail, "tampered", "", isolation)
-    kinds = [f[0] for f in frames]
+        return "sandbox_violation", violations[0]
+    if run.tampered or run.overflow:
+        return "tampered", ""
+    kinds = [f[0] for f in run.frames]
     if "program_error" in kinds:
-        error = str(frames[kinds.index("program_error")][1])
+        error = str(run.frames[kinds.index("program_error")][1])
         reason = "syntax_error" if error in ("SyntaxError", "IndentationError") else "crash"
-        if error == "MemoryError":
-            reason = "memory"
-        return SandboxResult(fail, reason, error, isolation)
+        return ("memory" if error == "MemoryError" else reason), error
     if "exit" in kinds:
-        return SandboxResult(fail, "exited", "", isolation)
-    if timed_out:
-        return SandboxResult(fail, "timeout", "", isolation)
+        return "exited", ""
+    if run.timed_out:
+        return "timeout", ""
     if "done" not in kinds:
-        code = proc.returncode
+        code = run.returncode
         if code == -signal.SIGXCPU:  # the CPU-time rlimit
-            return SandboxResult(fail, "timeout", "cpu", isolation)
+            return "timeout", "cpu"
         if code == 0:  # os._exit(0) or similar before the tests finished
-            return SandboxResult(fail, "exited", "", isolation)
-        detail = f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
-        return SandboxResult(fail, "crash", detail, isolation)
+            return "exited", ""
+        return "crash", f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
+    return "", ""
+
+
+def _job(program: str, config: SandboxConfig, **extra: Any) -> dict:
+    return {
+        "program": program,
+        "nonce": secrets.token_hex(16),
+        "cpu_s": config.cpu_s,
+        "memory_mb": config.memory_mb,
+        "file_size_mb": config.file_size_mb,
+        "max_processes": config.max_processes,
+        "isolate": config.isolate,
+        **extra,
+    }
+
+
+def _run_statements(
+    program: str, statements: Sequence[str], config: SandboxConfig
+) -> SandboxResult:
+    """The program then each test statement, in one child (verdicts judged here)."""
+    units = [split_test(str(t)) for t in statements]
+    run = _run_child(_job(program, config, units=[u.wire() for u in units]), config, None)
+    fail = tuple(False for _ in units)
+    reason, detail = _failure(run)
+    if reason:
+        return SandboxResult(fail, reason, detail, run.isolation)
     by_test: dict[int, tuple] = {}
-    for frame in frames:
+    for frame in run.frames:
         if frame[0] in ("values", "ran", "error"):
             index = frame[1]
             if not isinstance(index, int) or index in by_test or not 0 <= index < len(units):
-                return SandboxResult(fail, "tampered", "duplicate frame", isolation)
+                return SandboxResult(fail, "tampered", "duplicate frame", run.isolation)
             by_test[index] = frame
     passed = tuple(judge(unit, by_test.get(i)) for i, unit in enumerate(units))
-    return SandboxResult(passed, "", "", isolation)
+    return SandboxResult(passed, "", "", run.isolation)
+
+
+def run_case(program: str, case: IOCase, config: SandboxConfig = SandboxConfig()) -> SandboxResult:
+    """The program once, in a fresh sandboxed child, with `case.input` on stdin; passes when
+    its stdout matches `case.output` (`output_matches`). A nonzero exit is ``exited``."""
+    run = _run_child(_job(program, config, units=[], io=True), config, case.input.encode())
+    if run.stdout is None:  # more than MAX_OUTPUT_BYTES: stopped there
+        return SandboxResult((False,), "output_limit", "", run.isolation)
+    reason, detail = _failure(run)
+    if reason:
+        return SandboxResult((False,), reason, detail, run.isolation)
+    got = run.stdout.decode("utf-8", "replace")
+    if not output_matches(got, case.output, config.float_tolerance):
+        return SandboxResult((False,), "wrong_answer", "", run.isolation)
+    return SandboxResult((True,), "", "", run.isolation)
+
+
+def run_program(
+    program: str, tests: Sequence[Any], config: SandboxConfig = SandboxConfig()
+) -> SandboxResult:
+    """Run ``program`` against ``tests``: Python statements (one child runs the program then
+    each of them) and stdin/stdout cases (``{"input", "output"}`` mappings, or `IOCase`s: one
+    child per case, the first ``config.max_cases`` only). A case that is a mapping without
+    text input and output fails with reason ``bad_test``. Never raises for anything in
+    ``program`` or ``tests``."""
+    statements = [t for t in tests if not isinstance(t, Mapping | IOCase)]
+    cases = [t for t in tests if isinstance(t, Mapping | IOCase)][: max(0, config.max_cases)]
+    if not statements and not cases:
+        return SandboxResult((), "no_tests")
+    results = [_run_statements(program, statements, config)] if statements else []
+    for item in cases:
+        if results and config.stop_at_first_failure and not all(results[-1].passed):
+            results.append(SandboxResult((False,), results[-1].reason))
+            continue
+        case = item if isinstance(item, IOCase) else parse_case(item)
+        results.append(
+            run_case(program, case, config) if case else SandboxResult((False,), "bad_test")
+        )
+    passed = tuple(p for r in results for p in r.passed)
+    failed = next((r for r in results if r.reason), None)
+    isolation = next((r.isolation for r in results if r.isolation), "")
+    if failed is None:
+        return SandboxResult(passed, "", "", isolation)
+    return SandboxResult(passed, failed.reason, failed.detail, isolation)
 
 
 def default_workers() -> int:
@@ -350,7 +514,7 @@ def default_workers() -> int:
 
 def run_batch(
     programs: Sequence[str | None],
-    tests: Sequence[Sequence[str]],
+    tests: Sequence[Sequence[Any]],
     config: SandboxConfig = SandboxConfig(),
 ) -> list[SandboxResult]:
     """`run_program` for each row, ``config.workers`` at a time; ``None`` programs are skipped

@@ -183,3 +183,72 @@ def test_split_test_keeps_verdicts_outside():
     assert unit.exprs == ("f(0.1)", "g(x)")
     assert sandbox.split_test("assert (").invalid
     assert sandbox.split_test("x = f(2)\nassert x == 4").statement is not None
+
+
+# ----------------------------------------------------------------------------- stdin/stdout
+SUM = "a, b = map(int, input().split())\nprint(a + b)\n"
+SUM_CASES = [
+    {"input": "1 2\n", "output": "3\n"},
+    {"input": "5 6\n", "output": "11\n"},
+    {"input": "0 0\n", "output": "0\n"},
+]
+
+
+def test_stdio_cases_compare_normalised_stdout():
+    assert run(SUM, SUM_CASES).score == 1.0
+    wrong = run("a, b = map(int, input().split())\nprint(a * b)\n", SUM_CASES)
+    assert wrong.passed == (False, False, True) and wrong.reason == "wrong_answer"
+    # Several lines in and out; CRLF, trailing spaces and a final blank line are accepted,
+    # a program that ends with sys.exit(0) is fine, open(0) / sys.stdin.buffer read the input.
+    lines = "import sys\nn, *xs = sys.stdin.buffer.read().split()\nfor x in xs:\n"
+    program = lines + "    sys.stdout.write(str(2 * int(x)) + '  \\r\\n')\nprint()\nsys.exit(0)\n"
+    assert run(program, [{"input": "3\n1\n2\n3\n", "output": "2\n4\n6"}]).score == 1.0
+    assert run("print(open(0).read().split()[1])\n", [{"input": "a b", "output": "b"}]).score
+    # Leading whitespace and inner spacing still count.
+    assert run("print(' 3')\n", [{"input": "", "output": "3"}]).reason == "wrong_answer"
+    assert run("import sys\nprint(3)\nsys.exit(2)\n", [{"input": "", "output": "3"}]).reason == (
+        "exited"
+    )
+
+
+def test_float_tolerance_all_or_nothing_and_case_limits():
+    near = sandbox.SandboxConfig(timeout_s=1.5, cpu_s=1, float_tolerance=1e-6)
+    case = [{"input": "", "output": "0.333333333 x"}]
+    assert sandbox.run_program("print(1 / 3, 'x')\n", case, near).score == 1.0
+    assert sandbox.run_program("print(0.3334, 'x')\n", case, near).reason == "wrong_answer"
+    assert not sandbox.output_matches("1/3 x", "0.333333333 x", 1e-6)
+    completion = block("a, b = map(int, input().split())\nprint(a * b)\n")
+    code = rewards.get("code")
+    scores, _ = code.fn([""], [completion], tests=[SUM_CASES], timeout_s=1.5, cpu_s=1)
+    assert scores[0] == pytest.approx(1 / 3)
+    strict, reasons = code.fn(
+        [""], [completion], tests=[SUM_CASES], timeout_s=1.5, cpu_s=1, all_or_nothing=True
+    )
+    assert strict[0] == 0.0 and reasons == ["wrong_answer"]
+    capped = sandbox.SandboxConfig(timeout_s=1.5, cpu_s=1, max_cases=1)
+    assert sandbox.run_program(SUM, SUM_CASES + [{"input": "x", "output": "y"}], capped).passed == (
+        True,
+    )
+
+
+def test_hostile_stdio_programs_fail_with_their_reason():
+    forever = run("import sys\nsys.stdin.read()\nwhile True:\n    pass\n", [SUM_CASES[0]])
+    assert forever.reason == "timeout"
+    assert run("print(open('/etc/passwd').read())\n", [SUM_CASES[0]]).reason == (
+        "sandbox_violation"
+    )
+    # Printing the result-frame format on stdout is only wrong output.
+    frames = "print(repr(('0' * 32, 'done')))\nprint(3)\n"
+    assert run(frames, [SUM_CASES[0]]).reason == "wrong_answer"
+    flood = run("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", [SUM_CASES[0]])
+    assert flood.score == 0.0 and flood.reason in ("output_limit", "timeout")
+
+
+def test_mixed_tests_and_bad_cases():
+    program = (
+        "import sys\ndef f(x):\n    return 2 * x\ndata = sys.stdin.read().split()\n"
+        "if data:\n    print(int(data[0]) + int(data[1]))\n"
+    )
+    mixed = run(program, ["assert f(2) == 4", SUM_CASES[0], {"input": 3, "output": "x"}])
+    assert mixed.passed == (True, True, False) and mixed.reason == "bad_test"
+    assert run(SUM, []).reason == "no_tests"
