@@ -56,6 +56,8 @@ TEMPLATES = ("r1_zero", "plain", "boxed", *templates.CHAT_FORMATS)
 # The accuracy reward `reward="auto"` picks from a row's task; anything else is graded as math.
 AUTO_REWARDS = {"add": "arithmetic", "mul": "arithmetic", "countdown": "countdown"}
 DEFAULT_TASK = "default"
+# How a reward grades a sample as correct: a code sample passes when every test does.
+GRADE_KWARGS = {"code": {"all_or_nothing": True}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,7 +354,7 @@ def grade(
         chosen = [p for p in range(num) if names[p] == name]
         flat_rows = [rows[p] for p in chosen for _ in range(k)]
         scored = (
-            rewards_lib.RewardSpec((rewards_lib.RewardTerm(name),))
+            rewards_lib.RewardSpec((rewards_lib.RewardTerm(name, 1.0, GRADE_KWARGS.get(name, {})),))
             .compile()
             .score_texts(
                 [prompts[p] for p in chosen for _ in range(k)],

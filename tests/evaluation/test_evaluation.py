@@ -377,3 +377,13 @@ def test_command_line_tiny(tmp_path):
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["tasks"]["add"]["count"] == 36 and "cons@4" in saved["tasks"]["add"]
     assert saved["overall"]["pass@1"] > 0.3
+
+
+def test_code_rows_are_graded_by_the_sandbox_all_tests_passing():
+    rows = [{"prompt": "Write f.", "tests": ["assert f(1) == 2", "assert f(2) == 4"]}]
+    good = "```python\ndef f(x):\n    return 2 * x\n```"
+    half = "```python\ndef f(x):\n    return 2 if x == 1 else 0\n```"
+    result = runner.grade(
+        rows, [[good, half]], np.array([[5, 5]]), runner.EvalConfig(num_samples=2)
+    )
+    assert result["overall"]["pass@1"] == 0.5 and result["problems"][0]["num_correct"] == 1
