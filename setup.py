@@ -33,6 +33,8 @@ setup(
         "tensorboardX",
         "matplotlib",
         "math-verify>=0.9",
+        # Chat templates of users' checkpoints (r1.data.templates.render_chat_template).
+        "jinja2>=3.1",
     ],
     extras_require={
         "data": ["seqio>=0.0.20", "tensorflow-datasets>=4.9", "pyarrow>=14"],

@@ -10,13 +10,19 @@ r"""Prompt and response templates, as pure string functions.
   R1 authors recommend, so the model never skips thinking).
 * `render_readable` / `split_readable`: the R1 cold-start "readable" response format
   `|special_token|<reasoning_process>|special_token|<summary>`.
+* `render_chat_template`: a checkpoint's own Jinja chat template (from its
+  tokenizer_config.json), rendered as transformers renders it.
 
 Everything here is a pure function of strings: no tokenizer, no I/O.
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
+import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -202,3 +208,75 @@ def split_readable(
     if open_tok in reasoning:
         return None
     return reasoning, summary
+
+
+# ------------------------------------------------------------------------ Jinja chat templates
+@functools.lru_cache(maxsize=16)
+def _compile_chat_template(template: str) -> Any:
+    """A chat template compiled the way Hugging Face tokenizers compile theirs: a sandboxed,
+    immutable Jinja environment with ``trim_blocks`` and ``lstrip_blocks``, loop controls, a
+    ``tojson`` filter that keeps non-ASCII text, and the ``raise_exception`` and
+    ``strftime_now`` globals."""
+    import jinja2  # noqa: PLC0415 - only chat-template users need it
+    from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: PLC0415
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(
+            value,
+            ensure_ascii=ensure_ascii,
+            indent=indent,
+            separators=separators,
+            sort_keys=sort_keys,
+        )
+
+    def strftime_now(fmt: str) -> str:
+        return datetime.datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    try:
+        return env.from_string(template)
+    except jinja2.exceptions.TemplateSyntaxError as err:
+        raise ValueError(f"chat template: line {err.lineno}: {err.message}") from None
+
+
+def render_chat_template(
+    template: str,
+    messages: Sequence[Mapping[str, str]] | str,
+    *,
+    add_generation_prompt: bool = True,
+    special_tokens: Mapping[str, str] | None = None,
+    **variables: Any,
+) -> str:
+    """Render `messages` with a model's own Jinja chat template (`chat_template` of its
+    tokenizer_config.json) as transformers' ``apply_chat_template(..., tokenize=False)`` does
+    for plain text messages (no tools, no documents).
+
+    messages: ``[{"role", "content"}, ...]``, or one user message as a string.
+    special_tokens: the tokenizer's ``bos_token``, ``eos_token``, ... texts (templates such as
+    DeepSeek's write ``{{ bos_token }}``). variables: more template variables.
+    Raises ValueError for a template that does not compile or raises while rendering.
+    """
+    import jinja2  # noqa: PLC0415
+
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    messages = [dict(m) for m in messages]
+    for i, message in enumerate(messages):
+        if not isinstance(message.get("role"), str) or "content" not in message:
+            raise ValueError(f"messages[{i}]: expected a role and a content, got {message!r}")
+    compiled = _compile_chat_template(template)
+    try:
+        return compiled.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            **{**dict(special_tokens or {}), **variables},
+        )
+    except jinja2.exceptions.TemplateError as err:
+        raise ValueError(f"chat template: {err}") from None

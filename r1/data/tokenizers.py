@@ -228,6 +228,19 @@ _EOS_CANDIDATES = (
 _PAD_CANDIDATES = ("<pad>", "<|pad|>", "<｜▁pad▁｜>", "<|finetune_right_pad_id|>", "<|endoftext|>")
 
 
+def _chat_template(value: Any, where: str) -> str | None:
+    """tokenizer_config's `chat_template`: a string, or a list of {"name", "template"} of which
+    the one named "default" is used."""
+    if value is None or isinstance(value, str):
+        return value or None
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, Mapping)}
+        if isinstance(named.get("default"), str):
+            return named["default"]
+        raise ValueError(f"{where}: chat_template is a list without a 'default' template")
+    raise ValueError(f"{where}: chat_template must be a string or a list of named templates")
+
+
 def _token_content(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("content")
@@ -249,9 +262,13 @@ class HFTokenizer:
         eos_token: str | None = None,
         pad_token: str | None = None,
         name: str = "tokenizer",
+        chat_template: str | None = None,
+        special_tokens: Mapping[str, str] | None = None,
     ):
         self._tok = tokenizer
         self.name = name
+        self.chat_template = chat_template
+        self.special_tokens = dict(special_tokens or {})
         self.vocab_size = int(tokenizer.get_vocab_size(with_added_tokens=True))
 
         def find(token: str | None, candidates: Sequence[str], what: str) -> int | None:
@@ -297,16 +314,49 @@ class HFTokenizer:
         except Exception as e:
             raise ValueError(f"{file}: not a Hugging Face tokenizer.json ({e})") from e
         kwargs: dict[str, Any] = {}
+        special: dict[str, str] = {}
+        chat_template = None
         for cfg_name in ("special_tokens_map.json", "tokenizer_config.json"):
             cfg_path = os.path.join(directory, cfg_name)
             if os.path.exists(cfg_path):
                 with open(cfg_path, encoding="utf-8") as f:
                     cfg = json.load(f)
-                for key in ("bos_token", "eos_token", "pad_token"):
-                    if key in cfg:
-                        kwargs[key] = _token_content(cfg[key])
+                for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+                    if _token_content(cfg.get(key)) is not None:
+                        special[key] = _token_content(cfg[key])
+                chat_template = _chat_template(cfg.get("chat_template"), cfg_path) or chat_template
+        jinja_path = os.path.join(directory, "chat_template.jinja")
+        if os.path.exists(jinja_path):  # newer transformers save the template beside the config
+            with open(jinja_path, encoding="utf-8") as f:
+                chat_template = f.read()
+        kwargs = {k: v for k, v in special.items() if k != "unk_token"}
         kwargs.update(overrides)
-        return cls(tok, name=file, **kwargs)
+        return cls(tok, name=file, chat_template=chat_template, special_tokens=special, **kwargs)
+
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, str]] | str,
+        *,
+        add_generation_prompt: bool = True,
+        system: str | None = None,
+    ) -> str:
+        """`messages` (or one user message) rendered with this tokenizer's own chat template,
+        after a system turn `system` when given (`templates.render_chat_template`)."""
+        if not self.chat_template:
+            raise ValueError(
+                f"{self.name}: no chat template (tokenizer_config.json has no `chat_template` "
+                "and there is no chat_template.jinja); use data.template='r1_zero' or 'plain'"
+            )
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        if system:
+            messages = [{"role": "system", "content": system}, *messages]
+        return templates.render_chat_template(
+            self.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            special_tokens=self.special_tokens,
+        )
 
     @property
     def tag_ids(self) -> dict[str, int]:
