@@ -33,8 +33,9 @@ setup(
         "tensorboardX",
         "matplotlib",
         "math-verify>=0.9",
-        # Chat templates of users' checkpoints (r1.data.templates.render_chat_template).
-        "jinja2>=3.1",
+        # Chat templates of users' checkpoints (r1.data.templates.render_chat_template);
+        # 3.1.6 closes the sandbox escapes that matter for untrusted Hub templates.
+        "jinja2>=3.1.6",
     ],
     extras_require={
         "data": ["seqio>=0.0.20", "tensorflow-datasets>=4.9", "pyarrow>=14"],

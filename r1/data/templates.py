@@ -211,19 +211,32 @@ def split_readable(
 
 
 # ------------------------------------------------------------------------ Jinja chat templates
-@functools.lru_cache(maxsize=16)
-def _compile_chat_template(template: str) -> Any:
-    """A chat template compiled the way Hugging Face tokenizers compile theirs: a sandboxed,
-    immutable Jinja environment with ``trim_blocks`` and ``lstrip_blocks``, loop controls, a
-    ``tojson`` filter that keeps non-ASCII text, and the ``raise_exception`` and
-    ``strftime_now`` globals."""
+# Names a message's reasoning may be given under; templates read `reasoning_content` (Qwen3,
+# DeepSeek) or `thinking` (gpt-oss), so transformers hands every template both.
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+
+
+@functools.cache
+def _chat_template_environment() -> Any:
+    """The Jinja environment Hugging Face tokenizers render chat templates in: sandboxed and
+    immutable (templates come from the Hub: untrusted code), ``trim_blocks`` and
+    ``lstrip_blocks``, loop controls (``break`` / ``continue``), a ``tojson`` filter that keeps
+    non-ASCII text and HTML characters as they are, the ``raise_exception`` and
+    ``strftime_now`` globals, and a ``namespace`` that refuses underscore-prefixed names."""
     import jinja2  # noqa: PLC0415 - only chat-template users need it
+    import jinja2.ext  # noqa: PLC0415
     from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: PLC0415
 
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
-    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    def tojson(
+        value: Any,
+        ensure_ascii: bool = False,
+        indent: int | None = None,
+        separators: tuple[str, str] | None = None,
+        sort_keys: bool = False,
+    ) -> str:
         return json.dumps(
             value,
             ensure_ascii=ensure_ascii,
@@ -232,18 +245,71 @@ def _compile_chat_template(template: str) -> Any:
             sort_keys=sort_keys,
         )
 
-    def strftime_now(fmt: str) -> str:
-        return datetime.datetime.now().strftime(fmt)
+    def strftime_now(date_format: str) -> str:
+        return datetime.datetime.now().strftime(date_format)
+
+    def refuse_private(name: Any) -> None:
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(
+                f"a chat template may not store {name!r} (underscore-prefixed) on a namespace"
+            )
+
+    class GuardedNamespace(jinja2.utils.Namespace):
+        def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - `namespace(self=...)`
+            self, attrs = args[0], dict(*args[1:], **kwargs)
+            for name in attrs:
+                refuse_private(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name: str, value: Any) -> None:
+            refuse_private(name)
+            jinja2.utils.Namespace.__setitem__(self, name, value)
 
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = tojson
-    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    env.globals.update(
+        raise_exception=raise_exception, strftime_now=strftime_now, namespace=GuardedNamespace
+    )
+    return env
+
+
+@functools.lru_cache(maxsize=16)
+def _compile_chat_template(template: str) -> Any:
+    """`template` compiled in `_chat_template_environment` (cached: one compile per template).
+
+    Raises ValueError naming the line and the problem when the template does not parse."""
+    import jinja2  # noqa: PLC0415
+
     try:
-        return env.from_string(template)
+        return _chat_template_environment().from_string(template)
     except jinja2.exceptions.TemplateSyntaxError as err:
         raise ValueError(f"chat template: line {err.lineno}: {err.message}") from None
+
+
+def _template_messages(messages: Sequence[Mapping[str, Any]] | str) -> list[dict[str, Any]]:
+    """Fresh copies of `messages` as transformers hands them to a template: keys whose value is
+    None dropped, and reasoning given under any of `REASONING_KEYS` also given as
+    `reasoning_content` and `thinking`. A string is one user message."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not messages:
+        raise ValueError("messages: an empty conversation has nothing to render")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise ValueError(f"messages[{i}]: expected a mapping, got {message!r}")
+        plain = {key: value for key, value in message.items() if value is not None}
+        if not isinstance(plain.get("role"), str) or not isinstance(plain.get("content"), str):
+            raise ValueError(
+                f"messages[{i}]: expected a string role and a string content, got {message!r}"
+            )
+        reasoning = next((plain[key] for key in REASONING_KEYS if key in plain), None)
+        if reasoning is not None:
+            plain = {"thinking": reasoning, **plain, "reasoning_content": reasoning}
+        out.append(plain)
+    return out
 
 
 def render_chat_template(
@@ -254,29 +320,36 @@ def render_chat_template(
     special_tokens: Mapping[str, str] | None = None,
     **variables: Any,
 ) -> str:
-    """Render `messages` with a model's own Jinja chat template (`chat_template` of its
-    tokenizer_config.json) as transformers' ``apply_chat_template(..., tokenize=False)`` does
-    for plain text messages (no tools, no documents).
+    """Render `messages` with a model's own Jinja chat template (the `chat_template` of its
+    tokenizer_config.json, or its chat_template.jinja) exactly as transformers'
+    ``tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`` does
+    for plain text messages (no tools, no documents: both are None to the template).
 
-    messages: ``[{"role", "content"}, ...]``, or one user message as a string.
-    special_tokens: the tokenizer's ``bos_token``, ``eos_token``, ... texts (templates such as
-    DeepSeek's write ``{{ bos_token }}``). variables: more template variables.
-    Raises ValueError for a template that does not compile or raises while rendering.
+    Args:
+      template: the Jinja source.
+      messages: ``[{"role": str, "content": str}, ...]`` (optionally with a
+        `reasoning_content` / `thinking` / `reasoning` string), or one user message as a string.
+      add_generation_prompt: end with the assistant header so the model answers next.
+      special_tokens: the tokenizer's ``bos_token``, ``eos_token``, ... texts (templates such
+        as DeepSeek's write ``{{ bos_token }}``); a token left out is undefined (renders "").
+      variables: more template variables (e.g. ``enable_thinking=False`` for Qwen3); they
+        override `special_tokens` of the same name.
+
+    Returns:
+      The rendered text (nothing is tokenised: BOS appears only if the template writes it).
+
+    Raises:
+      ValueError: a template that does not parse or fails while rendering (including its own
+        ``raise_exception(...)``), or malformed messages.
     """
     import jinja2  # noqa: PLC0415
 
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
-    messages = [dict(m) for m in messages]
-    for i, message in enumerate(messages):
-        if not isinstance(message.get("role"), str) or "content" not in message:
-            raise ValueError(f"messages[{i}]: expected a role and a content, got {message!r}")
+    chat = _template_messages(messages)
     compiled = _compile_chat_template(template)
+    context = {"tools": None, "documents": None, **dict(special_tokens or {}), **variables}
     try:
         return compiled.render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            **{**dict(special_tokens or {}), **variables},
+            **context, messages=chat, add_generation_prompt=add_generation_prompt
         )
     except jinja2.exceptions.TemplateError as err:
         raise ValueError(f"chat template: {err}") from None

@@ -228,23 +228,74 @@ _EOS_CANDIDATES = (
 _PAD_CANDIDATES = ("<pad>", "<|pad|>", "<｜▁pad▁｜>", "<|finetune_right_pad_id|>", "<|endoftext|>")
 
 
+# The special tokens transformers passes to chat templates (its `special_tokens_map`).
+SPECIAL_TOKEN_NAMES = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
+
+
 def _chat_template(value: Any, where: str) -> str | None:
     """tokenizer_config's `chat_template`: a string, or a list of {"name", "template"} of which
-    the one named "default" is used."""
+    the one named "default" is used (None when there is none: transformers too loads such a
+    tokenizer and fails only when asked to render)."""
     if value is None or isinstance(value, str):
         return value or None
     if isinstance(value, list):
         named = {t.get("name"): t.get("template") for t in value if isinstance(t, Mapping)}
-        if isinstance(named.get("default"), str):
-            return named["default"]
-        raise ValueError(f"{where}: chat_template is a list without a 'default' template")
+        default = named.get("default")
+        return default if isinstance(default, str) and default else None
     raise ValueError(f"{where}: chat_template must be a string or a list of named templates")
 
 
 def _token_content(value: Any) -> str | None:
+    """A special token's text: a string, or an AddedToken dict's `content`."""
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) else None
+
+
+def _read_json_object(path: str) -> dict[str, Any]:
+    """The JSON object in `path`, or {} when there is no such file."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        obj = json.load(f)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return obj
+
+
+def read_tokenizer_config(directory: str | os.PathLike) -> tuple[dict[str, str], str | None]:
+    """`(special_tokens, chat_template)` of a model directory, as transformers reads them.
+
+    special_tokens: `{name: text}` for each of `SPECIAL_TOKEN_NAMES` set in
+      tokenizer_config.json; special_tokens_map.json overrides those only when the config has
+      no `added_tokens_decoder` (older checkpoints), as in transformers.
+    chat_template: chat_template.jinja when present (newer transformers save it there, and it
+      wins over the config), else tokenizer_config.json's `chat_template`, else None.
+    """
+    directory = os.fspath(directory)
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    config = _read_json_object(config_path)
+    sources = [config]
+    if "added_tokens_decoder" not in config:
+        sources.append(_read_json_object(os.path.join(directory, "special_tokens_map.json")))
+    special: dict[str, str] = {}
+    for source in sources:
+        for name in SPECIAL_TOKEN_NAMES:
+            if (text := _token_content(source.get(name))) is not None:
+                special[name] = text
+    jinja_path = os.path.join(directory, "chat_template.jinja")
+    if os.path.exists(jinja_path):
+        with open(jinja_path, encoding="utf-8") as f:
+            return special, f.read() or None
+    return special, _chat_template(config.get("chat_template"), config_path)
 
 
 class HFTokenizer:
@@ -252,6 +303,11 @@ class HFTokenizer:
 
     `encode` never lets the tokenizer's post-processor add special tokens: BOS is added only by
     `add_bos=True`, so prompts are tokenised identically for every family.
+
+    Attributes (besides the protocol's):
+      chat_template: the checkpoint's Jinja chat template, or None (`render_chat` renders it).
+      special_tokens: `{"bos_token": text, "eos_token": text, ...}` as the tokenizer's config
+        spells them (`SPECIAL_TOKEN_NAMES`; the variables chat templates see).
     """
 
     def __init__(
@@ -300,7 +356,8 @@ class HFTokenizer:
 
         Special tokens come from `overrides` (`bos_token`, `eos_token`, `pad_token`), else the
         directory's `tokenizer_config.json` / `special_tokens_map.json`, else well-known names
-        (`<|begin_of_text|>`, `<｜begin▁of▁sentence｜>`, `<|endoftext|>`, ...).
+        (`<|begin_of_text|>`, `<｜begin▁of▁sentence｜>`, `<|endoftext|>`, ...). The chat template
+        and the special-token texts templates see come from `read_tokenizer_config`.
         """
         import tokenizers  # noqa: PLC0415 - light, but only needed here
 
@@ -313,23 +370,11 @@ class HFTokenizer:
             tok = tokenizers.Tokenizer.from_file(file)
         except Exception as e:
             raise ValueError(f"{file}: not a Hugging Face tokenizer.json ({e})") from e
-        kwargs: dict[str, Any] = {}
-        special: dict[str, str] = {}
-        chat_template = None
-        for cfg_name in ("special_tokens_map.json", "tokenizer_config.json"):
-            cfg_path = os.path.join(directory, cfg_name)
-            if os.path.exists(cfg_path):
-                with open(cfg_path, encoding="utf-8") as f:
-                    cfg = json.load(f)
-                for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
-                    if _token_content(cfg.get(key)) is not None:
-                        special[key] = _token_content(cfg[key])
-                chat_template = _chat_template(cfg.get("chat_template"), cfg_path) or chat_template
-        jinja_path = os.path.join(directory, "chat_template.jinja")
-        if os.path.exists(jinja_path):  # newer transformers save the template beside the config
-            with open(jinja_path, encoding="utf-8") as f:
-                chat_template = f.read()
-        kwargs = {k: v for k, v in special.items() if k != "unk_token"}
+        special, chat_template = read_tokenizer_config(directory)
+        special.update(
+            {k: v for k, v in overrides.items() if k in SPECIAL_TOKEN_NAMES and isinstance(v, str)}
+        )
+        kwargs = {k: special.get(k) for k in ("bos_token", "eos_token", "pad_token")}
         kwargs.update(overrides)
         return cls(tok, name=file, chat_template=chat_template, special_tokens=special, **kwargs)
 
@@ -340,16 +385,23 @@ class HFTokenizer:
         add_generation_prompt: bool = True,
         system: str | None = None,
     ) -> str:
-        """`messages` (or one user message) rendered with this tokenizer's own chat template,
-        after a system turn `system` when given (`templates.render_chat_template`)."""
+        """`messages` (or one user message as a string) rendered with this tokenizer's own chat
+        template, as transformers' `apply_chat_template(..., tokenize=False)` renders it
+        (`templates.render_chat_template`, with this tokenizer's `special_tokens`).
+
+        system: a system turn put first, unless `messages` already starts with one (that one
+        wins); None or "" adds none (the template's own default system prompt, if any, applies).
+        Raises ValueError naming this tokenizer when it has no chat template.
+        """
         if not self.chat_template:
             raise ValueError(
-                f"{self.name}: no chat template (tokenizer_config.json has no `chat_template` "
-                "and there is no chat_template.jinja); use data.template='r1_zero' or 'plain'"
+                f"{self.name}: no chat template (tokenizer_config.json has no `chat_template`, "
+                "nor a list of templates with one named 'default', and there is no "
+                "chat_template.jinja); use data.template='r1_zero' or 'plain'"
             )
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
-        if system:
+        if system and not (messages and messages[0].get("role") == "system"):
             messages = [{"role": "system", "content": system}, *messages]
         return templates.render_chat_template(
             self.chat_template,
