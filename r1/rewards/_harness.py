@@ -15,11 +15,14 @@ before step 5 is trusted code):
 5. install an audit hook (files outside the work dir and the Python library, sockets, processes,
    signals to others, ctypes, frame / gc introspection, new audit hooks, code objects) and run
    the program, then each test unit's expressions; the values (plain Python data only, exact
-   builtin types) go back as ``repr`` frames tagged with the nonce on RESULT_FD.
+   builtin types) go back as ``repr`` frames tagged with the nonce on RESULT_FD. In io mode
+   there are no test units: after the program come its atexit callbacks and a flush of the
+   current ``sys.stdout`` and the real one, as at a normal interpreter exit.
 
 The verdict of each assert is computed by the parent from those values, not here.
 """
 
+import atexit
 import builtins
 import os
 import resource
@@ -302,13 +305,21 @@ def main():
 
     clean_builtins = _dict(builtins.__dict__)
     namespace = {"__name__": "__main__", "__builtins__": builtins}
-    _flush = sys.stdout.flush
+    _flush, _run_exitfuncs = sys.stdout.flush, atexit._run_exitfuncs
 
-    def flush_stdout():
-        try:
-            _flush()
-        except _BaseException:
-            pass
+    def flush_current_stdout():
+        sys.stdout.flush()
+
+    def end_as_interpreter_would():
+        # io mode: what a normal exit does before the stdout the parent reads is complete:
+        # the program's atexit callbacks, then flushing whatever sys.stdout now is (e.g. a
+        # buffering wrapper the program installed) and the real stdout. Program code, still
+        # under the audit hook; the verdict is the parent's comparison of stdout.
+        for step in (_run_exitfuncs, flush_current_stdout, _flush):
+            try:
+                step()
+            except _BaseException:
+                pass
 
     armed[0] = True
     try:
@@ -322,7 +333,7 @@ def main():
         send("program_error", _type(exc).__name__)
         os._exit(0)
     if io_mode:
-        flush_stdout()
+        end_as_interpreter_would()
     send("program_done")
     for index, unit in enumerate(units):
         # Undo what the program did to builtins before each test.

@@ -53,13 +53,17 @@ def code_accuracy(
     are then skipped).
 
     Fields: tests: per row a list of Python statements (e.g. ``assert f(2) == 4``) run after
-    the program, and / or stdin/stdout cases ``{"input": str, "output": str}``: the program
-    runs once per case with the input on stdin, its stdout compared with the output after
-    trailing whitespace and line endings are normalised (numeric tokens within
-    `float_tolerance` relative when given); at most `max_cases` cases per row run. Limits per
-    run: `timeout_s` wall seconds, `cpu_s` CPU seconds, `memory_mb`. Reasons (the row's first
-    failed test): no_code_block, no_tests, timeout, crash, memory, syntax_error, exited,
-    sandbox_violation, tampered, no_result, wrong_answer, output_limit, bad_test.
+    the program, and / or stdin/stdout cases ``{"input": str, "output": str}`` (other keys
+    ignored): the program runs once per case, in its own sandboxed process, with the input on
+    stdin; its stdout is compared with the output after line endings are unified and trailing
+    whitespace of each line and trailing blank lines are dropped, or with `float_tolerance`
+    (relative) token by token, decimal numbers within ``tol * max(1, |expected|)``. Only the
+    first `max_cases` cases of a row run (the rest are not counted; statements are not capped).
+    A case whose input or output is not a ``str`` fails alone (``bad_test``). Limits per run:
+    `timeout_s` wall seconds, `cpu_s` CPU seconds, `memory_mb` MiB. Reasons (the row's first
+    failed test with a reason; a failed assert has none): no_code_block, no_tests, timeout,
+    crash, memory, syntax_error, exited, sandbox_violation, tampered, no_result, wrong_answer,
+    output_limit, bad_test.
     """
     tests = [list(t) for t in row_field(fields, "tests", len(completions), "code")]
     programs = [last_code_block(c) for c in completions]

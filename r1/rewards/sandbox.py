@@ -1,9 +1,12 @@
-"""Run untrusted Python programs against test statements, one fresh process per program.
+"""Run untrusted Python programs against test statements (one fresh process per program) and
+stdin/stdout cases (one fresh process per case, `run_case`).
 
 Layers (see docs/rewards.md for what each does and does not guarantee):
 
 * process: ``python -I -S -B`` (no site-packages, no user env), own session / process group,
-  killed as a group on the wall-clock deadline; stripped environment; stdin closed.
+  killed as a group on the wall-clock deadline; stripped environment; stdin ``/dev/null`` and
+  stdout discarded, except for a stdin/stdout case: the case input piped to stdin, stdout
+  read back (at most `MAX_OUTPUT_BYTES`) and compared here (`output_matches`); stderr discarded.
 * rlimits: CPU seconds, address space, file size, open files, process count, no core files.
 * when run as root (as in our containers): network and mount namespaces (no network at all;
   private tmpfs over /tmp, /var/tmp, /run/lock, /dev/shm, /etc, /home, /root, the Python
@@ -15,7 +18,8 @@ Layers (see docs/rewards.md for what each does and does not guarantee):
   expressions that touch the program (evaluated in the child, sent back as plain data: exact
   builtin types only) and a skeleton evaluated here on those values. An early exit sends nothing,
   an object with a rigged ``__eq__`` is not plain data, and frames without the nonce or repeated
-  frames mark the run as tampered; all score 0.
+  frames mark the run as tampered; all score 0. Frames travel on their own descriptor, never
+  on stdout, so a stdin/stdout program printing the frame format only prints a wrong answer.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import secrets
 import select
 import shutil
@@ -65,10 +70,12 @@ _TRUSTED_BINOPS = (
 class SandboxConfig:
     """Limits for one program. ``workers=None`` uses every core this process may run on.
 
+    Times in seconds (``timeout_s`` wall clock per process, ``cpu_s`` CPU), sizes in MiB.
     stdin/stdout cases (`IOCase`): ``float_tolerance`` (None: outputs compare as text) lets
-    numeric tokens differ by ``tol * max(1, |expected|)``; only the first ``max_cases`` cases
-    of a row run; ``stop_at_first_failure`` skips the cases after the first failed one (they
-    count as failed: for all-or-nothing scoring)."""
+    numeric tokens differ by ``tol * max(1, |expected|)`` (`output_matches`); only the first
+    ``max_cases`` cases of a row run, the others are ignored (not counted; statements are never
+    capped: they share one process); ``stop_at_first_failure`` skips the cases after the first
+    failed test (they count as failed: for all-or-nothing scoring)."""
 
     timeout_s: float = 2.0
     cpu_s: int = 2
@@ -254,10 +261,13 @@ class IOCase:
     output: str
 
 
-def parse_case(item: Any) -> IOCase | None:
-    """A ``{"input": str, "output": str}`` test item as an `IOCase` (other keys ignored); None
-    when `item` is a mapping without text `input` / `output` (a bad test)."""
-    inputs, outputs = item.get("input"), item.get("output")
+def parse_case(item: Mapping | IOCase) -> IOCase | None:
+    """A ``{"input": str, "output": str}`` test item (other keys ignored) or an `IOCase` as an
+    `IOCase`; None when its input or output is missing or not a ``str`` (a bad test)."""
+    if isinstance(item, IOCase):
+        inputs, outputs = item.input, item.output
+    else:
+        inputs, outputs = item.get("input"), item.get("output")
     if not isinstance(inputs, str) or not isinstance(outputs, str):
         return None
     return IOCase(inputs, outputs)
@@ -273,20 +283,25 @@ def normalize_output(text: str) -> list[str]:
     return lines
 
 
+# A decimal number as checkers read one: ASCII digits only, no ``1_000``, ``inf``, ``nan``, hex.
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
 def _close_enough(got: str, want: str, tolerance: float) -> bool:
     if got == want:
         return True
-    try:
-        a, b = float(got), float(want)
-    except ValueError:
+    if not (_NUMBER.fullmatch(got) and _NUMBER.fullmatch(want)):
         return False
+    a, b = float(got), float(want)
     return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= tolerance * max(1.0, abs(b))
 
 
 def output_matches(got: str, want: str, float_tolerance: float | None = None) -> bool:
     """Whether a program's stdout `got` answers a case whose expected output is `want`:
-    `normalize_output` equal, or with `float_tolerance`, equal whitespace-separated tokens
-    where tokens that both parse as floats may differ by ``tol * max(1, |want|)``."""
+    `normalize_output` equal, or with `float_tolerance` (relative, unitless), as many
+    whitespace-separated tokens (line structure ignored), each equal as text or, when both are
+    finite decimal numbers (``[+-]digits[.digits][e[+-]digits]``), within
+    ``tol * max(1, |want|)`` of each other."""
     if float_tolerance is None:
         return normalize_output(got) == normalize_output(want)
     got_tokens, want_tokens = got.split(), want.split()
@@ -401,8 +416,10 @@ def _drain(streams: dict[int, bytearray], deadline: float) -> bool:
     return False
 
 
-def _failure(run: _ChildRun) -> tuple[str, str]:
-    """(reason, detail) of a child run that failed before its tests could count, else ("", "")."""
+def _failure(run: _ChildRun, io_mode: bool = False) -> tuple[str, str]:
+    """(reason, detail) of a child run that failed before its tests could count, else ("", "").
+    In `io_mode` (a stdin/stdout case) the exit code decides the end of a run that stopped
+    early: 0 (``os._exit(0)`` after printing) is a normal end, another one ``exited``."""
     violations = [str(f[1]) for f in run.frames if f[0] == "violation"]
     if violations:
         return "sandbox_violation", violations[0]
@@ -417,10 +434,14 @@ def _failure(run: _ChildRun) -> tuple[str, str]:
         return "exited", ""
     if run.timed_out:
         return "timeout", ""
+    if "fatal" in kinds:  # the harness could not set the run up
+        return "no_result", str(run.frames[kinds.index("fatal")][1])
     if "done" not in kinds:
         code = run.returncode
         if code == -signal.SIGXCPU:  # the CPU-time rlimit
             return "timeout", "cpu"
+        if io_mode and code is not None and code >= 0:
+            return ("", "") if code == 0 else ("exited", f"exit {code}")
         if code == 0:  # os._exit(0) or similar before the tests finished
             return "exited", ""
         return "crash", f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
@@ -462,12 +483,14 @@ def _run_statements(
 
 
 def run_case(program: str, case: IOCase, config: SandboxConfig = SandboxConfig()) -> SandboxResult:
-    """The program once, in a fresh sandboxed child, with `case.input` on stdin; passes when
-    its stdout matches `case.output` (`output_matches`). A nonzero exit is ``exited``."""
-    run = _run_child(_job(program, config, units=[], io=True), config, case.input.encode())
+    """The program once, in a fresh sandboxed child, with `case.input` on stdin (UTF-8, an
+    unencodable character as ``?``); passes when its stdout matches `case.output`
+    (`output_matches`). A nonzero exit code is ``exited``; stderr is ignored."""
+    stdin_data = case.input.encode("utf-8", "replace")
+    run = _run_child(_job(program, config, units=[], io=True), config, stdin_data)
     if run.stdout is None:  # more than MAX_OUTPUT_BYTES: stopped there
         return SandboxResult((False,), "output_limit", "", run.isolation)
-    reason, detail = _failure(run)
+    reason, detail = _failure(run, io_mode=True)
     if reason:
         return SandboxResult((False,), reason, detail, run.isolation)
     got = run.stdout.decode("utf-8", "replace")
@@ -481,9 +504,9 @@ def run_program(
 ) -> SandboxResult:
     """Run ``program`` against ``tests``: Python statements (one child runs the program then
     each of them) and stdin/stdout cases (``{"input", "output"}`` mappings, or `IOCase`s: one
-    child per case, the first ``config.max_cases`` only). A case that is a mapping without
-    text input and output fails with reason ``bad_test``. Never raises for anything in
-    ``program`` or ``tests``."""
+    child per case, the first ``config.max_cases`` only, one after another). A case whose
+    input or output is missing or not a ``str`` fails alone with reason ``bad_test`` (the
+    row's other tests still count). Never raises for anything in ``program`` or ``tests``."""
     statements = [t for t in tests if not isinstance(t, Mapping | IOCase)]
     cases = [t for t in tests if isinstance(t, Mapping | IOCase)][: max(0, config.max_cases)]
     if not statements and not cases:
@@ -493,7 +516,7 @@ def run_program(
         if results and config.stop_at_first_failure and not all(results[-1].passed):
             results.append(SandboxResult((False,), results[-1].reason))
             continue
-        case = item if isinstance(item, IOCase) else parse_case(item)
+        case = parse_case(item)
         results.append(
             run_case(program, case, config) if case else SandboxResult((False,), "bad_test")
         )

@@ -337,6 +337,8 @@ class CompiledSpec:
                 if name in out or name + BYTES_SUFFIX in out:
                     continue
                 values = rows.get(name)
+                if values is not None and all(v is None for v in values):
+                    values = None  # a column no row has (e.g. the pipeline's filler)
                 if values is None and name == "target" and "answer" in rows:
                     try:
                         values = [

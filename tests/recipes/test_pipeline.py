@@ -146,7 +146,15 @@ def test_sub_configs_are_what_the_trainers_accept(variant):
     rl = pipeline.rl_config(config, config.reasoning_rl, "/s1/export")
     rl_sections.parse(rl)
     assert (rl.data.task, dict(rl.data.task_kwargs)) == task
-    assert [r[0] for r in rl.rewards] == ["arithmetic_tokens", "format_strict_tokens", "language"]
+    if variant == "tiny":
+        names = [r[0] for r in rl.rewards]
+        assert names == ["arithmetic_tokens", "format_strict_tokens", "language"]
+    else:  # reasoning files, each domain with accuracy + format + language consistency
+        assert {d: [r[0] for r in terms] for d, terms in rl.rewards.items()} == {
+            "math": ["math", "format_strict", "language"],
+            "code": ["code", "format_strict", "language"],
+        }
+        assert rl.data.files
     assert rl.init.hf_path == "/s1/export" and rl.model_rewards == ()
 
     model_rewards = (("reward_model", 0.5, {"path": "/rm", "region": "summary"}),)

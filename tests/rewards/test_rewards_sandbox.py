@@ -196,8 +196,8 @@ SUM_CASES = [
 
 def test_stdio_cases_compare_normalised_stdout():
     assert run(SUM, SUM_CASES).score == 1.0
-    wrong = run("a, b = map(int, input().split())\nprint(a * b)\n", SUM_CASES)
-    assert wrong.passed == (False, False, True) and wrong.reason == "wrong_answer"
+    wrong = run("print(42)\n", SUM_CASES[:2])
+    assert wrong.score == 0.0 and wrong.reason == "wrong_answer"
     # Several lines in and out; CRLF, trailing spaces and a final blank line are accepted,
     # a program that ends with sys.exit(0) is fine, open(0) / sys.stdin.buffer read the input.
     lines = "import sys\nn, *xs = sys.stdin.buffer.read().split()\nfor x in xs:\n"
@@ -211,20 +211,54 @@ def test_stdio_cases_compare_normalised_stdout():
     )
 
 
+def test_stdio_programs_end_as_at_interpreter_exit():
+    # A buffering stdout wrapper flushed at exit, an atexit writer, os._exit after a flush.
+    wrapper = (
+        "import os, sys\nclass Out:\n    parts = []\n"
+        "    def write(self, s):\n        self.parts.append(s)\n"
+        "    def flush(self):\n        os.write(1, ''.join(self.parts).encode())\n"
+        "        self.parts.clear()\nsys.stdout = Out()\nprint(int(input()) + 1)\n"
+    )
+    at_exit = (
+        "import atexit, io, sys\nbuf = io.StringIO()\n"
+        "atexit.register(lambda: sys.__stdout__.write(buf.getvalue()))\n"
+        "buf.write(str(int(input()) + 1))\n"
+    )
+    hard_exit = "import os, sys\nprint(int(input()) + 1)\nsys.stdout.flush()\nos._exit({})\n"
+    case = [{"input": "2\n", "output": "3\n"}]
+    for program in (wrapper, at_exit, hard_exit.format(0)):
+        assert run(program, case).score == 1.0, program
+    assert run(hard_exit.format(3), case).reason == "exited"
+
+
 def test_float_tolerance_all_or_nothing_and_case_limits():
     near = sandbox.SandboxConfig(timeout_s=1.5, cpu_s=1, float_tolerance=1e-6)
     case = [{"input": "", "output": "0.333333333 x"}]
     assert sandbox.run_program("print(1 / 3, 'x')\n", case, near).score == 1.0
     assert sandbox.run_program("print(0.3334, 'x')\n", case, near).reason == "wrong_answer"
     assert not sandbox.output_matches("1/3 x", "0.333333333 x", 1e-6)
-    completion = block("a, b = map(int, input().split())\nprint(a * b)\n")
+    # Only decimal numbers get the tolerance; the token count and other tokens must agree.
+    assert sandbox.output_matches("1e0\n2.0000001", "1 2", 1e-6)
+    for got, want in (("1_0", "10"), ("nan", "10"), ("inf", "1e999"), ("10 0", "10"), ("x", "y")):
+        assert not sandbox.output_matches(got, want, 1e-6), got
+    two_of_three = block("a, b = map(int, input().split())\nprint(a + b if a else -1)\n")
+    thirds = block("print(1 / 3)\n")
     code = rewards.get("code")
-    scores, _ = code.fn([""], [completion], tests=[SUM_CASES], timeout_s=1.5, cpu_s=1)
-    assert scores[0] == pytest.approx(1 / 3)
+    limits = {"timeout_s": 1.5, "cpu_s": 1, "float_tolerance": 1e-6}
+    third = [{"input": "", "output": "0.3333333"}]
+    scores, _ = code.fn([""] * 2, [two_of_three, thirds], tests=[SUM_CASES, third], **limits)
+    np.testing.assert_allclose(scores, [2 / 3, 1.0], rtol=1e-6)
     strict, reasons = code.fn(
-        [""], [completion], tests=[SUM_CASES], timeout_s=1.5, cpu_s=1, all_or_nothing=True
+        [""], [two_of_three], tests=[SUM_CASES], all_or_nothing=True, **limits
     )
     assert strict[0] == 0.0 and reasons == ["wrong_answer"]
+    # All-or-nothing stops at the first failed case: the hanging second case never runs.
+    hangs_on_zero = "import time\na, b = map(int, input().split())\nprint(a * b or time.sleep(9))"
+    first_fails = sandbox.SandboxConfig(timeout_s=1.5, cpu_s=1, stop_at_first_failure=True)
+    start = time.monotonic()
+    stopped = sandbox.run_program(hangs_on_zero, [SUM_CASES[0], SUM_CASES[2]], first_fails)
+    assert stopped.passed == (False, False) and stopped.reason == "wrong_answer"
+    assert time.monotonic() - start < first_fails.timeout_s
     capped = sandbox.SandboxConfig(timeout_s=1.5, cpu_s=1, max_cases=1)
     assert sandbox.run_program(SUM, SUM_CASES + [{"input": "x", "output": "y"}], capped).passed == (
         True,
@@ -249,6 +283,10 @@ def test_mixed_tests_and_bad_cases():
         "import sys\ndef f(x):\n    return 2 * x\ndata = sys.stdin.read().split()\n"
         "if data:\n    print(int(data[0]) + int(data[1]))\n"
     )
-    mixed = run(program, ["assert f(2) == 4", SUM_CASES[0], {"input": 3, "output": "x"}])
-    assert mixed.passed == (True, True, False) and mixed.reason == "bad_test"
+    bad_items = [{"input": 3, "output": "x"}, {"output": "3"}, sandbox.IOCase(3, "x")]
+    mixed = run(program, ["assert f(2) == 4", SUM_CASES[0], *bad_items])
+    assert mixed.passed == (True, True, False, False, False) and mixed.reason == "bad_test"
+    # An input that is not valid UTF-8 text reaches the program with ``?`` in its place.
+    odd = run("print(input())\n", [{"input": "a\udcffb", "output": "a?b"}])
+    assert odd.score == 1.0, odd
     assert run(SUM, []).reason == "no_tests"

@@ -218,6 +218,10 @@ def test_encode_fields_round_trip():
     assert with_model["ref_len"].tolist() == [11, 2, 5]
     with pytest.raises(ValueError, match="different lengths"):
         scorer.encode_fields({"answer": ["1"], "target": [1, 2]})
+    # A column no row has (the pipeline fills it with None) is absent: `target` then comes
+    # from the gold answers, as for procedural rows.
+    derived = scorer.encode_fields({"answer": ["7", "8"], "target": [None, None]})
+    assert derived["target"].tolist() == [7, 8]
 
 
 def test_jitted_scorer_equals_host_path_for_text_terms():
