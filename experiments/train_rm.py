@@ -23,6 +23,12 @@ from r1.rm.trainer import train_rm
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py:<variant>")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, checkpoints, export).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+_RESTART = flags.DEFINE_bool(
+    "restart",
+    False,
+    "When the workdir has checkpoints but none restores, move them aside and start from step 0 "
+    "(default: stop, nothing moved).",
+)
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -38,7 +44,7 @@ def main(argv):
     if _DISTRIBUTED.value:
         sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     cpu_devices.describe()
-    final = train_rm(_CONFIG.value, _WORKDIR.value)
+    final = train_rm(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value)
     for key in ("eval/accuracy", "eval/loss"):
         if key in final:
             print(f"{key}: {final[key]:.4f}")

@@ -345,7 +345,7 @@ class GRPOJob:
         }
 
 
-def train(config: Any, workdir: str) -> dict[str, float]:
+def train(config: Any, workdir: str, restart: bool = False) -> dict[str, float]:
     """Runs (or resumes) a GRPO experiment in `workdir`; returns the last metrics."""
     exp = rl_config.parse(config, num_devices=jax.device_count())
     write_config(workdir, config)
@@ -356,6 +356,7 @@ def train(config: Any, workdir: str) -> dict[str, float]:
     job = GRPOJob(exp, workdir, tokenizer, mesh, graphdef, state, optimizer)
     evaluator = heldout_evaluator(exp, tokenizer, graphdef, mesh)
     settings = LoopSettings(
+        restart=restart,
         name="grpo",
         steps=exp.train.steps,
         checkpoint_every=exp.train.checkpoint_every,

@@ -240,7 +240,7 @@ class RMJob:
         }
 
 
-def train_rm(config: Any, workdir: str) -> dict[str, float]:
+def train_rm(config: Any, workdir: str, restart: bool = False) -> dict[str, float]:
     """Trains (or resumes) a reward model in `workdir`; returns the last metrics, which include
     the held-out `eval/accuracy`."""
     exp = rm_config.parse(config, num_devices=jax.device_count())
@@ -275,6 +275,7 @@ def train_rm(config: Any, workdir: str) -> dict[str, float]:
     job = RMJob(exp, mesh, graphdef, optimizer, state_sh, train_arrays, settings)
     evaluator = make_evaluator(graphdef, eval_arrays, settings, exp.eval.batch_size, mesh)
     loop = LoopSettings(
+        restart=restart,
         name="rm",
         steps=steps,
         checkpoint_every=exp.train.checkpoint_every,

@@ -157,7 +157,7 @@ class SFTJob:
         }
 
 
-def train_sft(config: Any, workdir: str) -> dict[str, float]:
+def train_sft(config: Any, workdir: str, restart: bool = False) -> dict[str, float]:
     """Runs (or resumes) an SFT experiment in `workdir`; returns the last metrics.
 
     Stops after `train.steps` steps or when the data ends (`data.num_epochs` > 0), saving a
@@ -193,6 +193,7 @@ def train_sft(config: Any, workdir: str) -> dict[str, float]:
             exp.eval.max_new_tokens,
         )
     settings = LoopSettings(
+        restart=restart,
         name="sft",
         steps=exp.train.steps,
         checkpoint_every=exp.train.checkpoint_every,

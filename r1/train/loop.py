@@ -58,12 +58,14 @@ class LoopSettings:
     """The loop's cadences. name: the progress bar's label. steps: the last step number.
     eval_every: 0 = only at the start (when `eval_at_start`). log_every: write a metrics row
     every this many steps (evaluation rows and the last step always). finite_keys: metrics that
-    must be finite for a step to count."""
+    must be finite for a step to count. restart: when checkpoints exist but none restores, move
+    them aside and start from step 0 (default: stop with `r1.checkpoint.NoCheckpointRestores`)."""
 
     name: str
     steps: int
     checkpoint_every: int
     keep_checkpoints: int = 3
+    restart: bool = False
     eval_every: int = 0
     eval_at_start: bool = False
     log_every: int = 1
@@ -200,7 +202,9 @@ class _Run:
         return metrics
 
     def restore(self, state: TrainState, shardings: TrainState) -> tuple[int, TrainState]:
-        restored = self.checkpointer.restore_latest(abstract_with_shardings(state, shardings))
+        restored = self.checkpointer.restore_latest(
+            abstract_with_shardings(state, shardings), restart=self.settings.restart
+        )
         if restored is None:
             return 0, state
         start_step, state, data_state = restored

@@ -130,12 +130,64 @@ def test_resume_equals_an_unbroken_run(tmp_path):
     job = ToyJob()
     second = run_loop(str(broken), state, shardings, _settings(), job.hooks())
     assert second.start_step == 5 and job.calls[0] == ("dispatch", 6)
+
     # The same rows, except that the 5-step run also evaluated its last step.
     def training(rows):
         return [{k: v for k, v in r.items() if not k.startswith("eval/")} for r in _values(rows)]
 
     assert training(_rows(broken)) == training(_rows(unbroken))
     assert float(second.state.params["w"][0]) == _rows(unbroken)[-1]["w0"]
+
+
+def _corrupt(workdir, step):
+    """Truncates every array file of checkpoint `step` (what a bad disk or copy leaves)."""
+    for root, _, files in os.walk(os.path.join(workdir, "checkpoints", str(step), "state")):
+        for name in files:
+            if os.path.getsize(os.path.join(root, name)) > 0 and "/d" in root:
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.truncate(1)
+
+
+def test_a_corrupt_checkpoint_is_moved_aside_and_the_run_passes_it(tmp_path):
+    state, shardings = _state()
+    unbroken = tmp_path / "unbroken"
+    run_loop(str(unbroken), state, shardings, _settings(), ToyJob().hooks())
+    broken = tmp_path / "broken"
+    state, shardings = _state()
+    run_loop(str(broken), state, shardings, _settings(), ToyJob().hooks())
+    _corrupt(broken, 8)
+    state, shardings = _state()
+    again = run_loop(str(broken), state, shardings, _settings(), ToyJob().hooks())
+    # The same command again: resumed from 6, recomputed 7 and 8 and saved 8 anew.
+    assert again.start_step == 6 and again.finished and again.step == 8
+    aside = [d for d in os.listdir(broken / "checkpoints") if d.startswith("8.corrupt-")]
+    assert len(aside) == 1
+    checkpointer = ckpt_lib.Checkpointer(str(broken))
+    assert checkpointer.all_steps() == [3, 6, 8]
+    checkpointer.close()
+    state, shardings = _state()
+    more = run_loop(str(broken), state, shardings, _settings(steps=9), ToyJob().hooks())
+    assert more.start_step == 8 and more.step == 9  # and the run goes on past it
+    rows = [r for r in _values(_rows(broken)) if r["step"] <= 8 and "eval/w_sum" not in r]
+    expected = [r for r in _values(_rows(unbroken)) if "eval/w_sum" not in r]
+    assert rows == expected
+
+
+def test_when_no_checkpoint_restores_the_run_stops_unless_restarted(tmp_path):
+    state, shardings = _state()
+    run_loop(str(tmp_path), state, shardings, _settings(steps=3), ToyJob().hooks())
+    _corrupt(tmp_path, 3)
+    state, shardings = _state()
+    with pytest.raises(ckpt_lib.NoCheckpointRestores, match="--restart"):
+        run_loop(str(tmp_path), state, shardings, _settings(steps=3), ToyJob().hooks())
+    assert os.listdir(tmp_path / "checkpoints") == ["3"]  # nothing moved
+    state, shardings = _state()
+    fresh = run_loop(
+        str(tmp_path), state, shardings, _settings(steps=3, restart=True), ToyJob().hooks()
+    )
+    assert fresh.start_step == 0 and fresh.finished
+    names = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert names[0] == "3" and names[1].startswith("3.corrupt-")
 
 
 @pytest.mark.parametrize("nan_at", [2, 3])
