@@ -401,10 +401,10 @@ def section_grpo(smoke: bool) -> dict:
     import optax
 
     from r1 import sharding
-    from r1.rewards import Reward, RewardSpec, RewardTerm
     from r1.rl.grpo import GRPOLossConfig
     from r1.rl.step import GRPOConfig, make_grpo_step
     from r1.sampling.sampler import SamplingConfig
+    from r1.testing import token_share_scorer
     from r1.train.state import init_train_state
 
     s = _settings(smoke)
@@ -414,17 +414,7 @@ def section_grpo(smoke: bool) -> dict:
     print("grpo: model built", file=sys.stderr, flush=True)
     target = 7
 
-    def target_share(tokens, mask, ids, **fields):
-        return jnp.sum((tokens == target) & mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1)
-
-    class ByteTokenizer:  # the spec reads tag ids from a tokenizer; bytes stand in
-        eos_id = None
-
-        def encode(self, text):
-            return list(text.encode())
-
-    share = Reward("target_share", "token", target_share)
-    reward = RewardSpec((RewardTerm("target_share", reward=share),)).compile(ByteTokenizer())
+    reward = token_share_scorer(target)
 
     optimizer = optax.adamw(1e-6)
     graphdef, state = init_train_state(model, optimizer, seed=0, with_reference=True)

@@ -104,23 +104,13 @@ def worker_r1(path: str, size: str, steps: int, cap_s: float, devices: int) -> d
     import optax
 
     from r1.models import hf
-    from r1.rewards import Reward, RewardSpec, RewardTerm
     from r1.rl.grpo import GRPOLossConfig
     from r1.rl.step import GRPOConfig, make_grpo_step
     from r1.sampling.sampler import SamplingConfig, left_pad
+    from r1.testing import token_share_scorer
     from r1.train.state import init_train_state
 
-    def target_share(tokens, mask, ids, **fields):
-        return jnp.sum((tokens == TARGET) & mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1)
-
-    class ByteTokenizer:  # the spec reads tag ids from a tokenizer; bytes stand in
-        eos_id = None
-
-        def encode(self, text):
-            return list(text.encode())
-
-    share = Reward("target_share", "token", target_share)
-    reward = RewardSpec((RewardTerm("target_share", reward=share),)).compile(ByteTokenizer())
+    reward = token_share_scorer(TARGET)
 
     start = time.perf_counter()
     _, model = hf.load(path)

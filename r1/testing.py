@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from r1.models.config import ModelConfig, RopeScaling
+from r1.rewards import CompiledSpec, Reward, RewardSpec, RewardTerm
 
 
 def tiny_dense_config(**overrides) -> ModelConfig:
@@ -121,3 +124,20 @@ class DummyTokenizer:
 def random_tokens(seed: int, batch: int, length: int, vocab: int) -> np.ndarray:
     """int32[batch, length] uniform in [3, vocab)."""
     return np.random.default_rng(seed).integers(3, vocab, size=(batch, length), dtype=np.int32)
+
+
+class _ByteIdsWithoutEos(DummyTokenizer):
+    eos_id = None  # no token is masked out of what the reward sees
+
+
+def token_share_scorer(token_id: int) -> CompiledSpec:
+    """A compiled reward spec whose one token term scores the share of completion tokens
+    equal to `token_id` (float32[B] in [0, 1]; no EOS masking): the benchmarks' stand-in for a
+    rule reward, fused into the GRPO step."""
+
+    def share(tokens: jax.Array, mask: jax.Array, ids: object, **fields: object) -> jax.Array:
+        hits = jnp.sum((tokens == token_id) & mask, axis=1)
+        return hits / jnp.maximum(jnp.sum(mask, axis=1), 1)
+
+    term = RewardTerm("target_share", reward=Reward("target_share", "token", share))
+    return RewardSpec((term,)).compile(_ByteIdsWithoutEos())
