@@ -309,15 +309,16 @@ def reward_model_config(config: Any) -> ml_collections.ConfigDict:
 
 
 # ----------------------------------------------------------------------------- shared steps
-def _sft(cfg: ml_collections.ConfigDict, directory: str) -> str:
-    """Runs (or resumes) SFT in `directory`; returns its export directory, checked complete."""
+def _sft(cfg: ml_collections.ConfigDict, directory: str, restart: bool = False) -> str:
+    """Runs (or resumes) SFT in `directory`; returns its export directory, checked complete.
+    restart: as `r1.train.loop.LoopSettings.restart`."""
     export = os.path.join(directory, "export")
     # A stale or half-written export must not pass for this run's: train_sft re-exports on a
     # resume that finds its last step done.
     if is_main() and os.path.isdir(export):
         shutil.rmtree(export)
     barrier("r1_pipeline_sft_clean")
-    train_sft(cfg, directory)
+    train_sft(cfg, directory, restart=restart)
     if not os.path.exists(os.path.join(export, "config.json")):
         raise RuntimeError(
             f"SFT in {directory} stopped before its last step (SIGTERM?); run the pipeline "
@@ -346,9 +347,10 @@ def grpo_export(cfg: ml_collections.ConfigDict, run_dir: str, out: str) -> int:
     return int(step)
 
 
-def _grpo(cfg: ml_collections.ConfigDict, run_dir: str) -> None:
-    """Runs (or resumes) GRPO in `run_dir` and checks it reached `train.steps`."""
-    rl_trainer.train(cfg, run_dir)
+def _grpo(cfg: ml_collections.ConfigDict, run_dir: str, restart: bool = False) -> None:
+    """Runs (or resumes) GRPO in `run_dir` and checks it reached `train.steps`. restart: as
+    `r1.train.loop.LoopSettings.restart`."""
+    rl_trainer.train(cfg, run_dir, restart=restart)
     steps = int(cfg.train.steps)
     checkpointer = ckpt_lib.Checkpointer(run_dir)
     try:
@@ -406,8 +408,10 @@ def _judge_outputs(path: str, trained: Mapping, report: Mapping, rel: Callable) 
 
 
 # ----------------------------------------------------------------------------- the four stages
-def make_stages(config: Any, workdir: str) -> list[Stage]:
-    """The four R1 stages for `config` (configs/r1.py), writing under `workdir`."""
+def make_stages(config: Any, workdir: str, restart: bool = False) -> list[Stage]:
+    """The four R1 stages for `config` (configs/r1.py), writing under `workdir`. restart: a
+    stage whose checkpoints (or rejection-sampling progress) exist but do not restore moves
+    them aside and starts that stage's job fresh, instead of stopping."""
     base = str(config.init.hf_path)
 
     def rel(path: str) -> str:
@@ -427,7 +431,9 @@ def make_stages(config: Any, workdir: str) -> list[Stage]:
             )
             write_jsonl(target, rows)
             files = [target]
-        export = _sft(sft_config(config, section, base, files), os.path.join(directory, "sft"))
+        export = _sft(
+            sft_config(config, section, base, files), os.path.join(directory, "sft"), restart
+        )
         evaluate_stage(config, export, directory, STAGES[0])
         return {"export": rel(export), "eval": rel(os.path.join(directory, EVAL))}
 
@@ -435,7 +441,7 @@ def make_stages(config: Any, workdir: str) -> list[Stage]:
         start = path(outputs, STAGES[0], "export")
         cfg = rl_config(config, config.reasoning_rl, start)
         run_dir = os.path.join(directory, "rl")
-        _grpo(cfg, run_dir)
+        _grpo(cfg, run_dir, restart)
         export = os.path.join(directory, "export")
         step = grpo_export(cfg, run_dir, export)
         evaluate_stage(config, export, directory, STAGES[1])
@@ -450,6 +456,7 @@ def make_stages(config: Any, workdir: str) -> list[Stage]:
             rejection_config(config, sampled, judge_path),
             rejection_dir,
             "configs/r1.py:rejection",
+            restart=restart,
         )
         if report.get("kept", 0) < 1:
             raise RuntimeError(
@@ -466,6 +473,7 @@ def make_stages(config: Any, workdir: str) -> list[Stage]:
         export = _sft(
             sft_config(config, config.sft, base, [traces, *general]),
             os.path.join(directory, "sft"),
+            restart,
         )
         evaluate_stage(config, export, directory, STAGES[2])
         return {
@@ -481,7 +489,7 @@ def make_stages(config: Any, workdir: str) -> list[Stage]:
         section = config.all_scenarios_rl
         rm_dir = os.path.join(directory, "reward_model")
         rm_export = os.path.join(rm_dir, "export")
-        rm_metrics = train_rm(reward_model_config(config), rm_dir)
+        rm_metrics = train_rm(reward_model_config(config), rm_dir, restart=restart)
         if not os.path.exists(os.path.join(rm_export, "config.json")):
             raise RuntimeError(f"reward model training in {rm_dir} did not finish; run again")
         start = path(outputs, STAGES[2], "export")
@@ -495,7 +503,7 @@ def make_stages(config: Any, workdir: str) -> list[Stage]:
         # last 400 of 1,700, against reward hacking). One run directory: the second call
         # resumes the first's checkpoint.
         if total - rm_steps > 0:
-            _grpo(rl_config(config, section, start, steps=total - rm_steps), run_dir)
+            _grpo(rl_config(config, section, start, steps=total - rm_steps), run_dir, restart)
         # With the reward model come the general prompts (stage 3's general rows): rule rewards
         # score the reasoning prompts, the reward model only the general ones.
         fraction = float(section.get("general_fraction", 0.0))
@@ -512,7 +520,7 @@ def make_stages(config: Any, workdir: str) -> list[Stage]:
                 )
             cfg.data.general_files = ",".join(general)
             cfg.data.general_fraction = fraction
-        _grpo(cfg, run_dir)
+        _grpo(cfg, run_dir, restart)
         export = os.path.join(directory, "export")
         step = grpo_export(cfg, run_dir, export)
         evaluate_stage(config, export, directory, STAGES[3])
@@ -550,8 +558,9 @@ def summarize(workdir: str, stage_names: Sequence[str] = STAGES) -> dict[str, An
     return summary
 
 
-def run_pipeline(config: Any, workdir: str) -> dict[str, Any]:
+def run_pipeline(config: Any, workdir: str, restart: bool = False) -> dict[str, Any]:
     """Runs (or resumes) the four R1 stages of `config` (configs/r1.py) in `workdir`.
+    restart: see `make_stages`.
 
     Returns {"stages": {stage: outputs}, "summary": {stage: overall eval metrics}}.
     """
@@ -576,5 +585,5 @@ def run_pipeline(config: Any, workdir: str) -> dict[str, Any]:
     if is_main():
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
-    outputs = run_stages(make_stages(config, workdir), workdir)
+    outputs = run_stages(make_stages(config, workdir, restart), workdir)
     return {"stages": outputs, "summary": summarize(workdir)}

@@ -194,9 +194,12 @@ def parse_sections(config: Any) -> tuple[DataSection, SamplingSection, SelectCon
     return data, sampling, select_cfg
 
 
-def run_from_config(config: Any, workdir: str, config_name: str = "") -> dict[str, Any]:
+def run_from_config(
+    config: Any, workdir: str, config_name: str = "", restart: bool = False
+) -> dict[str, Any]:
     """Builds mesh, tokenizer, policy (`config.init.hf_path`), prompts and rewards from an
-    experiment config (configs/rejection_sample.py) and runs `run` in `workdir`."""
+    experiment config (configs/rejection_sample.py) and runs `run` in `workdir` (restart: see
+    `run`)."""
     experiment = configlib.parse_experiment(
         config, num_devices=jax.device_count(), extra_sections=EXTRA_SECTIONS
     )
@@ -272,4 +275,5 @@ def run_from_config(config: Any, workdir: str, config_name: str = "") -> dict[st
         progress_bar=is_main,
         judge=judge,
         judge_tasks=judge_section.tasks,
+        restart=restart,
     )

@@ -46,6 +46,7 @@ from r1.data import templates
 from r1.judge import JUDGE_VERDICT, Judge
 from r1.recipes.stages import atomic_json
 from r1.rejection.filters import extract_cot
+from r1.rejection.progress import PROGRESS, TRACES, resume
 from r1.rejection.select import Candidate, SelectConfig, Selection, select
 from r1.rewards import RewardResult, RewardSpec, RewardTerm
 from r1.rewards.extract import THINK_CLOSE, answer_content
@@ -53,7 +54,7 @@ from r1.sampling.sampler import SamplingConfig, bucket_length, left_pad, make_sa
 
 log = logging.getLogger(__name__)
 
-TRACES, PROGRESS, REPORT = "traces.jsonl", "progress.json", "report.json"
+REPORT = "report.json"
 
 
 # ----------------------------------------------------------------------------- policies
@@ -306,74 +307,6 @@ def _write_progress(path: str, progress: Mapping[str, Any]) -> None:
     atomic_json(path, progress)
 
 
-def fingerprint(identity: Mapping[str, Any]) -> str:
-    """A short hash of the run's identity (JSON of it, keys sorted)."""
-    text = json.dumps(identity, sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _fresh_progress(identity: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "fingerprint": fingerprint(identity),
-        "prompts_done": 0,
-        "batches_done": 0,
-        "traces_bytes": 0,
-        "candidates": 0,
-        "kept": 0,
-        "prompts_with_rows": 0,
-        "dropped": {},
-        "filter_hits": {},
-        "reward_sums": {},
-        "reward_failures": {},
-        "seconds": 0.0,
-    }
-
-
-def _resume(
-    workdir: str, identity: Mapping[str, Any], prompt_ids: Sequence[str], write: bool = True
-) -> dict:
-    """The progress to continue from. With `write` (the writing process) traces.jsonl is
-    truncated to its recorded size and its rows are checked against the prompts done."""
-    traces, progress_path = os.path.join(workdir, TRACES), os.path.join(workdir, PROGRESS)
-    if not os.path.exists(progress_path):
-        if os.path.exists(traces) and os.path.getsize(traces) > 0:
-            raise ValueError(
-                f"{traces} exists without {PROGRESS}: not written by this tool's resumable "
-                "loop; use a new workdir"
-            )
-        return _fresh_progress(identity)
-    with open(progress_path) as f:
-        progress = json.load(f)
-    if progress.get("fingerprint") != fingerprint(identity):
-        raise ValueError(
-            f"{workdir} holds a rejection-sampling run with another configuration (checkpoint, "
-            "seed, prompts, sampling, rewards or selection differ); use a new workdir"
-        )
-    if not write:
-        return progress
-    size = os.path.getsize(traces) if os.path.exists(traces) else 0
-    if size < progress["traces_bytes"]:
-        raise ValueError(
-            f"{traces} has {size} bytes but {PROGRESS} recorded {progress['traces_bytes']}: "
-            "the traces file was cut; cannot resume"
-        )
-    if size > progress["traces_bytes"]:
-        log.warning("dropping %d bytes of an unfinished batch", size - progress["traces_bytes"])
-        with open(traces, "r+b") as f:
-            f.truncate(progress["traces_bytes"])
-    done = set(prompt_ids[: progress["prompts_done"]])
-    if os.path.exists(traces):
-        with open(traces, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                pid = json.loads(line)["prompt_id"]
-                if pid not in done:
-                    raise ValueError(
-                        f"{traces} line {lineno}: prompt {pid!r} is not among the "
-                        f"{progress['prompts_done']} prompts recorded as done"
-                    )
-    return progress
-
-
 # ----------------------------------------------------------------------------- the loop
 def default_render(row: Mapping[str, Any]) -> str:
     return templates.render_r1_zero(row["prompt"])
@@ -394,6 +327,7 @@ def run(
     progress_bar: bool = False,
     judge: Judge | None = None,
     judge_tasks: Sequence[str] = (),
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Rejection-samples `prompts` into `workdir/traces.jsonl`, resuming a previous run.
 
@@ -413,6 +347,8 @@ def run(
       progress_bar: show a tqdm bar.
       judge: a generative judge for the rows of `judge_tasks` (see the module docstring).
       judge_tasks: row `task` values the judge grades instead of `select_config.correct_reward`.
+      restart: when the workdir's progress files are damaged, move them aside and start over
+        (default: stop with `ProgressUnusable`, nothing moved).
 
     Returns:
       the report (also written to `workdir/report.json`): counts of candidates, kept rows and
@@ -447,7 +383,7 @@ def run(
     os.makedirs(workdir, exist_ok=True)
     traces_path = os.path.join(workdir, TRACES)
     progress_path = os.path.join(workdir, PROGRESS)
-    progress = _resume(workdir, identity, ids, write)
+    progress = resume(workdir, identity, ids, write, restart)
     if write and not os.path.exists(progress_path):
         _write_progress(progress_path, progress)
     start = progress["prompts_done"]

@@ -20,6 +20,7 @@ from r1.models.transformer import Transformer
 from r1.rejection import filters as F
 from r1.rejection import runner
 from r1.rejection.filters import FilterConfig, apply_filters, extract_cot
+from r1.rejection.progress import ProgressUnusable
 from r1.rejection.select import Candidate, SelectConfig, normalize_whitespace, select
 from r1.rewards import RewardSpec
 from r1.sampling.sampler import SamplingConfig
@@ -292,7 +293,7 @@ SELECT = SelectConfig(
 PROVENANCE = {"checkpoint": "ckpt/x", "seed": 7, "config": "test"}
 
 
-def run_fake(workdir, policy, n=10, batch_size=3):
+def run_fake(workdir, policy, n=10, batch_size=3, restart=False):
     return runner.run(
         sum_rows(n),
         policy,
@@ -301,6 +302,7 @@ def run_fake(workdir, policy, n=10, batch_size=3):
         str(workdir),
         batch_size=batch_size,
         provenance=PROVENANCE,
+        restart=restart,
     )
 
 
@@ -399,6 +401,32 @@ def test_resume_refuses_other_runs(tmp_path):
     (tmp_path / "b" / runner.TRACES).write_text('{"prompt_id": "x"}\n')
     with pytest.raises(ValueError, match="without progress.json"):
         run_fake(tmp_path / "b", FakePolicy(), n=4)
+
+
+def test_damaged_traces_stop_or_restart(tmp_path):
+    """A traces file cut below its recorded size stops the run (nothing moved); --restart moves
+    both files aside and samples again from the first prompt, equal to an unbroken run."""
+    unbroken = tmp_path / "unbroken"
+    run_fake(unbroken, FakePolicy())
+    work = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        run_fake(work, FakePolicy(fail_after=2))
+    traces = work / runner.TRACES
+    damaged = traces.read_bytes()[:-20]
+    traces.write_bytes(damaged)
+    with pytest.raises(ProgressUnusable, match="was cut.*--restart"):
+        run_fake(work, FakePolicy())
+    assert traces.read_bytes() == damaged and sorted(os.listdir(work)) == [
+        runner.PROGRESS,
+        runner.TRACES,
+    ]
+    resumed = FakePolicy()
+    run_fake(work, resumed, restart=True)
+    assert resumed.seen == list(range(10))
+    assert traces.read_bytes() == unbroken.joinpath(runner.TRACES).read_bytes()
+    aside = sorted(name for name in os.listdir(work) if ".corrupt-" in name)
+    assert [name.split(".corrupt-")[0] for name in aside] == [runner.PROGRESS, runner.TRACES]
+    assert (work / aside[1]).read_bytes() == damaged
 
 
 def test_run_input_errors(tmp_path):
