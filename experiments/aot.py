@@ -27,6 +27,8 @@ import sys  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from experiments import cli  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py:<variant>")
 _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "TPU topology, e.g. v5p:8x8x16 (default: the config's train.topology)"
@@ -58,7 +60,7 @@ def main(argv):
     try:
         report = aot.run(config, name, topology, slices, _STEP.value or "")
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(cli.config_error_line(err) or f"error: {err}", file=sys.stderr)
         print(json.dumps({"fits": False, "error": str(err)}))
         sys.exit(2)
     print(report.text())
@@ -67,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -22,7 +22,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import cpu_devices
+from experiments import cli, cpu_devices
 from r1 import sharding
 from r1.recipes.distill import distill, to_markdown
 
@@ -70,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -25,7 +25,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from experiments import cpu_devices
+from experiments import cli, cpu_devices
 from r1 import configlib, sharding
 from r1.data import procedural, sources
 from r1.evaluation import runner
@@ -199,4 +199,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

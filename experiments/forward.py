@@ -25,6 +25,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
+from experiments import cli
 from r1 import configlib
 from r1.models.transformer import Transformer
 from r1.sharding import (
@@ -148,4 +149,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
+from experiments import cli
 from r1 import configlib
 from r1.data import procedural
 from r1.data.tokenizers import build_demo_tokenizer
@@ -181,4 +182,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -17,13 +17,19 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import cpu_devices
+from experiments import cli, cpu_devices
 from r1 import sharding
 from r1.recipes.pipeline import run_pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/r1.py:<variant>")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (one sub-directory per stage).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+_RESTART = flags.DEFINE_bool(
+    "restart",
+    False,
+    "When the workdir has checkpoints but none restores, move them aside and start from step 0 "
+    "(default: stop, nothing moved).",
+)
 
 
 def main(argv):
@@ -36,9 +42,9 @@ def main(argv):
     if _DISTRIBUTED.value:
         sharding.initialize_distributed()
     cpu_devices.describe()
-    result = run_pipeline(_CONFIG.value, _WORKDIR.value)
+    result = run_pipeline(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value)
     print(json.dumps(result["summary"], indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -19,13 +19,19 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import cpu_devices
+from experiments import cli, cpu_devices
 from r1 import sharding
 from r1.rejection.experiment import run_from_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py:<variant>")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (traces, report, progress).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+_RESTART = flags.DEFINE_bool(
+    "restart",
+    False,
+    "When the workdir's progress files (traces.jsonl, progress.json) are damaged, move them "
+    "aside and sample from the first prompt (default: stop, nothing moved).",
+)
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -59,10 +65,10 @@ def main(argv):
     if _DISTRIBUTED.value:
         sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     cpu_devices.describe()
-    report = run_from_config(_CONFIG.value, _WORKDIR.value, config_name())
+    report = run_from_config(_CONFIG.value, _WORKDIR.value, config_name(), restart=_RESTART.value)
     summary = {k: report[k] for k in ("prompts", "candidates", "kept", "dropped")}
     print(json.dumps(summary))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -16,7 +16,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import cpu_devices
+from experiments import cli, cpu_devices
 from r1 import sharding
 from r1.rm.trainer import train_rm
 
@@ -51,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
