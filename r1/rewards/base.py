@@ -132,10 +132,16 @@ def finite_scores(values: Sequence[float]) -> np.ndarray:
     return out.astype(np.float32)
 
 
+class MissingField(ValueError):
+    """A reward was called without a per-row field it needs (a configuration error: it is
+    raised, not scored 0 like a reward's own failure)."""
+
+
 def row_field(fields: Mapping[str, Any], key: str, batch: int, reward: str) -> list[Any]:
-    """``fields[key]`` as a list of length ``batch`` or a ValueError naming reward and field."""
+    """``fields[key]`` as a list of length ``batch``; `MissingField` / ValueError naming reward
+    and field when it is absent or has another length."""
     if key not in fields:
-        raise ValueError(f"reward {reward!r} needs the batch field {key!r}; got {sorted(fields)}")
+        raise MissingField(f"reward {reward!r} needs the batch field {key!r}; got {sorted(fields)}")
     value = list(fields[key])
     if len(value) != batch:
         raise ValueError(

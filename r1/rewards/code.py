@@ -33,6 +33,7 @@ from r1.rewards.sandbox import SandboxConfig, run_batch
         "wrong_answer",
         "output_limit",
         "bad_test",
+        "rescored",
     ),
 )
 def code_accuracy(
@@ -63,7 +64,8 @@ def code_accuracy(
     `timeout_s` wall seconds, `cpu_s` CPU seconds, `memory_mb` MiB. Reasons (the row's first
     failed test with a reason; a failed assert has none): no_code_block, no_tests, timeout,
     crash, memory, syntax_error, exited, sandbox_violation, tampered, no_result, wrong_answer,
-    output_limit, bad_test.
+    output_limit, bad_test; rescored when no test failed with a reason but a sandbox child was
+    killed from outside and run again (counted, scored as the repeat).
     """
     tests = [list(t) for t in row_field(fields, "tests", len(completions), "code")]
     programs = [last_code_block(c) for c in completions]
@@ -81,4 +83,5 @@ def code_accuracy(
         scores = [float(bool(r.passed) and all(r.passed)) for r in results]
     else:
         scores = [r.score for r in results]
-    return np.asarray(scores, np.float32), [r.reason for r in results]
+    reasons = [r.reason or ("rescored" if r.rescored else "") for r in results]
+    return np.asarray(scores, np.float32), reasons

@@ -33,6 +33,7 @@ from r1.rewards.extract import final_answer
 
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_math_worker.py")
 _START_TIMEOUT_S = 60.0
+_MAX_FAILED_STARTS = 3  # workers of one batch that may exit before they are ready
 
 
 class _Worker:
@@ -74,7 +75,9 @@ class MathVerifyPool:
             self.workers = []
 
     def run(self, items: Sequence[tuple[str, str]], timeout_s: float) -> list[tuple[bool, str]]:
-        """Verify ``(gold, pred)`` pairs; returns ``(correct, reason)`` per item."""
+        """Verify ``(gold, pred)`` pairs; returns ``(correct, reason)`` per item. An item whose
+        worker died under it (killed, out of memory) is verified again once on a fresh worker:
+        reason ``rescored`` with that outcome, or ``crash`` when the worker dies again."""
         with self.lock:
             return self._run(items, timeout_s)
 
@@ -87,6 +90,8 @@ class MathVerifyPool:
         while len(self.workers) < min(self.size, max(1, len(items))):
             self.workers.append(_Worker())
         busy: dict[int, _Worker] = {}
+        rescored: set[int] = set()
+        failed_starts = 0
         while pending or busy:
             for worker in self.workers:
                 if worker.ready and worker.item < 0 and pending:
@@ -110,8 +115,19 @@ class MathVerifyPool:
             for worker in waiting:
                 if worker.proc.stdout in ready:
                     line = worker.proc.stdout.readline()
-                    if not line:  # the worker died (e.g. out of memory)
-                        if worker.item >= 0:
+                    if not line:  # the worker died (killed, out of memory)
+                        if not worker.ready:
+                            failed_starts += 1
+                        if failed_starts > _MAX_FAILED_STARTS:
+                            raise RuntimeError(
+                                "math-verify worker exited before it was ready; is math-verify "
+                                "installed? (python -m r1.rewards._math_worker shows why)"
+                            )
+                        if worker.item >= 0 and worker.item not in rescored:
+                            rescored.add(worker.item)
+                            pending.append(worker.item)
+                            busy.pop(worker.proc.pid, None)
+                        elif worker.item >= 0:
                             results[worker.item] = (False, "crash")
                             busy.pop(worker.proc.pid, None)
                         self._restart(worker)
@@ -124,7 +140,10 @@ class MathVerifyPool:
                         worker.ready = True
                         continue
                     if worker.item >= 0:
-                        results[worker.item] = (bool(message["ok"]), str(message["reason"]))
+                        ok, reason = bool(message["ok"]), str(message["reason"])
+                        if worker.item in rescored and reason in ("", "wrong"):
+                            reason = "rescored"
+                        results[worker.item] = (ok, reason)
                         busy.pop(worker.proc.pid, None)
                         worker.item = -1
                 elif worker.item >= 0 and now > worker.deadline:
@@ -174,7 +193,16 @@ def default_workers() -> int:
     "text",
     fields=("answer",),
     doc="1 if the final answer equals the gold answer",
-    reasons=("no_answer", "unparsable", "bad_gold", "timeout", "memory", "crash", "error"),
+    reasons=(
+        "no_answer",
+        "unparsable",
+        "bad_gold",
+        "timeout",
+        "memory",
+        "crash",
+        "error",
+        "rescored",
+    ),
 )
 def math_accuracy(
     prompts: Sequence[str],
@@ -191,7 +219,8 @@ def math_accuracy(
       answer: (field) gold answer strings, with or without ``$``/``\\boxed{}``.
       timeout: per-item seconds for each math-verify stage (rounded up to whole seconds).
       workers: worker processes (default `default_workers()`).
-    Reasons: no_answer, unparsable, bad_gold, wrong, timeout, memory, crash, error.
+    Reasons: no_answer, unparsable, bad_gold, wrong, timeout, memory, crash, error, rescored (a
+    worker died under the item and it was verified again: scored by the repeat, counted).
     """
     golds = row_field(fields, "answer", len(completions), "math")
     preds = [final_answer(text) for text in completions]
@@ -203,5 +232,7 @@ def math_accuracy(
         items = [(str(golds[i]), preds[i]) for i in todo]
         for i, (ok, reason) in zip(todo, pool.run(items, timeout)):
             scores[i] = float(ok)
-            reasons[i] = "" if ok else ("" if reason == "wrong" else reason)
+            reasons[i] = (
+                reason if reason == "rescored" else ("" if ok or reason == "wrong" else reason)
+            )
     return scores, reasons

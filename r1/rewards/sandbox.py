@@ -29,6 +29,7 @@ import builtins
 import concurrent.futures
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -65,6 +66,8 @@ _TRUSTED_BINOPS = (
     ast.RShift,
 )
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class SandboxConfig:
@@ -95,12 +98,14 @@ class SandboxResult:
     cases, in the row's order within each kind); ``reason`` "" or why a test failed, the
     first of (timeout, crash, memory, syntax_error, exited, sandbox_violation, tampered,
     no_result, wrong_answer, output_limit, bad_test); ``detail`` e.g. the violated rule;
-    ``isolation`` the layers the child reported."""
+    ``isolation`` the layers the child reported; ``rescored``: a child was killed from outside
+    (SIGKILL before it reported) and its run was repeated once, this being the repeat's outcome."""
 
     passed: tuple[bool, ...]
     reason: str = ""
     detail: str = ""
     isolation: str = ""
+    rescored: bool = False
 
     @property
     def score(self) -> float:
@@ -321,6 +326,7 @@ class _ChildRun:
     returncode: int | None
     timed_out: bool
     stdout: bytes | None
+    rescored: bool = False
 
     @property
     def isolation(self) -> str:
@@ -340,7 +346,27 @@ def _feed(fd: int, data: bytes) -> None:
         os.close(fd)
 
 
+def _killed_from_outside(run: _ChildRun) -> bool:
+    """The harness died of SIGKILL without reporting an end and before its deadline: killed by
+    something outside it (an operator, the OOM killer), not by its own program's outcome."""
+    kinds = {f[0] for f in run.frames}
+    ended = kinds & {"done", "program_error", "exit", "fatal", "violation"}
+    return run.returncode == -signal.SIGKILL and not run.timed_out and not ended
+
+
 def _run_child(job: dict, config: SandboxConfig, stdin_data: bytes | None) -> _ChildRun:
+    """`_run_child_once`, repeated once (``rescored``) when the first child was killed from
+    outside (`_killed_from_outside`)."""
+    run = _run_child_once(job, config, stdin_data)
+    if not _killed_from_outside(run):
+        return run
+    log.warning("a sandbox child was killed from outside (SIGKILL); running it again")
+    again = _run_child_once({**job, "nonce": secrets.token_hex(16)}, config, stdin_data)
+    again.rescored = True
+    return again
+
+
+def _run_child_once(job: dict, config: SandboxConfig, stdin_data: bytes | None) -> _ChildRun:
     """One harness process on `job` (a fresh work dir, the limits of `config`). The job goes
     through its own pipe; with `stdin_data` (io mode) the program's stdin carries it and its
     stdout is read back, else stdin is closed and stdout discarded."""
@@ -470,7 +496,7 @@ def _run_statements(
     fail = tuple(False for _ in units)
     reason, detail = _failure(run)
     if reason:
-        return SandboxResult(fail, reason, detail, run.isolation)
+        return SandboxResult(fail, reason, detail, run.isolation, run.rescored)
     by_test: dict[int, tuple] = {}
     for frame in run.frames:
         if frame[0] in ("values", "ran", "error"):
@@ -479,7 +505,7 @@ def _run_statements(
                 return SandboxResult(fail, "tampered", "duplicate frame", run.isolation)
             by_test[index] = frame
     passed = tuple(judge(unit, by_test.get(i)) for i, unit in enumerate(units))
-    return SandboxResult(passed, "", "", run.isolation)
+    return SandboxResult(passed, "", "", run.isolation, run.rescored)
 
 
 def run_case(program: str, case: IOCase, config: SandboxConfig = SandboxConfig()) -> SandboxResult:
@@ -489,14 +515,14 @@ def run_case(program: str, case: IOCase, config: SandboxConfig = SandboxConfig()
     stdin_data = case.input.encode("utf-8", "replace")
     run = _run_child(_job(program, config, units=[], io=True), config, stdin_data)
     if run.stdout is None:  # more than MAX_OUTPUT_BYTES: stopped there
-        return SandboxResult((False,), "output_limit", "", run.isolation)
+        return SandboxResult((False,), "output_limit", "", run.isolation, run.rescored)
     reason, detail = _failure(run, io_mode=True)
     if reason:
-        return SandboxResult((False,), reason, detail, run.isolation)
+        return SandboxResult((False,), reason, detail, run.isolation, run.rescored)
     got = run.stdout.decode("utf-8", "replace")
     if not output_matches(got, case.output, config.float_tolerance):
-        return SandboxResult((False,), "wrong_answer", "", run.isolation)
-    return SandboxResult((True,), "", "", run.isolation)
+        return SandboxResult((False,), "wrong_answer", "", run.isolation, run.rescored)
+    return SandboxResult((True,), "", "", run.isolation, run.rescored)
 
 
 def run_program(
@@ -523,9 +549,10 @@ def run_program(
     passed = tuple(p for r in results for p in r.passed)
     failed = next((r for r in results if r.reason), None)
     isolation = next((r.isolation for r in results if r.isolation), "")
+    rescored = any(r.rescored for r in results)
     if failed is None:
-        return SandboxResult(passed, "", "", isolation)
-    return SandboxResult(passed, failed.reason, failed.detail, isolation)
+        return SandboxResult(passed, "", "", isolation, rescored)
+    return SandboxResult(passed, failed.reason, failed.detail, isolation, rescored)
 
 
 def default_workers() -> int:

@@ -48,6 +48,8 @@ from jax.sharding import PartitionSpec as P
 from r1.rewards.base import finite_scores
 from r1.rewards.term import (
     BYTES_SUFFIX,
+    DEFAULT_TIMEOUT_S,
+    GUARD_REASONS,
     KINDS,
     NON_FINITE,
     OTHER,
@@ -95,10 +97,11 @@ def _term_from_entry(i: int, entry: Any) -> RewardTerm:
     if isinstance(entry, str):
         return RewardTerm(entry)
     if isinstance(entry, Mapping):
-        allowed = {"name", "weight", "kwargs", "key", "rows"}
+        allowed = {"name", "weight", "kwargs", "key", "rows", "timeout_s"}
         if "name" not in entry or set(entry) - allowed:
             raise ValueError(
-                f"rewards[{i}]: expected keys name, weight, kwargs, key, rows; got {dict(entry)}"
+                f"rewards[{i}]: expected keys name, weight, kwargs, key, rows, timeout_s; got "
+                f"{dict(entry)}"
             )
         return RewardTerm(
             entry["name"],
@@ -106,6 +109,7 @@ def _term_from_entry(i: int, entry: Any) -> RewardTerm:
             dict(entry.get("kwargs", {}) or {}),
             entry.get("key", ""),
             rows=entry.get("rows", "all"),
+            timeout_s=entry.get("timeout_s", DEFAULT_TIMEOUT_S),
         )
     if isinstance(entry, Sequence) and 1 <= len(entry) <= 3:
         name, weight, kwargs = (list(entry) + [1.0, {}][len(entry) - 1 :])[:3]
@@ -229,7 +233,7 @@ class CompiledSpec:
         self.text_failure_keys: tuple[str, ...] = tuple(
             f"{t.label}/{r}"
             for t in self.text_terms
-            for r in dict.fromkeys((*t.rule.reasons, NON_FINITE, OTHER))
+            for r in dict.fromkeys((*t.rule.reasons, *GUARD_REASONS))
         )
         self._text_fields = {f for t in self.text_terms for f in t.needed_fields}
         self._text_sources = tuple(

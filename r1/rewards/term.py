@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -15,13 +17,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1.rewards.base import Reward, finite_scores, get
+from r1.rewards.base import MissingField, Reward, finite_scores, get
 
 BYTES_SUFFIX = "__bytes"
 KINDS = ("token", "text", "model")
 ROWS = ("all", "general", "reasoning")
 NON_FINITE = "non_finite"
 OTHER = "other"  # a text reward returned a reason it did not declare (`Reward.reasons`)
+RAISED = "raised"  # a text reward's call raised: its rows score 0
+TIMED_OUT = "timed_out"  # a text reward's call ran past the term's `timeout_s`: its rows score 0
+GUARD_REASONS = (NON_FINITE, RAISED, TIMED_OUT, OTHER)
+DEFAULT_TIMEOUT_S = 900.0
+
+log = logging.getLogger(__name__)
 
 # (frozen model state, prompt tokens int32[B, L], prompt mask bool[B, L], completion int32[B, N],
 #  completion mask bool[B, N], per-row fields) -> (score float32[B], {part: float32[B]})
@@ -168,7 +176,9 @@ class RewardTerm:
     rows of that domain: per-domain rewards). score: a model term's
     `ModelScoreFn`. fields: the per-row fields the term reads (default: the reward's). encode:
     a model term's `FieldEncoder`. reward: a rule `Reward` not in the registry (e.g.
-    `r1.judge.JUDGE_VERDICT`).
+    `r1.judge.JUDGE_VERDICT`). timeout_s: a text term's wall-clock limit per call (a batch),
+    0 for none; a call that raises or runs past it scores its rows 0 with reason ``raised`` /
+    ``timed_out`` (counted in the failures) and the step goes on.
     """
 
     name: str
@@ -181,6 +191,7 @@ class RewardTerm:
     fields: tuple[str, ...] | None = None
     encode: FieldEncoder | None = None
     reward: Reward | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
     def __post_init__(self):
         where = f"reward term {self.label!r}"
@@ -193,6 +204,8 @@ class RewardTerm:
         if not math.isfinite(weight):
             raise ValueError(f"{where}: weight must be finite, got {weight}")
         object.__setattr__(self, "weight", weight)
+        if not isinstance(self.timeout_s, (int, float)) or not self.timeout_s >= 0:
+            raise ValueError(f"{where}: timeout_s must be a number >= 0, got {self.timeout_s!r}")
         if not isinstance(self.kwargs, Mapping):
             raise ValueError(f"{where}: kwargs must be a mapping, got {self.kwargs!r}")
         if self.kind not in ("", *KINDS):
@@ -290,12 +303,65 @@ class RewardTerm:
                 for row, reason in zip(index, some):
                     reasons[row] = reason
             return out, reasons
-        values, reasons = self.rule.detailed(
-            prompts, completions, **{**fields, **self.call_kwargs(scores)}
-        )
+        kwargs = {**fields, **self.call_kwargs(scores)}
+        outcome = self._guarded(lambda: self.rule.detailed(prompts, completions, **kwargs))
+        if isinstance(outcome, str):
+            return np.zeros(len(completions), np.float32), [outcome] * len(completions)
+        values, reasons = outcome
         raw = np.asarray(values, np.float64).reshape(-1)
+        if raw.shape != (len(completions),) or len(reasons) != len(completions):
+            log.warning(
+                "reward %r returned %s scores and %d reasons for %d rows; they score 0",
+                self.label,
+                raw.shape,
+                len(reasons),
+                len(completions),
+            )
+            return np.zeros(len(completions), np.float32), [RAISED] * len(completions)
         reasons = [NON_FINITE if not ok else r for r, ok in zip(reasons, np.isfinite(raw))]
         return finite_scores(raw), reasons
+
+    def _guarded(self, call: Callable[[], Any]) -> Any:
+        """`call()`'s result, or RAISED when it raised, or TIMED_OUT when it ran past
+        `timeout_s` (it runs on a daemon thread that is abandoned then; logged)."""
+        result: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                result["value"] = call()
+            except MissingField as err:  # a configuration error, not a fault: raised below
+                result["missing"] = err
+            except Exception as err:  # noqa: BLE001 - a failing reward scores 0, counted
+                result["error"] = err
+
+        if not self.timeout_s:
+            target()
+        else:
+            thread = threading.Thread(target=target, daemon=True, name=f"reward-{self.label}")
+            thread.start()
+            thread.join(self.timeout_s)
+            if thread.is_alive():
+                log.warning(
+                    "reward %r ran past its timeout_s=%s; its rows score 0 (%s)",
+                    self.label,
+                    self.timeout_s,
+                    TIMED_OUT,
+                )
+                return TIMED_OUT
+        if "missing" in result:
+            raise result["missing"]
+        if "error" in result:
+            err = result["error"]
+            log.warning(
+                "reward %r raised %s: %s; its rows score 0 (%s)",
+                self.label,
+                type(err).__name__,
+                err,
+                RAISED,
+                exc_info=err,
+            )
+            return RAISED
+        return result["value"]
 
 
 # ----------------------------------------------------------------------------- host rows
