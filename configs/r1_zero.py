@@ -117,6 +117,8 @@ def _base() -> ml_collections.ConfigDict:
             # rows), scored by a model reward with rows="general" instead of the rule rewards.
             general_files="",
             general_fraction=0.0,
+            # Resume even when the files changed since the checkpoint (default: stop).
+            allow_changed=False,
         )
     )
     # Every GRPO setting (r1.rl.config.RLSection: the step dataclasses' defaults), R1-Zero's set.

@@ -47,6 +47,7 @@ def _base() -> ml_collections.ConfigDict:
             shuffle=True,
             num_epochs=2,
             max_consecutive_skips=1000,
+            allow_changed=False,
         )
     )
     c.sft = ml_collections.ConfigDict(dict(batch_size=32, num_microbatches=1))

@@ -149,17 +149,13 @@ def _tile_probs(q_i, k_j, lse_i, mask, scale: float) -> jax.Array:
 
 def _flash_backward(q, k, v, seg, valid, out, lse, d_out, scale: float):
     n, _, bs = q.shape[:3]
-    delta = jnp.einsum(
-        "nbqkgd,nbqkgd->nbkgq", d_out.astype(jnp.float32), out.astype(jnp.float32)
-    )
+    delta = jnp.einsum("nbqkgd,nbqkgd->nbkgq", d_out.astype(jnp.float32), out.astype(jnp.float32))
 
     def tile_grads(i, j):
         """dS (float32[B, K, G, bs, bs], already scaled) and P for tile (i, j)."""
         mask = _tile_mask(seg, valid, i, j, bs)
         p = _tile_probs(q[i], k[j], lse[i], mask, scale)
-        dp = jnp.einsum(
-            "bqkgd,bskd->bkgqs", d_out[i], v[j], preferred_element_type=jnp.float32
-        )
+        dp = jnp.einsum("bqkgd,bskd->bkgqs", d_out[i], v[j], preferred_element_type=jnp.float32)
         return p * (dp - delta[i][..., None]) * scale, p
 
     def dq_block(i):

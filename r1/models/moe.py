@@ -496,9 +496,7 @@ class MoE(nnx.Module):
         """x: float[B, T, D] -> float32[B, T, E], computed in float32."""
         return jnp.einsum("btd,de->bte", x.astype(jnp.float32), self.gate[...].astype(jnp.float32))
 
-    def __call__(
-        self, x: jax.Array, token_mask: jax.Array
-    ) -> tuple[jax.Array, RoutingStats]:
+    def __call__(self, x: jax.Array, token_mask: jax.Array) -> tuple[jax.Array, RoutingStats]:
         """x: float[B, T, D], token_mask: bool[B, T] -> (float[B, T, D], its RoutingStats).
 
         Padding tokens (token_mask False) count in no statistic, take no capacity and skip the

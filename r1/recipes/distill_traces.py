@@ -201,5 +201,3 @@ def prepare_traces(
         )
     os.replace(tmp, out_path)
     return report
-
-

@@ -520,6 +520,8 @@ def make_stages(config: Any, workdir: str, restart: bool = False) -> list[Stage]
                 )
             cfg.data.general_files = ",".join(general)
             cfg.data.general_fraction = fraction
+            # The general prompts join the run the rule-only phase checkpointed: by design.
+            cfg.data.allow_changed = True
         _grpo(cfg, run_dir, restart)
         export = os.path.join(directory, "export")
         step = grpo_export(cfg, run_dir, export)

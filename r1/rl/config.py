@@ -82,7 +82,9 @@ class DataSection:
     (the demo); "" requires files. buckets: the prompt lengths (tokens) prompts are
     left-padded to; longer prompts are skipped and counted.
     general_files (comma-separated JSONL paths of `prompt` rows) and general_fraction (their
-    share of the prompts, 0 <= f < 1): R1 stage 4's general prompts."""
+    share of the prompts, 0 <= f < 1): R1 stage 4's general prompts. allow_changed: resume
+    even when the files differ from those the checkpoint was saved with (their fingerprint is
+    saved in every checkpoint; by default a changed file stops the resume)."""
 
     task: str = "add"
     task_kwargs: Any = None
@@ -98,6 +100,7 @@ class DataSection:
     buckets: tuple[int, ...] = (64, 128, 256)
     general_files: str = ""
     general_fraction: float = 0.0
+    allow_changed: bool = False
 
     def __post_init__(self):
         buckets = (self.buckets,) if isinstance(self.buckets, int) else tuple(self.buckets)

@@ -26,6 +26,7 @@ import numpy as np
 from r1 import logging as r1_logging
 from r1 import sharding
 from r1.data import pipeline, procedural, sources
+from r1.data.fingerprint import files_fingerprint
 from r1.data.mixture import GeneralMixture, WeightedMixture, load_general_prompts
 from r1.evaluation.runner import EvalConfig
 from r1.metrics.behaviour import behaviour_metrics
@@ -357,6 +358,8 @@ def train(config: Any, workdir: str, restart: bool = False) -> dict[str, float]:
     evaluator = heldout_evaluator(exp, tokenizer, graphdef, mesh)
     settings = LoopSettings(
         restart=restart,
+        data_fingerprint=files_fingerprint(exp.data.files, exp.data.general_files),
+        allow_data_change=exp.data.allow_changed,
         name="grpo",
         steps=exp.train.steps,
         checkpoint_every=exp.train.checkpoint_every,

@@ -37,7 +37,9 @@ class SyntheticPairs:
 class DataSection:
     """`config.data`: JSONL preference pairs (`train_files`, `eval_files`; without eval files
     `eval_fraction` of the training pairs is held out), or `synthetic` pairs; `template` renders
-    the prompt ("raw" | "r1_zero"); rows longer than `max_length` tokens are skipped."""
+    the prompt ("raw" | "r1_zero"); rows longer than `max_length` tokens are skipped.
+    allow_changed: resume even when `train_files` differ from those the checkpoint was saved
+    with (default: stop)."""
 
     train_files: tuple[str, ...] = ()
     eval_files: tuple[str, ...] = ()
@@ -46,6 +48,7 @@ class DataSection:
     template: str = "r1_zero"
     add_bos: bool = True
     max_length: int = 8192
+    allow_changed: bool = False
 
     def __post_init__(self):
         if self.template not in TEMPLATES:

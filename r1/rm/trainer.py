@@ -30,6 +30,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from r1 import sharding
+from r1.data.fingerprint import files_fingerprint
 from r1.rm import config as rm_config
 from r1.rm import data as rm_data
 from r1.rm import model as rm_model
@@ -276,6 +277,8 @@ def train_rm(config: Any, workdir: str, restart: bool = False) -> dict[str, floa
     evaluator = make_evaluator(graphdef, eval_arrays, settings, exp.eval.batch_size, mesh)
     loop = LoopSettings(
         restart=restart,
+        data_fingerprint=files_fingerprint(exp.data.train_files),
+        allow_data_change=exp.data.allow_changed,
         name="rm",
         steps=steps,
         checkpoint_every=exp.train.checkpoint_every,

@@ -29,7 +29,8 @@ class DataSection:
     paths or glob patterns of JSONL/JSON/Parquet rows). template / response_format: see
     `r1.sft.data.render_example`. seq_len: T. pack: first-fit packing (else one example per
     row). num_epochs: passes over file data (0: forever). max_consecutive_skips: stop with an
-    error after this many unusable rows in a row."""
+    error after this many unusable rows in a row. allow_changed: resume even when `files`
+    differ from those the checkpoint was saved with (default: stop)."""
 
     source: str = "procedural"
     task: str = "add"
@@ -43,6 +44,7 @@ class DataSection:
     shuffle: bool = True
     num_epochs: int = 0
     max_consecutive_skips: int = 1000
+    allow_changed: bool = False
 
     def __post_init__(self):
         if self.source not in ("procedural", "files"):

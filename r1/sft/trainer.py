@@ -31,6 +31,7 @@ import numpy as np
 
 from r1 import sharding
 from r1.data import procedural
+from r1.data.fingerprint import files_fingerprint
 from r1.sft import config as sft_config
 from r1.sft import data as sft_data
 from r1.sft.config import DataSection
@@ -194,6 +195,8 @@ def train_sft(config: Any, workdir: str, restart: bool = False) -> dict[str, flo
         )
     settings = LoopSettings(
         restart=restart,
+        data_fingerprint=files_fingerprint(exp.data.files if exp.data.source == "files" else ()),
+        allow_data_change=exp.data.allow_changed,
         name="sft",
         steps=exp.train.steps,
         checkpoint_every=exp.train.checkpoint_every,

@@ -53,19 +53,31 @@ class NonFiniteError(RuntimeError):
     """The loss or gradient became NaN/inf."""
 
 
+class DataChanged(RuntimeError):
+    """The run's data files differ from those its checkpoint was saved with."""
+
+
+FINGERPRINT_KEY = "data_fingerprint"  # in a checkpoint's data state
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopSettings:
     """The loop's cadences. name: the progress bar's label. steps: the last step number.
     eval_every: 0 = only at the start (when `eval_at_start`). log_every: write a metrics row
     every this many steps (evaluation rows and the last step always). finite_keys: metrics that
     must be finite for a step to count. restart: when checkpoints exist but none restores, move
-    them aside and start from step 0 (default: stop with `r1.checkpoint.NoCheckpointRestores`)."""
+    them aside and start from step 0 (default: stop with `r1.checkpoint.NoCheckpointRestores`).
+    data_fingerprint: the run's data files (`r1.data.fingerprint.files_fingerprint`; "" for
+    none), saved in every checkpoint; a resume whose data differs stops with `DataChanged`
+    unless `allow_data_change` (the config's ``data.allow_changed``)."""
 
     name: str
     steps: int
     checkpoint_every: int
     keep_checkpoints: int = 3
     restart: bool = False
+    data_fingerprint: str = ""
+    allow_data_change: bool = False
     eval_every: int = 0
     eval_at_start: bool = False
     log_every: int = 1
@@ -201,13 +213,36 @@ class _Run:
         self.progress.set_postfix(**self.hooks.postfix(metrics))
         return metrics
 
+    def data_state(self) -> dict:
+        """The data iterator's state plus the data fingerprint, as checkpoints save it."""
+        fingerprint = self.settings.data_fingerprint
+        return {
+            **self.hooks.data_state(),
+            **({FINGERPRINT_KEY: fingerprint} if fingerprint else {}),
+        }
+
     def restore(self, state: TrainState, shardings: TrainState) -> tuple[int, TrainState]:
         restored = self.checkpointer.restore_latest(
             abstract_with_shardings(state, shardings), restart=self.settings.restart
         )
         if restored is None:
+            # A run killed before its first checkpoint starts over: its rows are stale.
+            self.writer.truncate_after(-1)
             return 0, state
         start_step, state, data_state = restored
+        data_state = dict(data_state)
+        saved = data_state.pop(FINGERPRINT_KEY, "")
+        current = self.settings.data_fingerprint
+        if saved and current and saved != current:
+            if not self.settings.allow_data_change:
+                raise DataChanged(
+                    f"the data files changed since checkpoint {start_step} in "
+                    f"{self.checkpointer.directory} was saved (fingerprint {saved[:12]} -> "
+                    f"{current[:12]}); resuming would not continue the same data. Restore the "
+                    "files, use a new --workdir, or pass --config.data.allow_changed=True to "
+                    "resume at the saved position in the new data"
+                )
+            log.warning("data files changed since step %d; resuming anyway", start_step)
         if data_state:
             self.hooks.restore_data(data_state)
         self.writer.truncate_after(start_step)
@@ -273,7 +308,7 @@ def _steps(run: _Run, state: TrainState, start_step: int) -> tuple[TrainState, i
                 pending = None
             log.warning("data exhausted after %d steps", step)
             if step > start_step and step not in run.checkpointer.all_steps():
-                run.checkpointer.save(step, state, hooks.data_state())
+                run.checkpointer.save(step, state, run.data_state())
             return state, step, True
         step += 1
         dispatched = time.perf_counter()
@@ -286,7 +321,7 @@ def _steps(run: _Run, state: TrainState, start_step: int) -> tuple[TrainState, i
             run.finish(pending, state, at_once=True)
             pending = None
             if stop or settings.saves(step):
-                run.checkpointer.save(step, state, hooks.data_state())
+                run.checkpointer.save(step, state, run.data_state())
             if stop:
                 log.warning("SIGTERM: saved step %d, exiting", step)
                 return state, step, False
