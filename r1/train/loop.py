@@ -282,6 +282,10 @@ def run_loop(
             run.last = hooks.evaluate(state)
             run.writer.write(0, run.last)
         state, step, finished = _steps(run, state, start_step)
+    except Exception as err:
+        if jax.process_count() > 1:
+            _explain_peer_failure(run, err)
+        raise
     finally:
         if run.progress is not None:
             run.progress.close()
@@ -293,6 +297,23 @@ def run_loop(
             run.writer.path, os.path.join(workdir, "curves.png"), settings.curve_panels
         )
     return LoopResult(state, step, run.last, finished, start_step)
+
+
+def _explain_peer_failure(run: _Run, err: Exception) -> None:
+    """Logs, on a multi-process job, the one line that says what to do when a step fails
+    because another process died (its collectives fail here: 'connection closed by peer')."""
+    saved = run.checkpointer.all_steps()
+    log.error(
+        "process %d of %d stopped: %s: %s. If another process of this job died or was "
+        "preempted, this one cannot go on alone: run the same command on every host again; it "
+        "resumes from checkpoint %s in %s",
+        jax.process_index(),
+        jax.process_count(),
+        type(err).__name__,
+        str(err).splitlines()[0] if str(err) else "",
+        saved[-1] if saved else "(none: from the start)",
+        run.checkpointer.directory,
+    )
 
 
 def _steps(run: _Run, state: TrainState, start_step: int) -> tuple[TrainState, int, bool]:

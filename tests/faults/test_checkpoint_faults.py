@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -238,3 +239,65 @@ def test_a_data_file_changed_between_stop_and_resume(tmp_path, data):
     assert _steps_saved(work) == [3, 6]
     allowed = toy_job.run(work, data, STEPS, allow_data_change=True)
     assert allowed.start_step == 6 and allowed.finished
+
+
+# ----------------------------------------------------------------------------- multi-host
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_pair(workdir, data, steps: int) -> list[subprocess.Popen]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": ROOT,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+    }
+    script = os.path.join(HERE, "toy_job.py")
+    return [
+        subprocess.Popen(
+            [sys.executable, script, str(workdir), "--data", data, "--steps", str(steps)]
+            + ["--step_sleep", "0.1", "--coordinator", f"127.0.0.1:{port}"]
+            + ["--process_id", str(i), "--heartbeat_timeout", "10"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+
+
+@pytest.mark.slow
+def test_one_process_of_two_killed(tmp_path, data):
+    """Process 1 of a 2-process job is SIGKILLed mid-run: process 0's next collective fails and
+    it exits with an error saying what to do, bounded by the heartbeat timeout (no hang); both
+    started again resume from the last checkpoint and finish equal to an unbroken run."""
+    steps = 40
+    toy_job.run(str(tmp_path / "unbroken"), data, steps)
+    expected = _rows(tmp_path / "unbroken")
+    work = tmp_path / "pair"
+    first, second = _launch_pair(work, data, steps)
+    while first.poll() is None and len(_rows(work)) < 8:
+        time.sleep(0.05)
+    second.kill()
+    second.communicate()
+    began = time.monotonic()
+    output = first.communicate(timeout=120)[0]
+    assert first.returncode != 0 and time.monotonic() - began < 90
+    assert "process 0 of 2 stopped" in output and "run the same command on every host" in output
+    assert _steps_saved(work)
+    for proc in _launch_pair(work, data, steps):
+        out = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 0, out[-3000:]
+        assert "resumed from step" in out
+    rows = _rows(work)
+    assert [r["step"] for r in rows] == [r["step"] for r in expected]
+    for got, want in zip(rows, expected):
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-5), (got["step"], key)

@@ -18,6 +18,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from r1.data.fingerprint import files_fingerprint
 from r1.train.loop import LoopHooks, LoopSettings, run_loop
@@ -25,15 +26,28 @@ from r1.train.state import TrainState
 
 
 def initial_state(size: int) -> tuple[TrainState, TrainState]:
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params={"w": jax.random.normal(jax.random.key(1), (size,), jnp.float32)},
-        extra={},
-        opt_state=(),
-        rng=jax.random.key_data(jax.random.key(0)),
+    """The toy state; over several processes `w` is split across every device (so each step
+    runs a cross-process reduction) and the rest is replicated."""
+    w = np.asarray(jax.random.normal(jax.random.key(1), (size,), jnp.float32))
+    if jax.process_count() == 1:
+        single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = TrainState(single, {"w": single}, {}, (), single)
+    else:
+        mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("x",))
+        split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x"))
+        same = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        shardings = TrainState(same, {"w": split}, {}, (), same)
+    host = TrainState(
+        np.zeros((), np.int32), {"w": w}, {}, (), np.asarray(jax.random.key_data(jax.random.key(0)))
     )
-    single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return state, jax.tree.map(lambda _: single, state)
+    state = jax.tree.map(
+        lambda value, sharding: jax.make_array_from_callback(
+            value.shape, sharding, lambda index: value[index]
+        ),
+        host,
+        shardings,
+    )
+    return state, shardings
 
 
 @jax.jit
@@ -119,7 +133,17 @@ def main() -> None:
     parser.add_argument("--step_sleep", type=float, default=0.0)
     parser.add_argument("--file_size_limit", type=int, default=0, help="bytes per file written")
     parser.add_argument("--limit_from_step", type=int, default=0)
+    parser.add_argument("--coordinator", default="", help="host:port: join a 2-process job")
+    parser.add_argument("--process_id", type=int, default=0)
+    parser.add_argument("--heartbeat_timeout", type=int, default=10)
     args = parser.parse_args()
+    if args.coordinator:
+        jax.distributed.initialize(
+            args.coordinator,
+            num_processes=2,
+            process_id=args.process_id,
+            heartbeat_timeout_seconds=args.heartbeat_timeout,
+        )
     limit = (args.file_size_limit, args.limit_from_step)
     job = ToyJob(args.data, args.step_sleep, limit)
     result = run(args.workdir, args.data, args.steps, args.size, job)
