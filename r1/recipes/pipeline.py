@@ -503,7 +503,10 @@ def make_stages(config: Any, workdir: str, restart: bool = False) -> list[Stage]
         # last 400 of 1,700, against reward hacking). One run directory: the second call
         # resumes the first's checkpoint.
         if total - rm_steps > 0:
-            _grpo(rl_config(config, section, start, steps=total - rm_steps), run_dir, restart)
+            rule_phase = rl_config(config, section, start, steps=total - rm_steps)
+            # A re-run of the pipeline meets the second phase's checkpoints (general prompts).
+            rule_phase.data.allow_changed = rm_steps > 0
+            _grpo(rule_phase, run_dir, restart)
         # With the reward model come the general prompts (stage 3's general rows): rule rewards
         # score the reasoning prompts, the reward model only the general ones.
         fraction = float(section.get("general_fraction", 0.0))

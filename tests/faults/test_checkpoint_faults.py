@@ -72,7 +72,7 @@ def test_sigkill_at_random_points_resumes_exactly(tmp_path, data):
     work = tmp_path / "killed"
     rng = random.Random(21)
     kills = 0
-    for _ in range(8):
+    for _ in range(3):
         before = len(_rows(work))
         proc = _launch(work, data, "--step_sleep", "0.06")
         while proc.poll() is None and len(_rows(work)) <= before:
