@@ -49,6 +49,12 @@ class MetricWriter:
                 f.write(json.dumps(row) + "\n")
         os.replace(tmp, self.path)
 
+    def move_aside(self, suffix: str) -> None:
+        """Renames the rows written so far to `metrics.jsonl.<suffix>` (a run started over
+        keeps its predecessor's rows)."""
+        if self.enabled and os.path.exists(self.path):
+            os.replace(self.path, f"{self.path}.{suffix}")
+
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
             return

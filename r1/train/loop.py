@@ -222,12 +222,15 @@ class _Run:
         }
 
     def restore(self, state: TrainState, shardings: TrainState) -> tuple[int, TrainState]:
+        had_checkpoints = bool(self.checkpointer.all_steps())
         restored = self.checkpointer.restore_latest(
             abstract_with_shardings(state, shardings), restart=self.settings.restart
         )
         if restored is None:
-            # A run killed before its first checkpoint starts over: its rows are stale.
-            self.writer.truncate_after(-1)
+            if had_checkpoints:  # --restart moved them aside: their rows go aside with them
+                self.writer.move_aside(time.strftime("corrupt-%Y%m%dT%H%M%SZ", time.gmtime()))
+            else:  # killed before its first checkpoint: the rows are recomputed
+                self.writer.truncate_after(-1)
             return 0, state
         start_step, state, data_state = restored
         data_state = dict(data_state)

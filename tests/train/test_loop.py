@@ -188,6 +188,10 @@ def test_when_no_checkpoint_restores_the_run_stops_unless_restarted(tmp_path):
     assert fresh.start_step == 0 and fresh.finished
     names = sorted(os.listdir(tmp_path / "checkpoints"))
     assert names[0] == "3" and names[1].startswith("3.corrupt-")
+    # The first run's rows are kept beside the new ones, not overwritten.
+    (kept,) = [n for n in os.listdir(tmp_path) if n.startswith("metrics.jsonl.corrupt-")]
+    assert [r["step"] for r in r1_logging.read_jsonl(str(tmp_path / kept))] == [0, 1, 2, 3]
+    assert [r["step"] for r in _rows(tmp_path)] == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("nan_at", [2, 3])
