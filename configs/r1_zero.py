@@ -262,6 +262,11 @@ def deepseek_v3() -> ml_collections.ConfigDict:
         # The sampler keeps the 61 layers scanned: one layer body per block keeps the program
         # (and its compile on a pod) small, and bf16 weights are not copied per layer.
         unstack_layers=False,
+        # Continuous batching: 256 rows decode at once, a finished row's slot taking the next
+        # of the 512 at the next step. On 512 chips that is one slot per chip (the static batch
+        # holds two rows' 33k-slot caches); decode steps follow the rows' lengths (R1-Zero's
+        # long tail) instead of the longest row. docs/pod_plan.md has the AOT numbers.
+        slots=256,
     )
     c.train.topology, c.train.slices = "v5p:8x8x16", 1
     c.optimizer.learning_rate = 3e-6

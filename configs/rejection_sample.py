@@ -64,6 +64,9 @@ def _base() -> ml_collections.ConfigDict:
             top_p=1.0,
             top_k=0,
             min_p=0.0,
+            # Rows decoded at once per sampler call (continuous batching; 0: all of them
+            # until the longest ends).
+            slots=0,
             bucket_multiple=64,
         )
     )

@@ -29,6 +29,7 @@ from r1.aot.report import (
     step_of,
     target_of,
     topology_devices,
+    worst_case_decode_steps,
 )
 
 __all__ = [
@@ -54,4 +55,5 @@ __all__ = [
     "step_of",
     "target_of",
     "topology_devices",
+    "worst_case_decode_steps",
 ]

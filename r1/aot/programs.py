@@ -39,7 +39,8 @@ class Program:
     """A jitted step with abstract, sharded arguments, ready for `.lower(*args)`.
 
     kind: "grpo" or "sft". state: the TrainState of `jax.ShapeDtypeStruct`s with shardings.
-    rows / new_tokens / prompt_len: the step's shape (new_tokens 0 for SFT).
+    rows / new_tokens / prompt_len: the step's shape (new_tokens 0 for SFT). slots: the
+    sampler's `SamplingConfig.slots` (0: all rows decode at once).
     """
 
     kind: str
@@ -55,6 +56,17 @@ class Program:
     passes: int
     cache_dtype: str | None = None
     frozen: dict[str, Any] | None = None
+    slots: int = 0
+
+    @property
+    def decode_rows(self) -> int:
+        """Rows one decode step advances: min(slots, rows), or every row without slots."""
+        return min(self.slots, self.rows) if self.slots else self.rows
+
+    @property
+    def prompts(self) -> int:
+        """Prompts per step (the prefill's rows)."""
+        return int(self.batch["prompt_tokens"].shape[0]) if "prompt_tokens" in self.batch else 0
 
     def args(self) -> tuple[Any, ...]:
         """The step's abstract arguments: (state, batch) or (state, batch, frozen models)."""
@@ -142,6 +154,7 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
         new_tokens=grpo_cfg.sampling.max_new_tokens,
         passes=grpo_cfg.num_minibatches * grpo_cfg.num_iterations * micro,
         cache_dtype=grpo_cfg.sampling.cache_dtype,
+        slots=grpo_cfg.sampling.slots,
         frozen=with_shardings(
             frozen, {k: sharding.state_shardings(v, mesh) for k, v in frozen.items()}
         )
@@ -273,7 +286,9 @@ def global_bytes(tree: Any) -> int:
 
 
 def kv_cache_bytes(program: Program) -> int:
-    """Per-device bytes of the sampler's KV cache for all rows (prompt bucket + new tokens).
+    """Per-device bytes of the sampler's KV cache: the decode rows (all rows, or the slots) x
+    (prompt bucket + new tokens), plus with slots the prefill's cache of the prompts (one per
+    prompt, copied into a slot when one of its rows starts).
 
     MLA caches the latent + rope key (C + R values per token and layer), GQA keys and values
     (2 KV D); rows are split over the mesh axes of the `batch` rule, as the sampler shards them.
@@ -286,10 +301,14 @@ def kv_cache_bytes(program: Program) -> int:
     else:
         per_token = 2 * cfg.num_kv_heads * cfg.head_dim
     itemsize = jnp.dtype(dtype_of(program.cache_dtype or cfg.dtype)).itemsize
-    slots = program.prompt_len + program.new_tokens
-    spec = sharding.logical_to_spec(("batch",), (program.rows,), program.mesh)
-    axes = spec[0] if spec[0] is not None else ()
-    axes = (axes,) if isinstance(axes, str) else axes
-    split = math.prod(program.mesh.shape[a] for a in axes)
-    rows = -(-program.rows // split)
-    return rows * slots * per_token * itemsize * cfg.num_layers
+
+    def per_device_rows(rows: int) -> int:
+        spec = sharding.logical_to_spec(("batch",), (rows,), program.mesh)
+        axes = spec[0] if spec[0] is not None else ()
+        axes = (axes,) if isinstance(axes, str) else axes
+        return -(-rows // math.prod(program.mesh.shape[a] for a in axes))
+
+    tokens = per_device_rows(program.decode_rows) * (program.prompt_len + program.new_tokens)
+    if program.slots:
+        tokens += per_device_rows(program.prompts) * program.prompt_len
+    return tokens * per_token * itemsize * cfg.num_layers

@@ -18,7 +18,9 @@ readers, and the step through `make_grpo_step`. Only weights are missing.
 
 Cost model caveat: XLA counts each loop body once (the decode `while_loop` and the mini-batch
 `scan` alike). `compile_report` therefore also compiles one decode step of the sampler's cached
-forward pass on the same mesh and adds it `max_new_tokens - 1` more times. The update `scan`
+forward pass on the same mesh (at the rows one step advances: all of them, or the slots) and
+adds it for every further step of the worst case, every row generating `max_new_tokens`
+(with S slots for N rows: ceil(N / S) x max_new_tokens steps). The update `scan`
 (`num_minibatches * num_iterations` passes) is still counted once: the report flags it when
 there is more than one pass. Seconds are a roofline over the chip's peak flop/s and HBM
 bandwidth, from the compiler's counts (see `AOTReport`).
@@ -180,8 +182,11 @@ class AOTReport:
     + temporaries + code.
 
     Flops / seconds: the compiler's cost model for one device, summed over devices. XLA counts
-    each loop body once; `flops` adds the decode step `new_tokens - 1` more times (the worst
-    case: every row generates the maximum length); the update body stays counted once, so with
+    each loop body once; `flops` adds the decode step (`decode_rows` rows: all of them, or the
+    sampler's slots) for the worst case's further steps (every row generates the maximum
+    length: `decode_steps` in all); `decode_step_seconds` is one step's roofline, the cost
+    that decode steps multiply (with slots they follow the rows' real lengths, see
+    `r1.sampling.slots.expected_decode_steps`). The update body stays counted once, so with
     `passes` > 1 the estimate is low (the text report says so). `estimated_seconds` is the
     roofline max(flops / peak, bytes / HBM bandwidth) per device. Estimates from the compiler's
     cost model, not measurements.
@@ -216,6 +221,9 @@ class AOTReport:
     rows: int
     new_tokens: int
     passes: int
+    decode_rows: int
+    decode_steps: int
+    decode_step_seconds: float
     generated_tokens: int
     tokens_per_second: float
     mfu: float
@@ -247,7 +255,8 @@ class AOTReport:
             f"    other state + batch  {g(self.other_state + self.batch)}",
             f"    temporaries          {g(self.temporaries)}  (activations, gradients, "
             "gathered weights, KV cache)",
-            f"      of which KV cache  {g(self.kv_cache)}",
+            f"      of which KV cache  {g(self.kv_cache)}  ({self.decode_rows} rows decoded at "
+            f"once{' (slots)' if self.decode_rows < self.rows else ''})",
             f"    outputs              {g(self.outputs)}  (donated: {g(self.aliased).strip()})",
             f"    peak                 {g(self.per_chip_bytes)}  -> "
             + ("FITS" if self.fits else "DOES NOT FIT"),
@@ -266,6 +275,12 @@ class AOTReport:
                 f"    {self.estimated_seconds:,.2f} s per step (roofline), "
                 f"{self.tokens_per_second:,.0f} generated tokens/s, MFU {100 * self.mfu:.1f}%",
             ]
+            if self.new_tokens:
+                lines.append(
+                    f"    decode: {self.decode_step_seconds * 1e3:,.2f} ms per decode step of "
+                    f"{self.decode_rows} rows (roofline); {self.decode_steps:,} steps when every "
+                    "row is full length"
+                )
             if self.passes > 1:
                 lines.append(
                     f"    note: the update / accumulation scan ({self.passes} passes) is counted "
@@ -350,8 +365,9 @@ def roofline_seconds(flops: float, bytes_accessed: float, chip: ChipSpec, per_ch
 
 def decode_step_cost(program: Program) -> tuple[float, float]:
     """Per-device flops and bytes accessed of one decode step (the sampler's cached forward pass for
-    one token against the full-length cache) compiled on the program's mesh."""
-    rows, slots = program.rows, program.prompt_len + program.new_tokens
+    one token per decode row against the full-length cache; with slots each row at its own
+    slot) compiled on the program's mesh."""
+    rows, slots = program.decode_rows, program.prompt_len + program.new_tokens
     params = jax.tree.map(lambda x: x, program.state.params)
     extra = program.state.extra
     rows_sh = sharding.named_sharding(("batch", None), (rows, 1), program.mesh)
@@ -362,12 +378,19 @@ def decode_step_cost(program: Program) -> tuple[float, float]:
     def one(params, extra, token, mask):
         model = nnx.merge(graphdef, params, extra)
         cache = init_cache(model.config, rows, slots, cache_dtype)
-        logits, _ = forward_with_cache(model, token, token, mask, cache, slots - 1)
+        index = jnp.full((rows,), slots - 1, jnp.int32) if program.slots else slots - 1
+        logits, _ = forward_with_cache(model, token, token, mask, cache, index)
         return logits
 
     with sharding.use_mesh(program.mesh):
         compiled = jax.jit(one).lower(params, extra, tok, msk).compile()
     return _cost(compiled)
+
+
+def worst_case_decode_steps(program: Program) -> int:
+    """Decode steps when every row generates `new_tokens`: new_tokens without slots,
+    ceil(rows / slots) x new_tokens with them."""
+    return -(-program.rows // program.decode_rows) * program.new_tokens
 
 
 def compile_report(
@@ -442,10 +465,13 @@ def compile_report(
         flops_dev = bytes_dev = 0.0
     n_dev = len(devices)
     compiled_flops = flops_dev * n_dev
-    if compiled is not None and loop_costs and program.kind == "grpo" and program.new_tokens > 1:
+    decode_steps = worst_case_decode_steps(program) if program.kind == "grpo" else 0
+    step_seconds = 0.0
+    if compiled is not None and loop_costs and program.kind == "grpo" and decode_steps > 1:
         d_flops, d_bytes = decode_step_cost(program)
-        flops_dev += d_flops * (program.new_tokens - 1)
-        bytes_dev += d_bytes * (program.new_tokens - 1)
+        flops_dev += d_flops * (decode_steps - 1)
+        bytes_dev += d_bytes * (decode_steps - 1)
+        step_seconds = roofline_seconds(d_flops, d_bytes, chip, per_chip)
     flops = flops_dev * n_dev
     est = roofline_seconds(flops_dev, bytes_dev, chip, per_chip) if compiled is not None else 0.0
     generated = program.rows * program.new_tokens
@@ -481,6 +507,9 @@ def compile_report(
         rows=program.rows,
         new_tokens=program.new_tokens,
         passes=program.passes,
+        decode_rows=program.decode_rows,
+        decode_steps=decode_steps,
+        decode_step_seconds=step_seconds,
         generated_tokens=generated,
         tokens_per_second=generated / est if est > 0 else 0.0,
         mfu=flops / (est * peak_flops) if est > 0 else 0.0,

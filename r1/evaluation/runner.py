@@ -69,6 +69,8 @@ class EvalConfig:
       decoding instead (needs num_samples == 1).
     max_new_tokens: completion budget in tokens; a completion that hits it counts as truncated.
     batch_size: prompts per compiled sampler call (rows per call = batch_size * num_samples).
+    slots: rows decoded at once within a call (continuous batching, `SamplingConfig.slots`;
+      0: all rows of a call until the longest ends).
     bucket_multiple: prompts are left-padded to a multiple of this many tokens.
     template: "r1_zero" (the R1-Zero template around the question), "plain" (the question as
       is), "boxed" (question + "Please reason step by step, and put your final answer within
@@ -91,6 +93,7 @@ class EvalConfig:
     greedy: bool = False
     max_new_tokens: int = 256
     batch_size: int = 16
+    slots: int = 0
     bucket_multiple: int = 32
     template: str = "r1_zero"
     add_bos: bool = True
@@ -107,6 +110,8 @@ class EvalConfig:
         for name in ("num_samples", "max_new_tokens", "batch_size", "bucket_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.slots < 0:
+            raise ValueError(f"EvalConfig.slots must be >= 0 (0: static batch), got {self.slots}")
         if self.greedy and self.num_samples != 1:
             raise ValueError(
                 f"EvalConfig.num_samples must be 1 with greedy=True (greedy samples are all "
@@ -148,6 +153,7 @@ class EvalConfig:
             eos_ids=() if eos_id is None else (int(eos_id),),
             stop_sequences=tuple(tuple(tokenizer.encode(s)) for s in self.stop_strings),
             pad_id=int(tokenizer.pad_id),
+            slots=self.slots,
         )
 
 

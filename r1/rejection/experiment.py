@@ -83,7 +83,8 @@ class DataSection:
 @dataclasses.dataclass(frozen=True)
 class SamplingSection:
     """`config.sampling`: k = num_samples per prompt, prompts_per_batch per sampler call, the
-    sampler's settings (`r1.sampling.sampler.SamplingConfig`) and the prompt bucket multiple."""
+    sampler's settings (`r1.sampling.sampler.SamplingConfig`; slots: rows decoded at once
+    within a call, 0 = all) and the prompt bucket multiple."""
 
     num_samples: int = 8
     prompts_per_batch: int = 8
@@ -92,12 +93,15 @@ class SamplingSection:
     top_p: float = 1.0
     top_k: int = 0
     min_p: float = 0.0
+    slots: int = 0
     bucket_multiple: int = 16
 
     def __post_init__(self):
         for name in ("num_samples", "prompts_per_batch", "bucket_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.slots < 0:
+            raise ValueError(f"slots: expected >= 0 (0: static batch), got {self.slots}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +233,7 @@ def run_from_config(
         top_p=sampling_section.top_p,
         top_k=sampling_section.top_k,
         min_p=sampling_section.min_p,
+        slots=sampling_section.slots,
         eos_ids=(tokenizer.eos_id,),
         pad_id=tokenizer.pad_id,
     )

@@ -129,7 +129,7 @@ class Rollout:
     prompt_tokens int32[P, L] (left-padded), prompt_mask bool[P, L]; completion int32[B, N],
     completion_mask bool[B, N] (through EOS), logprobs float32[B, N] (pi_old, from the
     sampler), lengths int32[B], truncated bool[B]; fields: the per-prompt batch fields repeated
-    per row, {name: [B, ...]}.
+    per row, {name: [B, ...]}. decode_steps: int32[], the sampler's decode steps.
     """
 
     prompt_tokens: jax.Array
@@ -140,21 +140,32 @@ class Rollout:
     lengths: jax.Array
     truncated: jax.Array
     fields: dict[str, jax.Array]
+    decode_steps: jax.Array
 
 
 def rollout(policy: nnx.Module, batch: Batch, key: jax.Array, config: GRPOConfig) -> Rollout:
     """Phase 1: G completions per prompt from the policy (pi_old). Sampling keys follow the
-    batch's `row_index` when present (the data row, not its position in the batch)."""
+    batch's `row_index` when present (the data row, not its position in the batch). A batch
+    key `forced_lengths` (int32[P * G], per row) ends each row with EOS at that many tokens
+    (`r1.sampling.sampler.sample`): a length workload for benchmarks, not a reward field."""
     group = config.group_size
     prompt_tokens, prompt_mask = batch["prompt_tokens"], batch["prompt_mask"]
     row_ids = None
     if "row_index" in batch:
         row_ids = (batch["row_index"][:, None] * group + jnp.arange(group)[None, :]).reshape(-1)
-    out = sample(policy, prompt_tokens, prompt_mask, key, config.sampling, row_ids=row_ids)
+    out = sample(
+        policy,
+        prompt_tokens,
+        prompt_mask,
+        key,
+        config.sampling,
+        row_ids=row_ids,
+        forced_lengths=batch.get("forced_lengths"),
+    )
     fields = {
         k: jnp.repeat(v, group, axis=0)
         for k, v in batch.items()
-        if k not in ("prompt_tokens", "prompt_mask", "row_index")
+        if k not in ("prompt_tokens", "prompt_mask", "row_index", "forced_lengths")
     }
     return Rollout(
         prompt_tokens,
@@ -165,6 +176,7 @@ def rollout(policy: nnx.Module, batch: Batch, key: jax.Array, config: GRPOConfig
         out.lengths,
         out.truncated,
         fields,
+        out.decode_steps,
     )
 
 
@@ -367,6 +379,7 @@ def step_metrics(
         "truncated_frac": jnp.mean(rows.truncated.astype(jnp.float32)),
         "zero_variance_group_frac": jnp.mean(zero_variance_groups(rewards_pg).astype(jnp.float32)),
         "generated_tokens": jnp.sum(lengths),
+        **rollout_length_metrics(rows, config.sampling),
     }
     for name, values in scores.parts.items():
         metrics[f"reward/{name}"] = jnp.mean(values.astype(jnp.float32))
@@ -378,6 +391,21 @@ def step_metrics(
     if domains and "domain" in rows.fields:
         metrics.update(domain_metrics(rows, scores, correct, domains))
     return metrics
+
+
+def rollout_length_metrics(rows: Rollout, sampling: SamplingConfig) -> dict[str, jax.Array]:
+    """What the rollout's lengths cost: `rollout/decode_steps` (the decode loop's steps),
+    `rollout/slot_occupancy` (the share of row-steps decoded that produced a real token:
+    generated tokens / (steps x rows decoded at once, `SamplingConfig.decode_rows`)) and
+    `rollout/longest_row` (tokens)."""
+    steps = rows.decode_steps.astype(jnp.float32)
+    width = sampling.decode_rows(rows.lengths.shape[0])
+    generated = jnp.sum(rows.lengths.astype(jnp.float32))
+    return {
+        "rollout/decode_steps": steps,
+        "rollout/slot_occupancy": generated / jnp.maximum(steps * width, 1.0),
+        "rollout/longest_row": jnp.max(rows.lengths).astype(jnp.float32),
+    }
 
 
 def grpo_step_fn(

@@ -343,6 +343,8 @@ class GRPOJob:
             "acc": f"{metrics.get('accuracy', float('nan')):.2f}",
             "len": f"{metrics['response_length/mean']:.1f}",
             "tok_s": f"{metrics['tokens_per_sec']:.0f}",
+            "steps": f"{metrics['rollout/decode_steps']:.0f}",
+            "occ": f"{metrics['rollout/slot_occupancy']:.2f}",
         }
 
 

@@ -11,8 +11,10 @@ and for a model with `scan_layers` one entry per `LayerStack`, the same arrays w
 in place (the cache is the scan's carry). Plus `valid: bool[B, S]`, the slots holding real
 (non-padding) tokens.
 
-All rows write the same slot range at each call (prompts are left-padded to a common length),
-so writes are `dynamic_update_slice`s at one scalar index.
+In the static decode all rows write the same slot range at each call (prompts are left-padded
+to a common length), so writes are `dynamic_update_slice`s at one scalar index. In the slot
+decode (`r1.sampling.slots`) each row is at its own token index: a decode step's one token per
+row is scattered to slot `index[b]` of row b.
 """
 
 from __future__ import annotations
@@ -108,6 +110,35 @@ def repeat_rows(cache: Cache, repeats: int) -> Cache:
     return {"layers": layers, "valid": jnp.repeat(cache["valid"], repeats, axis=0)}
 
 
+def refill_rows(cache: Cache, prompts: Cache, take: jax.Array, prompt_of_row: jax.Array) -> Cache:
+    """The slot decode's refill: rows b with take[b] start a new completion of prompt
+    prompt_of_row[b]. Their first L slots (L = the prompt cache's length) get that prompt's
+    keys / values (copied from `prompts`, the prefill's cache of P rows) and its valid mask;
+    their later slots become invalid. Other rows are unchanged.
+
+    cache: B rows of L + N slots; prompts: P rows of L slots; take: bool[B];
+    prompt_of_row: int32[B] in [0, P).
+    """
+    prompt_len = prompts["valid"].shape[1]
+
+    def copy(name, array, source):
+        lead = _lead(name, array)
+        axis = SLOT_AXIS[name] + lead
+        fresh = jnp.take(source, prompt_of_row, axis=lead)
+        kept = jax.lax.slice_in_dim(array, 0, prompt_len, axis=axis)
+        select = take.reshape((1,) * lead + (-1,) + (1,) * (array.ndim - lead - 1))
+        prefix = jnp.where(select, fresh.astype(array.dtype), kept)
+        return jax.lax.dynamic_update_slice_in_dim(array, prefix, 0, axis=axis)
+
+    layers = [
+        _constrain({name: copy(name, array, source[name]) for name, array in layer.items()})
+        for layer, source in zip(cache["layers"], prompts["layers"])
+    ]
+    valid = cache["valid"]
+    fresh = jnp.zeros_like(valid).at[:, :prompt_len].set(prompts["valid"][prompt_of_row])
+    return {"layers": layers, "valid": jnp.where(take[:, None], fresh, valid)}
+
+
 def _constrain(layer: dict[str, jax.Array]) -> dict[str, jax.Array]:
     axes = {"k": GQA_K_AXES, "v": GQA_V_AXES, "kv_latent": MLA_AXES, "k_rope": MLA_AXES}
     return {
@@ -118,14 +149,31 @@ def _constrain(layer: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 def _write(array: jax.Array, new: jax.Array, index, slot_axis: int, layer_pos) -> jax.Array:
     """`array` with `new` written at slots [index, index + T) of its slot axis; for a stacked
-    block's array (layer_pos not None) into layer `layer_pos` only, in place."""
+    block's array (layer_pos not None) into layer `layer_pos` only, in place. index int32[B]
+    (one token per row, T = 1): row b's token goes to slot index[b]."""
     new = new.astype(array.dtype)
+    if jnp.ndim(index) == 1:
+        return _write_rows(array, new, index, slot_axis, layer_pos)
     if layer_pos is None:
         return jax.lax.dynamic_update_slice_in_dim(array, new, index, axis=slot_axis)
     starts = [jnp.zeros((), jnp.int32)] * array.ndim
     starts[0] = jnp.asarray(layer_pos, jnp.int32)
     starts[slot_axis + 1] = jnp.asarray(index, jnp.int32)
     return jax.lax.dynamic_update_slice(array, new[None], starts)
+
+
+def _write_rows(array: jax.Array, new: jax.Array, index: jax.Array, slot_axis: int, layer_pos):
+    """One token per row at its own slot: new has length 1 on `slot_axis`; a scatter of B
+    entries (each row's write touches only its own slot)."""
+    if new.shape[slot_axis] != 1:
+        raise ValueError("per-row cache writes take one token per row")
+    rows = jnp.arange(new.shape[0])
+    where = [slice(None)] * new.ndim
+    where[0], where[slot_axis] = rows, index
+    lead = () if layer_pos is None else (jnp.asarray(layer_pos, jnp.int32),)
+    return array.at[(*lead, *where)].set(
+        jnp.squeeze(new, axis=slot_axis), unique_indices=True, mode="promise_in_bounds"
+    )
 
 
 def _read(array: jax.Array, layer_pos) -> jax.Array:
@@ -219,14 +267,21 @@ def forward_with_cache(
 
     positions: int32[B, T]; token_mask: bool[B, T] (False = padding, never attended to).
     Returns (logits float32[B, T, V], updated cache). Prefill is T = prompt length at index 0,
-    a decode step T = 1 at index = prompt length + step.
+    a decode step T = 1 at index = prompt length + step. index int32[B] (T = 1): each row at
+    its own slot (the slot decode, whose rows are at different token indices); row b attends
+    to its valid slots up to index[b].
     """
     b, t = tokens.shape
     slots = cache["valid"].shape[1]
-    valid = jax.lax.dynamic_update_slice_in_dim(cache["valid"], token_mask.astype(bool), index, 1)
-    query_slot = index + jnp.arange(t)
-    causal = jnp.arange(slots)[None, :] <= query_slot[:, None]  # [T, S]
-    mask = causal[None, :, :] & valid[:, None, :]
+    if jnp.ndim(index) == 1:
+        valid = _write_rows(cache["valid"], token_mask.astype(bool), index, 1, None)
+    else:
+        valid = jax.lax.dynamic_update_slice_in_dim(
+            cache["valid"], token_mask.astype(bool), index, 1
+        )
+    query_slot = jnp.reshape(index, (-1, 1)) + jnp.arange(t)[None, :]  # [B or 1, T]
+    causal = jnp.arange(slots)[None, None, :] <= query_slot[:, :, None]  # [B or 1, T, S]
+    mask = causal & valid[:, None, :]
     x = shard(model.embed(tokens), ("batch", "length", "act_embed"))
     new_layers = []
     for block, entry in zip(model.layers, cache["layers"]):

@@ -20,8 +20,9 @@ from jax.sharding import Mesh
 
 from r1.models.layers import in_compute_dtype
 from r1.models.transformer import Transformer, unstack_layers
-from r1.sampling import filters
 from r1.sampling.kv_cache import forward_with_cache, grow_cache, init_cache, repeat_rows
+from r1.sampling.slots import slot_decode
+from r1.sampling.tokens import choose_tokens, force_eos, step_keys
 from r1.sharding import named_sharding, place_state, shard, use_mesh
 
 
@@ -41,6 +42,11 @@ class SamplingConfig:
     that grows with depth (compile time; False for 61-layer DeepSeek-V3 on a pod) and, where
     the parameters are already in the compute dtype, a second copy of the layer weights while
     sampling (float32 master weights are cast to a copy anyway, which the split joins).
+    slots: 0 decodes the N = P x G rows as one static batch until the last ends; S > 0 decodes
+    S rows at a time, a finished row's slot taking the next waiting row at the next step
+    (continuous batching, `r1.sampling.slots`): the same samples, a KV cache of
+    min(S, N) x (prompt + max_new_tokens) slots, and decode steps that follow the rows'
+    lengths instead of N x the longest. decode_segments does not apply with slots.
     """
 
     max_new_tokens: int = 64
@@ -56,6 +62,7 @@ class SamplingConfig:
     cache_dtype: str | None = None
     decode_segments: int | None = None
     unstack_layers: bool = True
+    slots: int = 0
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -75,6 +82,10 @@ class SamplingConfig:
                 "SamplingConfig.decode_segments must be in [1, max_new_tokens], got "
                 f"{self.decode_segments}"
             )
+        if self.slots < 0:
+            raise ValueError(
+                f"SamplingConfig.slots must be >= 0 (0: static batch), got {self.slots}"
+            )
         if any(len(s) == 0 for s in self.stop_sequences):
             raise ValueError("SamplingConfig.stop_sequences must not contain an empty sequence")
 
@@ -82,6 +93,10 @@ class SamplingConfig:
         """The decode step at which each segment ends (the last one is max_new_tokens)."""
         n = self.decode_segments or min(4, max(1, self.max_new_tokens // 64))
         return tuple(-(-self.max_new_tokens * (j + 1) // n) for j in range(n))
+
+    def decode_rows(self, rows: int) -> int:
+        """Rows decoded at once for `rows` requested: min(slots, rows), or all of them."""
+        return min(self.slots, rows) if self.slots else rows
 
 
 @jax.tree_util.register_dataclass
@@ -95,6 +110,7 @@ class SampleOutput:
     distribution (temperature 1, no filters) as GRPO's pi_old needs; sampling_logprobs: the same
     under the distribution actually sampled from (temperature and filters applied). Both are 0
     where mask is False. prompt_index: int32[B], the prompt each row continues.
+    decode_steps: int32[], the decode loop's steps (each advances `config.decode_rows(B)` rows).
     """
 
     tokens: jax.Array
@@ -104,6 +120,7 @@ class SampleOutput:
     logprobs: jax.Array
     sampling_logprobs: jax.Array
     prompt_index: jax.Array
+    decode_steps: jax.Array
 
 
 def prompt_positions(prompt_mask: jax.Array) -> jax.Array:
@@ -127,7 +144,7 @@ def _stop_hit(buffer: jax.Array, step: jax.Array, sequences) -> jax.Array:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DecodeState:
-    """The decode `lax.while_loop`'s carry (B rows, N = max_new_tokens, V vocabulary).
+    """The static decode `lax.while_loop`'s carry (B rows, N = max_new_tokens, V vocabulary).
 
     step: int32[], the next token index. logits: float32[B, V], the next token's logits.
     done: bool[B], the row has ended. tokens: int32[B, N], mask: bool[B, N], logprobs /
@@ -152,72 +169,103 @@ def sample(
     key: jax.Array,
     config: SamplingConfig,
     row_ids: jax.Array | None = None,
+    forced_lengths: jax.Array | None = None,
 ) -> SampleOutput:
     """Samples `config.num_samples` completions for each left-padded prompt.
 
     prompt_tokens: int32[P, L], prompt_mask: bool[P, L] (True on real tokens, which must be
     right-aligned: left padding). key: a PRNG key. row_ids: int32[P * G] global ids of the rows
-    (default 0..P*G-1); row r's randomness is fold_in(key, row_ids[r]), so a row's sample does not
-    depend on which other rows share the batch. Returns a `SampleOutput` of P * G rows.
+    (default 0..P*G-1); row r's token t is drawn with fold_in(fold_in(key, row_ids[r]), t), so a
+    row's sample depends neither on which other rows share the batch nor, with
+    `config.slots`, on the slot and step it ran in. forced_lengths: int32[P * G] or None; row r
+    ends with EOS (`config.eos_ids[0]`) at exactly forced_lengths[r] tokens (or is truncated
+    at max_new_tokens): a length workload for benchmarks and tests. Returns a `SampleOutput`
+    of P * G rows.
 
     Parameters stored wider than the compute dtype (float32 master weights of a bf16 model) are
     cast once, before the loop (`r1.models.layers.in_compute_dtype`): the same arithmetic, half
     the weight bytes read (and, sharded, gathered) per decode step. Scanned layers are split
-    first where `config.unstack_layers` says so.
+    first where `config.unstack_layers` says so. Prompts are prefilled once each; their G rows
+    share the prefill.
     """
+    if forced_lengths is not None and not config.eos_ids:
+        raise ValueError("sample: forced_lengths needs SamplingConfig.eos_ids (the token forced)")
     if config.unstack_layers:
         model = unstack_layers(model)
     model = in_compute_dtype(model)
-    cfg = model.config
     num_prompts, prompt_len = prompt_tokens.shape
     group = config.num_samples
     rows = num_prompts * group
-    new = config.max_new_tokens
     prompt_mask = prompt_mask.astype(bool)
     if row_ids is None:
         row_ids = jnp.arange(rows, dtype=jnp.int32)
     row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(row_ids)
-
-    segment_ends = config.segment_ends()
-    cache = init_cache(cfg, num_prompts, prompt_len + segment_ends[0], config.cache_dtype)
     positions = prompt_positions(prompt_mask)
+    prompt_lengths = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)
+    if config.slots:
+        cache = init_cache(model.config, num_prompts, prompt_len, config.cache_dtype)
+        logits, cache = forward_with_cache(model, prompt_tokens, positions, prompt_mask, cache, 0)
+        final = slot_decode(
+            model, cache, logits[:, -1, :], prompt_lengths, row_keys, config, forced_lengths
+        )
+        tokens, mask, done, steps = final.tokens, final.mask, final.done, final.steps
+        logp, slogp = final.logprobs, final.sampling_logprobs
+    else:
+        tokens, mask, logp, slogp, done, steps = _static_decode(
+            model,
+            prompt_tokens,
+            prompt_mask,
+            positions,
+            prompt_lengths,
+            row_keys,
+            config,
+            forced_lengths,
+        )
+    return SampleOutput(
+        tokens=tokens,
+        mask=mask,
+        lengths=jnp.sum(mask, axis=1).astype(jnp.int32),
+        truncated=~done,
+        logprobs=logp,
+        sampling_logprobs=slogp,
+        prompt_index=jnp.repeat(jnp.arange(num_prompts, dtype=jnp.int32), group),
+        decode_steps=steps,
+    )
+
+
+def _static_decode(
+    model,
+    prompt_tokens,
+    prompt_mask,
+    positions,
+    prompt_lengths,
+    row_keys,
+    config,
+    forced_lengths,
+):
+    """All rows at once until the last ends: (tokens, mask, logprobs, sampling_logprobs, done,
+    decode steps), see `sample`."""
+    num_prompts, prompt_len = prompt_tokens.shape
+    group = config.num_samples
+    rows = num_prompts * group
+    new = config.max_new_tokens
+    segment_ends = config.segment_ends()
+    cache = init_cache(model.config, num_prompts, prompt_len + segment_ends[0], config.cache_dtype)
     logits, cache = forward_with_cache(model, prompt_tokens, positions, prompt_mask, cache, 0)
     last_logits = logits[:, -1, :]
     if group > 1:
         cache = repeat_rows(cache, group)
         last_logits = jnp.repeat(last_logits, group, axis=0)
-    next_position = jnp.repeat(jnp.sum(prompt_mask, axis=1).astype(jnp.int32), group)
+    next_position = jnp.repeat(prompt_lengths, group)
     eos = jnp.asarray(config.eos_ids or (-1,), jnp.int32)
-    unfiltered = (
-        config.greedy
-        or config.temperature == 1.0
-        and config.top_k <= 0
-        and config.top_p >= 1.0
-        and config.min_p <= 0.0
-    )
-
-    def picked_logprob(logits, token):
-        """log softmax(logits)[token] per row without materialising the [B, V] log-probs."""
-        picked = jnp.take_along_axis(logits, token[:, None], axis=1)[:, 0]
-        return picked - jax.nn.logsumexp(logits, axis=-1)
-
-    def choose(step, logits):
-        logits = logits.astype(jnp.float32)
-        if config.greedy:
-            token = filters.argmax_rows(logits)
-        else:
-            filtered = filters.apply_filters(
-                logits, config.temperature, config.top_k, config.top_p, config.min_p
-            )
-            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
-            token = filters.sample_rows(step_keys, filtered)
-        raw_logp = picked_logprob(logits, token)
-        sampling_logp = raw_logp if unfiltered else picked_logprob(filtered, token)
-        return token, raw_logp, sampling_logp
 
     def body(state: DecodeState) -> DecodeState:
         step = state.step
-        token, lp, slp = choose(step, state.logits)
+        logits = state.logits
+        if forced_lengths is not None:
+            logits = force_eos(logits, step, forced_lengths, eos[0])
+        keys = None if config.greedy else step_keys(row_keys, step)
+        token, lp, slp = choose_tokens(logits, keys, config)
         active = ~state.done
         token = jnp.where(active, token, config.pad_id)
         tokens = state.tokens.at[:, step].set(token)
@@ -255,22 +303,13 @@ def sample(
             return (state.step < segment_end) & ~jnp.all(state.done)
 
         state = jax.lax.while_loop(cond, body, state)
-    tokens, mask, logp, slogp, done = (
+    return (
         state.tokens,
         state.mask,
         state.logprobs,
         state.sampling_logprobs,
         state.done,
-    )
-    lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
-    return SampleOutput(
-        tokens=tokens,
-        mask=mask,
-        lengths=lengths,
-        truncated=~done,
-        logprobs=logp,
-        sampling_logprobs=slogp,
-        prompt_index=jnp.repeat(jnp.arange(num_prompts, dtype=jnp.int32), group),
+        state.step,
     )
 
 
@@ -280,8 +319,8 @@ def make_sampler(
     mesh: Mesh | None = None,
     **jit_kwargs: Any,
 ):
-    """A jitted `fn(state, prompt_tokens, prompt_mask, key, row_ids=None) -> SampleOutput` for a
-    model split with `nnx.split` (one compilation per input shape).
+    """A jitted `fn(state, prompt_tokens, prompt_mask, key, row_ids=None, forced_lengths=None)
+    -> SampleOutput` for a model split with `nnx.split` (one compilation per input shape).
 
     mesh: trace and run under this mesh (`fn.lower(...)` too), so the decode is split as the
     sharding rules say (rows over the data-like axes): prompt rows (tokens, mask, row ids)
@@ -290,8 +329,9 @@ def make_sampler(
     `r1.sharding.use_cpu_devices()` devices decodes on every core.
     """
 
-    def run(state, prompt_tokens, prompt_mask, key, row_ids=None):
-        return sample(nnx.merge(graphdef, state), prompt_tokens, prompt_mask, key, config, row_ids)
+    def run(state, prompt_tokens, prompt_mask, key, row_ids=None, forced_lengths=None):
+        model = nnx.merge(graphdef, state)
+        return sample(model, prompt_tokens, prompt_mask, key, config, row_ids, forced_lengths)
 
     jitted = jax.jit(run, **jit_kwargs)
     return jitted if mesh is None else _MeshSampler(jitted, mesh)
@@ -315,9 +355,10 @@ class _MeshSampler:
         target = named_sharding(names, array.shape, self.mesh)
         return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
 
-    def _args(self, state, prompt_tokens, prompt_mask, key, row_ids=None):
-        rows = [self._rows(a) for a in (prompt_tokens, prompt_mask, row_ids)]
-        return (state, rows[0], rows[1], key) + (() if row_ids is None else (rows[2],))
+    def _args(self, state, prompt_tokens, prompt_mask, key, row_ids=None, forced_lengths=None):
+        rows = [self._rows(a) for a in (prompt_tokens, prompt_mask, row_ids, forced_lengths)]
+        args = (state, rows[0], rows[1], key, rows[2], rows[3])
+        return args[: 6 if forced_lengths is not None else 5 if row_ids is not None else 4]
 
     def __call__(self, *args: Any) -> SampleOutput:
         with use_mesh(self.mesh):

@@ -60,6 +60,23 @@ def test_trainer_and_aot_share_mesh_and_state_shardings(devices):
     assert any(spec != jax.sharding.PartitionSpec() for spec in planned_specs)  # fsdp is used
 
 
+def test_program_with_slots_holds_a_slot_cache_and_counts_its_decode_steps(devices):
+    """rl.slots: the KV cache is slots x (bucket + new tokens) plus the prompts' prefill cache,
+    and the worst case (every row full length) takes ceil(rows / slots) x new tokens steps."""
+    config = configlib.load_config(TINY)
+    mesh = aot.build_mesh(config, devices)
+    static = aot.grpo_program(config, mesh)
+    config.rl.slots = static.rows // 4
+    slotted = aot.grpo_program(config, mesh)
+    assert (static.decode_rows, slotted.decode_rows) == (static.rows, static.rows // 4)
+    length = static.prompt_len + static.new_tokens
+    per_row = aot.kv_cache_bytes(static) * mesh.size // (static.rows * length)
+    expected = (static.rows // 4 * length + slotted.prompts * static.prompt_len) * per_row
+    assert aot.kv_cache_bytes(slotted) * mesh.size == expected
+    assert aot.worst_case_decode_steps(static) == static.new_tokens
+    assert aot.worst_case_decode_steps(slotted) == 4 * static.new_tokens
+
+
 def test_parse_buffer_assignment_names_largest_first():
     text = "\n".join(
         [
@@ -232,6 +249,7 @@ def test_deepseek_v3_r1_zero_step_fits_a_v5p_pod():
     assert aot.target_of(config) == ("v5p:8x8x16", 1)
     report = aot.run(config, name, "v5p:8x8x16", loop_costs=False)
     assert report.chips == 1024 and report.new_tokens == 32768 and report.rows == 512
+    assert report.decode_rows == config.rl.slots == 256  # continuous batching
     assert report.fits and report.per_chip_bytes < 0.8 * report.hbm_bytes, report.text()
     # All 61 layers' parameters are there, sharded (~685B float32 parameters incl. MTP).
     assert report.total_param_bytes > 2.6e12

@@ -15,6 +15,7 @@ from r1.rewards import Reward, RewardSpec, RewardTerm
 from r1.rl.grpo import GRPOLossConfig
 from r1.rl.step import GRPOConfig, auto_microbatches, grpo_step_fn, make_grpo_step
 from r1.sampling.sampler import SamplingConfig, left_pad
+from r1.sampling.slots import expected_decode_steps
 from r1.train.state import init_train_state
 
 TARGET = 7
@@ -325,3 +326,41 @@ def test_gradient_accumulation_gives_the_same_update(devices):
     assert auto_microbatches(16, mesh) == 2 and auto_microbatches(8, mesh) == 1
     # 12 rows: expert (2) does not divide what data x fsdp leave (3), so 4 shards of 3 rows.
     assert auto_microbatches(4, mesh) == 1 and auto_microbatches(12, mesh) == 3
+
+
+def test_slots_step_samples_and_learns_as_the_static_step(devices):
+    """rl.slots: a step with 3 slots for 16 rows (rows end at varied EOS positions) gives the
+    static step's completions and metrics (only the decode cost differs), is still one program,
+    and on the 8-device mesh equals itself on one device."""
+    cfg = testing.tiny_moe_config()
+    graphdef, state, optimizer, config, batch = _setup(cfg, beta=0.01)
+    sampling = dataclasses.replace(config.sampling, eos_ids=tuple(range(3, 60, 2)))
+    static = dataclasses.replace(config, sampling=sampling)
+    slots = dataclasses.replace(config, sampling=dataclasses.replace(sampling, slots=3))
+    _, static_metrics, static_samples = jax.jit(
+        grpo_step_fn(graphdef, optimizer, static, token_reward)
+    )(state, batch)
+    lengths = np.asarray(static_samples["mask"]).sum(axis=1)
+    assert 1 < len(set(lengths.tolist())), lengths  # the rows end at varied positions
+    step = jax.jit(grpo_step_fn(graphdef, optimizer, slots, token_reward))
+    assert step.lower(state, batch).as_text().count("func.func public @main") == 1
+    _, metrics, samples = step(state, batch)
+    np.testing.assert_array_equal(np.asarray(samples["tokens"]), static_samples["tokens"])
+    assert float(metrics["rollout/decode_steps"]) == expected_decode_steps(lengths.tolist(), 3)
+    assert float(static_metrics["rollout/decode_steps"]) == lengths.max()
+    occupancy = lengths.sum() / (3 * float(metrics["rollout/decode_steps"]))
+    assert abs(float(metrics["rollout/slot_occupancy"]) - occupancy) < 1e-6
+    assert float(metrics["rollout/longest_row"]) == lengths.max()
+    for key, value in static_metrics.items():
+        if key not in ("rollout/decode_steps", "rollout/slot_occupancy"):
+            np.testing.assert_allclose(float(metrics[key]), float(value), atol=1e-5, err_msg=key)
+
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, expert=2))
+    sharded = make_grpo_step(graphdef, optimizer, slots, token_reward, mesh, state, batch)
+    with sharding.use_mesh(mesh):
+        _, mesh_metrics, mesh_samples = sharded(state, batch)
+    np.testing.assert_array_equal(np.asarray(mesh_samples["tokens"]), samples["tokens"])
+    for key, value in metrics.items():
+        np.testing.assert_allclose(
+            float(mesh_metrics[key]), float(value), rtol=1e-4, atol=1e-5, err_msg=key
+        )
