@@ -2,6 +2,7 @@
 
     python benchmarks/grpo_step.py          # tiny model (the small one only if it fits 10 min)
     python benchmarks/grpo_step.py --small  # also the small model (about 20 GiB, 15+ minutes)
+    python benchmarks/grpo_step.py --lengths=longtail  # completions of long-tailed lengths
 
 Settings on both sides: 16 prompts of 16 tokens x G=8 completions = 128 rows, 128 new tokens
 per completion (end-of-sequence never ends a completion, so every step generates
@@ -28,6 +29,18 @@ step). Other processes on the machine skew both sides: the load average is print
 Besides the table, it prints the split of a step on each side (r1's sampler jitted alone; TRL's
 generation timed inside its trainer) and, when time allows, measures the best of each side a
 second time in the opposite order (see `_run_size`).
+
+`--lengths=longtail` (default `fixed`, everything above): each of the 128 rows ends at its own
+length, drawn once (seeded) as in benchmarks/rollout_lengths.py: lognormal with median 15% and
+99th percentile 100% of the 128 new tokens, clipped to [1, 128] (mean 26.9, longest 98, 3,441
+tokens per step instead of 16,384). Both sides are forced to those lengths (EOS masked out before
+a row's last token and the only choice at it): r1 through the batch key `forced_lengths` (row
+p * G + g) with continuous batching (`SamplingConfig.slots`: the worker times the sampler alone
+with the static batch and with 32 and 64 slots, and the step uses the fastest), TRL through a
+transformers `LogitsProcessor` handed to its `generate` (no `min_new_tokens`); TRL's generation
+batch is its prompts each repeated G times, so its row i gets length i as r1's row i does. Both
+sides check, every step, that each row's completion has exactly its drawn length (TRL: in the
+reward function, over `completion_ids`). Last line `speedup_vs_trl_longtail: X`.
 
 Last line: `speedup_vs_trl: X` (TRL seconds per step over r1 seconds per step, tiny model).
 """
@@ -74,6 +87,8 @@ SMALL_WORK_RATIO = 45  # small / tiny seconds per step (r1 measured ~43x; 56M vs
 BUDGET_S = 570.0  # the whole script stays under 10 minutes
 R1_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
 START = time.perf_counter()
+LENGTHS = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--lengths=")), "fixed")
+LONGTAIL_SLOTS = (0, 32, 64)  # the sampler configurations timed alone in longtail mode
 
 
 def _prompt_ids(vocab: int) -> list[list[int]]:
@@ -81,6 +96,17 @@ def _prompt_ids(vocab: int) -> list[list[int]]:
 
     rng = np.random.default_rng(0)
     return rng.integers(3, vocab, size=(NUM_PROMPTS, PROMPT_LEN)).tolist()
+
+
+def _longtail_lengths():
+    """int32[NUM_PROMPTS * GROUP] forced completion lengths (tokens, EOS included) for
+    `--lengths=longtail`, row p * GROUP + g: benchmarks/rollout_lengths.py's draw for
+    NEW_TOKENS; None in the fixed mode."""
+    if LENGTHS != "longtail":
+        return None
+    from rollout_lengths import draw_lengths  # benchmarks/ is this script's sys.path[0]
+
+    return draw_lengths(NUM_PROMPTS * GROUP, NEW_TOKENS)
 
 
 def _peak_mib() -> float:
@@ -95,7 +121,9 @@ def _peak_mib() -> float:
 def worker_r1(path: str, size: str, steps: int, cap_s: float, devices: int) -> dict:
     """r1 on `devices` CPU devices (`r1.sharding.use_cpu_devices`): with more than one, the
     step's rows are split over an `fsdp` mesh (parameters and Adam state sharded, ZeRO-3), each
-    device running its share of the sampling and of the training on its own core."""
+    device running its share of the sampling and of the training on its own core. With
+    `--lengths=longtail` the rows end at `_longtail_lengths()` and the sampler runs with the
+    slot count (static included) that samples fastest alone."""
     from r1 import sharding
 
     sharding.use_cpu_devices(devices)
@@ -117,23 +145,42 @@ def worker_r1(path: str, size: str, steps: int, cap_s: float, devices: int) -> d
     optimizer = optax.adam(LR)
     graphdef, state = init_train_state(model, optimizer, seed=0, with_reference=True)
     load_s = time.perf_counter() - start
-    config = GRPOConfig(
-        group_size=GROUP,
-        sampling=SamplingConfig(
-            max_new_tokens=NEW_TOKENS, num_samples=GROUP, temperature=1.0, eos_ids=()
-        ),
-        loss=GRPOLossConfig(beta=BETA, eps_low=0.2, eps_high=0.2, aggregation="sequence_mean"),
-        num_iterations=1,
-    )
+    lengths = _longtail_lengths()
+
+    def grpo_config(slots: int) -> GRPOConfig:
+        return GRPOConfig(
+            group_size=GROUP,
+            sampling=SamplingConfig(
+                max_new_tokens=NEW_TOKENS,
+                num_samples=GROUP,
+                temperature=1.0,
+                eos_ids=() if lengths is None else (EOS_ID,),
+                pad_id=PAD_ID,
+                slots=slots,
+            ),
+            loss=GRPOLossConfig(beta=BETA, eps_low=0.2, eps_high=0.2, aggregation="sequence_mean"),
+            num_iterations=1,
+        )
+
     tokens, mask = left_pad(_prompt_ids(SIZES[size]["vocab_size"]), PROMPT_LEN, PAD_ID)
     batch = {"prompt_tokens": jnp.asarray(tokens), "prompt_mask": jnp.asarray(mask)}
     mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=devices))
+    slot_sampling_s = {}
+    if lengths is not None:
+        batch["forced_lengths"] = jnp.asarray(lengths)
+        with sharding.use_mesh(mesh):
+            for slots in LONGTAIL_SLOTS:
+                slot_sampling_s[slots] = _r1_sampling_seconds(
+                    graphdef, state, batch, grpo_config(slots), mesh
+                )
+    slots = min(slot_sampling_s, key=slot_sampling_s.get) if slot_sampling_s else 0
+    config = grpo_config(slots)
     step = make_grpo_step(graphdef, optimizer, config, reward, mesh, state, batch)
     with sharding.use_mesh(mesh):
         start = time.perf_counter()
         compiled = step.lower(state, batch).compile()
         compile_s = time.perf_counter() - start
-        times, cpu, generated = [], [], []
+        times, cpu, generated, rows_ok = [], [], [], []
         begin = time.perf_counter()
         for i in range(steps + 1):
             if i >= 3 and time.perf_counter() - begin > cap_s:
@@ -144,8 +191,16 @@ def worker_r1(path: str, size: str, steps: int, cap_s: float, devices: int) -> d
             times.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
             generated.append(int(jnp.sum(samples["mask"])))
+            if lengths is not None:
+                row_lengths = jnp.sum(samples["mask"], axis=1)
+                rows_ok.append(bool(jnp.all(row_lengths == jnp.asarray(lengths))))
         sampling_s = _r1_sampling_seconds(graphdef, state, batch, config, mesh)
     return {
+        "slots": slots,
+        "slot_sampling_s": slot_sampling_s,
+        "row_lengths_ok": all(rows_ok),
+        "decode_steps": float(metrics.get("rollout/decode_steps", float("nan"))),
+        "slot_occupancy": float(metrics.get("rollout/slot_occupancy", float("nan"))),
         "sampling_s": sampling_s,
         "seconds_per_step": statistics.median(times[1:]),
         "cpu_seconds_per_step": statistics.median(cpu[1:]),
@@ -173,7 +228,14 @@ def _r1_sampling_seconds(graphdef, state, batch, config, mesh, repeats: int = 3)
 
     def rollout(params, extra, batch, key):
         policy = nnx.merge(graphdef, params, extra)
-        out = sample(policy, batch["prompt_tokens"], batch["prompt_mask"], key, config.sampling)
+        out = sample(
+            policy,
+            batch["prompt_tokens"],
+            batch["prompt_mask"],
+            key,
+            config.sampling,
+            forced_lengths=batch.get("forced_lengths"),
+        )
         return out.tokens, out.logprobs
 
     fn = jax.jit(
@@ -208,12 +270,16 @@ def worker_trl(path: str, size: str, threads: int, steps: int, cap_s: float) -> 
     texts = [tokenizer.decode(ids) for ids in _prompt_ids(SIZES[size]["vocab_size"])]
     assert [tokenizer(t)["input_ids"] for t in texts] == _prompt_ids(SIZES[size]["vocab_size"])
     dataset = datasets.Dataset.from_dict({"prompt": texts})
+    lengths = _longtail_lengths()
     generated: list[int] = []
     rows: list[int] = []
+    rows_ok: list[bool] = []
 
     def target_share(completions, completion_ids, **kwargs):
         generated.append(sum(len(ids) for ids in completion_ids))
         rows.append(len(completion_ids))
+        if lengths is not None:
+            rows_ok.append([len(ids) for ids in completion_ids] == lengths.tolist())
         return [sum(t == TARGET for t in ids) / max(len(ids), 1) for ids in completion_ids]
 
     class Timer(transformers.TrainerCallback):
@@ -240,7 +306,7 @@ def worker_trl(path: str, size: str, threads: int, steps: int, cap_s: float) -> 
             gradient_accumulation_steps=1,
             num_generations=GROUP,
             max_completion_length=NEW_TOKENS,
-            generation_kwargs={"min_new_tokens": NEW_TOKENS},
+            generation_kwargs={"min_new_tokens": NEW_TOKENS} if lengths is None else None,
             temperature=1.0,
             beta=BETA,
             num_iterations=1,
@@ -285,6 +351,8 @@ def worker_trl(path: str, size: str, threads: int, steps: int, cap_s: float) -> 
 
         if untimed is not None:
             trainer._generate_single_turn = timed_generate
+        if lengths is not None:
+            _force_trl_lengths(trainer.model, lengths)
         trainer.train()
     times = [e - b for b, e in zip(timer.begin, timer.end, strict=True)]
     between = [b - a for a, b in zip(timer.end, timer.end[1:])]
@@ -305,8 +373,29 @@ def worker_trl(path: str, size: str, threads: int, steps: int, cap_s: float) -> 
         "init_s": init_s,
         "generated_tokens_per_step": generated,
         "rows_per_step": rows,
+        "row_lengths_ok": all(rows_ok),
         "peak_mib": _peak_mib(),
     }
+
+
+def _force_trl_lengths(model, lengths) -> None:
+    """Makes `model.generate` (what TRL's trainer calls, unwrapped, on one CPU process) force
+    row i of each generation batch to end at lengths[i] tokens: a
+    `rollout_lengths.force_lengths_processor` over the prompt columns of that call."""
+    import torch
+    import transformers
+    from rollout_lengths import force_lengths_processor
+
+    untouched = model.generate
+    per_row = torch.tensor(lengths, dtype=torch.long)
+
+    def generate(*args, **kwargs):
+        prompt_len = kwargs["input_ids"].shape[1]
+        processor = force_lengths_processor(per_row, prompt_len, EOS_ID)
+        kwargs["logits_processor"] = transformers.LogitsProcessorList([processor])
+        return untouched(*args, **kwargs)
+
+    model.generate = generate
 
 
 def _spawn(args: list[str], env_extra: dict | None = None, timeout: float = 600) -> dict:
@@ -316,7 +405,7 @@ def _spawn(args: list[str], env_extra: dict | None = None, timeout: float = 600)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--worker", *args],
+        [sys.executable, os.path.abspath(__file__), "--worker", *args, f"--lengths={LENGTHS}"],
         env=env,
         capture_output=True,
         text=True,
@@ -348,6 +437,9 @@ def _merge_rounds(first: dict, second: dict) -> dict:
     if "rows_per_step" in first:
         merged["rows_per_step"] = first["rows_per_step"] + second["rows_per_step"]
     merged["peak_mib"] = max(first["peak_mib"], second["peak_mib"])
+    merged["row_lengths_ok"] = first.get("row_lengths_ok", True) and second.get(
+        "row_lengths_ok", True
+    )
     return merged
 
 
@@ -479,15 +571,36 @@ def _round_times(run: dict) -> str:
     return " | ".join(", ".join(f"{t:.2f}" for t in times) for times in run["rounds"])
 
 
+def _slots_name(slots: int) -> str:
+    return f"S={slots}" if slots else "static"
+
+
 def _report(size: str, result: dict) -> float:
     ours, peers = result["r1"], result["trl"]
     ours_best = min(ours, key=lambda n: ours[n]["seconds_per_step"])
     r1 = ours[ours_best]
     best = min(peers, key=lambda t: peers[t]["seconds_per_step"])
     trl = peers[best]
-    expected = NUM_PROMPTS * GROUP * NEW_TOKENS
+    lengths = _longtail_lengths()
+    expected = NUM_PROMPTS * GROUP * NEW_TOKENS if lengths is None else int(lengths.sum())
     ratio = trl["seconds_per_step"] / r1["seconds_per_step"]
     print(f"\n{size}: {NUM_PROMPTS} prompts x G={GROUP} x {NEW_TOKENS} new tokens, beta={BETA}")
+    if lengths is not None:
+        print(
+            f"long-tailed lengths: mean {lengths.mean():.1f}, median "
+            f"{statistics.median(lengths.tolist()):.0f}, longest {lengths.max()}, {expected} "
+            f"tokens per step ({expected / (NUM_PROMPTS * GROUP * NEW_TOKENS):.0%} of "
+            f"{NUM_PROMPTS * GROUP} x {NEW_TOKENS})"
+        )
+        for devices, run in sorted(ours.items()):
+            alone = ", ".join(
+                f"{_slots_name(int(n))} {t:.2f} s" for n, t in run["slot_sampling_s"].items()
+            )
+            print(
+                f"r1 ({devices} device(s)) sampler alone: {alone}; the step used "
+                f"{_slots_name(run['slots'])}: {run['decode_steps']:.0f} decode steps, "
+                f"occupancy {run['slot_occupancy']:.0%}"
+            )
     print(
         "| side | s/step (median) | CPU s/step | first step s | steps timed | compile / init s "
         "| tokens/step | peak MiB |"
@@ -519,6 +632,9 @@ def _report(size: str, result: dict) -> float:
             f"(step end to step end: {peer['end_to_end_s']:.2f} s)"
         )
     ok_r1 = all(n == expected for run in ours.values() for n in run["generated_tokens_per_step"])
+    if lengths is not None:  # and every row at its own drawn length, on both sides
+        ok_r1 = ok_r1 and all(run["row_lengths_ok"] for run in ours.values())
+        ok_trl_rows = all(peer["row_lengths_ok"] for peer in peers.values())
     ok_trl = all(
         n == expected and rows == NUM_PROMPTS * GROUP
         for peer in peers.values()
@@ -528,6 +644,7 @@ def _report(size: str, result: dict) -> float:
         f"generated tokens per step: expected {expected}; r1 {r1['generated_tokens_per_step']} "
         f"(completions {r1['completion_shape']}); TRL {trl['generated_tokens_per_step']} over "
         f"{trl['rows_per_step'][-1]} rows; all as expected: {ok_r1 and ok_trl}"
+        + ("" if lengths is None else f"; every row at its drawn length: {ok_r1 and ok_trl_rows}")
     )
     trl_rest = trl["seconds_per_step"] - trl["sampling_s"]
     print(
@@ -547,6 +664,8 @@ def _report(size: str, result: dict) -> float:
 
 
 def main() -> None:
+    if LENGTHS not in ("fixed", "longtail"):
+        raise ValueError(f"--lengths must be fixed or longtail, got {LENGTHS!r}")
     print(f"machine at start: {_load()}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -576,7 +695,7 @@ def main() -> None:
     if "small" in results:
         _report("small", results["small"])
     print(f"total wall time {time.perf_counter() - START:.0f} s")
-    print(f"speedup_vs_trl: {ratio:.2f}")
+    print(f"speedup_vs_trl{'_longtail' if LENGTHS == 'longtail' else ''}: {ratio:.2f}")
 
 
 if __name__ == "__main__":

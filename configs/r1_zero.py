@@ -234,13 +234,17 @@ def qwen2_5_7b_math() -> ml_collections.ConfigDict:
 
 
 def deepseek_v3() -> ml_collections.ConfigDict:
-    """The paper's R1-Zero run: lr 3e-6, KL 0.001, T 1.0, G 16, 32 questions per step, 32,768
-    tokens, reference refreshed every 400 steps, 10,400 steps, mu = 1.
+    """The paper's R1-Zero run: lr 3e-6, KL 0.001, T 1.0, G 16, 32 questions per optimizer
+    update, 32,768 tokens, reference refreshed every 400 updates, 10,400 updates, mu = 1.
 
     The paper splits each rollout of 8,192 outputs into 16 mini-batches, i.e. one optimizer
-    update per 512 outputs = 32 questions x 16: exactly one step here (num_minibatches=1).
-    Mesh: experts over 64 devices, heads/mlp/vocab over 2, fsdp over the rest (8 on 1024 chips,
-    4 on 512); the 512 rows spread over fsdp x expert. See docs/pod_plan.md."""
+    update per 512 outputs = 32 questions x 16. A step here samples 64 questions x 16 = 1,024
+    outputs through 512 decode slots (continuous batching: a finished row's slot takes the next
+    of the 1,024 at once, so decode steps follow the long-tailed lengths, not 1,024 x the
+    longest) and makes two updates of 512 (num_minibatches=2): 5,200 steps, the reference
+    refreshed every 200 steps. Mesh: experts over 64 devices, heads/mlp/vocab over 2, fsdp over
+    the rest (8 on 1024 chips, 4 on 512); rows and slots spread over fsdp x expert (one slot
+    per chip on 1,024 chips, two on 512). See docs/pod_plan.md."""
     c = _hf("deepseek_v3")
     # Math and code prompts (R1-Zero's reasoning RL), each file's layout detected; mix them by
     # weight with --config.data.mixture (e.g. "0.6,0.4").
@@ -248,12 +252,12 @@ def deepseek_v3() -> ml_collections.ConfigDict:
     c.data.buckets = (512, 1024, 2048)
     c.mesh.update(data=1, fsdp=-1, expert=64, tensor=2)
     c.rl.update(
-        prompts_per_step=32,
+        prompts_per_step=64,
         group_size=16,
         max_new_tokens=32768,
         beta=0.001,
-        ref_update_every=400,
-        num_minibatches=1,
+        ref_update_every=200,
+        num_minibatches=2,
         # Gradient accumulation: one row per device per slice (1 on 1,024 chips, 2 on 512).
         num_microbatches=0,
         num_iterations=1,
@@ -262,16 +266,14 @@ def deepseek_v3() -> ml_collections.ConfigDict:
         # The sampler keeps the 61 layers scanned: one layer body per block keeps the program
         # (and its compile on a pod) small, and bf16 weights are not copied per layer.
         unstack_layers=False,
-        # Continuous batching: 256 rows decode at once, a finished row's slot taking the next
-        # of the 512 at the next step. On 512 chips that is one slot per chip (the static batch
-        # holds two rows' 33k-slot caches); decode steps follow the rows' lengths (R1-Zero's
-        # long tail) instead of the longest row. docs/pod_plan.md has the AOT numbers.
-        slots=256,
+        # Continuous batching: 512 of the 1,024 rows decode at once (one per chip on 1,024
+        # chips: a slot count the batch rule splits evenly over fsdp x expert on both pods).
+        slots=512,
     )
     c.train.topology, c.train.slices = "v5p:8x8x16", 1
     c.optimizer.learning_rate = 3e-6
-    c.train.steps = 10400
-    c.train.checkpoint_every = 100
+    c.train.steps = 5200
+    c.train.checkpoint_every = 50
     return c
 
 

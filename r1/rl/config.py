@@ -281,9 +281,10 @@ dataclasses.
 
 prompts_per_step: P prompts per step (global), each sampled group_size G times. Sampling
 (`SamplingConfig`): max_new_tokens, temperature, top_k, top_p, min_p, cache_dtype,
-decode_segments, unstack_layers. Loss (`GRPOLossConfig`): eps_low / eps_high (clip range),
-dual_clip (None or c > 1), beta (k3 KL weight; 0 drops the reference), ratio_level,
-aggregation, mask_truncated, drop_zero_variance_groups. Advantages: advantage (one of
+decode_segments, unstack_layers, slots (rows decoded at once; 0: all of them). Loss
+(`GRPOLossConfig`): eps_low / eps_high (clip range), dual_clip (None or c > 1), beta (k3 KL
+weight; 0 drops the reference), ratio_level, aggregation, mask_truncated,
+drop_zero_variance_groups. Advantages: advantage (one of
 `r1.rl.grpo.ADVANTAGE_METHODS`), std_ddof (0: population std, 1: sample std). Schedule
 (`GRPOConfig`): num_iterations, num_minibatches, num_microbatches (0: one row per batch shard),
 ref_update_every (0: never). accuracy_reward: the 0/1 reward logged as `accuracy` ("" or None:

@@ -120,15 +120,18 @@ def refill_rows(cache: Cache, prompts: Cache, take: jax.Array, prompt_of_row: ja
     prompt_of_row: int32[B] in [0, P).
     """
     prompt_len = prompts["valid"].shape[1]
+    rows = take.shape[0]
+    # Rows not refilled scatter out of bounds (dropped): only the refilled rows' prefixes are
+    # written, in place, however large the cache.
+    target = jnp.where(take, jnp.arange(rows), rows)
 
     def copy(name, array, source):
         lead = _lead(name, array)
-        axis = SLOT_AXIS[name] + lead
-        fresh = jnp.take(source, prompt_of_row, axis=lead)
-        kept = jax.lax.slice_in_dim(array, 0, prompt_len, axis=axis)
-        select = take.reshape((1,) * lead + (-1,) + (1,) * (array.ndim - lead - 1))
-        prefix = jnp.where(select, fresh.astype(array.dtype), kept)
-        return jax.lax.dynamic_update_slice_in_dim(array, prefix, 0, axis=axis)
+        where = [slice(None)] * array.ndim
+        where[lead] = target
+        where[SLOT_AXIS[name] + lead] = slice(0, prompt_len)
+        fresh = jnp.take(source, prompt_of_row, axis=lead).astype(array.dtype)
+        return array.at[tuple(where)].set(fresh, mode="drop")
 
     layers = [
         _constrain({name: copy(name, array, source[name]) for name, array in layer.items()})

@@ -239,8 +239,9 @@ def test_aot_report_lists_the_judge_bytes(tmp_path):
 
 @pytest.mark.slow
 def test_deepseek_v3_r1_zero_step_fits_a_v5p_pod():
-    """The paper's R1-Zero step (671B MLA + MoE, all 61 layers + MTP, 32 prompts x 16
-    completions of 32,768 tokens, beta 0.001, a reference copy) compiled for v5p:8x8x16: it
+    """The paper's R1-Zero step (671B MLA + MoE, all 61 layers + MTP, 64 prompts x 16
+    completions of 32,768 tokens through 512 slots, two updates of 512 rows, beta 0.001, a
+    reference copy) compiled for v5p:8x8x16: it
     fits with headroom. About 2.5 minutes on this host: scanned layers keep the program small
     (docs/pod_plan.md)."""
     _libtpu()
@@ -248,8 +249,8 @@ def test_deepseek_v3_r1_zero_step_fits_a_v5p_pod():
     config = configlib.load_config(name)
     assert aot.target_of(config) == ("v5p:8x8x16", 1)
     report = aot.run(config, name, "v5p:8x8x16", loop_costs=False)
-    assert report.chips == 1024 and report.new_tokens == 32768 and report.rows == 512
-    assert report.decode_rows == config.rl.slots == 256  # continuous batching
+    assert report.chips == 1024 and report.new_tokens == 32768 and report.rows == 1024
+    assert report.decode_rows == config.rl.slots == 512  # continuous batching, a slot per chip
     assert report.fits and report.per_chip_bytes < 0.8 * report.hbm_bytes, report.text()
     # All 61 layers' parameters are there, sharded (~685B float32 parameters incl. MTP).
     assert report.total_param_bytes > 2.6e12

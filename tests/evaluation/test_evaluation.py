@@ -242,6 +242,11 @@ def test_evaluate_end_to_end_on_a_tiny_random_model():
     assert [p["completions"] for p in again["problems"]] == [
         p["completions"] for p in result["problems"]
     ]
+    # Continuous batching (4 slots for a call's 6 rows): the same completions.
+    slotted = runner.evaluate(model, tok, rows, dataclasses_replace(config, slots=4))
+    assert [p["completions"] for p in slotted["problems"]] == [
+        p["completions"] for p in result["problems"]
+    ]
     other_seed = runner.evaluate(model, tok, rows, dataclasses_replace(config, seed=1))
     assert [p["completions"] for p in other_seed["problems"]] != [
         p["completions"] for p in result["problems"]

@@ -288,6 +288,7 @@ def test_rl_defaults_overrides_and_placeholders():
         ("eps_low", 2.0, ValueError, r"config\.rl\.eps_low"),
         ("dual_clip", 0.5, ValueError, r"config\.rl\.dual_clip"),
         ("top_p", 0.0, ValueError, r"config\.rl\.top_p"),
+        ("slots", -1, ValueError, r"config\.rl\.slots must be >= 0"),
         ("max_new_tokens", 0, ValueError, r"config\.rl\.max_new_tokens"),
         ("advantage", "median", ValueError, r"config\.rl\.advantage"),
         ("std_ddof", -1, ValueError, r"config\.rl\.std_ddof"),
