@@ -47,6 +47,9 @@ DEFAULT_RULES: Rules = (
     ("act_vocab", "tensor"),
     ("act_expert", "expert"),
     ("act_tokens", ("data", "fsdp", "expert")),
+    # The slot decode's prompt cache is split by position, not by prompt: a refill then takes
+    # any prompt's prefix locally and one all-to-all moves it to the slot's device.
+    ("cache_prompt_length", ("data", "fsdp", "expert")),
     # parameters
     ("vocab", "tensor"),
     # ZeRO-3 over every data-like axis: a weight's embed (or MLA latent) dimension is split

@@ -36,6 +36,13 @@ Cache = dict[str, Any]
 GQA_K_AXES = ("batch", "act_kv_heads", None, None)
 GQA_V_AXES = ("batch", "act_kv_heads", None, None)
 MLA_AXES = ("batch", None, None)
+# The slot decode's prompt cache (`by_position`): split over positions, rows whole.
+PROMPT_AXES = {
+    "k": (None, "act_kv_heads", None, "cache_prompt_length"),
+    "v": (None, "act_kv_heads", "cache_prompt_length", None),
+    "kv_latent": (None, "cache_prompt_length", None),
+    "k_rope": (None, "cache_prompt_length", None),
+}
 
 
 def _layer_entry(cfg: ModelConfig, lead: tuple[int, ...], batch: int, max_len: int, dt) -> Cache:
@@ -120,18 +127,16 @@ def refill_rows(cache: Cache, prompts: Cache, take: jax.Array, prompt_of_row: ja
     prompt_of_row: int32[B] in [0, P).
     """
     prompt_len = prompts["valid"].shape[1]
-    rows = take.shape[0]
-    # Rows not refilled scatter out of bounds (dropped): only the refilled rows' prefixes are
-    # written, in place, however large the cache.
-    target = jnp.where(take, jnp.arange(rows), rows)
 
     def copy(name, array, source):
         lead = _lead(name, array)
-        where = [slice(None)] * array.ndim
-        where[lead] = target
-        where[SLOT_AXIS[name] + lead] = slice(0, prompt_len)
+        axis = SLOT_AXIS[name] + lead
         fresh = jnp.take(source, prompt_of_row, axis=lead).astype(array.dtype)
-        return array.at[tuple(where)].set(fresh, mode="drop")
+        fresh = _constrain({name: fresh})[name]  # by row, as the slots: one all-to-all
+        kept = jax.lax.slice_in_dim(array, 0, prompt_len, axis=axis)
+        select = take.reshape((1,) * lead + (-1,) + (1,) * (array.ndim - lead - 1))
+        prefix = jnp.where(select, fresh, kept)
+        return jax.lax.dynamic_update_slice_in_dim(array, prefix, 0, axis=axis)
 
     layers = [
         _constrain({name: copy(name, array, source[name]) for name, array in layer.items()})
@@ -140,6 +145,20 @@ def refill_rows(cache: Cache, prompts: Cache, take: jax.Array, prompt_of_row: ja
     valid = cache["valid"]
     fresh = jnp.zeros_like(valid).at[:, :prompt_len].set(prompts["valid"][prompt_of_row])
     return {"layers": layers, "valid": jnp.where(take[:, None], fresh, valid)}
+
+
+def by_position(cache: Cache) -> Cache:
+    """The prefill's cache constrained to be split over positions (every device holds a slice of
+    every prompt) instead of rows: what `refill_rows` reads from. On a mesh, a refill then
+    gathers any prompt's prefix without gathering the whole prompt cache to every device."""
+    layers = [
+        {
+            name: shard(value, (None,) * _lead(name, value) + PROMPT_AXES[name])
+            for name, value in layer.items()
+        }
+        for layer in cache["layers"]
+    ]
+    return {"layers": layers, "valid": cache["valid"]}
 
 
 def _constrain(layer: dict[str, jax.Array]) -> dict[str, jax.Array]:

@@ -20,7 +20,13 @@ from jax.sharding import Mesh
 
 from r1.models.layers import in_compute_dtype
 from r1.models.transformer import Transformer, unstack_layers
-from r1.sampling.kv_cache import forward_with_cache, grow_cache, init_cache, repeat_rows
+from r1.sampling.kv_cache import (
+    by_position,
+    forward_with_cache,
+    grow_cache,
+    init_cache,
+    repeat_rows,
+)
 from r1.sampling.slots import slot_decode
 from r1.sampling.tokens import choose_tokens, force_eos, step_keys
 from r1.sharding import named_sharding, place_state, shard, use_mesh
@@ -206,7 +212,13 @@ def sample(
         cache = init_cache(model.config, num_prompts, prompt_len, config.cache_dtype)
         logits, cache = forward_with_cache(model, prompt_tokens, positions, prompt_mask, cache, 0)
         final = slot_decode(
-            model, cache, logits[:, -1, :], prompt_lengths, row_keys, config, forced_lengths
+            model,
+            by_position(cache),
+            logits[:, -1, :],
+            prompt_lengths,
+            row_keys,
+            config,
+            forced_lengths,
         )
         tokens, mask, done, steps = final.tokens, final.mask, final.done, final.steps
         logp, slogp = final.logprobs, final.sampling_logprobs
