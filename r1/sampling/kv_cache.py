@@ -205,8 +205,30 @@ def _read(array: jax.Array, layer_pos) -> jax.Array:
     return jax.lax.dynamic_index_in_dim(array, layer_pos, axis=0, keepdims=False)
 
 
-def _gqa_cached(attn, x, positions, entry, index, mask, layer_pos=None):
-    """Writes this call's keys/values at slots [index, index+T) and attends over all slots."""
+def _in_window(window, attend, operands):
+    """attend(*arrays) over the first w slots of each (array, slot axis) in `operands`: w =
+    sizes[i] for window = (i, sizes) with i traced (a `lax.switch`, one branch per size), or
+    every slot when window is None. Slots past w must be masked out (exact zeros in softmax)."""
+    arrays = tuple(array for array, _ in operands)
+    if window is None:
+        return attend(*arrays)
+    index, sizes = window
+
+    def branch(size):
+        def run(*arrays):
+            cut = (
+                jax.lax.slice_in_dim(a, 0, size, axis=ax) for a, (_, ax) in zip(arrays, operands)
+            )
+            return attend(*cut)
+
+        return run
+
+    return jax.lax.switch(index, [branch(size) for size in sizes], *arrays)
+
+
+def _gqa_cached(attn, x, positions, entry, index, mask, layer_pos=None, window=None):
+    """Writes this call's keys/values at slots [index, index+T) and attends over all slots
+    (decoding with `window`: over the first w, see `_in_window`)."""
     q, k, v = attn.project_qkv(x, positions)  # q [B,T,H,D], k/v [B,T,KV,D]
     k_all = _write(entry["k"], k.transpose(0, 2, 3, 1), index, 3, layer_pos)
     v_all = _write(entry["v"], v.transpose(0, 2, 1, 3), index, 2, layer_pos)
@@ -215,7 +237,11 @@ def _gqa_cached(attn, x, positions, entry, index, mask, layer_pos=None):
     kv_heads = k_cache.shape[1]
     qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
     if t == 1:
-        out = _decode_attention(qg[:, 0], k_cache, v_cache, mask[:, 0], attn.scale)
+
+        def attend(k_cache, v_cache, mask):
+            return _decode_attention(qg[:, 0], k_cache, v_cache, mask[:, 0], attn.scale)
+
+        out = _in_window(window, attend, ((k_cache, 3), (v_cache, 2), (mask, 2)))
         out = out.reshape(b, 1, h, d)
     else:
         qg, k_cache, v_cache = _batched_dot_operands(qg, k_cache, v_cache)
@@ -252,22 +278,28 @@ def _decode_attention(q, k_cache, v_cache, mask, scale):
     return out.astype(v_cache.dtype)
 
 
-def _mla_cached(attn, x, positions, entry, index, mask, layer_pos=None):
+def _mla_cached(attn, x, positions, entry, index, mask, layer_pos=None, window=None):
     """Caches only the latent + rope key and attends in the absorbed (latent) form."""
     q_nope, q_rope = attn.queries(x, positions)
     kv_latent, k_rope = attn.compress_kv(x, positions)
     latent_all = _write(entry["kv_latent"], kv_latent, index, 1, layer_pos)
     rope_all = _write(entry["k_rope"], k_rope, index, 1, layer_pos)
     latent, rope = _read(latent_all, layer_pos), _read(rope_all, layer_pos)
-    out = attn.attend_latent(q_nope, q_rope, latent, rope, mask)
+    if window is not None and x.shape[1] != 1:
+        raise ValueError("attention windows are for decoding (one token per row)")
+
+    def attend(latent, rope, mask):
+        return attn.attend_latent(q_nope, q_rope, latent, rope, mask)
+
+    out = _in_window(window, attend, ((latent, 1), (rope, 1), (mask, 2)))
     return out, {"kv_latent": latent_all, "k_rope": rope_all}
 
 
-def _cached_layer(layer, x, positions, token_mask, entry, index, mask, layer_pos=None):
+def _cached_layer(layer, x, positions, token_mask, entry, index, mask, layer_pos=None, window=None):
     """One decoder layer over cached slots: (x float[B, T, D], its updated cache entry)."""
     h = layer.input_norm(x)
     cached = _gqa_cached if "k" in entry else _mla_cached
-    attn_out, entry = cached(layer.attn, h, positions, entry, index, mask, layer_pos)
+    attn_out, entry = cached(layer.attn, h, positions, entry, index, mask, layer_pos, window)
     x = shard(x + attn_out, ("batch", "length", "act_embed"))
     h = layer.post_attn_norm(x)
     if layer.is_moe:
@@ -284,6 +316,7 @@ def forward_with_cache(
     token_mask: jax.Array,
     cache: Cache,
     index: jax.Array | int,
+    window: tuple[jax.Array, tuple[int, ...]] | None = None,
 ) -> tuple[jax.Array, Cache]:
     """Runs tokens int32[B, T] that occupy cache slots [index, index + T).
 
@@ -291,7 +324,8 @@ def forward_with_cache(
     Returns (logits float32[B, T, V], updated cache). Prefill is T = prompt length at index 0,
     a decode step T = 1 at index = prompt length + step. index int32[B] (T = 1): each row at
     its own slot (the slot decode, whose rows are at different token indices); row b attends
-    to its valid slots up to index[b].
+    to its valid slots up to index[b]. window: (i, sizes) for a decode step, attention reads
+    only the first sizes[i] slots (i traced: the caller knows no row attends past them).
     """
     b, t = tokens.shape
     slots = cache["valid"].shape[1]
@@ -313,12 +347,16 @@ def forward_with_cache(
             def body(carry, layer_state, graphdef=graphdef):
                 x, entry, i = carry
                 layer = nnx.merge(graphdef, layer_state)
-                x, entry = _cached_layer(layer, x, positions, token_mask, entry, index, mask, i)
+                x, entry = _cached_layer(
+                    layer, x, positions, token_mask, entry, index, mask, i, window
+                )
                 return (x, entry, i + 1), None
 
             (x, entry, _), _ = jax.lax.scan(body, (x, entry, jnp.int32(0)), state)
         else:
-            x, entry = _cached_layer(block, x, positions, token_mask, entry, index, mask)
+            x, entry = _cached_layer(
+                block, x, positions, token_mask, entry, index, mask, window=window
+            )
         new_layers.append(entry)
     logits = model.logits_from_hidden(model.final_norm(x))
     return logits, {"layers": new_layers, "valid": valid}

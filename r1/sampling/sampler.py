@@ -52,7 +52,10 @@ class SamplingConfig:
     S rows at a time, a finished row's slot taking the next waiting row at the next step
     (continuous batching, `r1.sampling.slots`): the same samples, a KV cache of
     min(S, N) x (prompt + max_new_tokens) slots, and decode steps that follow the rows'
-    lengths instead of N x the longest. decode_segments does not apply with slots.
+    lengths instead of N x the longest. With slots, decode_segments is the number of attention
+    windows: a decode step reads only the cache prefix (prompt + the window's end) that holds
+    every active row's tokens, one `lax.switch` branch per window (None: min(16,
+    max_new_tokens // 32)).
     """
 
     max_new_tokens: int = 64
@@ -96,8 +99,13 @@ class SamplingConfig:
             raise ValueError("SamplingConfig.stop_sequences must not contain an empty sequence")
 
     def segment_ends(self) -> tuple[int, ...]:
-        """The decode step at which each segment ends (the last one is max_new_tokens)."""
-        n = self.decode_segments or min(4, max(1, self.max_new_tokens // 64))
+        """The decode step at which each segment ends (the last one is max_new_tokens). With
+        slots: the ends of the attention windows (`r1.sampling.slots`), by default
+        min(16, max_new_tokens // 32) of them."""
+        if self.slots:
+            n = self.decode_segments or min(16, max(1, self.max_new_tokens // 32))
+        else:
+            n = self.decode_segments or min(4, max(1, self.max_new_tokens // 64))
         return tuple(-(-self.max_new_tokens * (j + 1) // n) for j in range(n))
 
     def decode_rows(self, rows: int) -> int:

@@ -95,7 +95,9 @@ def slot_decode(
     new = config.max_new_tokens
     slots = min(config.slots, rows)
     eos = jnp.asarray(config.eos_ids or (-1,), jnp.int32)
-    window = max([len(s) for s in config.stop_sequences] or [1])
+    stop_window = max([len(s) for s in config.stop_sequences] or [1])
+    # Attention windows (cache prefixes a step reads), the static decode's segment ends.
+    windows = tuple(prompt_len + end for end in config.segment_ends())
     cfg = model.config
 
     def refill(state: SlotState) -> SlotState:
@@ -139,6 +141,9 @@ def slot_decode(
             ended = ended | _stop_hit(recent, index, config.stop_sequences)
         finished = active & (ended | (index == new - 1))
         position = jnp.take(prompt_lengths, jnp.minimum(state.row, rows - 1) // group) + index
+        # Attention reads only the window that holds every active row's slots so far.
+        needed = prompt_len + jnp.max(jnp.where(active, index, 0)) + 1
+        wide = jnp.sum((jnp.asarray(windows) < needed).astype(jnp.int32))
         logits, cache = forward_with_cache(
             model,
             token[:, None],
@@ -146,6 +151,7 @@ def slot_decode(
             active[:, None],
             state.cache,
             prompt_len + index,
+            window=(jnp.minimum(wide, len(windows) - 1), windows),
         )
         return SlotState(
             next_row=state.next_row,
@@ -170,7 +176,7 @@ def slot_decode(
         index=jnp.zeros((slots,), jnp.int32),
         active=jnp.zeros((slots,), bool),
         logits=jnp.zeros((slots, prompt_logits.shape[-1]), jnp.float32),
-        recent=jnp.full((slots, window), -1, jnp.int32),
+        recent=jnp.full((slots, stop_window), -1, jnp.int32),
         tokens=jnp.full((rows, new), config.pad_id, jnp.int32),
         mask=jnp.zeros((rows, new), bool),
         logprobs=jnp.zeros((rows, new), jnp.float32),

@@ -63,7 +63,10 @@ def _assert_same_samples(out, ref):
 
 
 def _config(greedy, **changes):
-    settings = dict(max_new_tokens=10, num_samples=GROUP, greedy=greedy, eos_ids=(EOS,))
+    # Three decode segments (static) / attention windows (slots): ends at 4, 7 and 10 tokens.
+    settings = dict(
+        max_new_tokens=10, num_samples=GROUP, greedy=greedy, eos_ids=(EOS,), decode_segments=3
+    )
     return SamplingConfig(**{**settings, "top_p": 1.0 if greedy else 0.9, **changes})
 
 
