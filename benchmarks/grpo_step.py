@@ -130,6 +130,7 @@ def worker_r1(path: str, size: str, steps: int, cap_s: float, devices: int) -> d
     import jax
     import jax.numpy as jnp
     import optax
+    from grpo_step_parts import r1_sampling_seconds  # benchmarks/ is sys.path[0]
 
     from r1.models import hf
     from r1.rl.grpo import GRPOLossConfig
@@ -170,7 +171,7 @@ def worker_r1(path: str, size: str, steps: int, cap_s: float, devices: int) -> d
         batch["forced_lengths"] = jnp.asarray(lengths)
         with sharding.use_mesh(mesh):
             for slots in LONGTAIL_SLOTS:
-                slot_sampling_s[slots] = _r1_sampling_seconds(
+                slot_sampling_s[slots] = r1_sampling_seconds(
                     graphdef, state, batch, grpo_config(slots), mesh
                 )
     slots = min(slot_sampling_s, key=slot_sampling_s.get) if slot_sampling_s else 0
@@ -194,7 +195,7 @@ def worker_r1(path: str, size: str, steps: int, cap_s: float, devices: int) -> d
             if lengths is not None:
                 row_lengths = jnp.sum(samples["mask"], axis=1)
                 rows_ok.append(bool(jnp.all(row_lengths == jnp.asarray(lengths))))
-        sampling_s = _r1_sampling_seconds(graphdef, state, batch, config, mesh)
+        sampling_s = r1_sampling_seconds(graphdef, state, batch, config, mesh)
     return {
         "slots": slots,
         "slot_sampling_s": slot_sampling_s,
@@ -215,46 +216,6 @@ def worker_r1(path: str, size: str, steps: int, cap_s: float, devices: int) -> d
         "peak_mib": _peak_mib(),
         "devices": devices,
     }
-
-
-def _r1_sampling_seconds(graphdef, state, batch, config, mesh, repeats: int = 3) -> float:
-    """Median seconds of the step's sampling alone: `r1.sampling.sampler.sample` jitted on its
-    own with the step's shardings (for the split of the step's time, not part of it)."""
-    import jax
-    from flax import nnx
-
-    from r1 import sharding
-    from r1.sampling.sampler import sample
-
-    def rollout(params, extra, batch, key):
-        policy = nnx.merge(graphdef, params, extra)
-        out = sample(
-            policy,
-            batch["prompt_tokens"],
-            batch["prompt_mask"],
-            key,
-            config.sampling,
-            forced_lengths=batch.get("forced_lengths"),
-        )
-        return out.tokens, out.logprobs
-
-    fn = jax.jit(
-        rollout,
-        in_shardings=(
-            sharding.state_shardings(state.params, mesh),
-            sharding.state_shardings(state.extra, mesh),
-            sharding.batch_shardings(batch, mesh),
-            None,
-        ),
-    )
-    key = jax.random.key(1)
-    jax.block_until_ready(fn(state.params, state.extra, batch, key))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(state.params, state.extra, batch, key))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def worker_trl(path: str, size: str, threads: int, steps: int, cap_s: float) -> dict:
@@ -352,7 +313,9 @@ def worker_trl(path: str, size: str, threads: int, steps: int, cap_s: float) -> 
         if untimed is not None:
             trainer._generate_single_turn = timed_generate
         if lengths is not None:
-            _force_trl_lengths(trainer.model, lengths)
+            from rollout_lengths import force_generate_lengths
+
+            force_generate_lengths(trainer.model, lengths, EOS_ID)
         trainer.train()
     times = [e - b for b, e in zip(timer.begin, timer.end, strict=True)]
     between = [b - a for a, b in zip(timer.end, timer.end[1:])]
@@ -376,26 +339,6 @@ def worker_trl(path: str, size: str, threads: int, steps: int, cap_s: float) -> 
         "row_lengths_ok": all(rows_ok),
         "peak_mib": _peak_mib(),
     }
-
-
-def _force_trl_lengths(model, lengths) -> None:
-    """Makes `model.generate` (what TRL's trainer calls, unwrapped, on one CPU process) force
-    row i of each generation batch to end at lengths[i] tokens: a
-    `rollout_lengths.force_lengths_processor` over the prompt columns of that call."""
-    import torch
-    import transformers
-    from rollout_lengths import force_lengths_processor
-
-    untouched = model.generate
-    per_row = torch.tensor(lengths, dtype=torch.long)
-
-    def generate(*args, **kwargs):
-        prompt_len = kwargs["input_ids"].shape[1]
-        processor = force_lengths_processor(per_row, prompt_len, EOS_ID)
-        kwargs["logits_processor"] = transformers.LogitsProcessorList([processor])
-        return untouched(*args, **kwargs)
-
-    model.generate = generate
 
 
 def _spawn(args: list[str], env_extra: dict | None = None, timeout: float = 600) -> dict:
@@ -571,98 +514,6 @@ def _round_times(run: dict) -> str:
     return " | ".join(", ".join(f"{t:.2f}" for t in times) for times in run["rounds"])
 
 
-def _slots_name(slots: int) -> str:
-    return f"S={slots}" if slots else "static"
-
-
-def _report(size: str, result: dict) -> float:
-    ours, peers = result["r1"], result["trl"]
-    ours_best = min(ours, key=lambda n: ours[n]["seconds_per_step"])
-    r1 = ours[ours_best]
-    best = min(peers, key=lambda t: peers[t]["seconds_per_step"])
-    trl = peers[best]
-    lengths = _longtail_lengths()
-    expected = NUM_PROMPTS * GROUP * NEW_TOKENS if lengths is None else int(lengths.sum())
-    ratio = trl["seconds_per_step"] / r1["seconds_per_step"]
-    print(f"\n{size}: {NUM_PROMPTS} prompts x G={GROUP} x {NEW_TOKENS} new tokens, beta={BETA}")
-    if lengths is not None:
-        print(
-            f"long-tailed lengths: mean {lengths.mean():.1f}, median "
-            f"{statistics.median(lengths.tolist()):.0f}, longest {lengths.max()}, {expected} "
-            f"tokens per step ({expected / (NUM_PROMPTS * GROUP * NEW_TOKENS):.0%} of "
-            f"{NUM_PROMPTS * GROUP} x {NEW_TOKENS})"
-        )
-        for devices, run in sorted(ours.items()):
-            alone = ", ".join(
-                f"{_slots_name(int(n))} {t:.2f} s" for n, t in run["slot_sampling_s"].items()
-            )
-            print(
-                f"r1 ({devices} device(s)) sampler alone: {alone}; the step used "
-                f"{_slots_name(run['slots'])}: {run['decode_steps']:.0f} decode steps, "
-                f"occupancy {run['slot_occupancy']:.0%}"
-            )
-    print(
-        "| side | s/step (median) | CPU s/step | first step s | steps timed | compile / init s "
-        "| tokens/step | peak MiB |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for devices, run in sorted(ours.items()):
-        mark = ", best" if devices == ours_best else ""
-        print(
-            f"| r1 (one jitted program, {devices} CPU device{'s' if devices > 1 else ''}{mark}) "
-            f"| {run['seconds_per_step']:.2f} "
-            f"| {run['cpu_seconds_per_step']:.2f} | {run['first_step_s']:.2f} "
-            f"| {_steps_timed(run)} | compile {run['compile_s']:.1f} "
-            f"| {run['generated_tokens_per_step'][-1]} | {run['peak_mib']:.0f} |"
-        )
-    for threads, peer in sorted(peers.items()):
-        mark = ", best" if threads == best else ""
-        print(
-            f"| TRL GRPOTrainer (torch {threads} thread{'s' if threads > 1 else ''}{mark}) "
-            f"| {peer['seconds_per_step']:.2f} | {peer['cpu_seconds_per_step']:.2f} "
-            f"| {peer['first_step_s']:.2f} | {_steps_timed(peer)} "
-            f"| init {peer['init_s']:.1f} | {peer['generated_tokens_per_step'][-1]} "
-            f"| {peer['peak_mib']:.0f} |"
-        )
-    for devices, run in sorted(ours.items()):
-        print(f"r1 ({devices} device(s)) step times: {_round_times(run)} s")
-    for threads, peer in sorted(peers.items()):
-        print(
-            f"TRL {threads} thread(s) step times: {_round_times(peer)} s "
-            f"(step end to step end: {peer['end_to_end_s']:.2f} s)"
-        )
-    ok_r1 = all(n == expected for run in ours.values() for n in run["generated_tokens_per_step"])
-    if lengths is not None:  # and every row at its own drawn length, on both sides
-        ok_r1 = ok_r1 and all(run["row_lengths_ok"] for run in ours.values())
-        ok_trl_rows = all(peer["row_lengths_ok"] for peer in peers.values())
-    ok_trl = all(
-        n == expected and rows == NUM_PROMPTS * GROUP
-        for peer in peers.values()
-        for n, rows in zip(peer["generated_tokens_per_step"], peer["rows_per_step"], strict=True)
-    )
-    print(
-        f"generated tokens per step: expected {expected}; r1 {r1['generated_tokens_per_step']} "
-        f"(completions {r1['completion_shape']}); TRL {trl['generated_tokens_per_step']} over "
-        f"{trl['rows_per_step'][-1]} rows; all as expected: {ok_r1 and ok_trl}"
-        + ("" if lengths is None else f"; every row at its drawn length: {ok_r1 and ok_trl_rows}")
-    )
-    trl_rest = trl["seconds_per_step"] - trl["sampling_s"]
-    print(
-        f"split of a step: r1 sampling {r1['sampling_s']:.2f} s (jitted alone) + the rest "
-        f"{r1['seconds_per_step'] - r1['sampling_s']:.2f} s; TRL generation "
-        f"{trl['sampling_s']:.2f} s + the rest (rewards, reference and policy passes, optimizer) "
-        f"{trl_rest:.2f} s. A step at 3x TRL ({trl['seconds_per_step'] / 3:.2f} s) is "
-        f"{trl['seconds_per_step'] / 3 / trl_rest:.2f}x the time TRL's training half takes"
-    )
-    print(
-        f"{size} seconds per step: r1 {r1['seconds_per_step']:.2f} ({ours_best} device(s)), TRL "
-        f"{trl['seconds_per_step']:.2f} (torch {best} threads): TRL / r1 = {ratio:.2f}; "
-        f"r1 {expected / r1['seconds_per_step']:.0f} generated tok/s per step vs TRL "
-        f"{expected / trl['seconds_per_step']:.0f}"
-    )
-    return ratio
-
-
 def main() -> None:
     if LENGTHS not in ("fixed", "longtail"):
         raise ValueError(f"--lengths must be fixed or longtail, got {LENGTHS!r}")
@@ -691,9 +542,20 @@ def main() -> None:
                 flush=True,
             )
     print(f"machine at end: {_load()}")
-    ratio = _report("tiny", results["tiny"])
+    from grpo_step_parts import report  # benchmarks/ is this script's sys.path[0]
+
+    settings = dict(
+        num_prompts=NUM_PROMPTS,
+        group=GROUP,
+        new_tokens=NEW_TOKENS,
+        beta=BETA,
+        lengths=_longtail_lengths(),
+        steps_timed=_steps_timed,
+        round_times=_round_times,
+    )
+    ratio = report("tiny", results["tiny"], **settings)
     if "small" in results:
-        _report("small", results["small"])
+        report("small", results["small"], **settings)
     print(f"total wall time {time.perf_counter() - START:.0f} s")
     print(f"speedup_vs_trl{'_longtail' if LENGTHS == 'longtail' else ''}: {ratio:.2f}")
 

@@ -15,7 +15,7 @@ r1's `decode_steps` is the longest row for the static batch and
 `r1.sampling.slots.expected_decode_steps` with slots.
 
 Configurations: r1 static (`SamplingConfig.slots=0`: all 128 rows decode until the longest has
-ended), r1 with S in {16, 32, 64} slots (continuous batching), transformers `generate` (a static
+ended), r1 with S in {8, 16, 32, 64} slots (continuous batching), transformers `generate` (a static
 batch that stops when every row has ended; finished rows decode padding). The same Qwen2-shaped
 weights as benchmarks/sampler.py (random, seed 0, saved once with `save_pretrained`) load into
 r1 (`r1.models.hf.load`) and into transformers. Each measurement runs in its own subprocess;
@@ -52,7 +52,7 @@ MAX_NEW = 512
 MEDIAN_SHARE = 0.15  # median length / MAX_NEW
 Z99 = 2.326  # the standard normal's 99th percentile
 PAD_ID, EOS_ID = 0, 1
-SLOTS = (16, 32, 64)
+SLOTS = (8, 16, 32, 64)
 REPEATS = {"tiny": 3, "small": 1}
 # the shapes of benchmarks/sampler.py
 SIZES = {
@@ -186,6 +186,25 @@ def force_lengths_processor(lengths, prompt_len: int, eos: int):
             return scores
 
     return ForceLengths()
+
+
+def force_generate_lengths(model, lengths, eos: int) -> None:
+    """Makes `model.generate` (what TRL's trainer calls, unwrapped, on one CPU process) force
+    row i of each generation batch to end at lengths[i] tokens: a `force_lengths_processor`
+    over the prompt columns of that call (benchmarks/grpo_step.py --lengths=longtail)."""
+    import torch
+    import transformers
+
+    untouched = model.generate
+    per_row = torch.tensor(lengths, dtype=torch.long)
+
+    def generate(*args, **kwargs):
+        prompt_len = kwargs["input_ids"].shape[1]
+        processor = force_lengths_processor(per_row, prompt_len, eos)
+        kwargs["logits_processor"] = transformers.LogitsProcessorList([processor])
+        return untouched(*args, **kwargs)
+
+    model.generate = generate
 
 
 def worker_transformers(path: str, size: str, threads: int, repeats: int) -> dict:
