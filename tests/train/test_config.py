@@ -248,7 +248,8 @@ def test_grpo_config_of_deepseek_v3():
     assert {t.rows for t in exp.rewards.terms} == {"domain:math", "domain:code"}
     grpo = exp.grpo_config(eos_id=1, pad_id=2)
     assert grpo.group_size == 16 and grpo.sampling.max_new_tokens == 32768
-    assert grpo.num_microbatches == 0 and grpo.ref_update_every == 400
+    assert grpo.num_microbatches == 0 and grpo.ref_update_every == 200
+    assert grpo.num_minibatches == 2 and grpo.sampling.slots == 512
     assert grpo.loss.beta == 0.001 and grpo.loss.eps_high == 0.2
     assert grpo.sampling.unstack_layers is False and grpo.std_ddof == 1
 
