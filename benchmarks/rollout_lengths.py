@@ -43,6 +43,9 @@ import sys
 import tempfile
 import time
 
+# The model shapes and XLA flags of benchmarks/sampler.py (benchmarks/ is sys.path[0]).
+from sampler import R1_XLA_FLAGS, SIZES
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_PROMPTS = 16
 GROUP = 8
@@ -54,26 +57,6 @@ Z99 = 2.326  # the standard normal's 99th percentile
 PAD_ID, EOS_ID = 0, 1
 SLOTS = (8, 16, 32, 64)
 REPEATS = {"tiny": 3, "small": 1}
-# the shapes of benchmarks/sampler.py
-SIZES = {
-    "tiny": dict(
-        vocab_size=512,
-        hidden_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=512,
-    ),
-    "small": dict(
-        vocab_size=32000,
-        hidden_size=512,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        intermediate_size=1408,
-    ),
-}
-R1_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
 
 
 def draw_lengths(rows: int = ROWS, max_new: int = MAX_NEW, seed: int = 0):
