@@ -31,16 +31,18 @@ generation timed inside its trainer) and, when time allows, measures the best of
 second time in the opposite order (see `_run_size`).
 
 `--lengths=longtail` (default `fixed`, everything above): each of the 128 rows ends at its own
-length, drawn once (seeded) as in benchmarks/rollout_lengths.py: lognormal with median 15% and
-99th percentile 100% of the 128 new tokens, clipped to [1, 128] (mean 26.9, longest 98, 3,441
-tokens per step instead of 16,384). Both sides are forced to those lengths (EOS masked out before
-a row's last token and the only choice at it): r1 through the batch key `forced_lengths` (row
-p * G + g) with continuous batching (`SamplingConfig.slots`: the worker times the sampler alone
-with the static batch and with 32 and 64 slots, and the step uses the fastest), TRL through a
-transformers `LogitsProcessor` handed to its `generate` (no `min_new_tokens`); TRL's generation
-batch is its prompts each repeated G times, so its row i gets length i as r1's row i does. Both
-sides check, every step, that each row's completion has exactly its drawn length (TRL: in the
-reward function, over `completion_ids`). Last line `speedup_vs_trl_longtail: X`.
+length, drawn once (seeded) as in benchmarks/rollout_lengths.py: lognormal with median 15% and 99th
+percentile 100% of the 128 new tokens, clipped to [1, 128] (mean 26.9, longest 98, 3,441 tokens per
+step instead of 16,384). Both sides are forced to those lengths (EOS masked out before a row's last
+token and the only choice at it): r1 through the batch key `forced_lengths` (row p * G + g) with
+continuous batching (`SamplingConfig.slots`: the worker times the sampler alone with the static
+batch and with 32 and 64 slots, and the step uses the fastest) and length-bucketed training
+(`GRPOConfig.length_buckets` = 8 widths, rows ordered by length into 8 gradient-accumulation
+slices, each run at the narrowest width holding its longest row), TRL through a transformers
+`LogitsProcessor` handed to its `generate` (no `min_new_tokens`); TRL's generation batch is its
+prompts each repeated G times, so its row i gets length i as r1's row i does. Both sides check,
+every step, that each row's completion has exactly its drawn length (TRL: in the reward function,
+over `completion_ids`). Last line `speedup_vs_trl_longtail: X`.
 
 Last line: `speedup_vs_trl: X` (TRL seconds per step over r1 seconds per step, tiny model).
 """
@@ -89,6 +91,8 @@ R1_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
 START = time.perf_counter()
 LENGTHS = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--lengths=")), "fixed")
 LONGTAIL_SLOTS = (0, 32, 64)  # the sampler configurations timed alone in longtail mode
+LONGTAIL_BUCKETS = 8  # longtail mode: training widths (GRPOConfig.length_buckets) ...
+LONGTAIL_MICROBATCHES = 8  # ... over this many length-ordered slices of the 128 rows
 
 
 def _prompt_ids(vocab: int) -> list[list[int]]:
@@ -161,6 +165,8 @@ def worker_r1(path: str, size: str, steps: int, cap_s: float, devices: int) -> d
             ),
             loss=GRPOLossConfig(beta=BETA, eps_low=0.2, eps_high=0.2, aggregation="sequence_mean"),
             num_iterations=1,
+            num_microbatches=1 if lengths is None else LONGTAIL_MICROBATCHES,
+            length_buckets=0 if lengths is None else LONGTAIL_BUCKETS,
         )
 
     tokens, mask = left_pad(_prompt_ids(SIZES[size]["vocab_size"]), PROMPT_LEN, PAD_ID)
@@ -198,6 +204,8 @@ def worker_r1(path: str, size: str, steps: int, cap_s: float, devices: int) -> d
         sampling_s = r1_sampling_seconds(graphdef, state, batch, config, mesh)
     return {
         "slots": slots,
+        "length_buckets": config.length_buckets,
+        "microbatches": config.num_microbatches,
         "slot_sampling_s": slot_sampling_s,
         "row_lengths_ok": all(rows_ok),
         "decode_steps": float(metrics.get("rollout/decode_steps", float("nan"))),

@@ -91,7 +91,8 @@ def report(
             print(
                 f"r1 ({devices} device(s)) sampler alone: {alone}; the step used "
                 f"{slots_name(run['slots'])}: {run['decode_steps']:.0f} decode steps, "
-                f"occupancy {run['slot_occupancy']:.0%}"
+                f"occupancy {run['slot_occupancy']:.0%}; training in {run['microbatches']} "
+                f"length-ordered slices at {run['length_buckets']} widths"
             )
     print(
         "| side | s/step (median) | CPU s/step | first step s | steps timed | compile / init s "

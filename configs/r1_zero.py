@@ -213,7 +213,12 @@ def qwen2_5_1_5b_gsm8k() -> ml_collections.ConfigDict:
     _reasoning_files(c, "gsm8k")
     c.mesh.update(data=1, fsdp=-1)
     c.rl.update(
-        prompts_per_step=32, group_size=8, max_new_tokens=1024, beta=0.04, num_microbatches=0
+        prompts_per_step=32,
+        group_size=8,
+        max_new_tokens=1024,
+        beta=0.04,
+        num_microbatches=0,
+        length_buckets=4,
     )
     c.optimizer.learning_rate = 1e-6
     c.train.topology, c.train.slices = "v5e:2x4", 1
@@ -226,7 +231,12 @@ def qwen2_5_7b_math() -> ml_collections.ConfigDict:
     _reasoning_files(c, "math")
     c.mesh.update(data=1, fsdp=-1, tensor=4)
     c.rl.update(
-        prompts_per_step=32, group_size=16, max_new_tokens=4096, beta=0.001, num_microbatches=0
+        prompts_per_step=32,
+        group_size=16,
+        max_new_tokens=4096,
+        beta=0.001,
+        num_microbatches=0,
+        length_buckets=4,
     )
     c.optimizer.learning_rate = 1e-6
     c.train.topology, c.train.slices = "v5p:4x4x1", 1
@@ -269,6 +279,9 @@ def deepseek_v3() -> ml_collections.ConfigDict:
         # Continuous batching: 512 of the 1,024 rows decode at once (one per chip on 1,024
         # chips: a slot count the batch rule splits evenly over fsdp x expert on both pods).
         slots=512,
+        # MoE RL: the training forwards use the experts the sampler chose (sampler-trainer
+        # consistency; docs/grpo.md).
+        routing_replay=True,
     )
     c.train.topology, c.train.slices = "v5p:8x8x16", 1
     c.optimizer.learning_rate = 3e-6

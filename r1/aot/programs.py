@@ -285,6 +285,24 @@ def global_bytes(tree: Any) -> int:
     return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
+def _per_device_rows(program: Program, rows: int) -> int:
+    """Rows of `rows` one device holds: split over the mesh axes of the `batch` rule."""
+    spec = sharding.logical_to_spec(("batch",), (rows,), program.mesh)
+    axes = spec[0] if spec[0] is not None else ()
+    axes = (axes,) if isinstance(axes, str) else axes
+    return -(-rows // math.prod(program.mesh.shape[a] for a in axes))
+
+
+def routes_bytes(program: Program) -> int:
+    """Per-device bytes of the experts the sampler records for an MoE policy (routing replay
+    and the routing mismatch metric): int16 [rows, prompt + new tokens, MoE layers, k]."""
+    cfg = program.model
+    if program.kind != "grpo" or not cfg.num_moe_layers:
+        return 0
+    tokens = _per_device_rows(program, program.rows) * (program.prompt_len + program.new_tokens)
+    return tokens * cfg.num_moe_layers * cfg.num_experts_per_tok * 2
+
+
 def kv_cache_bytes(program: Program) -> int:
     """Per-device bytes of the sampler's KV cache: the decode rows (all rows, or the slots) x
     (prompt bucket + new tokens), plus with slots the prefill's cache of the prompts (one per
@@ -302,13 +320,9 @@ def kv_cache_bytes(program: Program) -> int:
         per_token = 2 * cfg.num_kv_heads * cfg.head_dim
     itemsize = jnp.dtype(dtype_of(program.cache_dtype or cfg.dtype)).itemsize
 
-    def per_device_rows(rows: int) -> int:
-        spec = sharding.logical_to_spec(("batch",), (rows,), program.mesh)
-        axes = spec[0] if spec[0] is not None else ()
-        axes = (axes,) if isinstance(axes, str) else axes
-        return -(-rows // math.prod(program.mesh.shape[a] for a in axes))
-
-    tokens = per_device_rows(program.decode_rows) * (program.prompt_len + program.new_tokens)
+    tokens = _per_device_rows(program, program.decode_rows) * (
+        program.prompt_len + program.new_tokens
+    )
     if program.slots:
-        tokens += per_device_rows(program.prompts) * program.prompt_len
+        tokens += _per_device_rows(program, program.prompts) * program.prompt_len
     return tokens * per_token * itemsize * cfg.num_layers

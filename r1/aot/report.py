@@ -52,6 +52,7 @@ from r1.aot.programs import (
     grpo_program,
     kv_cache_bytes,
     rm_program,
+    routes_bytes,
     sft_program,
     shard_bytes,
     with_shardings,
@@ -178,8 +179,9 @@ class AOTReport:
     step, rng) and `batch` are the shards of the step's arguments; `outputs` and `temporaries`
     (activations, the KV cache, gathered weights, gradients) come from the compiled executable;
     `kv_cache` is the part of the temporaries the sampler's cache takes (computed from its
-    layout). `per_chip_bytes` is the executable's peak: arguments + outputs - donated aliases
-    + temporaries + code.
+    layout), `routes` the experts it records for an MoE policy (routing replay).
+    `per_chip_bytes` is the executable's peak: arguments + outputs - donated aliases +
+    temporaries + code.
 
     Flops / seconds: the compiler's cost model for one device, summed over devices. XLA counts
     each loop body once; `flops` adds the decode step (`decode_rows` rows: all of them, or the
@@ -232,6 +234,7 @@ class AOTReport:
     frozen_by_name: dict[str, int] = dataclasses.field(default_factory=dict)
     error: str = ""
     advice: list[str] = dataclasses.field(default_factory=list)
+    routes: int = 0
 
     def summary(self) -> dict[str, Any]:
         """The JSON line: every scalar field plus the largest buffers."""
@@ -257,6 +260,11 @@ class AOTReport:
             "gathered weights, KV cache)",
             f"      of which KV cache  {g(self.kv_cache)}  ({self.decode_rows} rows decoded at "
             f"once{' (slots)' if self.decode_rows < self.rows else ''})",
+            *(
+                [f"      of which MoE routes{g(self.routes)}  (recorded experts, int16)"]
+                if self.routes
+                else []
+            ),
             f"    outputs              {g(self.outputs)}  (donated: {g(self.aliased).strip()})",
             f"    peak                 {g(self.per_chip_bytes)}  -> "
             + ("FITS" if self.fits else "DOES NOT FIT"),
@@ -494,6 +502,7 @@ def compile_report(
         other_state=other,
         batch=batch,
         kv_cache=kv_cache_bytes(program),
+        routes=routes_bytes(program),
         temporaries=temps,
         outputs=outputs,
         aliased=aliased,

@@ -197,6 +197,12 @@ class ModelConfig:
     def is_moe_layer(self, layer_index: int) -> bool:
         return self.is_moe and layer_index >= self.first_k_dense_replace
 
+    @property
+    def num_moe_layers(self) -> int:
+        """MoE decoder layers (the MTP modules not counted): the M of routing replay's
+        int[B, T, M, k] routes (`Transformer.forward`)."""
+        return sum(self.is_moe_layer(i) for i in range(self.num_layers))
+
     def layer_groups(self) -> tuple[tuple[int, int], ...]:
         """(first layer index, number of layers) of each block of the layer stack: with
         `scan_layers` the runs of consecutive layers of one kind (the dense layers before

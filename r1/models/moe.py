@@ -2,7 +2,7 @@
 routed experts computed with grouped matmuls, auxiliary-loss-free balancing and expert
 parallelism.
 
-Functional core (pure functions of arrays):
+Functional core (pure functions of arrays; the routing ones live in `r1.models.routing`):
   `route`                  logits -> chosen experts, gate weights, affinities.
   `capacity_keep_mask`     which assignments survive an optional per-expert capacity.
   `routing_stats`          expert load, sequence-wise balance loss and load diagnostics
@@ -43,7 +43,39 @@ from jax.sharding import PartitionSpec
 
 from r1.models.config import ModelConfig
 from r1.models.layers import MLP, dtype_of, param
+from r1.models.routing import (
+    RoutingStats,
+    capacity_keep_mask,
+    expert_capacity,
+    load_diagnostics,
+    replay_routes,
+    route,
+    routing_stats,
+    total_balance_loss,
+    update_routing_bias,
+)
 from r1.sharding import _active_mesh, logical_to_spec
+
+__all__ = [  # with the routing core of r1.models.routing, re-exported
+    "GMM_IMPLS",
+    "MoE",
+    "RoutingBias",
+    "RoutingStats",
+    "block_size",
+    "capacity_keep_mask",
+    "expert_capacity",
+    "expert_ffn_dispatch",
+    "grouped_ffn",
+    "load_diagnostics",
+    "moe_layers",
+    "replay_routes",
+    "resolve_gmm_impl",
+    "route",
+    "routing_stats",
+    "total_balance_loss",
+    "update_model_routing_biases",
+    "update_routing_bias",
+]
 
 GMM_IMPLS = ("auto", "ragged_dot", "blocked")
 _RAGGED_DOT_PLATFORMS = ("gpu", "cuda", "rocm", "tpu")
@@ -55,196 +87,6 @@ class RoutingBias(nnx.Variable):
     State, not a parameter: `nnx.state(model, nnx.Param)` excludes it, so optimizers and
     gradients never touch it; it changes only through `update_routing_bias`.
     """
-
-
-# ------------------------------------------------------------------------------- routing
-def route(
-    logits: jax.Array,
-    bias: jax.Array,
-    cfg: ModelConfig,
-    *,
-    group_fill: float = -math.inf,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """DeepSeek-V3 router (matches transformers `DeepseekV3TopkRouter`).
-
-    Args:
-      logits: float32[N, E] router logits u_t . e_i.
-      bias: float32[E] balancing bias b_i (used for the choice only, never for the weights).
-      cfg: uses n_routed_experts, num_experts_per_tok, n_group, topk_group, norm_topk_prob,
-        routed_scaling_factor and scoring_func.
-      group_fill: value given to the biased scores of experts in groups that were not kept.
-        The installed transformers (5.x) and DeepSeek's reference `inference/model.py` use -inf
-        (the default). Older transformers releases (4.4x-4.5x) filled with 0.0; the two differ
-        when biased scores are negative (a negative-scored expert of a kept group can lose to a
-        0.0-filled expert of a dropped group). Pass 0.0 to reproduce those releases.
-
-    Returns:
-      topk_idx: int32[N, k] chosen experts (sorted by biased score, best first).
-      topk_weight: float32[N, k] gate weights: the unbiased affinities of the chosen experts,
-        normalised over the chosen when norm_topk_prob, times routed_scaling_factor.
-      scores: float32[N, E] affinities: sigmoid(logits) ("sigmoid", V3) or softmax(logits)
-        ("softmax", V2).
-
-    Selection: groups are ranked by the sum of their top-2 biased scores (sigmoid, V3) or by
-    their max biased score (softmax, DeepSeek-V2 `group_limited_greedy`); the best `topk_group`
-    groups are kept and the top-k experts are chosen among them on the biased scores.
-    """
-    n, e = logits.shape
-    k, n_group = cfg.num_experts_per_tok, cfg.n_group
-    logits = logits.astype(jnp.float32)
-    if cfg.scoring_func == "sigmoid":
-        scores = jax.nn.sigmoid(logits)
-    elif cfg.scoring_func == "softmax":
-        scores = jax.nn.softmax(logits, axis=-1)
-    else:
-        raise ValueError(f"ModelConfig.scoring_func: unknown {cfg.scoring_func!r}")
-    choice = scores + jax.lax.stop_gradient(bias.astype(jnp.float32))[None, :]
-    if n_group > 1:
-        per_group = e // n_group
-        grouped = choice.reshape(n, n_group, per_group)
-        if cfg.scoring_func == "sigmoid":
-            group_scores = jax.lax.top_k(grouped, min(2, per_group))[0].sum(-1)  # [N, G]
-        else:
-            group_scores = grouped.max(-1)
-        _, group_idx = jax.lax.top_k(group_scores, cfg.topk_group)  # [N, topk_group]
-        group_keep = jnp.zeros((n, n_group), bool).at[jnp.arange(n)[:, None], group_idx].set(True)
-        expert_keep = jnp.repeat(group_keep, per_group, axis=1)  # [N, E]
-        choice = jnp.where(expert_keep, choice, jnp.float32(group_fill))
-    _, topk_idx = jax.lax.top_k(choice, k)
-    topk_weight = jnp.take_along_axis(scores, topk_idx, axis=-1)
-    if cfg.norm_topk_prob:
-        topk_weight = topk_weight / (topk_weight.sum(-1, keepdims=True) + 1e-20)
-    topk_weight = topk_weight * cfg.routed_scaling_factor
-    return topk_idx.astype(jnp.int32), topk_weight, scores
-
-
-def capacity_keep_mask(
-    topk_idx: jax.Array, valid: jax.Array, n_experts: int, capacity: int
-) -> jax.Array:
-    """Which assignments fit in a per-expert capacity.
-
-    topk_idx: int32[N, k]; valid: bool[N] (padding tokens never take capacity). Priority goes
-    slot by slot (every token's first choice before any second choice), then token order.
-    Returns bool[N, k], False for padding and for assignments beyond `capacity`.
-    """
-    n, k = topk_idx.shape
-    onehot = jax.nn.one_hot(topk_idx, n_experts, dtype=jnp.int32)  # [N, k, E]
-    onehot = onehot * valid[:, None, None].astype(jnp.int32)
-    slot_major = jnp.swapaxes(onehot, 0, 1).reshape(k * n, n_experts)
-    position = jnp.cumsum(slot_major, axis=0) - 1  # position within expert, per assignment
-    position = jnp.sum(position * slot_major, axis=-1).reshape(k, n).T  # [N, k]
-    return valid[:, None] & (position < capacity)
-
-
-def expert_capacity(n_tokens: int, cfg: ModelConfig) -> int | None:
-    """Static per-expert capacity ceil(capacity_factor * N * k / E), or None (dropless)."""
-    if cfg.capacity_factor is None:
-        return None
-    cap = cfg.capacity_factor * n_tokens * cfg.num_experts_per_tok / cfg.n_routed_experts
-    return max(1, math.ceil(cap))
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class RoutingStats:
-    """One MoE layer's routing statistics of a forward pass (a pytree; `ModelOutput.moe` holds
-    one per MoE layer in forward order). All float32:
-
-    expert_load [E]: valid token assignments per expert (before any capacity drop).
-    balance_loss []: the alpha-weighted sequence-wise balance loss (`routing_stats`).
-    max_mean_load_ratio []: max(load) / mean(load).
-    dead_expert_fraction []: share of experts with zero load.
-    dropped_fraction [] or None: share of valid assignments dropped by the expert capacity
-      (None for dropless routing).
-
-    Stacked (a scanned block's layers, micro-batch slices) each field gains leading axes.
-    """
-
-    expert_load: jax.Array
-    balance_loss: jax.Array
-    max_mean_load_ratio: jax.Array
-    dead_expert_fraction: jax.Array
-    dropped_fraction: jax.Array | None = None
-
-
-def total_balance_loss(stats: Sequence[RoutingStats]) -> jax.Array:
-    """float32[]: the layers' (alpha-weighted) balance losses added in forward order; 0 when
-    there are none (a dense model)."""
-    return sum((s.balance_loss for s in stats), jnp.zeros((), jnp.float32))
-
-
-def load_diagnostics(stats: Sequence[RoutingStats]) -> dict[str, jax.Array]:
-    """{"moe/max_mean_load_ratio", "moe/dead_expert_fraction"}: float32[] means over the MoE
-    layers ({} for a dense model)."""
-    if not stats:
-        return {}
-    return {
-        "moe/max_mean_load_ratio": jnp.mean(jnp.stack([s.max_mean_load_ratio for s in stats])),
-        "moe/dead_expert_fraction": jnp.mean(jnp.stack([s.dead_expert_fraction for s in stats])),
-    }
-
-
-def routing_stats(
-    topk_idx: jax.Array,
-    scores: jax.Array,
-    token_mask: jax.Array,
-    cfg: ModelConfig,
-    keep: jax.Array | None = None,
-) -> RoutingStats:
-    """Per-layer routing statistics and the sequence-wise balance loss.
-
-    Args:
-      topk_idx: int32[B, T, k] chosen experts. scores: float32[B, T, E] affinities.
-      token_mask: bool[B, T], False for padding (ignored everywhere).
-      keep: optional bool[B, T, k] capacity mask (adds `dropped_fraction`).
-
-    Returns the `RoutingStats`:
-      expert_load [E]: valid token assignments per expert (before any capacity drop).
-      balance_loss []: aux_loss_alpha * mean over sequences (with >= 1 valid token) of
-        sum_i f_i P_i, f_i = E / (k T_b) * #tokens choosing i, P_i = mean_t s_i / sum_j s_j
-        (DeepSeek-V3 complementary sequence-wise loss; T_b = valid tokens in sequence b).
-      max_mean_load_ratio []: max(load) / mean(load). dead_expert_fraction []: share of
-      experts with zero load. dropped_fraction []: share of valid assignments dropped by the
-      capacity (only when `keep` is given).
-    """
-    e, k = cfg.n_routed_experts, cfg.num_experts_per_tok
-    valid = token_mask.astype(jnp.float32)  # [B, T]
-    chosen = jax.nn.one_hot(topk_idx, e, dtype=jnp.float32).sum(-2)  # [B, T, E]
-    chosen = chosen * valid[..., None]
-    counts = chosen.sum(1)  # [B, E]
-    load = counts.sum(0)  # [E]
-    n_valid = valid.sum(1)  # [B]
-    denom = jnp.maximum(n_valid, 1.0)[:, None]
-    f = counts * (e / k) / denom  # [B, E]
-    normed = scores / (scores.sum(-1, keepdims=True) + 1e-20)
-    p = jnp.sum(normed * valid[..., None], axis=1) / denom  # [B, E]
-    per_seq = jnp.sum(f * p, axis=-1)  # [B]
-    has_tokens = (n_valid > 0).astype(jnp.float32)
-    seq_loss = jnp.sum(per_seq * has_tokens) / jnp.maximum(has_tokens.sum(), 1.0)
-    mean_load = jnp.mean(load)
-    dropped_fraction = None
-    if keep is not None:
-        total = jnp.sum(valid) * k
-        dropped = jnp.sum((~keep).astype(jnp.float32) * valid[..., None])
-        dropped_fraction = dropped / jnp.maximum(total, 1.0)
-    return RoutingStats(
-        expert_load=load,
-        balance_loss=(cfg.aux_loss_alpha * seq_loss).astype(jnp.float32),
-        max_mean_load_ratio=jnp.max(load) / jnp.maximum(mean_load, 1e-9),
-        dead_expert_fraction=jnp.mean((load == 0).astype(jnp.float32)),
-        dropped_fraction=dropped_fraction,
-    )
-
-
-def update_routing_bias(bias: jax.Array, expert_load: jax.Array, rate: float) -> jax.Array:
-    """Auxiliary-loss-free balancing: b_i += rate * sign(mean(load) - load_i).
-
-    bias, expert_load: float32[E]. Overloaded experts go down, underloaded ones up; rate 0
-    returns `bias` unchanged.
-    """
-    load = expert_load.astype(jnp.float32)
-    step = jnp.sign(jnp.mean(load) - load)
-    return (bias.astype(jnp.float32) + rate * step).astype(bias.dtype)
 
 
 # ------------------------------------------------------------------------ grouped matmuls
@@ -496,11 +338,16 @@ class MoE(nnx.Module):
         """x: float[B, T, D] -> float32[B, T, E], computed in float32."""
         return jnp.einsum("btd,de->bte", x.astype(jnp.float32), self.gate[...].astype(jnp.float32))
 
-    def __call__(self, x: jax.Array, token_mask: jax.Array) -> tuple[jax.Array, RoutingStats]:
+    def __call__(
+        self, x: jax.Array, token_mask: jax.Array, replay: jax.Array | None = None
+    ) -> tuple[jax.Array, RoutingStats]:
         """x: float[B, T, D], token_mask: bool[B, T] -> (float[B, T, D], its RoutingStats).
 
         Padding tokens (token_mask False) count in no statistic, take no capacity and skip the
-        routed experts (their output is the shared experts' only).
+        routed experts (their output is the shared experts' only). replay: optional
+        int[B, T, k] recorded experts (`replay_routes`; -1 rows route themselves): the tokens
+        use them, with gates from the current router, and the statistics (loads, balance loss)
+        count the experts used; `RoutingStats.routes` is still the router's own choice.
         """
         cfg = self.cfg
         b, t, d = x.shape
@@ -510,6 +357,9 @@ class MoE(nnx.Module):
         logits = self.router_logits(x).reshape(b * t, e)
         bias = self.e_score_correction_bias[...]
         topk_idx, topk_weight, scores = route(logits, bias, cfg)
+        own_idx = topk_idx
+        if replay is not None:
+            topk_idx, topk_weight = replay_routes(own_idx, scores, replay.reshape(b * t, k), cfg)
         valid = token_mask.reshape(b * t).astype(bool)
         capacity = expert_capacity(b * t, cfg)
         if capacity is None:
@@ -523,6 +373,8 @@ class MoE(nnx.Module):
             cfg,
             keep=None if capacity is None else keep.reshape(b, t, k),
         )
+        own_routes = jnp.where(token_mask.astype(bool)[..., None], own_idx.reshape(b, t, k), -1)
+        stats = dataclasses.replace(stats, routes=own_routes)
         y = _routed_experts(
             x.reshape(b * t, d),
             topk_idx,

@@ -77,14 +77,16 @@ class DecoderLayer(nnx.Module):
         positions: jax.Array,
         mask: jax.Array,
         token_mask: jax.Array,
+        replay: jax.Array | None = None,
     ) -> tuple[jax.Array, RoutingStats | None]:
-        """x: float[B, T, D] -> (float[B, T, D], its RoutingStats; None for a dense layer)."""
+        """x: float[B, T, D] -> (float[B, T, D], its RoutingStats; None for a dense layer).
+        replay: optional int[B, T, k] recorded experts for an MoE layer (`MoE.__call__`)."""
         x = x + self.attn(self.input_norm(x), positions, mask)
         x = shard(x, ("batch", "length", "act_embed"))
         stats = None
         h = self.post_attn_norm(x)
         if self.is_moe:
-            h, stats = self.mlp(h, token_mask)
+            h, stats = self.mlp(h, token_mask, replay)
         else:
             h = self.mlp(h)
         x = shard(x + h, ("batch", "length", "act_embed"))
@@ -137,16 +139,19 @@ class LayerStack(nnx.Module):
         mask: SegmentMask,
         token_mask: jax.Array,
         policy: str,
+        replay: jax.Array | None = None,
     ) -> tuple[jax.Array, list[RoutingStats]]:
-        """x: float[B, T, D] -> (float[B, T, D], per layer its RoutingStats; [] if dense)."""
+        """x: float[B, T, D] -> (float[B, T, D], per layer its RoutingStats; [] if dense).
+        replay: optional int[count, B, T, k], each MoE layer's recorded experts."""
         graphdef, state = nnx.split(self.layer)
 
-        def body(x, layer_state):
-            return nnx.merge(graphdef, layer_state)(x, positions, mask, token_mask)
+        def body(x, scanned):
+            layer_state, layer_replay = scanned
+            return nnx.merge(graphdef, layer_state)(x, positions, mask, token_mask, layer_replay)
 
         if policy != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[policy])
-        x, stats = jax.lax.scan(body, x, state)
+        x, stats = jax.lax.scan(body, x, (state, replay))
         per_layer = [jax.tree.map(lambda s, j=j: s[j], stats) for j in range(self.count)]
         return x, per_layer if stats is not None else []
 
@@ -210,6 +215,7 @@ class Transformer(nnx.Module):
         attention_mask: jax.Array | None = None,
         with_mtp: bool = False,
         compute_logits: bool = True,
+        routes: jax.Array | None = None,
     ) -> ModelOutput:
         """Full forward pass.
 
@@ -218,7 +224,10 @@ class Transformer(nnx.Module):
         bool/int[B, T], 0 marks padding that no token attends to. with_mtp: also run the
         multi-token-prediction modules. compute_logits: False skips the [B, T, V] logits
         (`logits` is None; take log-probs from `hidden`, e.g. with
-        `r1.rl.grpo.chunked_token_logprobs(hidden, model.logits_from_hidden, ...)`).
+        `r1.rl.grpo.chunked_token_logprobs(hidden, model.logits_from_hidden, ...)`). routes:
+        optional int[B, T, M, k] recorded experts of the M = `ModelConfig.num_moe_layers`
+        MoE decoder layers in forward order (routing replay, `MoE.__call__`; -1 rows route
+        themselves); the MTP modules always route themselves.
 
         Attention gets the mask in factored form (`SegmentMask`), so sequences longer than
         `attention_block_size` never build a [T, T] mask or score matrix.
@@ -236,12 +245,19 @@ class Transformer(nnx.Module):
         mask = SegmentMask(segment_ids.astype(jnp.int32), token_mask)
         x = shard(self.embed(tokens), ("batch", "length", "act_embed"))
         moe_stats: list[RoutingStats] = []
+        moe_index = 0
         for layer in self.layers:
+            count = layer.count if isinstance(layer, LayerStack) else 1
+            replay = None
+            if routes is not None and layer.is_moe:
+                replay = jnp.moveaxis(routes[:, :, moe_index : moe_index + count], 2, 0)
+                moe_index += count
             if isinstance(layer, LayerStack):
-                x, stacked = layer(x, positions, mask, token_mask, cfg.remat_policy)
+                x, stacked = layer(x, positions, mask, token_mask, cfg.remat_policy, replay)
                 moe_stats.extend(stacked)
                 continue
-            x, stats = _run_layer(layer, x, positions, mask, token_mask, cfg.remat_policy)
+            replay = None if replay is None else replay[0]
+            x, stats = _run_layer(layer, x, positions, mask, token_mask, cfg.remat_policy, replay)
             if stats is not None:
                 moe_stats.append(stats)
         hidden = self.final_norm(x)
@@ -302,9 +318,9 @@ def unstack_layers(model: Transformer) -> Transformer:
     return nnx.merge(graphdef, state)
 
 
-def _run_layer(layer, x, positions, mask, token_mask, policy: str):
+def _run_layer(layer, x, positions, mask, token_mask, policy: str, replay=None):
     if policy == "none":
-        return layer(x, positions, mask, token_mask)
+        return layer(x, positions, mask, token_mask, replay)
     # A plain jax.checkpoint over the layer's state: the forward pass mutates nothing, and
     # nnx.remat's state write-back fails when the layer mixes variables of different traces
     # (parameters under jax.grad, MoE routing biases closed over from the enclosing step).
@@ -314,4 +330,4 @@ def _run_layer(layer, x, positions, mask, token_mask, policy: str):
         return nnx.merge(graphdef, state)(*args)
 
     remat = jax.checkpoint(run, policy=REMAT_POLICIES[policy])
-    return remat(state, x, positions, mask, token_mask)
+    return remat(state, x, positions, mask, token_mask, replay)

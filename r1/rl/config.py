@@ -164,8 +164,9 @@ class DataSection:
 
 # ----------------------------------------------------------------------------- config.rl
 # SamplingConfig fields a config does not set: the step sets them (num_samples is group_size)
-# or the tokenizer does (eos_ids, pad_id); RL never samples greedily.
-_SAMPLING_SKIP = ("num_samples", "greedy", "eos_ids", "stop_sequences", "pad_id")
+# or the tokenizer does (eos_ids, pad_id), or the policy (record_routes: an MoE's); RL never
+# samples greedily.
+_SAMPLING_SKIP = ("num_samples", "greedy", "eos_ids", "stop_sequences", "pad_id", "record_routes")
 # GRPOLossConfig.max_length is the sampler's max_new_tokens.
 _LOSS_SKIP = ("max_length",)
 _GRPO_SKIP = ("sampling", "loss")
@@ -287,8 +288,10 @@ weight; 0 drops the reference), ratio_level, aggregation, mask_truncated,
 drop_zero_variance_groups. Advantages: advantage (one of
 `r1.rl.grpo.ADVANTAGE_METHODS`), std_ddof (0: population std, 1: sample std). Schedule
 (`GRPOConfig`): num_iterations, num_minibatches, num_microbatches (0: one row per batch shard),
-ref_update_every (0: never). accuracy_reward: the 0/1 reward logged as `accuracy` ("" or None:
-none). The dataclasses' docstrings give each field's meaning and units.
+length_buckets (training widths: each micro-batch of length-ordered rows at the narrowest
+holding its longest row; 0: full width), ref_update_every (0: never). accuracy_reward: the
+0/1 reward logged as `accuracy` ("" or None: none). The dataclasses' docstrings give each
+field's meaning and units.
 """
 RL_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(RLSection))
 

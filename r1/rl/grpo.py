@@ -24,13 +24,18 @@ Typical use::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import math
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
-from r1.losses import map_position_chunks
+from r1.rl.logprobs import check_rank as _check_rank
+from r1.rl.logprobs import (  # re-exported: the log-prob helpers' historical home
+    chunked_token_logprobs as chunked_token_logprobs,
+)
+from r1.rl.logprobs import entropy_from_logits as entropy_from_logits
+from r1.rl.logprobs import token_logprobs as token_logprobs
 
 AdvantageMethod = Literal["std", "none", "batch_std", "leave_one_out"]
 RatioLevel = Literal["token", "sequence"]
@@ -39,16 +44,12 @@ Aggregation = Literal["sequence_mean", "token_mean", "constant"]
 ADVANTAGE_METHODS: tuple[str, ...] = ("std", "none", "batch_std", "leave_one_out")
 RATIO_LEVELS: tuple[str, ...] = ("token", "sequence")
 AGGREGATIONS: tuple[str, ...] = ("sequence_mean", "token_mean", "constant")
+ROLLOUT_CORRECTIONS: tuple[str, ...] = ("none", "tis", "mis", "sequence")
 
 
 # --------------------------------------------------------------------------------------------
 # Advantages and reward-side helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _check_rank(name: str, x: jax.Array, rank: int, letters: str) -> None:
-    if x.ndim != rank:
-        raise ValueError(f"{name}: expected shape [{letters}] (rank {rank}), got {tuple(x.shape)}")
 
 
 def _std(centered: jax.Array, count: jax.Array, ddof: int, axis: int | None) -> jax.Array:
@@ -154,80 +155,6 @@ def overlong_penalty(lengths: jax.Array, *, max_length: int, cache_length: int) 
 
 
 # --------------------------------------------------------------------------------------------
-# Log-probabilities and entropy
-# --------------------------------------------------------------------------------------------
-
-
-def token_logprobs(logits: jax.Array, tokens: jax.Array, *, temperature: float = 1.0) -> jax.Array:
-    """log pi(tokens[b, t] | ...) from the logits at the same position, in float32.
-
-    logits: float[B, T, V] (already aligned: logits[:, t] predicts tokens[:, t]);
-    tokens: int32[B, T]; temperature: the sampling temperature (logits are divided by it, so
-    log-probs match the distribution the sampler drew from). Returns float32[B, T].
-    """
-    _check_rank("logits", logits, 3, "B, T, V")
-    if tokens.shape != logits.shape[:2]:
-        raise ValueError(f"tokens: expected shape {logits.shape[:2]}, got {tokens.shape}")
-    z = logits.astype(jnp.float32)
-    if temperature != 1.0:
-        z = z / temperature
-    picked = jnp.take_along_axis(z, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(z, axis=-1)
-
-
-def entropy_from_logits(
-    logits: jax.Array, mask: jax.Array | None = None, *, temperature: float = 1.0
-) -> jax.Array:
-    """Per-token entropy (nats) of softmax(logits / temperature), float32[B, T].
-
-    logits: float[B, T, V]; mask: optional bool[B, T], positions where it is False get 0. The
-    batch metric is ``sum(H) / sum(mask)`` (masked mean over valid tokens).
-    """
-    _check_rank("logits", logits, 3, "B, T, V")
-    z = logits.astype(jnp.float32)
-    if temperature != 1.0:
-        z = z / temperature
-    logp = jax.nn.log_softmax(z, axis=-1)
-    ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-    if mask is None:
-        return ent
-    if mask.shape != ent.shape:
-        raise ValueError(f"mask: expected shape {ent.shape}, got {mask.shape}")
-    return jnp.where(mask.astype(jnp.bool_), ent, 0.0)
-
-
-def chunked_token_logprobs(
-    hidden: jax.Array,
-    unembed_fn: Callable[[jax.Array], jax.Array],
-    targets: jax.Array,
-    chunk: int,
-    *,
-    temperature: float = 1.0,
-) -> tuple[jax.Array, jax.Array]:
-    """`token_logprobs` and `entropy_from_logits` without materialising [B, T, V] logits.
-
-    hidden: float[B, T, D] (aligned: position t predicts targets[:, t]); unembed_fn: maps
-    float[B, c, D] to logits float[B, c, V] (e.g. `Transformer.logits_from_hidden`); targets:
-    int32[B, T]; chunk: positions per chunk (0: the whole sequence at once). T is padded up to a
-    multiple of `chunk`. Each chunk runs under `jax.checkpoint` inside a `lax.scan`, so the
-    forward and the backward hold one chunk of logits at a time. Returns (log-probs
-    float32[B, T], entropy float32[B, T] in nats), both differentiable.
-    """
-    _check_rank("hidden", hidden, 3, "B, T, D")
-
-    def stats(h_c, y_c):
-        z = unembed_fn(h_c).astype(jnp.float32)
-        if temperature != 1.0:
-            z = z / temperature
-        logp_all = jax.nn.log_softmax(z, axis=-1)
-        picked = jnp.take_along_axis(logp_all, y_c[..., None], axis=-1)[..., 0]
-        return picked, -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
-
-    logp, ent = map_position_chunks(stats, hidden, targets, chunk)
-    return logp, ent
-
-
-# --------------------------------------------------------------------------------------------
 # The loss
 # --------------------------------------------------------------------------------------------
 
@@ -254,6 +181,12 @@ class GRPOLossConfig:
         loss (and of the denominators).
       drop_zero_variance_groups: DAPO dynamic sampling with static shapes: groups whose rewards
         are all equal are left out of the loss (and of the denominators); needs ``rewards``.
+      rollout_correction: how the policy term corrects for the sampler's log-probs differing
+        from the trainer's at the same parameters (:func:`rollout_correction_weights`):
+        ``"none"``, ``"tis"`` (token weights min(w, C)), ``"mis"`` (tokens with w > C masked out
+        of the policy term) or ``"sequence"`` (the geometric-mean sequence weight, truncated at
+        C); needs ``logp_sampler``, and ``logp_old`` is then the trainer's log-probs.
+      rollout_correction_cap: C (> 1).
     """
 
     eps_low: float = 0.2
@@ -265,8 +198,19 @@ class GRPOLossConfig:
     max_length: int | None = None
     mask_truncated: bool = False
     drop_zero_variance_groups: bool = False
+    rollout_correction: str = "none"
+    rollout_correction_cap: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.rollout_correction not in ROLLOUT_CORRECTIONS:
+            raise ValueError(
+                f"rollout_correction: expected one of {ROLLOUT_CORRECTIONS}, got "
+                f"{self.rollout_correction!r}"
+            )
+        if not self.rollout_correction_cap > 1.0:
+            raise ValueError(
+                f"rollout_correction_cap: expected > 1, got {self.rollout_correction_cap}"
+            )
         if not 0.0 <= self.eps_low < 1.0:
             raise ValueError(f"eps_low: expected 0 <= eps_low < 1, got {self.eps_low}")
         if self.eps_high < 0.0:
@@ -382,6 +326,7 @@ def grpo_loss(
     truncated: jax.Array | None = None,
     rewards: jax.Array | None = None,
     denominator: jax.Array | float | None = None,
+    logp_sampler: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The GRPO loss (minus the objective) and its metrics.
 
@@ -415,6 +360,11 @@ def grpo_loss(
       rewards: optional float32[P, G], P * G == B (needed when
         ``config.drop_zero_variance_groups``; also gives ``zero_variance_group_frac``).
       denominator: optional override of :func:`loss_denominator` (for mini-batching).
+      logp_sampler: float32[B, T] the sampler's log-probs of the same tokens, with
+        ``config.rollout_correction`` != "none" (``logp_old`` is then the trainer's, at the
+        sampling parameters): each token's policy term is multiplied by its
+        :func:`rollout_correction_weights` (a constant), and ``rollout_correction/capped_frac``
+        reports the share of valid tokens (``"sequence"``: of rows) the cap acted on.
 
     Returns:
       ``(loss, metrics)``: loss is a float32 scalar; metrics (float32 scalars):
@@ -441,6 +391,22 @@ def grpo_loss(
     pg = -jnp.minimum(ratio * adv, jnp.clip(ratio, lo, hi) * adv)
     if config.dual_clip is not None:
         pg = jnp.where(adv < 0.0, jnp.minimum(pg, -config.dual_clip * adv), pg)
+    correction_metrics = {}
+    if config.rollout_correction != "none":
+        if logp_sampler is None:
+            raise ValueError(
+                f"logp_sampler: rollout_correction={config.rollout_correction!r} needs the "
+                "sampler's log-probs, got None"
+            )
+        weights, capped = rollout_correction_weights(
+            old,
+            logp_sampler,
+            mask,
+            mode=config.rollout_correction,
+            cap=config.rollout_correction_cap,
+        )
+        pg = pg * weights
+        correction_metrics["rollout_correction/capped_frac"] = capped
 
     denom = loss_denominator(mask, config=config) if denominator is None else denominator
     policy_loss = _aggregate(pg, mf, config) / denom
@@ -464,6 +430,7 @@ def grpo_loss(
         }
     )
     metrics.update(_clip_metrics(sg(ratio), adv, mf, lo, hi, config.dual_clip))
+    metrics.update(correction_metrics)
     metrics.update(_advantage_metrics(sg(advantages.astype(jnp.float32)), mf))
     if rewards is not None:
         _check_groups(rewards, logp_new.shape[0])
@@ -491,6 +458,60 @@ def _check_loss_inputs(logp_new, logp_old, logp_ref, advantages, completion_mask
         raise ValueError(f"logp_ref: beta={config.beta} needs reference log-probs, got None")
     if logp_ref is not None and logp_ref.shape != shape:
         raise ValueError(f"logp_ref: expected shape {shape}, got {logp_ref.shape}")
+
+
+def rollout_correction_weights(
+    logp_train: jax.Array,
+    logp_sampler: jax.Array,
+    mask: jax.Array,
+    *,
+    mode: str,
+    cap: float,
+) -> tuple[jax.Array, jax.Array]:
+    """Importance weights float32[B, T] that correct a policy term for the sampler's numerics,
+    and the share the cap acted on (float32[]).
+
+    With ``log w_it = logp_train_it - logp_sampler_it`` (the trainer's and the sampler's
+    log-probs of token t of row i at the same parameters, both constants here; 0 where `mask`
+    is False) and C = `cap`:
+
+    - ``"none"``: 1 everywhere; share 0.
+    - ``"tis"`` (truncated IS, token level): ``min(w_it, C)``; share: valid tokens with w > C.
+    - ``"mis"`` (masked IS): 1 where ``w_it <= C``, 0 where it exceeds C (the token leaves the
+      policy term; denominators stay); share: valid tokens masked.
+    - ``"sequence"``: ``min(exp(mean_t log w_it), C)`` on every token of row i (the geometric
+      mean of its token weights, truncated); share: rows with a valid token that were capped.
+
+    Padding and fully masked rows get weight 1 (they never reach a loss). mask: bool[B, T].
+    """
+    if mode not in ROLLOUT_CORRECTIONS:
+        raise ValueError(f"rollout correction: expected one of {ROLLOUT_CORRECTIONS}, got {mode!r}")
+    _check_rank("logp_train", logp_train, 2, "B, T")
+    if logp_sampler.shape != logp_train.shape or mask.shape != logp_train.shape:
+        raise ValueError(
+            f"logp_sampler / mask: expected shape {logp_train.shape}, got "
+            f"{logp_sampler.shape} / {mask.shape}"
+        )
+    mask = mask.astype(bool)
+    mf = mask.astype(jnp.float32)
+    sg = jax.lax.stop_gradient
+    log_w = sg(jnp.where(mask, logp_train.astype(jnp.float32) - logp_sampler, 0.0))
+    log_cap = math.log(cap)
+    if mode == "none":
+        return jnp.ones_like(log_w), jnp.zeros((), jnp.float32)
+    if mode == "sequence":
+        tokens = jnp.sum(mf, axis=1, keepdims=True)
+        seq_log_w = jnp.sum(log_w, axis=1, keepdims=True) / jnp.maximum(tokens, 1.0)
+        weights = jnp.broadcast_to(jnp.exp(jnp.minimum(seq_log_w, log_cap)), log_w.shape)
+        has_tokens = (tokens[:, 0] > 0).astype(jnp.float32)
+        capped = (seq_log_w[:, 0] > log_cap).astype(jnp.float32) * has_tokens
+        return weights, jnp.sum(capped) / jnp.maximum(jnp.sum(has_tokens), 1.0)
+    over = log_w > log_cap
+    if mode == "tis":
+        weights = jnp.exp(jnp.minimum(log_w, log_cap))
+    else:
+        weights = jnp.where(over, 0.0, 1.0)
+    return weights, _masked_mean(over.astype(jnp.float32), mf)
 
 
 def importance_ratio(new: jax.Array, old: jax.Array, mf: jax.Array, level: str) -> jax.Array:

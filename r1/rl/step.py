@@ -40,8 +40,22 @@ from r1.rl.grpo import (
     group_advantages,
     grpo_loss,
     loss_denominator,
-    zero_variance_groups,
 )
+from r1.rl.lengths import (
+    SEQUENCE_KEYS,
+    at_width,
+    bucket_widths,
+    bucketed_logprobs,
+    sorted_layout,
+    take_rows,
+)
+from r1.rl.mismatch import (
+    combine_mismatch,
+    mismatch_metrics,
+    mismatch_partials,
+    routing_partials,
+)
+from r1.rl.rollouts import Rollout, correct_rows, step_metrics
 from r1.sampling.sampler import SamplingConfig, sample
 from r1.train.state import (
     TrainState,
@@ -52,6 +66,8 @@ from r1.train.state import (
 )
 
 Batch = dict[str, jax.Array]
+# `grpo_loss` metrics that are sums over rows divided by the mini-batch's denominator.
+ADDITIVE_METRICS = ("loss", "loss/policy", "loss/kl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +80,22 @@ class GRPOConfig:
     num_microbatches: each mini-batch's gradient is accumulated over this many interleaved
     slices of its rows (row r in slice r mod n, so every device keeps its share), one optimizer
     update per mini-batch: the same update with 1/n of the saved activations (the loss is a
-    sum over rows with a mini-batch-wide denominator). Metrics are averaged over the slices.
+    sum over rows with a mini-batch-wide denominator). Loss metrics add up over the slices,
+    other metrics are averaged over them.
     0 = auto (`make_grpo_step` resolves it from the mesh): one row per batch shard per slice.
     std_ddof: the advantage std's delta degrees of freedom (`group_advantages`).
     ref_update_every: replace the reference by the policy every this many steps (0: never; R1
     used 400). accuracy_reward: the reward whose rows > 0.5 are reported as `accuracy` (a 0/1
     reward); comma-separated labels (per-domain accuracy rewards): a row is correct when any is.
+    routing_replay: for an MoE policy, the training forwards (policy and reference) use the
+    experts the sampler chose for each token (recorded as int16 [B, L + N, M, k]) with gates
+    from the current router, and the routing-bias update counts those loads; the sampler
+    records them for every MoE policy anyway, for the `mismatch/routing_diff_frac` metric.
+    length_buckets: W completion widths for the training half (`r1.rl.lengths`): rows of each
+    mini-batch ordered by length into its micro-batches, each run at the narrowest of W widths
+    (about j * max_new_tokens / W) holding its longest row, and the reference forward likewise
+    in slices of a micro-batch's rows; the same gradient, cost following the lengths. 0 or 1:
+    every row at the full width.
     """
 
     group_size: int = 8
@@ -82,6 +108,8 @@ class GRPOConfig:
     num_microbatches: int = 1
     ref_update_every: int = 0
     accuracy_reward: str | None = None
+    length_buckets: int = 0
+    routing_replay: bool = False
 
     def __post_init__(self):
         if self.sampling.num_samples != self.group_size:
@@ -93,6 +121,11 @@ class GRPOConfig:
             raise ValueError(
                 "GRPOConfig: num_iterations and num_minibatches must be >= 1, num_microbatches "
                 ">= 0 (0: one row per batch shard)"
+            )
+        if self.length_buckets < 0:
+            raise ValueError(
+                f"GRPOConfig: length_buckets: expected >= 0 (0: no buckets), got "
+                f"{self.length_buckets}"
             )
 
 
@@ -107,40 +140,21 @@ def _full_sequences(prompt_tokens, prompt_mask, completion, completion_mask, gro
     return tokens, mask, positions
 
 
-def completion_logprobs(model, tokens, mask, positions, prompt_len: int, completion):
+def completion_logprobs(model, tokens, mask, positions, prompt_len: int, completion, routes=None):
     """Log-probs float32[B, N] of the completion tokens, their entropies float32[B, N] and the
     MoE layers' `RoutingStats` of this forward pass. Vocabulary logits exist
     `logits_chunk_size` positions at a time (`r1.rl.grpo.chunked_token_logprobs`; 0 = all at
-    once), never as [B, L + N, V] unless asked."""
-    output = model.forward(tokens, positions=positions, attention_mask=mask, compute_logits=False)
+    once), never as [B, L + N, V] unless asked. routes: optional recorded experts
+    int[B, L + N, M, k] to replay (`Transformer.forward`)."""
+    output = model.forward(
+        tokens, positions=positions, attention_mask=mask, compute_logits=False, routes=routes
+    )
     n = completion.shape[1]
     hidden = output.hidden[:, prompt_len - 1 : prompt_len - 1 + n]
     logp, entropy = chunked_token_logprobs(
         hidden, model.logits_from_hidden, completion, model.config.logits_chunk_size
     )
     return logp, entropy, output.moe
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class Rollout:
-    """One step's sampled rows (B = P * G; row p * G + g is prompt p's g-th completion).
-
-    prompt_tokens int32[P, L] (left-padded), prompt_mask bool[P, L]; completion int32[B, N],
-    completion_mask bool[B, N] (through EOS), logprobs float32[B, N] (pi_old, from the
-    sampler), lengths int32[B], truncated bool[B]; fields: the per-prompt batch fields repeated
-    per row, {name: [B, ...]}. decode_steps: int32[], the sampler's decode steps.
-    """
-
-    prompt_tokens: jax.Array
-    prompt_mask: jax.Array
-    completion: jax.Array
-    completion_mask: jax.Array
-    logprobs: jax.Array
-    lengths: jax.Array
-    truncated: jax.Array
-    fields: dict[str, jax.Array]
-    decode_steps: jax.Array
 
 
 def rollout(policy: nnx.Module, batch: Batch, key: jax.Array, config: GRPOConfig) -> Rollout:
@@ -150,6 +164,9 @@ def rollout(policy: nnx.Module, batch: Batch, key: jax.Array, config: GRPOConfig
     (`r1.sampling.sampler.sample`): a length workload for benchmarks, not a reward field."""
     group = config.group_size
     prompt_tokens, prompt_mask = batch["prompt_tokens"], batch["prompt_mask"]
+    sampling = config.sampling
+    if policy.config.num_moe_layers:
+        sampling = dataclasses.replace(sampling, record_routes=True)
     row_ids = None
     if "row_index" in batch:
         row_ids = (batch["row_index"][:, None] * group + jnp.arange(group)[None, :]).reshape(-1)
@@ -158,7 +175,7 @@ def rollout(policy: nnx.Module, batch: Batch, key: jax.Array, config: GRPOConfig
         prompt_tokens,
         prompt_mask,
         key,
-        config.sampling,
+        sampling,
         row_ids=row_ids,
         forced_lengths=batch.get("forced_lengths"),
     )
@@ -177,6 +194,7 @@ def rollout(policy: nnx.Module, batch: Batch, key: jax.Array, config: GRPOConfig
         out.truncated,
         fields,
         out.decode_steps,
+        out.routes,
     )
 
 
@@ -230,13 +248,79 @@ def _loss_inputs(
             rows.completion_mask, config=config.loss, truncated=rows.truncated, rewards=rewards_pg
         ),
     }
+    if rows.routes is not None:
+        inputs["routes"] = rows.routes
+    prompt_len = rows.prompt_tokens.shape[1]
     if config.loss.beta > 0:
         reference = nnx.merge(graphdef, state.ref_params, state.extra)
-        ref_logp, _, _ = completion_logprobs(
-            reference, tokens, mask, positions, rows.prompt_tokens.shape[1], rows.completion
-        )
-        inputs["ref_logp"] = jax.lax.stop_gradient(ref_logp)
+        inputs["ref_logp"] = _forward_logprobs(reference, inputs, config, prompt_len)
+    if recomputes_old_logprobs(config):
+        policy = nnx.merge(graphdef, state.params, state.extra)
+        inputs["train_logp"] = _forward_logprobs(policy, inputs, config, prompt_len)
     return inputs
+
+
+def recomputes_old_logprobs(config: GRPOConfig) -> bool:
+    """Whether a rollout correction needs the trainer's log-probs at the sampling parameters
+    from a forward of their own: with one update per step (mu = 1, M = 1) the update's own
+    forward runs at those parameters, and its log-probs (stop-gradient) serve."""
+    if config.loss.rollout_correction == "none":
+        return False
+    return config.num_iterations * config.num_minibatches > 1
+
+
+def _forward_logprobs(model, inputs: dict[str, jax.Array], config: GRPOConfig, prompt_len: int):
+    """float32[B, N] completion log-probs of `model` (no gradient), at the rows' length
+    buckets when `config.length_buckets` asks (`r1.rl.lengths.bucketed_logprobs`)."""
+
+    def logprobs(b):
+        logp, _, _ = completion_logprobs(
+            model,
+            b["tokens"],
+            b["mask"],
+            b["positions"],
+            prompt_len,
+            b["completion"],
+            b["routes"] if config.routing_replay else None,
+        )
+        return logp
+
+    widths = training_widths(config)
+    if len(widths) > 1:
+        keys = [k for k in (*SEQUENCE_KEYS, "completion", "completion_mask") if k in inputs]
+        logp = bucketed_logprobs(
+            logprobs,
+            {k: inputs[k] for k in keys},
+            prompt_len,
+            widths,
+            config.num_minibatches * config.num_microbatches,
+        )
+    else:
+        logp = logprobs(inputs)
+    return jax.lax.stop_gradient(logp)
+
+
+def training_widths(config: GRPOConfig) -> tuple[int, ...]:
+    """The completion widths the training half runs at (`r1.rl.lengths.bucket_widths`)."""
+    return bucket_widths(config.sampling.max_new_tokens, config.length_buckets)
+
+
+def check_slices(rows: int, config: GRPOConfig) -> None:
+    """Raise unless `rows` split into whole-group mini-batches of equal micro-batches."""
+    group, minibatches = config.group_size, config.num_minibatches
+    if rows % (minibatches * group):
+        raise ValueError(
+            f"GRPO step: {rows // group} prompts x {group} rows cannot be split into "
+            f"{minibatches} mini-batches of whole groups"
+        )
+    micro = config.num_microbatches
+    if micro < 1:
+        raise ValueError("GRPO step: num_microbatches=0 (auto) is resolved by make_grpo_step")
+    if (rows // minibatches) % micro:
+        raise ValueError(
+            f"GRPO step: a mini-batch of {rows // minibatches} rows does not split into "
+            f"num_microbatches={micro} equal slices"
+        )
 
 
 def policy_update(
@@ -253,35 +337,47 @@ def policy_update(
     (`r1.train.state.accumulate_grads`). Returns (params, opt_state, metrics averaged over the
     updates, per-MoE-layer expert loads summed over all of them)."""
     rows = adv.shape[0]
+    check_slices(rows, config)
     per_mb = rows // config.num_minibatches
     micro = config.num_microbatches
-    if micro < 1:
-        raise ValueError("GRPO step: num_microbatches=0 (auto) is resolved by make_grpo_step")
-    if per_mb % micro:
-        raise ValueError(
-            f"GRPO step: a mini-batch of {per_mb} rows does not split into "
-            f"num_microbatches={micro} equal slices"
-        )
+    widths = training_widths(config)
     denominator = loss_denominator(inputs["loss_mask"], config=config.loss)
     denominator = denominator / config.num_minibatches
     loss_cfg = dataclasses.replace(
         config.loss, mask_truncated=False, drop_zero_variance_groups=False
     )
-    data = {**inputs, "advantages": adv}
+    # [M, rows / M, ...], each device holding its share of every mini-batch's rows: one
+    # all-to-all here, and a mini-batch is then an index on an unsharded axis (a dynamic slice
+    # of the sharded row axis would gather every row on every device).
+    data = {
+        k: sharding.shard(
+            v.reshape(config.num_minibatches, per_mb, *v.shape[1:]),
+            (None, "batch", *([None] * (v.ndim - 1))),
+        )
+        for k, v in {**inputs, "advantages": adv}.items()
+    }
 
     def loss_fn(params, mb):
+        return at_width(lambda narrowed: loss_at_width(params, narrowed), mb, prompt_len, widths)
+
+    def loss_at_width(params, mb):
         model = nnx.merge(graphdef, params, state.extra)
+        replayed = mb["routes"] if config.routing_replay else None
         logp, entropy, moe = completion_logprobs(
-            model, mb["tokens"], mb["mask"], mb["positions"], prompt_len, mb["completion"]
+            model, mb["tokens"], mb["mask"], mb["positions"], prompt_len, mb["completion"], replayed
         )
+        sampler_logp, old_logp = mb["old_logp"], mb["old_logp"]
+        if loss_cfg.rollout_correction != "none":
+            old_logp = mb.get("train_logp", jax.lax.stop_gradient(logp))
         loss, metrics = grpo_loss(
             logp,
-            mb["old_logp"],
+            old_logp,
             mb.get("ref_logp"),
             mb["advantages"],
             mb["loss_mask"],
             config=loss_cfg,
             denominator=denominator,
+            logp_sampler=sampler_logp,
         )
         # A mean over sequences: each of the `micro` slices contributes 1/micro of it.
         moe_loss = total_balance_loss(moe) / micro
@@ -289,27 +385,49 @@ def policy_update(
         ent = jnp.where(cmask, jax.lax.stop_gradient(entropy), 0.0)
         metrics["entropy"] = jnp.sum(ent) / jnp.maximum(jnp.sum(cmask), 1)
         metrics.update(load_diagnostics(moe))
-        return loss + moe_loss, (metrics, [s.expert_load for s in moe])
+        # Meaningful in the first update only, whose parameters are the sampler's.
+        partials = mismatch_partials(jax.lax.stop_gradient(logp), sampler_logp, cmask)
+        if "routes" in mb:
+            own = jnp.stack([s.routes for s in moe], axis=2)  # [b, L + n, M, k]
+            partials.update(routing_partials(own, mb["routes"], config.routing_replay))
+        return loss + moe_loss, (metrics, [s.expert_load for s in moe], partials)
 
     def update(carry, index):
         params, opt_state = carry
         minibatch = {
-            k: jax.lax.dynamic_slice_in_dim(v, index * per_mb, per_mb, axis=0)
+            k: jax.lax.dynamic_index_in_dim(v, index, axis=0, keepdims=False)
             for k, v in data.items()
         }
-        grads, (metrics, loads) = accumulate_grads(loss_fn, params, minibatch, micro)
-        metrics = {k: jnp.mean(v, axis=0) for k, v in metrics.items()}
+        if len(widths) > 1 and micro > 1:
+            lengths = jnp.sum(minibatch["completion_mask"].astype(jnp.int32), axis=1)
+            minibatch = take_rows(minibatch, sorted_layout(lengths, micro))
+        grads, (metrics, loads, partials) = accumulate_grads(loss_fn, params, minibatch, micro)
+        # Loss terms add up over the slices (each carries the mini-batch's denominator); the
+        # other metrics are per-slice means.
+        metrics = {
+            k: jnp.sum(v, axis=0) if k in ADDITIVE_METRICS else jnp.mean(v, axis=0)
+            for k, v in metrics.items()
+        }
         loads = [jnp.sum(load, axis=0) for load in loads]
         params, opt_state, metrics["grad_norm"] = optimizer_step(
             optimizer, params, opt_state, grads
         )
-        return (params, opt_state), (metrics, loads)
+        return (params, opt_state), (metrics, loads, combine_mismatch(partials))
 
     indices = jnp.tile(jnp.arange(config.num_minibatches), config.num_iterations)
-    (params, opt_state), (mb_metrics, mb_loads) = jax.lax.scan(
+    (params, opt_state), (mb_metrics, mb_loads, mb_partials) = jax.lax.scan(
         update, (state.params, state.opt_state), indices
     )
     metrics = {k: jnp.mean(v) for k, v in mb_metrics.items()}
+    # The first update's mini-batch, trained before any parameter moved ...
+    partials = {k: v[0] for k, v in mb_partials.items()}
+    if "train_logp" in inputs:  # ... or the trainer's log-probs of every row, at those params
+        partials.update(
+            mismatch_partials(inputs["train_logp"], inputs["old_logp"], inputs["completion_mask"])
+        )
+    metrics.update(mismatch_metrics(partials))
+    # Over the whole batch at full width, whatever the slices and their widths.
+    metrics["valid_token_frac"] = jnp.mean(inputs["loss_mask"].astype(jnp.float32))
     return params, opt_state, metrics, [jnp.sum(load, axis=0) for load in mb_loads]
 
 
@@ -319,93 +437,6 @@ def refresh_reference(params: Any, ref_params: Any, new_step: jax.Array, every: 
         return ref_params
     refresh = (new_step % every) == 0
     return jax.tree.map(lambda p, r: jnp.where(refresh, p, r), params, ref_params)
-
-
-def correct_rows(scores: ScorerOutput, config: GRPOConfig) -> jax.Array | None:
-    """bool[B]: rows whose accuracy reward is > 0.5 (any of `config.accuracy_reward`'s
-    comma-separated labels: per-domain accuracy rewards, each 0 off its domain), or None."""
-    if not config.accuracy_reward:
-        return None
-    labels = [label.strip() for label in config.accuracy_reward.split(",") if label.strip()]
-    missing = [label for label in labels if label not in scores.parts]
-    if missing:
-        raise ValueError(
-            f"GRPOConfig.accuracy_reward={config.accuracy_reward!r}: {missing} not among the "
-            f"rewards {sorted(scores.parts)}"
-        )
-    correct = scores.parts[labels[0]] > 0.5
-    for label in labels[1:]:
-        correct = correct | (scores.parts[label] > 0.5)
-    return correct
-
-
-def domain_metrics(
-    rows: Rollout, scores: ScorerOutput, correct: jax.Array | None, domains: tuple[str, ...]
-) -> dict[str, jax.Array]:
-    """Per-domain `rows/domain/<d>` (count), `reward/domain/<d>`, `response_length/domain/<d>`
-    and `accuracy/domain/<d>` (means over the domain's rows; 0 when it has none this step)."""
-    out = {}
-    lengths = rows.lengths.astype(jnp.float32)
-    for index, name in enumerate(domains):
-        selected = (rows.fields["domain"] == index).astype(jnp.float32)
-        count = jnp.sum(selected)
-        denominator = jnp.maximum(count, 1.0)
-        out[f"rows/domain/{name}"] = count
-        out[f"reward/domain/{name}"] = jnp.sum(scores.total * selected) / denominator
-        out[f"response_length/domain/{name}"] = jnp.sum(lengths * selected) / denominator
-        if correct is not None:
-            out[f"accuracy/domain/{name}"] = (
-                jnp.sum(correct.astype(jnp.float32) * selected) / denominator
-            )
-    return out
-
-
-def step_metrics(
-    rows: Rollout,
-    scores: ScorerOutput,
-    rewards_pg,
-    config: GRPOConfig,
-    domains: tuple[str, ...] = (),
-) -> dict:
-    """Phase 6: rollout and reward metrics (the update's come from `policy_update`), and per-
-    domain ones for the scorer's `domains`."""
-    lengths = rows.lengths.astype(jnp.float32)
-    rewards = scores.total
-    metrics = {
-        "reward/total": jnp.mean(rewards),
-        "reward/std": jnp.std(rewards),
-        "response_length/mean": jnp.mean(lengths),
-        "response_length/max": jnp.max(lengths),
-        "truncated_frac": jnp.mean(rows.truncated.astype(jnp.float32)),
-        "zero_variance_group_frac": jnp.mean(zero_variance_groups(rewards_pg).astype(jnp.float32)),
-        "generated_tokens": jnp.sum(lengths),
-        **rollout_length_metrics(rows, config.sampling),
-    }
-    for name, values in scores.parts.items():
-        metrics[f"reward/{name}"] = jnp.mean(values.astype(jnp.float32))
-    for name, count in scores.failures.items():
-        metrics[f"reward_failures/{name}"] = count.astype(jnp.float32)
-    correct = correct_rows(scores, config)
-    if correct is not None:
-        metrics["accuracy"] = jnp.mean(correct.astype(jnp.float32))
-    if domains and "domain" in rows.fields:
-        metrics.update(domain_metrics(rows, scores, correct, domains))
-    return metrics
-
-
-def rollout_length_metrics(rows: Rollout, sampling: SamplingConfig) -> dict[str, jax.Array]:
-    """What the rollout's lengths cost: `rollout/decode_steps` (the decode loop's steps),
-    `rollout/slot_occupancy` (the share of row-steps decoded that produced a real token:
-    generated tokens / (steps x rows decoded at once, `SamplingConfig.decode_rows`)) and
-    `rollout/longest_row` (tokens)."""
-    steps = rows.decode_steps.astype(jnp.float32)
-    width = sampling.decode_rows(rows.lengths.shape[0])
-    generated = jnp.sum(rows.lengths.astype(jnp.float32))
-    return {
-        "rollout/decode_steps": steps,
-        "rollout/slot_occupancy": generated / jnp.maximum(steps * width, 1.0),
-        "rollout/longest_row": jnp.max(rows.lengths).astype(jnp.float32),
-    }
 
 
 def grpo_step_fn(
@@ -432,13 +463,13 @@ def grpo_step_fn(
         if missing:
             raise ValueError(f"GRPO step: no frozen model state given for rewards {missing}")
         num_prompts, prompt_len = batch["prompt_tokens"].shape
-        if (num_prompts * group) % (config.num_minibatches * group):
-            raise ValueError(
-                f"GRPO step: {num_prompts} prompts x {group} rows cannot be split into "
-                f"{config.num_minibatches} mini-batches of whole groups"
-            )
+        check_slices(num_prompts * group, config)
         rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
         policy = nnx.merge(graphdef, state.params, state.extra)
+        if config.routing_replay and not policy.config.num_moe_layers:
+            raise ValueError(
+                "GRPO step: routing_replay needs an MoE policy (this model has no MoE layer)"
+            )
         rows = rollout(policy, batch, sample_key, config)
         scores = score(rows, scorer, frozen, group)
         adv, rewards_pg = advantages(scores, config)
@@ -458,8 +489,12 @@ def grpo_step_fn(
                 params, state.ref_params, new_step, config.ref_update_every
             ),
         )
-        metrics.update(step_metrics(rows, scores, rewards_pg, config, scorer.domains))
-        correct = correct_rows(scores, config)
+        metrics.update(
+            step_metrics(
+                rows, scores, rewards_pg, config.accuracy_reward, config.sampling, scorer.domains
+            )
+        )
+        correct = correct_rows(scores, config.accuracy_reward)
         if correct is None:
             correct = jnp.zeros_like(scores.total, bool)
         samples = {

@@ -54,6 +54,7 @@ CURVE_PANELS = (
     ("reward by domain", ("reward/domain/*",)),
     ("accuracy by domain", ("accuracy/domain/*",)),
     ("response length by domain", ("response_length/domain/*",)),
+    ("sampler-trainer mismatch (nats)", ("mismatch/logp_abs_mean", "mismatch/logp_abs_max")),
 )
 
 

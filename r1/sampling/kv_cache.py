@@ -68,6 +68,17 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = N
     return {"layers": layers, "valid": jnp.zeros((batch, max_len), bool)}
 
 
+# Recorded routes int16[rows, tokens, M, k] (`SamplingConfig.record_routes`): split by rows.
+ROUTE_AXES = ("batch", None, None, None)
+
+
+def init_routes(cfg: ModelConfig, rows: int, tokens: int) -> jax.Array:
+    """int16[rows, tokens, M, k] of -1 (M = `num_moe_layers`, k = `num_experts_per_tok`): the
+    buffer a decode loop fills with each completion token's experts (-1: none recorded)."""
+    shape = (rows, tokens, cfg.num_moe_layers, cfg.num_experts_per_tok)
+    return shard(jnp.full(shape, -1, jnp.int16), ROUTE_AXES)
+
+
 def cache_bytes_per_token(cache: Cache) -> int:
     """Bytes the cache holds per token slot and row, summed over layers."""
     batch, max_len = cache["valid"].shape
@@ -296,17 +307,20 @@ def _mla_cached(attn, x, positions, entry, index, mask, layer_pos=None, window=N
 
 
 def _cached_layer(layer, x, positions, token_mask, entry, index, mask, layer_pos=None, window=None):
-    """One decoder layer over cached slots: (x float[B, T, D], its updated cache entry)."""
+    """One decoder layer over cached slots: (x float[B, T, D], its updated cache entry, the
+    experts its router picked int32[B, T, k], None for a dense layer)."""
     h = layer.input_norm(x)
     cached = _gqa_cached if "k" in entry else _mla_cached
     attn_out, entry = cached(layer.attn, h, positions, entry, index, mask, layer_pos, window)
     x = shard(x + attn_out, ("batch", "length", "act_embed"))
     h = layer.post_attn_norm(x)
+    routes = None
     if layer.is_moe:
-        h, _ = layer.mlp(h, token_mask)
+        h, stats = layer.mlp(h, token_mask)
+        routes = stats.routes
     else:
         h = layer.mlp(h)
-    return shard(x + h, ("batch", "length", "act_embed")), _constrain(entry)
+    return shard(x + h, ("batch", "length", "act_embed")), _constrain(entry), routes
 
 
 def forward_with_cache(
@@ -317,7 +331,8 @@ def forward_with_cache(
     cache: Cache,
     index: jax.Array | int,
     window: tuple[jax.Array, tuple[int, ...]] | None = None,
-) -> tuple[jax.Array, Cache]:
+    with_routes: bool = False,
+) -> tuple[jax.Array, Cache] | tuple[jax.Array, Cache, jax.Array]:
     """Runs tokens int32[B, T] that occupy cache slots [index, index + T).
 
     positions: int32[B, T]; token_mask: bool[B, T] (False = padding, never attended to).
@@ -326,7 +341,13 @@ def forward_with_cache(
     its own slot (the slot decode, whose rows are at different token indices); row b attends
     to its valid slots up to index[b]. window: (i, sizes) for a decode step, attention reads
     only the first sizes[i] slots (i traced: the caller knows no row attends past them).
+    with_routes: also return the experts each MoE layer's router picked for each token,
+    (logits, cache, routes int32[B, T, M, k]) with M = `ModelConfig.num_moe_layers` in forward
+    order (best expert first; padding tokens get their router's choice too, the caller masks
+    them). Raises ValueError for a model without MoE layers.
     """
+    if with_routes and model.config.num_moe_layers == 0:
+        raise ValueError("forward_with_cache: with_routes needs a model with MoE layers")
     b, t = tokens.shape
     slots = cache["valid"].shape[1]
     if jnp.ndim(index) == 1:
@@ -340,23 +361,33 @@ def forward_with_cache(
     mask = causal & valid[:, None, :]
     x = shard(model.embed(tokens), ("batch", "length", "act_embed"))
     new_layers = []
+    routes = []  # per MoE layer (or scanned MoE block) int32[n, B, T, k], forward order
     for block, entry in zip(model.layers, cache["layers"]):
         if isinstance(block, LayerStack):
             graphdef, state = nnx.split(block.layer)
+            keep = with_routes and block.is_moe
 
-            def body(carry, layer_state, graphdef=graphdef):
+            def body(carry, layer_state, graphdef=graphdef, keep=keep):
                 x, entry, i = carry
                 layer = nnx.merge(graphdef, layer_state)
-                x, entry = _cached_layer(
+                x, entry, layer_routes = _cached_layer(
                     layer, x, positions, token_mask, entry, index, mask, i, window
                 )
-                return (x, entry, i + 1), None
+                return (x, entry, i + 1), layer_routes if keep else None
 
-            (x, entry, _), _ = jax.lax.scan(body, (x, entry, jnp.int32(0)), state)
+            (x, entry, _), block_routes = jax.lax.scan(body, (x, entry, jnp.int32(0)), state)
+            if keep:
+                routes.append(block_routes)
         else:
-            x, entry = _cached_layer(
+            x, entry, layer_routes = _cached_layer(
                 block, x, positions, token_mask, entry, index, mask, window=window
             )
+            if with_routes and layer_routes is not None:
+                routes.append(layer_routes[None])
         new_layers.append(entry)
     logits = model.logits_from_hidden(model.final_norm(x))
-    return logits, {"layers": new_layers, "valid": valid}
+    new_cache = {"layers": new_layers, "valid": valid}
+    if not with_routes:
+        return logits, new_cache
+    stacked = jnp.moveaxis(jnp.concatenate(routes, axis=0), 0, 2).astype(jnp.int32)
+    return logits, new_cache, shard(stacked, ("batch", "length", None, None))

@@ -21,10 +21,12 @@ from jax.sharding import Mesh
 from r1.models.layers import in_compute_dtype
 from r1.models.transformer import Transformer, unstack_layers
 from r1.sampling.kv_cache import (
+    ROUTE_AXES,
     by_position,
     forward_with_cache,
     grow_cache,
     init_cache,
+    init_routes,
     repeat_rows,
 )
 from r1.sampling.slots import slot_decode
@@ -56,6 +58,9 @@ class SamplingConfig:
     windows: a decode step reads only the cache prefix (prompt + the window's end) that holds
     every active row's tokens, one `lax.switch` branch per window (None: min(16,
     max_new_tokens // 32)).
+    record_routes: also return, for every token fed to the model, the experts each MoE layer's
+    router picked for it (`SampleOutput.routes`, for routing replay in training). Needs a
+    model with MoE layers. The samples are the same with or without it.
     """
 
     max_new_tokens: int = 64
@@ -72,6 +77,7 @@ class SamplingConfig:
     decode_segments: int | None = None
     unstack_layers: bool = True
     slots: int = 0
+    record_routes: bool = False
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -125,6 +131,13 @@ class SampleOutput:
     under the distribution actually sampled from (temperature and filters applied). Both are 0
     where mask is False. prompt_index: int32[B], the prompt each row continues.
     decode_steps: int32[], the decode loop's steps (each advances `config.decode_rows(B)` rows).
+    routes: int16[B, L + N, M, k] with `SamplingConfig.record_routes` (else None): the experts
+    (best first) the router of each of the M = `ModelConfig.num_moe_layers` MoE decoder layers
+    (forward order, MTP excluded) picked for each token of the row's prompt + completion, k =
+    `num_experts_per_tok`. Position t < L: prompt token t in the prefill (the prompt's rows
+    share it); position L + j: completion token j in the decode step that fed it to the model.
+    -1 (all k) where no token was fed: left padding, each row's last generated token (its
+    routes are never used for a prediction), positions after the row ended.
     """
 
     tokens: jax.Array
@@ -135,6 +148,7 @@ class SampleOutput:
     sampling_logprobs: jax.Array
     prompt_index: jax.Array
     decode_steps: jax.Array
+    routes: jax.Array | None = None
 
 
 def prompt_positions(prompt_mask: jax.Array) -> jax.Array:
@@ -164,6 +178,8 @@ class DecodeState:
     done: bool[B], the row has ended. tokens: int32[B, N], mask: bool[B, N], logprobs /
     sampling_logprobs: float32[B, N]: what `SampleOutput` returns, filled up to `step`.
     cache: the KV cache (`r1.sampling.kv_cache`), grown between decode segments.
+    routes: int16[B, N, M, k] (`record_routes`, else None), each completion token's experts as
+    `SampleOutput.routes`, filled up to `step`.
     """
 
     step: jax.Array
@@ -174,6 +190,29 @@ class DecodeState:
     logprobs: jax.Array
     sampling_logprobs: jax.Array
     cache: Any
+    routes: jax.Array | None = None
+
+
+def prompt_routes(routes: jax.Array, prompt_mask: jax.Array, group: int) -> jax.Array:
+    """The prefill's routes int32[P, L, M, k] -> int16[P * G, L, M, k]: each prompt's rows
+    (p*G .. p*G + G - 1) get its routes, -1 at left padding (prompt_mask bool[P, L] False)."""
+    routes = jnp.where(prompt_mask[:, :, None, None], routes, -1).astype(jnp.int16)
+    return shard(jnp.repeat(routes, group, axis=0), ROUTE_AXES)
+
+
+def _check_routes(model: Transformer) -> None:
+    """Raises unless `model` has MoE layers whose expert ids fit the int16 routes."""
+    cfg = model.config
+    if cfg.num_moe_layers == 0:
+        raise ValueError(
+            "SamplingConfig.record_routes=True needs a model with MoE layers; this "
+            f"{cfg.family} model has none"
+        )
+    if cfg.n_routed_experts > jnp.iinfo(jnp.int16).max:
+        raise ValueError(
+            "SamplingConfig.record_routes stores expert ids as int16; n_routed_experts="
+            f"{cfg.n_routed_experts} does not fit"
+        )
 
 
 def sample(
@@ -204,6 +243,8 @@ def sample(
     """
     if forced_lengths is not None and not config.eos_ids:
         raise ValueError("sample: forced_lengths needs SamplingConfig.eos_ids (the token forced)")
+    if config.record_routes:
+        _check_routes(model)
     if config.unstack_layers:
         model = unstack_layers(model)
     model = in_compute_dtype(model)
@@ -216,9 +257,13 @@ def sample(
     row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(row_ids)
     positions = prompt_positions(prompt_mask)
     prompt_lengths = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)
+    routes = None
     if config.slots:
         cache = init_cache(model.config, num_prompts, prompt_len, config.cache_dtype)
-        logits, cache = forward_with_cache(model, prompt_tokens, positions, prompt_mask, cache, 0)
+        prefill = forward_with_cache(
+            model, prompt_tokens, positions, prompt_mask, cache, 0, with_routes=config.record_routes
+        )
+        logits, cache = prefill[:2]
         final = slot_decode(
             model,
             by_position(cache),
@@ -230,8 +275,11 @@ def sample(
         )
         tokens, mask, done, steps = final.tokens, final.mask, final.done, final.steps
         logp, slogp = final.logprobs, final.sampling_logprobs
+        if config.record_routes:
+            first = prompt_routes(prefill[2], prompt_mask, group)
+            routes = shard(jnp.concatenate([first, final.routes], axis=1), ROUTE_AXES)
     else:
-        tokens, mask, logp, slogp, done, steps = _static_decode(
+        tokens, mask, logp, slogp, done, steps, routes = _static_decode(
             model,
             prompt_tokens,
             prompt_mask,
@@ -250,6 +298,7 @@ def sample(
         sampling_logprobs=slogp,
         prompt_index=jnp.repeat(jnp.arange(num_prompts, dtype=jnp.int32), group),
         decode_steps=steps,
+        routes=routes,
     )
 
 
@@ -264,14 +313,18 @@ def _static_decode(
     forced_lengths,
 ):
     """All rows at once until the last ends: (tokens, mask, logprobs, sampling_logprobs, done,
-    decode steps), see `sample`."""
+    decode steps, routes int16[B, L + N, M, k] or None), see `sample`."""
     num_prompts, prompt_len = prompt_tokens.shape
     group = config.num_samples
     rows = num_prompts * group
     new = config.max_new_tokens
     segment_ends = config.segment_ends()
     cache = init_cache(model.config, num_prompts, prompt_len + segment_ends[0], config.cache_dtype)
-    logits, cache = forward_with_cache(model, prompt_tokens, positions, prompt_mask, cache, 0)
+    record = config.record_routes
+    prefill = forward_with_cache(
+        model, prompt_tokens, positions, prompt_mask, cache, 0, with_routes=record
+    )
+    logits, cache = prefill[:2]
     last_logits = logits[:, -1, :]
     if group > 1:
         cache = repeat_rows(cache, group)
@@ -297,11 +350,23 @@ def _static_decode(
             ended = ended | _stop_hit(tokens, step, config.stop_sequences)
         done = state.done | (active & ended)
         position = (next_position + step)[:, None]
-        logits, cache = forward_with_cache(
-            model, token[:, None], position, active[:, None], state.cache, prompt_len + step
+        fed = forward_with_cache(
+            model,
+            token[:, None],
+            position,
+            active[:, None],
+            state.cache,
+            prompt_len + step,
+            with_routes=record,
         )
+        logits, cache = fed[:2]
         logits = shard(logits[:, 0, :], ("batch", "act_vocab"))
-        return DecodeState(step + 1, logits, done, tokens, mask, logp, slogp, cache)
+        routes = state.routes
+        if record:  # this token's routes, kept where the row goes on (it is not the last)
+            keep = (active & ~ended & (step < new - 1))[:, None, None]
+            routes = routes.at[:, step].set(jnp.where(keep, fed[2][:, 0], -1).astype(jnp.int16))
+            routes = shard(routes, ROUTE_AXES)
+        return DecodeState(step + 1, logits, done, tokens, mask, logp, slogp, cache, routes)
 
     state = DecodeState(
         step=jnp.zeros((), jnp.int32),
@@ -312,6 +377,7 @@ def _static_decode(
         logprobs=jnp.zeros((rows, new), jnp.float32),
         sampling_logprobs=jnp.zeros((rows, new), jnp.float32),
         cache=cache,
+        routes=init_routes(model.config, rows, new) if record else None,
     )
     for index, segment_end in enumerate(segment_ends):
         if index:
@@ -323,6 +389,10 @@ def _static_decode(
             return (state.step < segment_end) & ~jnp.all(state.done)
 
         state = jax.lax.while_loop(cond, body, state)
+    routes = None
+    if record:
+        first = prompt_routes(prefill[2], prompt_mask, group)
+        routes = shard(jnp.concatenate([first, state.routes], axis=1), ROUTE_AXES)
     return (
         state.tokens,
         state.mask,
@@ -330,6 +400,7 @@ def _static_decode(
         state.sampling_logprobs,
         state.done,
         state.step,
+        routes,
     )
 
 

@@ -27,7 +27,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from r1.sampling.kv_cache import Cache, forward_with_cache, init_cache, refill_rows
+from r1.sampling.kv_cache import (
+    ROUTE_AXES,
+    Cache,
+    forward_with_cache,
+    init_cache,
+    init_routes,
+    refill_rows,
+)
 from r1.sampling.tokens import choose_tokens, force_eos, step_keys
 from r1.sharding import shard
 
@@ -42,7 +49,9 @@ class SlotState:
     index of the slot's row. active: bool[S]. logits: float32[S, V], each slot's next-token
     logits. recent: int32[S, M], the slot's last M tokens (M: the longest stop sequence; -1
     before the row's first token). tokens / mask / logprobs / sampling_logprobs: [N, T] and
-    done: bool[N], the outputs by row. cache: S rows of L + T slots.
+    done: bool[N], the outputs by row. cache: S rows of L + T slots. routes: int16[N, T, M', k]
+    with `record_routes` (else None), each completion token's experts by row (M' MoE layers;
+    -1 where none was recorded, see `r1.sampling.sampler.SampleOutput.routes`).
     """
 
     next_row: jax.Array
@@ -58,6 +67,7 @@ class SlotState:
     sampling_logprobs: jax.Array
     done: jax.Array
     cache: Any
+    routes: jax.Array | None = None
 
 
 def _stop_hit(recent: jax.Array, index: jax.Array, sequences) -> jax.Array:
@@ -87,7 +97,9 @@ def slot_decode(
     logits after each prompt; prompt_lengths: int32[P], real prompt tokens (the first
     generated token's position); row_keys: [N] per-row PRNG keys; config: a `SamplingConfig`.
     forced_lengths: int32[N] or None; row r emits its first EOS at token forced_lengths[r] - 1
-    (`r1.sampling.sampler.sample`). Returns the final `SlotState` (outputs by row).
+    (`r1.sampling.sampler.sample`). Returns the final `SlotState` (outputs by row; with
+    `config.record_routes` its routes hold the completion tokens' experts, the prompts' come
+    from the prefill).
     """
     num_prompts, prompt_len = prompt_cache["valid"].shape
     group = config.num_samples
@@ -99,6 +111,7 @@ def slot_decode(
     # Attention windows (cache prefixes a step reads), the static decode's segment ends.
     windows = tuple(prompt_len + end for end in config.segment_ends())
     cfg = model.config
+    record = config.record_routes
 
     def refill(state: SlotState) -> SlotState:
         free = ~state.active
@@ -144,7 +157,7 @@ def slot_decode(
         # Attention reads only the window that holds every active row's slots so far.
         needed = prompt_len + jnp.max(jnp.where(active, index, 0)) + 1
         wide = jnp.sum((jnp.asarray(windows) < needed).astype(jnp.int32))
-        logits, cache = forward_with_cache(
+        fed = forward_with_cache(
             model,
             token[:, None],
             position[:, None],
@@ -152,7 +165,15 @@ def slot_decode(
             state.cache,
             prompt_len + index,
             window=(jnp.minimum(wide, len(windows) - 1), windows),
+            with_routes=record,
         )
+        logits, cache = fed[:2]
+        routes = state.routes
+        if record:  # this token's routes, kept where the row goes on (it is not the last)
+            keep = (active & ~finished)[:, None, None]
+            routes = shard(
+                put(routes, jnp.where(keep, fed[2][:, 0], -1).astype(jnp.int16)), ROUTE_AXES
+            )
         return SlotState(
             next_row=state.next_row,
             steps=state.steps + 1,
@@ -167,6 +188,7 @@ def slot_decode(
             sampling_logprobs=put(state.sampling_logprobs, jnp.where(active, slp, 0.0)),
             done=state.done.at[out_row].set(active & ended, mode="drop"),
             cache=cache,
+            routes=routes,
         )
 
     state = SlotState(
@@ -183,6 +205,7 @@ def slot_decode(
         sampling_logprobs=jnp.zeros((rows, new), jnp.float32),
         done=jnp.zeros((rows,), bool),
         cache=init_cache(cfg, slots, prompt_len + new, config.cache_dtype),
+        routes=init_routes(cfg, rows, new) if record else None,
     )
     return jax.lax.while_loop(lambda s: jnp.any(s.active) | (s.next_row < rows), body, state)
 

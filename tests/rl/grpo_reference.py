@@ -89,8 +89,9 @@ def np_surrogate(r, a, cfg):
     return loss, dloss
 
 
-def np_grpo(new, old, ref, adv, mask, cfg, truncated=None, rewards=None):
-    """Returns (loss, dloss/dnew [B, T], metrics) in float64."""
+def np_grpo(new, old, ref, adv, mask, cfg, truncated=None, rewards=None, token_weights=None):
+    """Returns (loss, dloss/dnew [B, T], metrics) in float64. token_weights: optional [B, T]
+    constants multiplying each token's policy term (a rollout correction's weights)."""
     new, old = np.asarray(new, np.float64), np.asarray(old, np.float64)
     ref = None if ref is None else np.asarray(ref, np.float64)
     adv = np.asarray(adv, np.float64)
@@ -118,20 +119,24 @@ def np_grpo(new, old, ref, adv, mask, cfg, truncated=None, rewards=None):
         w = token_weight(i)
         toks = [t for t in range(T_) if m[i, t]]
         a = adv[i]
+        tw = np.ones(T_) if token_weights is None else np.asarray(token_weights, np.float64)[i]
         if cfg.ratio_level == "token":
             for t in toks:
                 r = math.exp(new[i, t] - old[i, t])
                 loss_t, dl_dr = np_surrogate(r, a, cfg)
-                pol += w * loss_t
-                grad[i, t] += w * dl_dr * r
+                pol += w * tw[t] * loss_t
+                grad[i, t] += w * tw[t] * dl_dr * r
                 ratios.append(r)
         else:  # GSPO, the direct form: s_i = exp(mean log ratio), ds/dnew_t = s / n_i
             s = math.exp(sum(new[i, t] - old[i, t] for t in toks) / n[i])
             loss_s, dl_ds = np_surrogate(s, a, cfg)
-            for _t in toks:  # every token carries the sequence loss
-                pol += w * loss_s
-                for u in toks:
-                    grad[i, u] += w * dl_ds * s / n[i]
+            for t in toks:  # every token carries the sequence loss
+                pol += w * tw[t] * loss_s
+                if token_weights is None:
+                    for u in toks:
+                        grad[i, u] += w * dl_ds * s / n[i]
+                else:  # GSPO-token form: token t's weight scales its own log-prob's gradient
+                    grad[i, t] += w * tw[t] * dl_ds * s
                 ratios.append(s)
         for t in toks:
             r = ratios[-len(toks) + toks.index(t)]
