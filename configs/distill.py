@@ -28,6 +28,13 @@ on every host with --distributed, the workdir on a shared POSIX path):
         --config.eval_data.files=/data/math500/test.jsonl --workdir=/runs/distill_llama_8b \
         --distributed
 
+The paper's other students (REFERENCE.md, Distillation; same SFT settings, their own learning
+rates): qwen2_5_math_7b (lr 8e-5, v5p-16), qwen2_5_14b (7e-5, v5p-32), qwen2_5_32b (6e-5,
+v5p-64), llama3_3_70b (Llama-3.3-70B-Instruct, 2e-5, v5p-128); run as llama3_1_8b with their
+checkpoints. The paper gives learning rates, epochs (2-3), batch 64 and context 32,768 and is
+silent on warm-up, weight decay and the optimizer's betas: r1's defaults (100 warm-up steps,
+AdamW as configs/sft.py) fill them.
+
 Trace dumps with other field names are mapped, e.g. `--config.traces.prompt_field=input
 --config.traces.reasoning_field=reasoning_content --config.traces.answer_field=content`; a single
 response field holding `<think>...</think>` then the answer is split and re-rendered in the
@@ -53,7 +60,15 @@ import ml_collections
 from r1 import configlib
 from r1.evaluation.runner import EvalConfig
 
-VARIANTS = ("tiny", "qwen2_5_math_1_5b", "llama3_1_8b")
+VARIANTS = (
+    "tiny",
+    "qwen2_5_math_1_5b",
+    "qwen2_5_math_7b",
+    "qwen2_5_14b",
+    "qwen2_5_32b",
+    "llama3_1_8b",
+    "llama3_3_70b",
+)
 
 # The tiny student: dense Qwen2-style, 2 layers of width 128 (542k parameters against the
 # demo teacher's 1.08M), the demo tokenizer's vocabulary.
@@ -231,6 +246,46 @@ def llama3_1_8b() -> ml_collections.ConfigDict:
     c.mesh.update(data=1, fsdp=-1, tensor=4)
     c.sft.update(num_microbatches=16)
     c.train.topology, c.train.slices = "v5p:4x4x1", 1
+    return c
+
+
+def qwen2_5_math_7b() -> ml_collections.ConfigDict:
+    """Qwen2.5-Math-7B -> DeepSeek-R1-Distill-Qwen-7B (lr 8e-5), fsdp x 4-way tensor parallel."""
+    c = _hf_student("r1_distill_qwen_7b", 8e-5)
+    c.mesh.update(data=1, fsdp=-1, tensor=4)
+    c.sft.update(num_microbatches=16)
+    c.train.topology, c.train.slices = "v5p:4x4x1", 1
+    return c
+
+
+def qwen2_5_14b() -> ml_collections.ConfigDict:
+    """Qwen2.5-14B -> DeepSeek-R1-Distill-Qwen-14B (lr 7e-5), fsdp x 8-way tensor parallel
+    (40 query / 8 KV heads)."""
+    c = _hf_student("qwen2_5_14b", 7e-5)
+    c.mesh.update(data=1, fsdp=-1, tensor=8)
+    c.sft.update(num_microbatches=16)
+    c.train.topology, c.train.slices = "v5p:4x4x2", 1
+    return c
+
+
+def qwen2_5_32b() -> ml_collections.ConfigDict:
+    """Qwen2.5-32B -> DeepSeek-R1-Distill-Qwen-32B (lr 6e-5), fsdp x 8-way tensor parallel."""
+    c = _hf_student("qwen2_5_32b", 6e-5)
+    c.mesh.update(data=1, fsdp=-1, tensor=8)
+    c.sft.update(num_microbatches=8)
+    c.train.topology, c.train.slices = "v5p:4x4x4", 1
+    return c
+
+
+def llama3_3_70b() -> ml_collections.ConfigDict:
+    """Llama-3.3-70B-Instruct -> DeepSeek-R1-Distill-Llama-70B (lr 2e-5), fsdp x 8-way tensor
+    parallel (64 query / 8 KV heads). The paper starts from the Instruct model, whose chat
+    template differs from R1's; the traces are rendered in R1's format as for the others (the
+    paper does not say which it used)."""
+    c = _hf_student("llama3_3_70b", 2e-5)
+    c.mesh.update(data=1, fsdp=-1, tensor=8)
+    c.sft.update(num_microbatches=4)
+    c.train.topology, c.train.slices = "v5p:4x4x8", 1
     return c
 
 

@@ -42,7 +42,11 @@ VARIANTS = (
     "qwen2_5_1_5b",
     "qwen2_5_7b",
     "r1_distill_qwen_1_5b",
+    "r1_distill_qwen_7b",
+    "qwen2_5_14b",
+    "qwen2_5_32b",
     "llama3_1_8b",
+    "llama3_3_70b",
     "deepseek_v2_lite",
     "deepseek_v3",
 )
@@ -248,6 +252,82 @@ def r1_distill_qwen_1_5b() -> dict[str, Any]:
         rope_theta=10000.0,
         max_position_embeddings=131072,  # verify against config.json
         attention_bias=True,
+        tie_word_embeddings=False,
+    )
+
+
+def r1_distill_qwen_7b() -> dict[str, Any]:
+    """deepseek-ai/DeepSeek-R1-Distill-Qwen-7B (from Qwen2.5-Math-7B: theta 1e4, untied;
+    7,615,616,512 parameters, Qwen2.5-7B's shape)."""
+    return _published(
+        family="qwen2",
+        vocab_size=152064,
+        hidden_size=3584,
+        num_layers=28,
+        num_heads=28,
+        num_kv_heads=4,
+        head_dim=128,
+        intermediate_size=18944,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        max_position_embeddings=131072,  # the distilled model's; Qwen2.5-Math-7B's says 4096
+        attention_bias=True,
+        tie_word_embeddings=False,
+    )
+
+
+def _qwen2_5_wide(num_layers: int, intermediate_size: int) -> dict[str, Any]:
+    """Qwen2.5-14B / 32B: hidden 5,120, 40 query / 8 KV heads of 128, eps 1e-5, theta 1e6."""
+    return _published(
+        family="qwen2",
+        vocab_size=152064,
+        hidden_size=5120,
+        num_layers=num_layers,
+        num_heads=40,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=intermediate_size,
+        rms_norm_eps=1e-5,
+        rope_theta=1000000.0,
+        max_position_embeddings=131072,
+        attention_bias=True,
+        tie_word_embeddings=False,
+    )
+
+
+def qwen2_5_14b() -> dict[str, Any]:
+    """Qwen/Qwen2.5-14B (14,770,033,664 parameters), the R1-Distill-Qwen-14B student."""
+    return _qwen2_5_wide(num_layers=48, intermediate_size=13824)
+
+
+def qwen2_5_32b() -> dict[str, Any]:
+    """Qwen/Qwen2.5-32B (32,763,876,352 parameters), the R1-Distill-Qwen-32B student."""
+    return _qwen2_5_wide(num_layers=64, intermediate_size=27648)
+
+
+def llama3_3_70b() -> dict[str, Any]:
+    """meta-llama/Llama-3.3-70B-Instruct (70,553,706,496 parameters; Llama-3.1-70B's shape),
+    the R1-Distill-Llama-70B student."""
+    return _published(
+        family="llama",
+        vocab_size=128256,
+        hidden_size=8192,
+        num_layers=80,
+        num_heads=64,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=28672,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
+        max_position_embeddings=131072,
+        attention_bias=False,
         tie_word_embeddings=False,
     )
 

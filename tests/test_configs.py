@@ -60,6 +60,10 @@ EXPECTED_PARAMS = {
     "configs/models.py:qwen2_5_0_5b": 494_032_768,
     "configs/models.py:r1_distill_qwen_1_5b": 1_777_088_000,
     "configs/models.py:llama3_1_8b": 8_030_261_248,
+    "configs/models.py:r1_distill_qwen_7b": 7_615_616_512,
+    "configs/models.py:qwen2_5_14b": 14_770_033_664,
+    "configs/models.py:qwen2_5_32b": 32_763_876_352,
+    "configs/models.py:llama3_3_70b": 70_553_706_496,
     "configs/models.py:deepseek_v2_lite": (15.7e9, 0.01),
     "configs/models.py:deepseek_v3": (671e9, 0.005),
 }

@@ -251,8 +251,9 @@ def test_deepseek_v3_r1_zero_step_fits_a_v5p_pod():
     report = aot.run(config, name, "v5p:8x8x16", loop_costs=False)
     assert report.chips == 1024 and report.new_tokens == 32768 and report.rows == 1024
     assert report.decode_rows == config.rl.slots == 512  # continuous batching, a slot per chip
-    # Routing replay: the recorded experts, int16 [1 row, 2048 + 32768 tokens, 58 layers, 8].
-    assert config.rl.routing_replay and report.routes == 1 * (2048 + 32768) * 58 * 8 * 2
+    # Routing replay: the recorded experts, int16 [2 rows (1,024 over fsdp x expert = 512),
+    # 2048 + 32768 tokens, 58 MoE layers, 8].
+    assert config.rl.routing_replay and report.routes == 2 * (2048 + 32768) * 58 * 8 * 2
     assert report.fits and report.per_chip_bytes < 0.8 * report.hbm_bytes, report.text()
     # All 61 layers' parameters are there, sharded (~685B float32 parameters incl. MTP).
     assert report.total_param_bytes > 2.6e12
