@@ -95,5 +95,5 @@ def mismatch_metrics(partials: dict[str, jax.Array]) -> dict[str, jax.Array]:
         "mismatch/logp_abs_mean": partials["abs_sum"] / tokens,
         "mismatch/logp_abs_max": partials["abs_max"],
         "mismatch/ratio_outside_frac": partials["outside"] / tokens,
-        "mismatch/seq_ess_frac": jnp.where(sequences > 0, ess, 1.0),
+        "mismatch/seq_ess_frac": jnp.where(sequences > 0, jnp.minimum(ess, 1.0), 1.0),
     }
