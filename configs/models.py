@@ -167,6 +167,16 @@ def moe_tiny() -> dict[str, Any]:
 # ------------------------------------------------------------------------------ published
 # Real sizes compute in bfloat16 with float32 parameters (mixed-precision training); for
 # inference-only use, `--config.model.param_dtype=bfloat16` halves the memory.
+# Llama 3.1 / 3.3's rope scaling ("llama3": factor 8 over an original 8,192 positions).
+LLAMA3_ROPE = dict(
+    rope_type="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=8192,
+)
+
+
 def _published(**fields: Any) -> dict[str, Any]:
     """A published architecture's fields plus how r1 runs real sizes on accelerators (which
     `fields` may override)."""
@@ -319,13 +329,7 @@ def llama3_3_70b() -> dict[str, Any]:
         intermediate_size=28672,
         rms_norm_eps=1e-5,
         rope_theta=500000.0,
-        rope_scaling=dict(
-            rope_type="llama3",
-            factor=8.0,
-            low_freq_factor=1.0,
-            high_freq_factor=4.0,
-            original_max_position_embeddings=8192,
-        ),
+        rope_scaling=dict(LLAMA3_ROPE),
         max_position_embeddings=131072,
         attention_bias=False,
         tie_word_embeddings=False,
@@ -345,13 +349,7 @@ def llama3_1_8b() -> dict[str, Any]:
         intermediate_size=14336,
         rms_norm_eps=1e-5,
         rope_theta=500000.0,
-        rope_scaling=dict(
-            rope_type="llama3",
-            factor=8.0,
-            low_freq_factor=1.0,
-            high_freq_factor=4.0,
-            original_max_position_embeddings=8192,
-        ),
+        rope_scaling=dict(LLAMA3_ROPE),
         max_position_embeddings=131072,
         attention_bias=False,
         tie_word_embeddings=False,
