@@ -14,6 +14,10 @@ from typing import Any
 
 ROPE_TYPES = ("default", "llama3", "yarn")
 ATTENTION_TYPES = ("gqa", "mla")
+# How training / prefill self-attention runs: "xla" (einsums, or the blockwise path past
+# attention_block_size), "cudnn" (jax.nn.dot_product_attention's fused GPU kernel), "pallas"
+# (a Pallas flash/splash kernel for TPU).
+ATTENTION_IMPLS = ("xla", "cudnn", "pallas")
 SCORING_FUNCS = ("sigmoid", "softmax")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -59,6 +63,8 @@ EXECUTION_FIELDS = (
     "logits_chunk_size",
     "moe_token_chunk_size",
     "scan_layers",
+    "attention_impl",
+    "fused_projections",
     "aux_loss_alpha",
     "bias_update_rate",
     "capacity_factor",
@@ -106,6 +112,12 @@ class ModelConfig:
     # depth; the 61-layer DeepSeek-V3 step). Same numbers either way; checkpoints in HF layout
     # convert both ways.
     scan_layers: bool = False
+    # attention_impl: the kernel training / prefill self-attention runs through (one of
+    # ATTENTION_IMPLS; decode against the KV cache stays XLA). fused_projections: q/k/v (MLA:
+    # the projections of x) and the MLP / expert gate and up weights are stored joined and run
+    # as one GEMM each; HF checkpoints are split and joined at the boundary.
+    attention_impl: str = "xla"
+    fused_projections: bool = False
     attention_type: str = "gqa"
     # Multi-head Latent Attention (attention_type="mla").
     q_lora_rank: int | None = None
@@ -148,6 +160,11 @@ class ModelConfig:
         )
         for name in ("attention_block_size", "logits_chunk_size", "moe_token_chunk_size"):
             need(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        need(
+            self.attention_impl in ATTENTION_IMPLS,
+            "attention_impl",
+            f"expected one of {ATTENTION_IMPLS}, got {self.attention_impl!r}",
+        )
         need(
             self.attention_type in ATTENTION_TYPES,
             "attention_type",
