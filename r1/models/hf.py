@@ -6,7 +6,9 @@
 
 Supported `model_type`s: see `SUPPORTED_MODEL_TYPES`. Each tensor is read from a memory map,
 converted to r1's layout and placed straight into its sharded device array (only the slices each
-local device needs are materialised), so the model never exists twice on the host.
+local device needs are materialised), so the model never exists twice on the host. With
+`fused_projections=True` (a config override) the HF q/k/v and gate/up tensors are joined into
+r1's fused variables on load and split again on save (`hf_maps`); the files are the same.
 """
 
 from __future__ import annotations
@@ -410,8 +412,10 @@ def save(
         else (np.dtype(dtype) if dtype else None)
     )
 
-    layout = getattr(model, "config", cfg)  # where the model keeps each layer (scanned or not)
+    # How the model stores its layers (scanned or not) and projections (fused or not).
+    layout = getattr(model, "config", cfg)
     slots = layer_slots(layout)
+    maps = tensor_maps(cfg.replace(fused_projections=layout.fused_projections))
 
     def host(p: Path) -> np.ndarray:
         model_path, j = _model_path(layout, p, slots)
@@ -422,7 +426,7 @@ def save(
 
     shards: list[list[tuple[str, np.ndarray]]] = [[]]
     sizes = [0]
-    for tmap in tensor_maps(cfg):
+    for tmap in maps:
         arrays = tmap.to_hf([host(p) for p in tmap.paths])
         for name, array in zip(tmap.hf_names, arrays):
             array = np.ascontiguousarray(array)

@@ -149,20 +149,34 @@ class Embed(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """SwiGLU feed-forward: down(silu(x @ gate) * (x @ up))."""
+    """SwiGLU feed-forward: down(silu(x @ gate) * (x @ up)).
+
+    Parameters: gate, up [embed, mlp], down [mlp, embed]. With `cfg.fused_projections` gate and
+    up are one kernel `gate_up` [embed, 2, mlp] (gate_up[:, 0] = gate, gate_up[:, 1] = up; the
+    pair axis is never sharded, so an mlp-sharded split keeps each gate/up column pair on one
+    device) and run as one GEMM.
+    """
 
     def __init__(self, cfg: ModelConfig, intermediate_size: int, rngs: nnx.Rngs):
         d, f = cfg.hidden_size, intermediate_size
         self.dtype = cfg.dtype
-        self.gate = param(rngs, (d, f), ("embed", "mlp"), cfg.param_dtype)
-        self.up = param(rngs, (d, f), ("embed", "mlp"), cfg.param_dtype)
+        self.fused = cfg.fused_projections
+        if self.fused:
+            self.gate_up = param(rngs, (d, 2, f), ("embed", None, "mlp"), cfg.param_dtype)
+        else:
+            self.gate = param(rngs, (d, f), ("embed", "mlp"), cfg.param_dtype)
+            self.up = param(rngs, (d, f), ("embed", "mlp"), cfg.param_dtype)
         self.down = param(rngs, (f, d), ("mlp", "embed"), cfg.param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: float[B, T, D] -> float[B, T, D]."""
         dt = dtype_of(self.dtype)
-        gate = jnp.einsum("btd,df->btf", x, self.gate[...].astype(dt))
-        up = jnp.einsum("btd,df->btf", x, self.up[...].astype(dt))
+        if self.fused:
+            gate_up = jnp.einsum("btd,dcf->btcf", x, self.gate_up[...].astype(dt))
+            gate, up = gate_up[:, :, 0], gate_up[:, :, 1]
+        else:
+            gate = jnp.einsum("btd,df->btf", x, self.gate[...].astype(dt))
+            up = jnp.einsum("btd,df->btf", x, self.up[...].astype(dt))
         hidden = shard(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
         return jnp.einsum("btf,fd->btd", hidden, self.down[...].astype(dt))
 

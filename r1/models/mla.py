@@ -36,10 +36,10 @@ from flax import nnx
 from r1.models.attention import (
     MASK_VALUE,
     AttentionMask,
-    blockwise_attention,
     dense_mask,
     use_blockwise,
 )
+from r1.models.attention_kernels import attend
 from r1.models.config import ModelConfig
 from r1.models.layers import (
     RMSNorm,
@@ -98,7 +98,14 @@ class MLAttention(nnx.Module):
       o_proj      [heads, head_dim, embed]   = o_proj.weight.T.reshape(H, V, D)
 
     transformers fuses kv_a_proj and k_rope_proj into `kv_a_proj_with_mqa` ([C + R, D]); they
-    are split here so the latent and the rope key carry their own logical axes. With
+    are split here so the latent and the rope key carry their own logical axes.
+
+    With `cfg.fused_projections` the three projections that read x are one kernel, run as one
+    GEMM: `qkv_a_proj` [embed, P + C + R] = [q_a_proj | kv_a_proj | k_rope_proj] (P = q_lora)
+    or [q_proj flattened to H * (N + R) | kv_a_proj | k_rope_proj] (q_lora_rank None), its
+    output axis unsharded; HF: the transposes of q_a_proj.weight (or q_proj.weight) and
+    kv_a_proj_with_mqa.weight side by side. Biases then join the same way in `qkv_a_bias`
+    [Q + C + R] (or [C + R]: the full-rank q_proj has none). With
     `cfg.attention_bias` (not used by DeepSeek checkpoints) the biases are q_a_bias [q_lora]
     (= q_a_proj.bias), kv_a_bias [kv_lora] and k_rope_bias [head_dim] (= the two parts of
     kv_a_proj_with_mqa.bias) and o_bias [embed] (= o_proj.bias); the full-rank q_proj has none.
@@ -119,24 +126,35 @@ class MLAttention(nnx.Module):
         self.q_lora_rank = cfg.q_lora_rank
         self.rope_interleave = cfg.rope_interleave
         self.use_bias = cfg.attention_bias
+        self.fused = cfg.fused_projections
+        # Width of the q part of the fused kernel: the q latent, or the flattened full-rank q.
+        self.q_in_dim = cfg.q_lora_rank if cfg.q_lora_rank is not None else h * (n + r)
+        if self.fused:
+            self.qkv_a_proj = param(rngs, (d, self.q_in_dim + c + r), ("embed", None), pd)
 
         if cfg.q_lora_rank is not None:
             ql = cfg.q_lora_rank
-            self.q_a_proj = param(rngs, (d, ql), ("embed", "q_lora"), pd)
+            if not self.fused:
+                self.q_a_proj = param(rngs, (d, ql), ("embed", "q_lora"), pd)
             self.q_a_norm = RMSNorm(ql, LATENT_NORM_EPS, pd, cfg.dtype)
             self.q_b_proj = param(rngs, (ql, h, n + r), ("q_lora", "heads", "head_dim"), pd)
-            if self.use_bias:
+            if self.use_bias and not self.fused:
                 self.q_a_bias = param(None, (ql,), ("q_lora",), pd, init="zeros")
-        else:
+        elif not self.fused:
             self.q_proj = param(rngs, (d, h, n + r), ("embed", "heads", "head_dim"), pd)
-        self.kv_a_proj = param(rngs, (d, c), ("embed", "kv_lora"), pd)
-        self.k_rope_proj = param(rngs, (d, r), ("embed", "head_dim"), pd)
+        if not self.fused:
+            self.kv_a_proj = param(rngs, (d, c), ("embed", "kv_lora"), pd)
+            self.k_rope_proj = param(rngs, (d, r), ("embed", "head_dim"), pd)
         self.kv_a_norm = RMSNorm(c, LATENT_NORM_EPS, pd, cfg.dtype)
         self.kv_b_proj = param(rngs, (c, h, n + v), ("kv_lora", "heads", "head_dim"), pd)
         self.o_proj = param(rngs, (h, v, d), ("heads", "head_dim", "embed"), pd, fan_in=h * v)
-        if self.use_bias:
+        if self.use_bias and self.fused:
+            q_bias = cfg.q_lora_rank or 0
+            self.qkv_a_bias = param(None, (q_bias + c + r,), (None,), pd, init="zeros")
+        if self.use_bias and not self.fused:
             self.kv_a_bias = param(None, (c,), ("kv_lora",), pd, init="zeros")
             self.k_rope_bias = param(None, (r,), ("head_dim",), pd, init="zeros")
+        if self.use_bias:
             self.o_bias = param(None, (d,), ("embed",), pd, init="zeros")
 
         inv_freq, attention_factor = rope_frequencies(
@@ -146,6 +164,7 @@ class MLAttention(nnx.Module):
         self.rope_attention_factor = attention_factor
         self.scale = mla_softmax_scale(cfg)
         self.block_size = cfg.attention_block_size
+        self.attention_impl = cfg.attention_impl
 
     # ------------------------------------------------------------------ projections
     def _rope(self, x: jax.Array, positions: jax.Array) -> jax.Array:
@@ -155,22 +174,78 @@ class MLAttention(nnx.Module):
         )
         return apply_rope(x, cos, sin, interleaved=self.rope_interleave)
 
-    def queries(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x: float[B, T, D], positions: int32[B, T] -> (q_nope float[B, T, H, N],
-        q_rope float[B, T, H, R] rotated)."""
+    def _fused_inputs(
+        self, x: jax.Array, part: slice = slice(None)
+    ) -> tuple[jax.Array | None, jax.Array | None, jax.Array | None]:
+        """The fused projections of x: float[B, T, D] in one GEMM with the `part` columns of
+        `qkv_a_proj` (all: the whole of it) -> (q input: the q latent [B, T, Q] or the full-rank
+        q [B, T, H, N + R], kv latent [B, T, C] before its norm, rope key [B, T, R] before
+        rope), biases added; the pieces outside `part` come back as None."""
         dt = dtype_of(self.dtype)
+        p, c = self.q_in_dim, self.kv_lora_rank
+        start, stop, _ = part.indices(p + c + self.qk_rope_head_dim)
+        y = jnp.einsum("btd,de->bte", x, self.qkv_a_proj[...][:, start:stop].astype(dt))
+        if self.use_bias:
+            # The bias covers columns [offset, P + C + R): the full-rank q_proj has none.
+            offset = 0 if self.q_lora_rank is not None else p
+            lo = max(start, offset)
+            if lo < stop:
+                bias = self.qkv_a_bias[...][lo - offset : stop - offset].astype(dt)
+                y = y + jnp.pad(bias, (lo - start, 0))[None, None, :]
+        y = shard(y, ("batch", "length", None))
+        bounds = ((0, p), (p, p + c), (p + c, p + c + self.qk_rope_head_dim))
+        pieces = [
+            y[..., lo - start : hi - start] if start <= lo and hi <= stop else None
+            for lo, hi in bounds
+        ]
+        if pieces[0] is not None and self.q_lora_rank is None:
+            b, t, _ = x.shape
+            pieces[0] = pieces[0].reshape(b, t, self.num_heads, self.qk_head_dim)
+        return pieces[0], pieces[1], pieces[2]
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    def _queries_from(self, q_in: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """q_in: the biased q latent float[B, T, Q], or q float[B, T, H, N + R] (q_lora_rank
+        None) -> (q_nope [B, T, H, N], q_rope [B, T, H, R] rotated)."""
         if self.q_lora_rank is not None:
-            q_latent = jnp.einsum("btd,dq->btq", x, self.q_a_proj[...].astype(dt))
-            if self.use_bias:
-                q_latent = q_latent + self.q_a_bias[...].astype(dt)[None, None, :]
-            q_latent = self.q_a_norm(shard(q_latent, ("batch", "length", None)))
-            q = jnp.einsum("btq,qhk->bthk", q_latent, self.q_b_proj[...].astype(dt))
+            q_latent = self.q_a_norm(shard(q_in, ("batch", "length", None)))
+            q = jnp.einsum(
+                "btq,qhk->bthk", q_latent, self.q_b_proj[...].astype(dtype_of(self.dtype))
+            )
         else:
-            q = jnp.einsum("btd,dhk->bthk", x, self.q_proj[...].astype(dt))
+            q = q_in
         q = shard(q, ("batch", "length", "act_heads", None))
         q_nope = q[..., : self.qk_nope_head_dim]
         q_rope = self._rope(q[..., self.qk_nope_head_dim :], positions)
         return q_nope, shard(q_rope, ("batch", "length", "act_heads", None))
+
+    def _kv_from(
+        self, kv_latent: jax.Array, k_rope: jax.Array, positions: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """The biased projections kv_latent float[B, T, C], k_rope float[B, T, R] -> the cache
+        entry (kv_latent after kv_a_norm, k_rope rotated)."""
+        kv_latent = self.kv_a_norm(kv_latent)
+        k_rope = self._rope(k_rope[:, :, None, :], positions)[:, :, 0, :]
+        kv_latent = shard(kv_latent, ("batch", "length", None))
+        k_rope = shard(k_rope, ("batch", "length", None))
+        return kv_latent, k_rope
+
+    def queries(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x: float[B, T, D], positions: int32[B, T] -> (q_nope float[B, T, H, N],
+        q_rope float[B, T, H, R] rotated)."""
+        dt = dtype_of(self.dtype)
+        if self.fused:
+            q_in = self._fused_inputs(x, slice(0, self.q_in_dim))[0]
+        elif self.q_lora_rank is not None:
+            q_in = jnp.einsum("btd,dq->btq", x, self.q_a_proj[...].astype(dt))
+            if self.use_bias:
+                q_in = q_in + self.q_a_bias[...].astype(dt)[None, None, :]
+        else:
+            q_in = jnp.einsum("btd,dhk->bthk", x, self.q_proj[...].astype(dt))
+        return self._queries_from(q_in, positions)
 
     def compress_kv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The per-token cache entry.
@@ -179,16 +254,26 @@ class MLAttention(nnx.Module):
         k_rope float[B, T, R] rotated): C + R values per token and layer.
         """
         dt = dtype_of(self.dtype)
+        if self.fused:
+            _, kv_latent, k_rope = self._fused_inputs(x, slice(self.q_in_dim, None))
+            return self._kv_from(kv_latent, k_rope, positions)
         kv_latent = jnp.einsum("btd,dc->btc", x, self.kv_a_proj[...].astype(dt))
         k_rope = jnp.einsum("btd,dr->btr", x, self.k_rope_proj[...].astype(dt))
         if self.use_bias:
             kv_latent = kv_latent + self.kv_a_bias[...].astype(dt)[None, None, :]
             k_rope = k_rope + self.k_rope_bias[...].astype(dt)[None, None, :]
-        kv_latent = self.kv_a_norm(kv_latent)
-        k_rope = self._rope(k_rope[:, :, None, :], positions)[:, :, 0, :]
-        kv_latent = shard(kv_latent, ("batch", "length", None))
-        k_rope = shard(k_rope, ("batch", "length", None))
-        return kv_latent, k_rope
+        return self._kv_from(kv_latent, k_rope, positions)
+
+    def project(
+        self, x: jax.Array, positions: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """`queries` and `compress_kv` of x: float[B, T, D] -> (q_nope [B, T, H, N], q_rope
+        [B, T, H, R], kv_latent [B, T, C], k_rope [B, T, R]); one GEMM of x with
+        `fused_projections`."""
+        if not self.fused:
+            return (*self.queries(x, positions), *self.compress_kv(x, positions))
+        q_in, kv_latent, k_rope = self._fused_inputs(x)
+        return (*self._queries_from(q_in, positions), *self._kv_from(kv_latent, k_rope, positions))
 
     def output(self, attn: jax.Array) -> jax.Array:
         """attn: float[B, T, H, V] -> float[B, T, D]."""
@@ -215,9 +300,12 @@ class MLAttention(nnx.Module):
         """Naive form: expand the latent into per-head keys/values (training, prefill).
 
         q_nope: [B, T, H, N], q_rope: [B, T, H, R], kv_latent: [B, S, C], k_rope: [B, S, R],
-        mask: bool[B, T, S], or a `SegmentMask` for self-attention (S = T), which runs
-        `blockwise_attention` when T exceeds `ModelConfig.attention_block_size`
-        -> float[B, T, D].
+        mask: bool[B, T, S], or a `SegmentMask` for self-attention (S = T) -> float[B, T, D].
+        With `ModelConfig.attention_impl` "xla" a dense mask (or a T within
+        `attention_block_size`) runs the einsums below, which never broadcast the shared rope
+        key over heads, and a longer `SegmentMask` runs `blockwise_attention`; "cudnn" and
+        "pallas" (and the blockwise path) take per-head keys [k_nope | k_rope] of Dk = N + R
+        and values of V != Dk through `attention_kernels.attend`.
         """
         w_uk, w_uv = self._split_kv_b()
         k_nope = shard(
@@ -226,7 +314,7 @@ class MLAttention(nnx.Module):
         v = shard(
             jnp.einsum("bsc,chv->bshv", kv_latent, w_uv), ("batch", "length", "act_heads", None)
         )
-        if use_blockwise(mask, q_nope.shape[1], self.block_size):
+        if self.attention_impl != "xla" or use_blockwise(mask, q_nope.shape[1], self.block_size):
             # One key per head: [k_nope | k_rope] with the shared rope key broadcast over heads.
             q = jnp.concatenate([q_nope, q_rope], axis=-1)
             rope_shape = (*k_nope.shape[:3], k_rope.shape[-1])
@@ -235,7 +323,7 @@ class MLAttention(nnx.Module):
                 jnp.concatenate([k_nope, k_rope_h.astype(k_nope.dtype)], axis=-1),
                 ("batch", "length", "act_heads", None),
             )
-            attn = blockwise_attention(q, k, v, mask, self.scale, self.block_size)
+            attn = attend(q, k, v, mask, self.scale, self.attention_impl, self.block_size)
             return self.output(shard(attn, ("batch", "length", "act_heads", None)))
         mask = dense_mask(mask)
         # The rope key is shared by all heads: no need to broadcast it into [B, S, H, R].
@@ -279,6 +367,5 @@ class MLAttention(nnx.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, mask: AttentionMask) -> jax.Array:
         """x: float[B, T, D]; positions: int32[B, T]; mask: bool[B, T, T] or a `SegmentMask`
         -> float[B, T, D]."""
-        q_nope, q_rope = self.queries(x, positions)
-        kv_latent, k_rope = self.compress_kv(x, positions)
+        q_nope, q_rope, kv_latent, k_rope = self.project(x, positions)
         return self.attend_expanded(q_nope, q_rope, kv_latent, k_rope, mask)

@@ -108,8 +108,14 @@ def _swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
 
 
 def _ragged_ffn(x, group_sizes, w_gate, w_up, w_down):
-    gate = jax.lax.ragged_dot(x, w_gate, group_sizes)
-    up = jax.lax.ragged_dot(x, w_up, group_sizes)
+    if w_up is None:  # joined [G, D, 2, F]: one grouped matmul for gate and up
+        g, d, _, f = w_gate.shape
+        gate_up = jax.lax.ragged_dot(x, w_gate.reshape(g, d, 2 * f), group_sizes)
+        gate_up = gate_up.reshape(x.shape[0], 2, f)
+        gate, up = gate_up[:, 0], gate_up[:, 1]
+    else:
+        gate = jax.lax.ragged_dot(x, w_gate, group_sizes)
+        up = jax.lax.ragged_dot(x, w_up, group_sizes)
     return jax.lax.ragged_dot(_swiglu(gate, up), w_down, group_sizes)
 
 
@@ -124,7 +130,8 @@ def block_size(rows: int, groups: int) -> int:
 
 def _blocked_ffn(x, group_sizes, w_gate, w_up, w_down, tile: int | None = None):
     """Blocked grouped SwiGLU: rows padded per group to a multiple of `tile`; every tile
-    multiplies its group's weights (gathered per tile) in one batched matmul."""
+    multiplies its group's weights (gathered per tile) in one batched matmul (w_up None: w_gate
+    is the joined [G, D, 2, F] weight, one batched matmul for gate and up)."""
     m, _ = x.shape
     g = w_gate.shape[0]
     tile = tile or block_size(m, g)
@@ -144,10 +151,14 @@ def _blocked_ffn(x, group_sizes, w_gate, w_up, w_down, tile: int | None = None):
     src = jnp.where(r_valid, starts[group_of_r] + offset, 0)
     xp = jnp.where(r_valid[:, None], jnp.take(x, src, axis=0), 0).reshape(n_tiles, tile, -1)
     tile_group = group_of_r[::tile]  # [n_tiles]
-    wg = jnp.take(w_gate, tile_group, axis=0)  # [n_tiles, D, F]
-    wu = jnp.take(w_up, tile_group, axis=0)
+    wg = jnp.take(w_gate, tile_group, axis=0)  # [n_tiles, D, F] (joined: [n_tiles, D, 2, F])
     wd = jnp.take(w_down, tile_group, axis=0)  # [n_tiles, F, D]
-    h = _swiglu(jnp.einsum("tmd,tdf->tmf", xp, wg), jnp.einsum("tmd,tdf->tmf", xp, wu))
+    if w_up is None:
+        gate_up = jnp.einsum("tmd,tdcf->tmcf", xp, wg)
+        h = _swiglu(gate_up[:, :, 0], gate_up[:, :, 1])
+    else:
+        wu = jnp.take(w_up, tile_group, axis=0)
+        h = _swiglu(jnp.einsum("tmd,tdf->tmf", xp, wg), jnp.einsum("tmd,tdf->tmf", xp, wu))
     yp = jnp.einsum("tmf,tfd->tmd", h, wd).reshape(rows, -1)
     # Sorted row i -> padded row.
     i = jnp.arange(m, dtype=jnp.int32)
@@ -161,7 +172,7 @@ def grouped_ffn(
     x: jax.Array,
     group_sizes: jax.Array,
     w_gate: jax.Array,
-    w_up: jax.Array,
+    w_up: jax.Array | None,
     w_down: jax.Array,
     impl: str = "auto",
 ) -> jax.Array:
@@ -169,7 +180,9 @@ def grouped_ffn(
 
     x: float[M, D] rows grouped by expert (group g = the next group_sizes[g] rows; rows past
     sum(group_sizes) belong to no expert and come back as zeros). group_sizes: int32[G].
-    w_gate, w_up: float[G, D, F]; w_down: float[G, F, D]. Returns float[M, D].
+    w_gate, w_up: float[G, D, F], or w_gate the joined float[G, D, 2, F] ([:, :, 0] gate,
+    [:, :, 1] up; `ModelConfig.fused_projections`) and w_up None: then gate and up are one
+    grouped matmul. w_down: float[G, F, D]. Returns float[M, D].
     impl: "ragged_dot" (`jax.lax.ragged_dot`, native on GPU/TPU, dense on CPU), "blocked"
     (tiled batched matmul, any backend) or "auto" (ragged_dot on GPU/TPU, blocked on CPU).
     """
@@ -188,7 +201,7 @@ def expert_ffn_dispatch(
     topk_weight: jax.Array,
     keep: jax.Array,
     w_gate: jax.Array,
-    w_up: jax.Array,
+    w_up: jax.Array | None,
     w_down: jax.Array,
     expert_offset: jax.Array | int = 0,
     impl: str = "auto",
@@ -197,7 +210,8 @@ def expert_ffn_dispatch(
 
     x: float[N, D]; topk_idx: int32[N, k] global expert ids; topk_weight: float32[N, k];
     keep: bool[N, k] (False: padding or dropped by capacity, contributes nothing and costs no
-    expert rows). w_*: the local experts [E_local, ...], global ids expert_offset + [0, E_local).
+    expert rows). w_*: the local experts [E_local, ...] as in `grouped_ffn` (w_up None: w_gate
+    joined), global ids expert_offset + [0, E_local).
     Assignments to other experts are skipped. Returns float[N, D] (zeros for tokens with no
     local assignment).
     """
@@ -264,7 +278,7 @@ def _routed_experts(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, impl, 
             keep,
         )
     n, d = x.shape
-    e, _, f = w_gate.shape
+    e, f = w_gate.shape[0], w_gate.shape[-1]
     tok_spec = logical_to_spec(("act_tokens", None), (n, d), mesh)
     w_spec = logical_to_spec(("expert", None, "expert_mlp"), (e, d, f), mesh)
     tok_axes = _spec_axes(tok_spec[0])
@@ -272,10 +286,14 @@ def _routed_experts(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, impl, 
     gather_axes = tuple(a for a in tok_axes if a in e_axes + f_axes)
     sum_axes = tuple(a for a in e_axes + f_axes if a not in tok_axes)
     tok2 = PartitionSpec(tok_spec[0], None)
-    w_in = PartitionSpec(w_spec[0], None, w_spec[2])
+    w_in = PartitionSpec(w_spec[0], *(None,) * (w_gate.ndim - 2), w_spec[2])
     w_out = PartitionSpec(w_spec[0], w_spec[2], None)
+    # Joined gate/up (w_up None): [E, D, 2, F], its pair axis unsplit.
+    weights = (w_gate, w_down) if w_up is None else (w_gate, w_up, w_down)
+    weight_specs = (w_in, w_out) if w_up is None else (w_in, w_in, w_out)
 
-    def local(x, idx, weight, keep, wg, wu, wd):
+    def local(x, idx, weight, keep, *ws):
+        wg, wu, wd = (ws[0], None, ws[1]) if len(ws) == 2 else ws
         offset = jax.lax.axis_index(e_axes) * wg.shape[0] if e_axes else 0
 
         def dispatch(x, idx, weight, keep):
@@ -294,9 +312,9 @@ def _routed_experts(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, impl, 
 
     return jax.shard_map(
         local,
-        in_specs=(tok2, tok2, tok2, tok2, w_in, w_in, w_out),
+        in_specs=(tok2, tok2, tok2, tok2, *weight_specs),
         out_specs=tok2,
-    )(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down)
+    )(x, topk_idx, topk_weight, keep, *weights)
 
 
 # ---------------------------------------------------------------------------------- layer
@@ -306,7 +324,9 @@ class MoE(nnx.Module):
     Parameters: `gate` [embed, expert] (router; HF `gate.weight` transposed), `w_gate`,
     `w_up` [expert, embed, expert_mlp], `w_down` [expert, expert_mlp, embed], and
     `shared_experts` (an `MLP` of width moe_intermediate_size * n_shared_experts, absent when
-    n_shared_experts == 0). State: `e_score_correction_bias` (`RoutingBias`, float32[E]).
+    n_shared_experts == 0). With `cfg.fused_projections` w_gate and w_up are one `w_gate_up`
+    [expert, embed, 2, expert_mlp] ([:, :, 0] gate, [:, :, 1] up), one grouped matmul.
+    State: `e_score_correction_bias` (`RoutingBias`, float32[E]).
     """
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, gmm_impl: str = "auto"):
@@ -319,12 +339,21 @@ class MoE(nnx.Module):
         self.gate = param(
             rngs, (d, e), ("embed", "expert"), cfg.param_dtype, fan_in=d, keep_dtype=True
         )
-        self.w_gate = param(
-            rngs, (e, d, f), ("expert", "embed", "expert_mlp"), cfg.param_dtype, fan_in=d
-        )
-        self.w_up = param(
-            rngs, (e, d, f), ("expert", "embed", "expert_mlp"), cfg.param_dtype, fan_in=d
-        )
+        if cfg.fused_projections:
+            self.w_gate_up = param(
+                rngs,
+                (e, d, 2, f),
+                ("expert", "embed", None, "expert_mlp"),
+                cfg.param_dtype,
+                fan_in=d,
+            )
+        else:
+            self.w_gate = param(
+                rngs, (e, d, f), ("expert", "embed", "expert_mlp"), cfg.param_dtype, fan_in=d
+            )
+            self.w_up = param(
+                rngs, (e, d, f), ("expert", "embed", "expert_mlp"), cfg.param_dtype, fan_in=d
+            )
         self.w_down = param(
             rngs, (e, f, d), ("expert", "expert_mlp", "embed"), cfg.param_dtype, fan_in=f
         )
@@ -375,13 +404,17 @@ class MoE(nnx.Module):
         )
         own_routes = jnp.where(token_mask.astype(bool)[..., None], own_idx.reshape(b, t, k), -1)
         stats = dataclasses.replace(stats, routes=own_routes)
+        if cfg.fused_projections:
+            w_gate, w_up = self.w_gate_up[...].astype(dt), None
+        else:
+            w_gate, w_up = self.w_gate[...].astype(dt), self.w_up[...].astype(dt)
         y = _routed_experts(
             x.reshape(b * t, d),
             topk_idx,
             topk_weight,
             keep,
-            self.w_gate[...].astype(dt),
-            self.w_up[...].astype(dt),
+            w_gate,
+            w_up,
             self.w_down[...].astype(dt),
             self.gmm_impl,
             cfg.moe_token_chunk_size,

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from r1.models.attention import MASK_VALUE
+from r1.models.attention import MASK_VALUE, SegmentMask
+from r1.models.attention_kernels import attend as kernel_attend
 from r1.models.config import ModelConfig
 from r1.models.layers import dtype_of
 from r1.models.transformer import LayerStack, Transformer
@@ -237,9 +238,13 @@ def _in_window(window, attend, operands):
     return jax.lax.switch(index, [branch(size) for size in sizes], *arrays)
 
 
-def _gqa_cached(attn, x, positions, entry, index, mask, layer_pos=None, window=None):
+def _gqa_cached(
+    attn, x, positions, entry, index, mask, layer_pos=None, window=None, prefill_mask=None
+):
     """Writes this call's keys/values at slots [index, index+T) and attends over all slots
-    (decoding with `window`: over the first w, see `_in_window`)."""
+    (decoding with `window`: over the first w, see `_in_window`). prefill_mask: a
+    `SegmentMask` for a prefill at slot 0 (`_prefill_mask`): the prompt attends to itself
+    through `ModelConfig.attention_impl` instead of over the slots."""
     q, k, v = attn.project_qkv(x, positions)  # q [B,T,H,D], k/v [B,T,KV,D]
     k_all = _write(entry["k"], k.transpose(0, 2, 3, 1), index, 3, layer_pos)
     v_all = _write(entry["v"], v.transpose(0, 2, 1, 3), index, 2, layer_pos)
@@ -247,7 +252,11 @@ def _gqa_cached(attn, x, positions, entry, index, mask, layer_pos=None, window=N
     b, t, h, d = q.shape
     kv_heads = k_cache.shape[1]
     qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
-    if t == 1:
+    if prefill_mask is not None:
+        # The values the cache holds (its dtype), so decode and prefill read the same keys.
+        k, v = (a.astype(entry["k"].dtype).astype(q.dtype) for a in (k, v))
+        out = kernel_attend(q, k, v, prefill_mask, attn.scale, attn.attention_impl, attn.block_size)
+    elif t == 1:
 
         def attend(k_cache, v_cache, mask):
             return _decode_attention(qg[:, 0], k_cache, v_cache, mask[:, 0], attn.scale)
@@ -289,15 +298,23 @@ def _decode_attention(q, k_cache, v_cache, mask, scale):
     return out.astype(v_cache.dtype)
 
 
-def _mla_cached(attn, x, positions, entry, index, mask, layer_pos=None, window=None):
-    """Caches only the latent + rope key and attends in the absorbed (latent) form."""
-    q_nope, q_rope = attn.queries(x, positions)
-    kv_latent, k_rope = attn.compress_kv(x, positions)
+def _mla_cached(
+    attn, x, positions, entry, index, mask, layer_pos=None, window=None, prefill_mask=None
+):
+    """Caches only the latent + rope key and attends in the absorbed (latent) form; a prefill
+    with `prefill_mask` (see `_gqa_cached`) in the expanded form through the kernel."""
+    q_nope, q_rope, kv_latent, k_rope = attn.project(x, positions)  # one GEMM when fused
     latent_all = _write(entry["kv_latent"], kv_latent, index, 1, layer_pos)
     rope_all = _write(entry["k_rope"], k_rope, index, 1, layer_pos)
     latent, rope = _read(latent_all, layer_pos), _read(rope_all, layer_pos)
     if window is not None and x.shape[1] != 1:
         raise ValueError("attention windows are for decoding (one token per row)")
+    if prefill_mask is not None:
+        latent, rope = (
+            a.astype(entry["kv_latent"].dtype).astype(x.dtype) for a in (kv_latent, k_rope)
+        )
+        out = attn.attend_expanded(q_nope, q_rope, latent, rope, prefill_mask)
+        return out, {"kv_latent": latent_all, "k_rope": rope_all}
 
     def attend(latent, rope, mask):
         return attn.attend_latent(q_nope, q_rope, latent, rope, mask)
@@ -306,12 +323,25 @@ def _mla_cached(attn, x, positions, entry, index, mask, layer_pos=None, window=N
     return out, {"kv_latent": latent_all, "k_rope": rope_all}
 
 
-def _cached_layer(layer, x, positions, token_mask, entry, index, mask, layer_pos=None, window=None):
+def _cached_layer(
+    layer,
+    x,
+    positions,
+    token_mask,
+    entry,
+    index,
+    mask,
+    layer_pos=None,
+    window=None,
+    prefill_mask=None,
+):
     """One decoder layer over cached slots: (x float[B, T, D], its updated cache entry, the
     experts its router picked int32[B, T, k], None for a dense layer)."""
     h = layer.input_norm(x)
     cached = _gqa_cached if "k" in entry else _mla_cached
-    attn_out, entry = cached(layer.attn, h, positions, entry, index, mask, layer_pos, window)
+    attn_out, entry = cached(
+        layer.attn, h, positions, entry, index, mask, layer_pos, window, prefill_mask
+    )
     x = shard(x + attn_out, ("batch", "length", "act_embed"))
     h = layer.post_attn_norm(x)
     routes = None
@@ -321,6 +351,21 @@ def _cached_layer(layer, x, positions, token_mask, entry, index, mask, layer_pos
     else:
         h = layer.mlp(h)
     return shard(x + h, ("batch", "length", "act_embed")), _constrain(entry), routes
+
+
+def _prefill_mask(cfg: ModelConfig, token_mask: jax.Array, index) -> SegmentMask | None:
+    """The prompt's own mask when a call is a prefill that can use the attention kernel, else
+    None. At slot 0 (index the Python int 0, known while tracing) with T > 1 tokens, slot s of
+    the cache attends exactly as token s of the prompt: the slots past T are later than every
+    query (causal) and nothing is cached before, so the attention over the slots equals the
+    prompt's causal self-attention with its padding (token_mask False) excluded; one segment.
+    token_mask: bool[B, T]."""
+    if cfg.attention_impl == "xla" or not isinstance(index, int) or index != 0:
+        return None
+    if token_mask.shape[1] < 2:
+        return None
+    segments = jnp.ones(token_mask.shape, jnp.int32)
+    return SegmentMask(segments, token_mask.astype(bool))
 
 
 def forward_with_cache(
@@ -344,7 +389,9 @@ def forward_with_cache(
     with_routes: also return the experts each MoE layer's router picked for each token,
     (logits, cache, routes int32[B, T, M, k]) with M = `ModelConfig.num_moe_layers` in forward
     order (best expert first; padding tokens get their router's choice too, the caller masks
-    them). Raises ValueError for a model without MoE layers.
+    them). Raises ValueError for a model without MoE layers. A prefill (index the int 0,
+    T > 1) with `ModelConfig.attention_impl` other than "xla" runs the prompt's self-attention
+    through that kernel (`_prefill_mask`); decode steps always attend in XLA.
     """
     if with_routes and model.config.num_moe_layers == 0:
         raise ValueError("forward_with_cache: with_routes needs a model with MoE layers")
@@ -359,6 +406,7 @@ def forward_with_cache(
     query_slot = jnp.reshape(index, (-1, 1)) + jnp.arange(t)[None, :]  # [B or 1, T]
     causal = jnp.arange(slots)[None, None, :] <= query_slot[:, :, None]  # [B or 1, T, S]
     mask = causal & valid[:, None, :]
+    prefill_mask = _prefill_mask(model.config, token_mask, index)
     x = shard(model.embed(tokens), ("batch", "length", "act_embed"))
     new_layers = []
     routes = []  # per MoE layer (or scanned MoE block) int32[n, B, T, k], forward order
@@ -371,7 +419,7 @@ def forward_with_cache(
                 x, entry, i = carry
                 layer = nnx.merge(graphdef, layer_state)
                 x, entry, layer_routes = _cached_layer(
-                    layer, x, positions, token_mask, entry, index, mask, i, window
+                    layer, x, positions, token_mask, entry, index, mask, i, window, prefill_mask
                 )
                 return (x, entry, i + 1), layer_routes if keep else None
 
@@ -380,7 +428,7 @@ def forward_with_cache(
                 routes.append(block_routes)
         else:
             x, entry, layer_routes = _cached_layer(
-                block, x, positions, token_mask, entry, index, mask, window=window
+                block, x, positions, token_mask, entry, index, mask, None, window, prefill_mask
             )
             if with_routes and layer_routes is not None:
                 routes.append(layer_routes[None])
