@@ -33,8 +33,9 @@ DOC = ROOT / "docs" / "pod_plan.md"
 BEGIN, END = "<!-- pod-plan:begin -->", "<!-- pod-plan:end -->"
 HEADER = (
     "| config | step | topology | chips | params GiB | opt GiB | ref GiB | KV GiB | temp GiB "
-    "| peak GiB / HBM | fits | TFLOP/step | est. s/step | est. MFU | compile s |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| peak GiB / HBM | fits | TFLOP/step | est. s/step (rollout + update) | update est. MFU "
+    "| decode MB/token (x ideal) | compile s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -101,20 +102,23 @@ def compile_one(
 def row(s: dict) -> str:
     gib = lambda key: f"{s.get(key, 0) / 2**30:.1f}"  # noqa: E731
     topo = s["topology"] + (f" x{s['slices']}" if s.get("slices", 1) > 1 else "")
-    # XLA counts a scanned update / gradient-accumulation body once: flops and seconds are low.
-    low = f" (scan x{s['passes']} counted once)" if s.get("passes", 1) > 1 else ""
     if "per_chip_bytes" not in s:
         return (
             f"| {s['config']} | {s['step']} | {topo} | | | | | | | | no: {s.get('error', '')} "
-            "| | | | |"
+            "| | | | | |"
         )
+    seconds = f"{s['estimated_seconds']:,.1f}"
+    decode = ""
+    if s.get("rollout_bytes_per_token"):
+        seconds += f" ({s['rollout_seconds']:,.1f} + {s['update_seconds']:,.1f})"
+        ratio = s["rollout_bytes_per_token"] / s["rollout_ideal_bytes_per_token"]
+        decode = f"{s['rollout_bytes_per_token'] / 1e6:,.1f} ({ratio:.2f}x)"
     return (
         f"| {s['config']} | {s['step']} | {topo} | {s['chips']} | {gib('params')} "
         f"| {gib('opt_state')} | {gib('ref_params')} | {gib('kv_cache')} | {gib('temporaries')} "
         f"| {gib('per_chip_bytes')} / {gib('hbm_bytes')} | {'yes' if s['fits'] else 'no'} "
-        f"| {s['flops'] / 1e12:,.0f}{low} | {s['estimated_seconds']:,.1f}{low} "
-        f"| {100 * s['mfu']:.0f}% "
-        f"| {s['compile_seconds']:.0f} |"
+        f"| {s['flops'] / 1e12:,.0f} | {seconds} | {100 * s.get('update_estimated_mfu', 0):.0f}% "
+        f"| {decode} | {s['compile_seconds']:.0f} |"
     )
 
 

@@ -237,6 +237,7 @@ def qwen2_5_math_1_5b() -> ml_collections.ConfigDict:
     c = _hf_student("r1_distill_qwen_1_5b", 1e-4)
     c.mesh.update(data=1, fsdp=-1)
     c.train.topology, c.train.slices = "v5p:2x2x2", 1  # experiments.aot / docs/pod_plan.md
+    c.model.update(configlib.TPU_KERNELS)
     return c
 
 
@@ -246,6 +247,7 @@ def llama3_1_8b() -> ml_collections.ConfigDict:
     c.mesh.update(data=1, fsdp=-1, tensor=4)
     c.sft.update(num_microbatches=16)
     c.train.topology, c.train.slices = "v5p:4x4x1", 1
+    c.model.update(configlib.TPU_KERNELS)
     return c
 
 
@@ -255,6 +257,7 @@ def qwen2_5_math_7b() -> ml_collections.ConfigDict:
     c.mesh.update(data=1, fsdp=-1, tensor=4)
     c.sft.update(num_microbatches=16)
     c.train.topology, c.train.slices = "v5p:4x4x1", 1
+    c.model.update(configlib.TPU_KERNELS)
     return c
 
 
@@ -265,6 +268,7 @@ def qwen2_5_14b() -> ml_collections.ConfigDict:
     c.mesh.update(data=1, fsdp=-1, tensor=8)
     c.sft.update(num_microbatches=16)
     c.train.topology, c.train.slices = "v5p:4x4x2", 1
+    c.model.update(configlib.TPU_KERNELS)
     return c
 
 
@@ -274,6 +278,7 @@ def qwen2_5_32b() -> ml_collections.ConfigDict:
     c.mesh.update(data=1, fsdp=-1, tensor=8)
     c.sft.update(num_microbatches=8)
     c.train.topology, c.train.slices = "v5p:4x4x4", 1
+    c.model.update(configlib.TPU_KERNELS)
     return c
 
 
@@ -286,6 +291,7 @@ def llama3_3_70b() -> ml_collections.ConfigDict:
     c.mesh.update(data=1, fsdp=-1, tensor=8)
     c.sft.update(num_microbatches=4)
     c.train.topology, c.train.slices = "v5p:4x4x8", 1
+    c.model.update(configlib.TPU_KERNELS)
     return c
 
 

@@ -93,6 +93,7 @@ def _qwen(region: str) -> ml_collections.ConfigDict:
     # 256 pairs = 512 rows of up to 8,192 tokens: 16 micro-batches of 16 pairs per update.
     c.train.num_microbatches = 16
     c.train.topology, c.train.slices = "v5e:2x4", 1  # experiments.aot / docs/pod_plan.md
+    c.model.update(configlib.TPU_KERNELS)
     return c
 
 

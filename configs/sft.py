@@ -102,6 +102,7 @@ def qwen2_5_1_5b_traces() -> ml_collections.ConfigDict:
     c.sft.update(batch_size=32, num_microbatches=4)
     c.train.update(steps=2000, checkpoint_every=200)
     c.train.topology, c.train.slices = "v5e:2x4", 1  # experiments.aot / docs/pod_plan.md
+    c.model.update(configlib.TPU_KERNELS)
     return c
 
 

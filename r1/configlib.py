@@ -79,6 +79,10 @@ class Experiment:
 
 
 COMMON_SECTIONS = ("model", "mesh", "seed")
+# The model execution settings of a variant that targets a TPU pod (`train.topology`): the
+# Pallas splash attention kernel and q/k/v, gate/up projections fused into one GEMM each. On
+# another backend override them (`--config.model.attention_impl=cudnn` on a GPU, `xla` on CPU).
+TPU_KERNELS = {"attention_impl": "pallas", "fused_projections": True}
 
 
 def parse_experiment(

@@ -274,6 +274,21 @@ def _active_mesh():
     return mesh
 
 
+def current_mesh() -> Any:
+    """The mesh of the ambient `use_mesh` context (abstract while tracing), or None."""
+    return _active_mesh()
+
+
+def rules_without(mesh_axes: Sequence[str], rules: Rules | None = None) -> Rules:
+    """`rules` (default: the current ones) with `mesh_axes` taken out of every mapping: the
+    logical axes they sharded are then split over the remaining axes only (or replicated)."""
+    out = []
+    for name, axes in rules if rules is not None else current_rules():
+        kept = tuple(a for a in (_as_tuple(axes) or ()) if a not in mesh_axes)
+        out.append((name, kept or None))
+    return tuple(out)
+
+
 def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
     """Shardings for a batch dict: rows (axis 0) on the `batch` logical axis, every other axis
     unsharded. Values: arrays, numpy arrays or `jax.ShapeDtypeStruct`s."""

@@ -40,7 +40,8 @@ class Program:
 
     kind: "grpo" or "sft". state: the TrainState of `jax.ShapeDtypeStruct`s with shardings.
     rows / new_tokens / prompt_len: the step's shape (new_tokens 0 for SFT). slots: the
-    sampler's `SamplingConfig.slots` (0: all rows decode at once).
+    sampler's `SamplingConfig.slots` (0: all rows decode at once). grpo: the step's
+    `GRPOConfig` (GRPO steps), from which `r1.aot.cost` compiles the rollout alone.
     """
 
     kind: str
@@ -57,6 +58,7 @@ class Program:
     cache_dtype: str | None = None
     frozen: dict[str, Any] | None = None
     slots: int = 0
+    grpo: Any = None
 
     @property
     def decode_rows(self) -> int:
@@ -155,6 +157,7 @@ def grpo_program(config: Any, mesh: Mesh) -> Program:
         passes=grpo_cfg.num_minibatches * grpo_cfg.num_iterations * micro,
         cache_dtype=grpo_cfg.sampling.cache_dtype,
         slots=grpo_cfg.sampling.slots,
+        grpo=grpo_cfg,
         frozen=with_shardings(
             frozen, {k: sharding.state_shardings(v, mesh) for k, v in frozen.items()}
         )
@@ -314,15 +317,21 @@ def kv_cache_bytes(program: Program) -> int:
     if program.kind != "grpo":
         return 0
     cfg = program.model
-    if cfg.attention_type == "mla":
-        per_token = cfg.kv_lora_rank + cfg.qk_rope_head_dim
-    else:
-        per_token = 2 * cfg.num_kv_heads * cfg.head_dim
-    itemsize = jnp.dtype(dtype_of(program.cache_dtype or cfg.dtype)).itemsize
-
     tokens = _per_device_rows(program, program.decode_rows) * (
         program.prompt_len + program.new_tokens
     )
     if program.slots:
         tokens += _per_device_rows(program, program.prompts) * program.prompt_len
-    return tokens * per_token * itemsize * cfg.num_layers
+    return tokens * kv_bytes_per_token(cfg, program.cache_dtype)
+
+
+def kv_bytes_per_token(cfg: ModelConfig, cache_dtype: str | None = None) -> int:
+    """Bytes the sampler's KV cache keeps per token over all layers: MLA the latent + rope key
+    (C + R values per layer), GQA keys and values (2 K D), in the cache dtype (default the
+    model's compute dtype)."""
+    if cfg.attention_type == "mla":
+        per_layer = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    else:
+        per_layer = 2 * cfg.num_kv_heads * cfg.head_dim
+    itemsize = jnp.dtype(dtype_of(cache_dtype or cfg.dtype)).itemsize
+    return per_layer * itemsize * cfg.num_layers

@@ -16,14 +16,10 @@ readers, and the step through `make_grpo_step`. Only weights are missing.
     program = grpo_program(config, mesh)
     report = compile_report(program, ...)
 
-Cost model caveat: XLA counts each loop body once (the decode `while_loop` and the mini-batch
-`scan` alike). `compile_report` therefore also compiles one decode step of the sampler's cached
-forward pass on the same mesh (at the rows one step advances: all of them, or the slots) and
-adds it for every further step of the worst case, every row generating `max_new_tokens`
-(with S slots for N rows: ceil(N / S) x max_new_tokens steps). The update `scan`
-(`num_minibatches * num_iterations` passes) is still counted once: the report flags it when
-there is more than one pass. Seconds are a roofline over the chip's peak flop/s and HBM
-bandwidth, from the compiler's counts (see `AOTReport`).
+Costs: XLA's cost model counts each loop body once; `r1.aot.loops` counts every loop by its
+trip count (the layer scan, the mini-batch and micro-batch scans, the decode loops at their
+worst case) and `r1.aot.cost` splits the step into the rollout (compiled alone) and the update,
+each with a roofline over the chip's peak flop/s and HBM bandwidth (see `AOTReport`).
 
 The programs themselves are built in `r1.aot.programs` and the compiler's buffer dump is read by
 `r1.aot.hlo_buffers`; both are re-exported here.
@@ -40,11 +36,19 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-from flax import nnx
 from jax.sharding import Mesh
 
 from r1 import configlib, sharding
+from r1.aot.cost import (
+    CHIPS,
+    GIB,
+    ChipSpec,
+    StepCost,
+    chip_for,
+    devices_per_chip,
+    roofline_seconds,
+    step_cost,
+)
 from r1.aot.hlo_buffers import Buffer, parse_buffer_assignment, read_dump
 from r1.aot.programs import (
     Program,
@@ -57,48 +61,11 @@ from r1.aot.programs import (
     shard_bytes,
     with_shardings,
 )
-from r1.sampling.kv_cache import forward_with_cache, init_cache
 
-GIB = 1024**3
+__all__ = ["CHIPS", "ChipSpec", "StepCost", "chip_for", "roofline_seconds"]
 # libtpu guards the TPU against two processes with a lock file; describing a topology touches no
 # TPU, so concurrent compilations (tests, other users of the host) must not collide on it.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-
-
-@dataclasses.dataclass(frozen=True)
-class ChipSpec:
-    """One TPU chip: HBM bytes, peak dense bf16 flop/s and HBM bandwidth in bytes/s (public
-    spec sheets)."""
-
-    name: str
-    device_kind: str
-    hbm_bytes: int
-    peak_bf16_flops: float
-    hbm_bandwidth: float
-
-
-CHIPS = {
-    "v4": ChipSpec("v4", "TPU v4", 32 * GIB, 275e12, 1228e9),
-    "v5e": ChipSpec("v5e", "TPU v5 lite", 16 * GIB, 197e12, 819e9),
-    "v5p": ChipSpec("v5p", "TPU v5", 95 * GIB, 459e12, 2765e9),
-    "v6e": ChipSpec("v6e", "TPU v6 lite", 32 * GIB, 918e12, 1640e9),
-}
-
-
-def chip_for(devices: Sequence[Any]) -> ChipSpec:
-    kind = devices[0].device_kind
-    for spec in CHIPS.values():
-        if spec.device_kind == kind:
-            return spec
-    known = [c.device_kind for c in CHIPS.values()]
-    raise ValueError(f"unknown TPU device kind {kind!r}; known: {known}")
-
-
-def devices_per_chip(devices: Sequence[Any]) -> int:
-    """JAX devices per chip: 2 on v4 topologies (one per TensorCore), else 1 (megacore / one
-    core)."""
-    cores = {getattr(d, "core_on_chip", 0) for d in devices}
-    return max(1, len(cores))
 
 
 @contextlib.contextmanager
@@ -183,15 +150,19 @@ class AOTReport:
     `per_chip_bytes` is the executable's peak: arguments + outputs - donated aliases +
     temporaries + code.
 
-    Flops / seconds: the compiler's cost model for one device, summed over devices. XLA counts
-    each loop body once; `flops` adds the decode step (`decode_rows` rows: all of them, or the
-    sampler's slots) for the worst case's further steps (every row generates the maximum
-    length: `decode_steps` in all); `decode_step_seconds` is one step's roofline, the cost
-    that decode steps multiply (with slots they follow the rows' real lengths, see
-    `r1.sampling.slots.expected_decode_steps`). The update body stays counted once, so with
-    `passes` > 1 the estimate is low (the text report says so). `estimated_seconds` is the
-    roofline max(flops / peak, bytes / HBM bandwidth) per device. Estimates from the compiler's
-    cost model, not measurements.
+    Flops / seconds: the compiler's cost model with every loop counted by its trip count
+    (`r1.aot.loops`; decode loops at their worst case, every row at full length:
+    `decode_steps` steps of `decode_rows` rows), summed over devices; `compiled_flops` is XLA's
+    own count (each loop body once). GRPO steps are split into the rollout (prefill + decode,
+    compiled alone) and the update (the rest: reference forward, rewards, policy forward +
+    backward, optimizer); SFT and reward-model steps are all update. Seconds are rooflines per
+    device, max(flops / peak, bytes / HBM bandwidth), of the rollout and the update, summed in
+    `estimated_seconds`; `update_estimated_mfu` = the update's model flops (no recomputation:
+    `r1.aot.cost.update_model_flops`) / (update seconds x peak). The
+    decode's `rollout_bytes_per_token` (compiled) and `rollout_ideal_bytes_per_token` (every
+    decode weight once + the KV cache at the mean context, `r1.aot.cost`) are pod-wide bytes per
+    decode step over the tokens it generates. Estimates from the compiler's cost model, not
+    measurements; communication between chips is not in the roofline.
     """
 
     config: str
@@ -235,6 +206,23 @@ class AOTReport:
     error: str = ""
     advice: list[str] = dataclasses.field(default_factory=list)
     routes: int = 0
+    rollout_flops: float = 0.0
+    rollout_seconds: float = 0.0
+    update_flops: float = 0.0
+    update_seconds: float = 0.0
+    update_model_flops: float = 0.0
+    update_estimated_mfu: float = 0.0
+    rollout_bytes_per_token: float = 0.0
+    rollout_ideal_bytes_per_token: float = 0.0
+    loops: list[str] = dataclasses.field(default_factory=list)
+    uncounted_loops: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def decode_roofline_fraction(self) -> float:
+        """Ideal decode bytes over compiled decode bytes (1: nothing read beyond the ideal)."""
+        if not self.rollout_bytes_per_token:
+            return 0.0
+        return self.rollout_ideal_bytes_per_token / self.rollout_bytes_per_token
 
     def summary(self) -> dict[str, Any]:
         """The JSON line: every scalar field plus the largest buffers."""
@@ -273,27 +261,31 @@ class AOTReport:
             lines.append(f"  compiler: {self.error}")
         if self.flops:
             lines += [
-                "  compiler cost-model estimate (not a measurement):",
+                "  compiler cost-model estimate, every loop counted (not a measurement):",
                 f"    {self.flops / 1e12:,.1f} TFLOP per step "
-                f"({self.compiled_flops / 1e12:,.1f} as compiled, loop bodies once)",
-                f"    {self.flops / max(self.generated_tokens, 1) / 1e9:,.2f} GFLOP per generated "
-                f"token ({self.rows} rows x {self.new_tokens} tokens)"
-                if self.new_tokens
-                else f"    rows {self.rows}",
-                f"    {self.estimated_seconds:,.2f} s per step (roofline), "
-                f"{self.tokens_per_second:,.0f} generated tokens/s, MFU {100 * self.mfu:.1f}%",
+                f"({self.compiled_flops / 1e12:,.1f} as compiled, loop bodies once); "
+                f"{self.estimated_seconds:,.2f} s per step (roofline), MFU {100 * self.mfu:.1f}%",
+                *(f"      loop {loop}" for loop in self.loops),
+                *(f"      counted once (trip count unknown): {op}" for op in self.uncounted_loops),
             ]
             if self.new_tokens:
-                lines.append(
-                    f"    decode: {self.decode_step_seconds * 1e3:,.2f} ms per decode step of "
-                    f"{self.decode_rows} rows (roofline); {self.decode_steps:,} steps when every "
-                    "row is full length"
-                )
-            if self.passes > 1:
-                lines.append(
-                    f"    note: the update / accumulation scan ({self.passes} passes) is counted "
-                    "once: low"
-                )
+                lines += [
+                    f"    rollout: {self.rollout_flops / 1e12:,.1f} TFLOP, "
+                    f"{self.rollout_seconds:,.2f} s; {self.decode_steps:,} decode steps of "
+                    f"{self.decode_rows} rows when every row is full length, "
+                    f"{self.decode_step_seconds * 1e3:,.2f} ms each, "
+                    f"{self.tokens_per_second:,.0f} generated tokens/s",
+                    f"    decode bytes per generated token: "
+                    f"{self.rollout_bytes_per_token / 1e6:,.2f} MB compiled vs "
+                    f"{self.rollout_ideal_bytes_per_token / 1e6:,.2f} MB ideal "
+                    f"({100 * self.decode_roofline_fraction:.0f}% of the HBM roofline)",
+                ]
+            lines.append(
+                f"    update: {self.update_flops / 1e12:,.1f} TFLOP compiled "
+                f"({self.update_model_flops / 1e12:,.1f} model), {self.update_seconds:,.2f} s, "
+                f"estimated MFU {100 * self.update_estimated_mfu:.1f}% "
+                f"({self.passes} accumulation pass(es), counted)"
+            )
         if self.largest:
             lines.append("  largest buffers on one device:")
             for b in self.largest:
@@ -353,46 +345,6 @@ def advice_for(program: Program, report: AOTReport) -> list[str]:
             + (", or mesh.tensor to split heads/mlp/vocab" if mesh.get("tensor", 1) == 1 else "")
         )
     return tips
-
-
-def _cost(compiled: Any) -> tuple[float, float]:
-    """(flops, bytes accessed) of one device's program, from the compiler's cost model."""
-    cost = compiled.cost_analysis()
-    if isinstance(cost, list):  # older jax returned one dict per program
-        cost = cost[0]
-    return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
-
-
-def roofline_seconds(flops: float, bytes_accessed: float, chip: ChipSpec, per_chip: int) -> float:
-    """max(compute time, memory time) of one device at the chip's peak rates. (The compiler's
-    own `optimal_seconds` is not used: it is negative for programs with data-dependent loops.)"""
-    return max(
-        flops / (chip.peak_bf16_flops / per_chip), bytes_accessed / (chip.hbm_bandwidth / per_chip)
-    )
-
-
-def decode_step_cost(program: Program) -> tuple[float, float]:
-    """Per-device flops and bytes accessed of one decode step (the sampler's cached forward pass for
-    one token per decode row against the full-length cache; with slots each row at its own
-    slot) compiled on the program's mesh."""
-    rows, slots = program.decode_rows, program.prompt_len + program.new_tokens
-    params = jax.tree.map(lambda x: x, program.state.params)
-    extra = program.state.extra
-    rows_sh = sharding.named_sharding(("batch", None), (rows, 1), program.mesh)
-    tok = jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=rows_sh)
-    msk = jax.ShapeDtypeStruct((rows, 1), jnp.bool_, sharding=rows_sh)
-    graphdef, cache_dtype = program.graphdef, program.cache_dtype
-
-    def one(params, extra, token, mask):
-        model = nnx.merge(graphdef, params, extra)
-        cache = init_cache(model.config, rows, slots, cache_dtype)
-        index = jnp.full((rows,), slots - 1, jnp.int32) if program.slots else slots - 1
-        logits, _ = forward_with_cache(model, token, token, mask, cache, index)
-        return logits
-
-    with sharding.use_mesh(program.mesh):
-        compiled = jax.jit(one).lower(params, extra, tok, msk).compile()
-    return _cost(compiled)
 
 
 def worst_case_decode_steps(program: Program) -> int:
@@ -463,26 +415,20 @@ def compile_report(
         aliased, code = int(mem.alias_size_in_bytes), int(mem.generated_code_size_in_bytes)
         arguments = int(mem.argument_size_in_bytes)
         peak = arguments + outputs - aliased + temps + code
-        flops_dev, bytes_dev = _cost(compiled)
     else:
         needed = re.search(r"\(([\d.]+)([TGMK])\) exceeds available HBM", error)
         scale = {"T": 1024 * GIB, "G": GIB, "M": 1024**2, "K": 1024}
         temps = int(float(needed.group(1)) * scale[needed.group(2)]) if needed else 0
         outputs = aliased = code = 0
         peak = params + opt + ref + sum(frozen.values()) + other + batch + temps
-        flops_dev = bytes_dev = 0.0
     n_dev = len(devices)
-    compiled_flops = flops_dev * n_dev
-    decode_steps = worst_case_decode_steps(program) if program.kind == "grpo" else 0
-    step_seconds = 0.0
-    if compiled is not None and loop_costs and program.kind == "grpo" and decode_steps > 1:
-        d_flops, d_bytes = decode_step_cost(program)
-        flops_dev += d_flops * (decode_steps - 1)
-        bytes_dev += d_bytes * (decode_steps - 1)
-        step_seconds = roofline_seconds(d_flops, d_bytes, chip, per_chip)
-    flops = flops_dev * n_dev
-    est = roofline_seconds(flops_dev, bytes_dev, chip, per_chip) if compiled is not None else 0.0
+    cost = (
+        step_cost(program, hlo, chip, per_chip, n_dev, split_rollout=loop_costs)
+        if compiled is not None
+        else None
+    )
     generated = program.rows * program.new_tokens
+    est = cost.seconds if cost else 0.0
     peak_flops = chip.peak_bf16_flops / per_chip * n_dev
     report = AOTReport(
         config=config_name,
@@ -510,21 +456,24 @@ def compile_report(
         per_chip_bytes=peak,
         fits=compiled is not None and peak <= hbm,
         total_param_bytes=global_bytes(state.params),
-        flops=flops,
-        compiled_flops=compiled_flops,
+        flops=cost.flops if cost else 0.0,
+        compiled_flops=cost.compiled_flops if cost else 0.0,
         estimated_seconds=est,
         rows=program.rows,
         new_tokens=program.new_tokens,
         passes=program.passes,
         decode_rows=program.decode_rows,
-        decode_steps=decode_steps,
-        decode_step_seconds=step_seconds,
+        decode_steps=(cost.decode_steps if cost else 0) or worst_case_decode_steps(program),
+        decode_step_seconds=cost.decode_step_seconds if cost else 0.0,
         generated_tokens=generated,
-        tokens_per_second=generated / est if est > 0 else 0.0,
-        mfu=flops / (est * peak_flops) if est > 0 else 0.0,
+        tokens_per_second=generated / cost.rollout_seconds
+        if cost and cost.rollout_seconds
+        else 0.0,
+        mfu=cost.flops / (est * peak_flops) if cost and est > 0 else 0.0,
         compile_seconds=seconds,
         largest=largest,
         error=error,
+        **(cost.report_fields() if cost else {}),
     )
     if not report.fits:
         report.advice = advice_for(program, report)

@@ -10,6 +10,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from r1.loop_scopes import loop_scope
+
 MASK_VALUE = -1e30
 
 
@@ -131,7 +133,8 @@ def _flash_forward(q, k, v, seg, valid, scale: float):
             jnp.zeros((b, kh, g, bs), jnp.float32),
             jnp.zeros((b, kh, g, bs, dv), jnp.float32),
         )
-        m, denom, acc = jax.lax.fori_loop(0, i + 1, body, init)  # causal: key blocks 0..i
+        with jax.named_scope(loop_scope("causal_key_tiles", (n + 1) / 2)):
+            m, denom, acc = jax.lax.fori_loop(0, i + 1, body, init)  # causal: key blocks 0..i
         out = acc / jnp.maximum(denom, jnp.finfo(jnp.float32).tiny)[..., None]
         lse = m + jnp.log(denom)  # -inf for rows without a valid key
         return jnp.einsum("bkgqd->bqkgd", out).astype(q.dtype), lse
@@ -162,7 +165,8 @@ def _flash_backward(q, k, v, seg, valid, out, lse, d_out, scale: float):
                 "bkgqs,bskd->bqkgd", ds.astype(k.dtype), k[j], preferred_element_type=jnp.float32
             )
 
-        dq = jax.lax.fori_loop(0, i + 1, body, jnp.zeros(q.shape[1:], jnp.float32))
+        with jax.named_scope(loop_scope("causal_key_tiles", (n + 1) / 2)):
+            dq = jax.lax.fori_loop(0, i + 1, body, jnp.zeros(q.shape[1:], jnp.float32))
         return dq.astype(q.dtype)
 
     def dkv_block(j):
@@ -181,7 +185,8 @@ def _flash_backward(q, k, v, seg, valid, out, lse, d_out, scale: float):
             return dk, dv
 
         init = (jnp.zeros(k.shape[1:], jnp.float32), jnp.zeros(v.shape[1:], jnp.float32))
-        dk, dv = jax.lax.fori_loop(j, n, body, init)  # causal: query blocks j..n-1
+        with jax.named_scope(loop_scope("causal_query_tiles", (n + 1) / 2)):
+            dk, dv = jax.lax.fori_loop(j, n, body, init)  # causal: query blocks j..n-1
         return dk.astype(k.dtype), dv.astype(v.dtype)
 
     dq = jax.lax.map(dq_block, jnp.arange(n))

@@ -15,19 +15,24 @@ Functional core (pure functions of arrays; the routing ones live in `r1.models.r
 Stateful shell: `MoE` (the layer, with `RoutingBias` state) and
 `update_model_routing_biases` (applies the bias update to every MoE layer of a model).
 
-Grouped matmuls: on GPU/TPU `jax.lax.ragged_dot` lowers to a native grouped matmul. On CPU,
-JAX lowers `ragged_dot` densely (it masks the rows into an `[experts, rows, hidden]` array and
-multiplies by every expert), so there `grouped_ffn` uses a blocked equivalent: rows are padded
-per expert to a multiple of a tile size and each tile is multiplied by its expert's weights in
-one batched matmul. Both give the same numbers; FLOPs grow with experts-per-token, not with the
-number of experts.
+Grouped matmuls (`grouped_ffn(impl="auto")`, chosen by the platform of the ambient mesh): on
+GPU `jax.lax.ragged_dot` lowers to a native grouped matmul. On CPU, and on TPU with jax 0.10.2 /
+libtpu 0.0.52, XLA lowers `ragged_dot` densely (a `convolution` producing [experts, rows, out]:
+every expert applied to every row, then a select; E_local times the routed FLOPs). So on TPU
+`grouped_ffn` uses the Pallas megablox kernel (`gmm`, with `tgmm` for the weight gradient: one
+`tpu_custom_call` per matmul, cost 2*m*k*n), run in interpret mode elsewhere for tests; on CPU a
+blocked equivalent: rows are padded per expert to a multiple of a tile size and each tile is
+multiplied by its expert's weights in one batched matmul. All give the same numbers; FLOPs grow
+with experts-per-token, not with the number of experts.
 
 Expert parallelism: under an active mesh the expert computation runs in `jax.shard_map`. Tokens
 are all-gathered over the mesh axes that shard the expert weights (`expert`, and `tensor` for
 `expert_mlp` if the token rule uses it), each device computes the contributions of its local
 experts to all gathered tokens (assignments to other experts are masked out, so the scheme stays
 dropless), and the partial outputs are `psum_scatter`-ed back to the tokens' owners (plus a
-`psum` over weight-sharding axes that do not shard tokens, e.g. `tensor`).
+`psum` over weight-sharding axes that do not shard tokens, e.g. `tensor`). With megablox the
+`shard_map` runs with `check_vma=False` (its `pallas_call` output carries no varying-axes type);
+the per-device arrays it sees are the local experts and the gathered tokens.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from r1.models.routing import (
     total_balance_loss,
     update_routing_bias,
 )
-from r1.sharding import _active_mesh, logical_to_spec
+from r1.sharding import _active_mesh, compute_platform, logical_to_spec
 
 __all__ = [  # with the routing core of r1.models.routing, re-exported
     "GMM_IMPLS",
@@ -77,8 +82,8 @@ __all__ = [  # with the routing core of r1.models.routing, re-exported
     "update_routing_bias",
 ]
 
-GMM_IMPLS = ("auto", "ragged_dot", "blocked")
-_RAGGED_DOT_PLATFORMS = ("gpu", "cuda", "rocm", "tpu")
+GMM_IMPLS = ("auto", "ragged_dot", "blocked", "megablox")
+_RAGGED_DOT_PLATFORMS = ("gpu", "cuda", "rocm")
 
 
 class RoutingBias(nnx.Variable):
@@ -97,9 +102,9 @@ def resolve_gmm_impl(impl: str) -> str:
         return impl
     # The mesh's platform, not the default backend: compiling ahead of time for a TPU topology
     # on a CPU host must pick the TPU kernel.
-    mesh = _active_mesh()
-    device = getattr(mesh, "abstract_device", None) if mesh is not None else None
-    platform = device.platform if device is not None else jax.default_backend()
+    platform = compute_platform()
+    if platform == "tpu":
+        return "megablox"
     return "ragged_dot" if platform in _RAGGED_DOT_PLATFORMS else "blocked"
 
 
@@ -117,6 +122,57 @@ def _ragged_ffn(x, group_sizes, w_gate, w_up, w_down):
         gate = jax.lax.ragged_dot(x, w_gate, group_sizes)
         up = jax.lax.ragged_dot(x, w_up, group_sizes)
     return jax.lax.ragged_dot(_swiglu(gate, up), w_down, group_sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _MegabloxTiling:
+    """Megablox tile sizes (m, k, n) clamped to each matmul's dims (a hashable tiling LUT: the
+    custom VJP reuses it for the transposed gmm and the weight-gradient tgmm). A dim no larger
+    than its tile is taken whole; a larger one gets the tile (a multiple of 128 on TPU; the
+    kernel masks a ragged last k or n tile)."""
+
+    tm: int = 128
+    tk: int = 512
+    tn: int = 512
+
+    def rows_tile(self, m: int) -> int:  # rows are padded to a multiple of this (of 16)
+        return min(self.tm, max(16, -(-m // 16) * 16))
+
+    def __call__(self, m: int, k: int, n: int) -> tuple[int, int, int]:
+        return self.rows_tile(m), min(k, self.tk), min(n, self.tn)
+
+
+MEGABLOX_TILING = _MegabloxTiling()
+
+
+def _megablox_ffn(x, group_sizes, w_gate, w_up, w_down, tiling=MEGABLOX_TILING):
+    """Grouped SwiGLU with the Pallas TPU megablox kernel (differentiable: `tgmm` for the weight
+    gradients); interpreted off TPU. Rows are zero-padded to a multiple of the row tile. The
+    kernel leaves rows outside every group unwritten (in its outputs and in its input-gradient),
+    so each gmm's input and output are masked to the grouped rows."""
+    from jax.experimental.pallas.ops.tpu.megablox import ops as megablox
+
+    interpret = compute_platform() != "tpu"
+    dt = jnp.result_type(x, w_gate, w_down, *(() if w_up is None else (w_up,)))
+    m = x.shape[0]
+    tm = tiling.rows_tile(m)
+    rows = -(-m // tm) * tm
+    sizes = group_sizes.astype(jnp.int32)
+    in_group = (jnp.arange(rows, dtype=jnp.int32) < jnp.sum(sizes))[:, None]
+
+    def gmm(lhs, rhs):
+        lhs = jnp.where(in_group, lhs, 0)
+        out = megablox.gmm(lhs, rhs.astype(dt), sizes, dt, tiling, None, None, False, interpret)
+        return jnp.where(in_group, out, 0)
+
+    xp = jnp.pad(x.astype(dt), ((0, rows - m), (0, 0)))
+    if w_up is None:  # joined [G, D, 2, F]: one gmm for gate and up
+        g, d, _, f = w_gate.shape
+        gate_up = gmm(xp, w_gate.reshape(g, d, 2 * f)).reshape(rows, 2, f)
+        gate, up = gate_up[:, 0], gate_up[:, 1]
+    else:
+        gate, up = gmm(xp, w_gate), gmm(xp, w_up)
+    return gmm(_swiglu(gate, up), w_down)[:m]
 
 
 def block_size(rows: int, groups: int) -> int:
@@ -183,10 +239,14 @@ def grouped_ffn(
     w_gate, w_up: float[G, D, F], or w_gate the joined float[G, D, 2, F] ([:, :, 0] gate,
     [:, :, 1] up; `ModelConfig.fused_projections`) and w_up None: then gate and up are one
     grouped matmul. w_down: float[G, F, D]. Returns float[M, D].
-    impl: "ragged_dot" (`jax.lax.ragged_dot`, native on GPU/TPU, dense on CPU), "blocked"
-    (tiled batched matmul, any backend) or "auto" (ragged_dot on GPU/TPU, blocked on CPU).
+    impl: "ragged_dot" (`jax.lax.ragged_dot`: native on GPU, dense on CPU and TPU), "megablox"
+    (the Pallas TPU grouped-matmul kernel; interpreted elsewhere, slowly: for tests), "blocked"
+    (tiled batched matmul, any backend) or "auto" (megablox on TPU, ragged_dot on GPU, blocked
+    on CPU). megablox takes bfloat16 or float32 only.
     """
     impl = resolve_gmm_impl(impl)
+    if impl == "megablox":
+        return _megablox_ffn(x, group_sizes, w_gate, w_up, w_down)
     if impl == "ragged_dot":
         y = _ragged_ffn(x, group_sizes, w_gate, w_up, w_down)
         total = jnp.sum(group_sizes)
@@ -310,10 +370,13 @@ def _routed_experts(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, impl, 
             y = jax.lax.psum(y, sum_axes)
         return y
 
+    # megablox's pallas_call declares no varying-axes type for its output, which a shard_map
+    # with check_vma rejects.
     return jax.shard_map(
         local,
         in_specs=(tok2, tok2, tok2, tok2, *weight_specs),
         out_specs=tok2,
+        check_vma=resolve_gmm_impl(impl) != "megablox",
     )(x, topk_idx, topk_weight, keep, *weights)
 
 

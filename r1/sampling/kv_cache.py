@@ -283,13 +283,19 @@ def _batched_dot_operands(*arrays: jax.Array) -> tuple[jax.Array, ...]:
 
 
 def _decode_attention(q, k_cache, v_cache, mask, scale):
-    """One query token per row as broadcast-multiply-and-reduce instead of batched matmuls.
+    """One query token per row: q [B, KV, G, D]; k_cache: [B, KV, D, S]; v_cache: [B, KV, S, D];
+    mask: bool[B, S] -> [B, KV, G, D], softmax in float32.
 
-    q: [B, KV, G, D]; k_cache: [B, KV, D, S]; v_cache: [B, KV, S, D]; mask: bool[B, S]
-    -> [B, KV, G, D]. With one query per row each (row, kv head) pair is a matrix-vector
-    product: XLA fuses the reduce form into one pass over the cache, where the batched-dot form
-    runs B x KV tiny GEMMs (3x slower on CPU at batch 32). Same memory traffic on accelerators.
-    """
+    On accelerators two batched dots read the cache in its stored dtype and accumulate in
+    float32 (one pass over the cache, nothing upcast in memory). On CPU the same products as
+    broadcast-multiply-and-reduce in float32: XLA fuses the reduce form into one pass over the
+    cache, where the batched-dot form runs B x KV tiny GEMMs (3x slower at batch 32)."""
+    if compute_platform() != "cpu":
+        scores = jnp.einsum("bkgd,bkds->bkgs", q, k_cache, preferred_element_type=jnp.float32)
+        scores = jnp.where(mask[:, None, None, :], scores * scale, MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
+        out = jnp.einsum("bkgs,bksd->bkgd", probs, v_cache, preferred_element_type=jnp.float32)
+        return out.astype(v_cache.dtype)
     q32 = q.astype(jnp.float32)
     scores = jnp.sum(q32[..., None] * k_cache[:, :, None].astype(jnp.float32), axis=3)
     scores = jnp.where(mask[:, None, None, :], scores * scale, MASK_VALUE)

@@ -29,9 +29,17 @@ from r1.sampling.kv_cache import (
     init_routes,
     repeat_rows,
 )
-from r1.sampling.slots import slot_decode
+from r1.sampling.slots import decode_scope, slot_decode
 from r1.sampling.tokens import choose_tokens, force_eos, step_keys
-from r1.sharding import named_sharding, place_state, shard, use_mesh
+from r1.sharding import (
+    current_mesh,
+    named_sharding,
+    place_state,
+    rules_without,
+    shard,
+    state_shardings,
+    use_mesh,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +66,10 @@ class SamplingConfig:
     windows: a decode step reads only the cache prefix (prompt + the window's end) that holds
     every active row's tokens, one `lax.switch` branch per window (None: min(16,
     max_new_tokens // 32)).
+    gather_weights: on a mesh with an fsdp axis, gather the parameters' fsdp shards once, before
+    the decode loop (in the compute dtype, still split over tensor / expert): each decode step
+    then reads its shard of the weights with no all-gather, for a copy of the weights / (tensor
+    x expert) per device. False: every step gathers them again (no extra memory).
     record_routes: also return, for every token fed to the model, the experts each MoE layer's
     router picked for it (`SampleOutput.routes`, for routing replay in training). Needs a
     model with MoE layers. The samples are the same with or without it.
@@ -78,6 +90,7 @@ class SamplingConfig:
     unstack_layers: bool = True
     slots: int = 0
     record_routes: bool = False
+    gather_weights: bool = False
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -215,6 +228,18 @@ def _check_routes(model: Transformer) -> None:
         )
 
 
+def gathered_over_fsdp(model: nnx.Module) -> nnx.Module:
+    """`model` with its parameters constrained to the sharding rules without the fsdp axis
+    (one all-gather of each, where it is placed), inside a mesh with fsdp > 1; else `model`."""
+    mesh = current_mesh()
+    if mesh is None or dict(mesh.shape).get("fsdp", 1) == 1:
+        return model
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    shardings = state_shardings(params, mesh, rules_without(("fsdp",)))
+    params = jax.tree.map(jax.lax.with_sharding_constraint, params, shardings)
+    return nnx.merge(graphdef, params, rest)
+
+
 def sample(
     model: Transformer,
     prompt_tokens: jax.Array,
@@ -248,6 +273,8 @@ def sample(
     if config.unstack_layers:
         model = unstack_layers(model)
     model = in_compute_dtype(model)
+    if config.gather_weights:
+        model = gathered_over_fsdp(model)
     num_prompts, prompt_len = prompt_tokens.shape
     group = config.num_samples
     rows = num_prompts * group
@@ -388,7 +415,9 @@ def _static_decode(
         def cond(state: DecodeState, segment_end=segment_end):
             return (state.step < segment_end) & ~jnp.all(state.done)
 
-        state = jax.lax.while_loop(cond, body, state)
+        first_step = segment_ends[index - 1] if index else 0
+        with jax.named_scope(decode_scope(segment_end - first_step)):
+            state = jax.lax.while_loop(cond, body, state)
     routes = None
     if record:
         first = prompt_routes(prefill[2], prompt_mask, group)

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from r1.loop_scopes import DECODE, loop_scope
 from r1.sampling.kv_cache import (
     ROUTE_AXES,
     Cache,
@@ -37,6 +38,12 @@ from r1.sampling.kv_cache import (
 )
 from r1.sampling.tokens import choose_tokens, force_eos, step_keys
 from r1.sharding import shard
+
+
+def decode_scope(steps: int) -> str:
+    """The named scope a decode `while_loop` runs under when it takes at most `steps` steps
+    (`r1.loop_scopes`: the AOT cost report counts its body that often)."""
+    return loop_scope(DECODE, steps)
 
 
 @jax.tree_util.register_dataclass
@@ -207,7 +214,8 @@ def slot_decode(
         cache=init_cache(cfg, slots, prompt_len + new, config.cache_dtype),
         routes=init_routes(cfg, rows, new) if record else None,
     )
-    return jax.lax.while_loop(lambda s: jnp.any(s.active) | (s.next_row < rows), body, state)
+    with jax.named_scope(decode_scope(expected_decode_steps([new] * rows, slots))):
+        return jax.lax.while_loop(lambda s: jnp.any(s.active) | (s.next_row < rows), body, state)
 
 
 def expected_decode_steps(lengths: Sequence[int], slots: int) -> int:

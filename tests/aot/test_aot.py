@@ -144,7 +144,8 @@ def _expected_param_bytes(report_state_params, fsdp: int) -> int:
 def test_tiny_grpo_step_compiles_with_rule_sharded_params(topology, devices_expected):
     _libtpu()
     config = configlib.load_config(TINY)
-    report = aot.run(config, TINY, topology, loop_costs=False)
+    counted = topology == "v5e:2x2"  # the rollout compiled alone as well: the cost split
+    report = aot.run(config, TINY, topology, loop_costs=counted)
     assert report.devices == devices_expected
     assert report.fits and report.per_chip_bytes < report.hbm_bytes
     fsdp = report.mesh["fsdp"]
@@ -159,6 +160,20 @@ def test_tiny_grpo_step_compiles_with_rule_sharded_params(topology, devices_expe
     assert report.params < report.total_param_bytes / 2  # really sharded
     assert report.flops > 0 and report.estimated_seconds > 0
     assert report.temporaries > 0 and report.kv_cache > 0
+    assert report.flops > report.compiled_flops  # the decode loop, counted
+    assert report.decode_steps == -(-report.rows // report.decode_rows) * report.new_tokens
+    if counted:
+        assert report.rollout_flops > 0 and report.update_flops > 0
+        assert report.rollout_flops + report.update_flops == pytest.approx(report.flops)
+        assert report.estimated_seconds == pytest.approx(
+            report.rollout_seconds + report.update_seconds
+        )
+        assert 0 < report.update_estimated_mfu <= 1
+        assert report.rollout_bytes_per_token >= report.rollout_ideal_bytes_per_token > 0
+        summary = report.summary()
+        for field in ("rollout_bytes_per_token", "rollout_ideal_bytes_per_token"):
+            assert summary[field] == getattr(report, field)
+        assert summary["update_flops"] > 0 and 0 < summary["update_estimated_mfu"] <= 1
 
 
 @pytest.mark.slow

@@ -382,7 +382,7 @@ def test_no_tokens_by_experts_by_hidden_arrays_and_flops_scale_with_k():
     assert flops[64, 4] / flops[64, 2] > 1.5
 
 
-def test_tpu_lowering_uses_native_ragged_dot():
+def test_tpu_lowering_keeps_ragged_dot_when_asked_for():
     fwd, state, x, mask = _memory_case(64, gmm_impl="ragged_dot")
     text = fwd.trace(state, x, mask).lower(lowering_platforms=("tpu",)).as_text()
     assert "chlo.ragged_dot" in text

@@ -162,6 +162,7 @@ def _train(workdir, checkpoint, files, *extra):
         "--config.rl.max_new_tokens=8",
         "--config.train.steps=3",
         "--config.mesh.fsdp=1",
+        "--config.model.attention_impl=xla",  # the variant's TPU kernel; this runs on CPU
         f"--workdir={workdir}",
         *extra,
     ]

@@ -1,0 +1,506 @@
+"""The compiler's cost model with every loop counted as many times as it runs.
+
+XLA's cost analysis (`Compiled.cost_analysis()`) adds each `while` body once, whatever its trip
+count, and a `conditional` as its most expensive branch. A step that runs its layers under
+`lax.scan`, its mini-batches and micro-batches under `lax.scan` and its decode under
+`lax.while_loop` is therefore undercounted by the product of those trip counts.
+
+`count_loops` reads the optimized HLO text of the compiled program (`Compiled.as_text()`):
+
+* Each computation reachable through control flow (the entry, while bodies and conditions,
+  conditional branches, called computations) is re-parsed alone, as the entry of a module that
+  holds it and what it calls, and XLA's own cost analysis gives its *inclusive* cost (its inner
+  loops counted once, as XLA counts them).
+* Its *own* cost is the inclusive cost minus what XLA attributed to the control flow inside it:
+  each while's body + condition once, each conditional's most expensive branch, each call.
+* The counted cost is then own + sum over whiles of trips x (body + condition) + the most
+  expensive branch of each conditional + each call, recursively. The trip counts are those the
+  compiler proved (`known_trip_count` in the while's backend config, which the CPU compiler
+  keeps for every `lax.scan` and `fori_loop`), or, where the backend config does not carry it
+  (the TPU compiler's), read from the loop itself: the condition compares a counter in the
+  loop state with a bound (`i < N`), the counter's initial value comes in the while's operand
+  tuple and its increment in the body's result tuple; each resolved to a constant (through
+  copies, and through the loop state where XLA sank a constant into it). So the count is
+  exact to XLA's cost model.
+* A while with a data-dependent trip count has no known count: the sampler's decode loop
+  (which stops when every row has ended) and the causal tiles of blockwise attention (key
+  tiles 0..i). Such loops run under a named scope that states their runs (`r1.loop_scopes`):
+  the decode its most steps (every row at full length: the worst case), the causal tiles their
+  mean. Any other loop without a known count is counted once and listed in
+  `LoopCount.uncounted`.
+
+Costs are per device (the compiled program is one device's SPMD partition). The cost model is
+XLA's CPU `HloCostAnalysis` run on the re-parsed text (dots and convolutions 2 flops per
+multiply-add, elementwise ops 1 flop per element; bytes = operands + outputs of every
+non-fused instruction, fusions counted at their boundary). It gives custom calls no flops; a
+Pallas kernel that states its own `cost_estimate` (megablox grouped matmuls) has it added
+where the call sits, and the splash-attention kernels, which state none in this jax, are
+counted from their shapes (`splash_flops`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+from typing import Any
+
+import jax
+
+from r1.loop_scopes import DECODE, stated_runs
+
+_HEADER = re.compile(r"^(ENTRY )?%?([^\s(]+) .*\{\s*$")
+_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_STACK_FRAME = re.compile(r"\s?stack_frame_id=\d+")
+_NAME = re.compile(r"^\s*(?:ROOT )?%?([^\s=]+) = ")
+_ONE_REF = re.compile(
+    r"\b(calls|to_apply|body|condition|true_computation|false_computation)=%?([^\s,{}()]+)"
+)
+_MANY_REFS = re.compile(r"\b(branch_computations|called_computations|calls)=\{([^}]*)\}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """Flops and bytes accessed (per device) of some part of a program."""
+
+    flops: float = 0.0
+    bytes: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.flops + other.flops, self.bytes + other.bytes)
+
+    def __sub__(self, other: Cost) -> Cost:
+        return Cost(self.flops - other.flops, self.bytes - other.bytes)
+
+    def times(self, n: float) -> Cost:
+        return Cost(self.flops * n, self.bytes * n)
+
+    def most(self, other: Cost) -> Cost:
+        """The larger of each count (how XLA costs a conditional: its costliest branch)."""
+        return Cost(max(self.flops, other.flops), max(self.bytes, other.bytes))
+
+
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    """One `while` of the compiled program.
+
+    trips: the compiler's known trip count, or None (data-dependent). runs: how many times the
+    body runs per program run (its own count times those of the loops around it; a decode loop
+    its worst case). once: one pass of body + condition, inner loops counted.
+    """
+
+    name: str
+    computation: str
+    body: str
+    condition: str
+    trips: int | None
+    op_name: str
+    runs: float
+    once: Cost
+
+    @property
+    def is_decode(self) -> bool:
+        stated = stated_runs(self.op_name)
+        return self.trips is None and stated is not None and stated[0] == DECODE
+
+    @property
+    def total(self) -> Cost:
+        return self.once.times(self.runs)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopCount:
+    """A program's cost with loops counted. total: per device, per program run. as_compiled:
+    XLA's own count (every loop body once). loops: every while, outermost first. uncounted: op
+    names of data-dependent loops other than the decode loops (counted once)."""
+
+    total: Cost
+    as_compiled: Cost
+    loops: tuple[Loop, ...]
+    uncounted: tuple[str, ...]
+
+    @property
+    def decode_total(self) -> Cost:
+        """All decode steps (every decode loop, each at its worst case)."""
+        return sum((loop.total for loop in self.loops if loop.is_decode), Cost())
+
+    @property
+    def decode_steps(self) -> int:
+        return int(sum(loop.runs for loop in self.loops if loop.is_decode))
+
+    @property
+    def decode_step(self) -> Cost:
+        """One decode step, averaged over the decode loops' steps (zero without decode)."""
+        steps = self.decode_steps
+        return self.decode_total.times(1.0 / steps) if steps else Cost()
+
+
+@dataclasses.dataclass
+class _Computation:
+    name: str
+    lines: list[str]
+    is_entry: bool
+    refs: list[str]
+
+
+def parse_computations(hlo_text: str) -> tuple[str, dict[str, _Computation]]:
+    """(module header line, {name: computation}) of an HLO module's text, in text order."""
+    lines = hlo_text.splitlines()
+    header = next((line for line in lines if line.startswith("HloModule ")), "HloModule m")
+    comps: dict[str, _Computation] = {}
+    current: _Computation | None = None
+    for line in lines:
+        if current is None:
+            match = _HEADER.match(line)
+            if match and not line.startswith("HloModule"):
+                current = _Computation(match.group(2), [line], bool(match.group(1)), [])
+            continue
+        if line.strip() == "}" or line.startswith("}, execution_thread="):
+            current.lines.append(line)
+            comps[current.name] = current
+            current = None
+            continue
+        if not line[:1].isspace() and len(current.lines) > 1:
+            # A string attribute (a Pallas kernel's backend config) spanning lines.
+            current.lines[-1] += "\n" + line
+            continue
+        current.lines.append(line)
+        for _, ref in _ONE_REF.findall(line):
+            current.refs.append(ref)
+        for _, group in _MANY_REFS.findall(line):
+            current.refs.extend(r.strip().lstrip("%") for r in group.split(",") if r.strip())
+    return header, comps
+
+
+def _module_text(header: str, comps: dict[str, _Computation], root: str) -> str:
+    """A module whose entry is `root`, holding it and every computation it reaches."""
+    needed: set[str] = set()
+    stack = [root]
+    while stack:
+        name = stack.pop()
+        if name in needed or name not in comps:
+            continue
+        needed.add(name)
+        stack.extend(comps[name].refs)
+    keep = [
+        f"{key}={value}"
+        for key, value in re.findall(r"\b(num_partitions|replica_count)=(\d+)", header)
+    ]
+    out = [", ".join(["HloModule sub", *keep]), ""]
+    for name, comp in comps.items():
+        if name not in needed:
+            continue
+        first = comp.lines[0]
+        if comp.is_entry:
+            first = first[len("ENTRY ") :]
+        if name == root:
+            first = "ENTRY " + first
+        out.extend([first, *comp.lines[1:], ""])
+    # Stack-frame ids point into the full module's frame table, which the sub-module lacks.
+    return _STACK_FRAME.sub("", "\n".join(out))
+
+
+def xla_cost(hlo_text: str) -> Cost:
+    """XLA's cost analysis (CPU cost model) of an HLO module given as text."""
+    from jax._src.lib import _jax
+    from jaxlib import _hlo
+
+    text = _ASYNC_OP.sub(r'\1 custom-call(), custom_call_target="r1.async_stub"', hlo_text)
+    module = _hlo.hlo_module_from_text(text)
+    client = jax.devices("cpu")[0].client
+    cost = _jax.hlo_module_cost_analysis(client, module)
+    return Cost(float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)))
+
+
+_OPERANDS = re.compile(r"= [^=]*?\b([a-z][\w-]*)\((.*?)\)(?:, |$)")
+# The TPU compiler's generic async ops (offloaded gathers, wrapped collectives) do not survive
+# the text parser's checks (an async-update with extra operands); each becomes an operand-less
+# custom call of the same shape, which costs nothing: their work is data movement.
+_ASYNC_OP = re.compile(r"^(\s*(?:ROOT )?%?[^\s=]+ = .+?) async-(?:start|update|done)\(.*$", re.M)
+_KERNEL_FLOPS = re.compile(r'"cost_estimate":\{[^}]*?"flops":"(\d+)"')
+_COMMENT = re.compile(r"/\*.*?\*/")
+_INDEX = re.compile(r"index=(\d+)")
+_CONSTANT = re.compile(r"\bconstant\((-?\d+)\)")
+_DIRECTION = re.compile(r"direction=([A-Z]+)")
+_PASS_THROUGH = ("copy", "bitcast", "convert", "copy-done", "copy-start")
+
+
+def _definitions(comp: _Computation) -> dict[str, str]:
+    """{instruction name: its line} of a computation."""
+    defs = {}
+    for line in comp.lines[1:]:
+        name = _NAME.match(line)
+        if name:
+            defs[name.group(1)] = line
+    return defs
+
+
+def _op_and_operands(line: str) -> tuple[str, list[str]]:
+    """(opcode, operand names) of an HLO instruction line."""
+    match = _OPERANDS.search(_COMMENT.sub("", line))
+    if not match:
+        return "", []
+    return match.group(1), [o.strip().lstrip("%") for o in match.group(2).split(",") if o.strip()]
+
+
+def _unwrapped(line: str, comps: dict[str, _Computation]) -> tuple[str, list[str], str]:
+    """(opcode, operands, line) of an instruction, looking through a fusion that wraps one
+    operation of its parameters (the CPU compiler wraps a loop's compare and add so)."""
+    op, operands = _op_and_operands(line)
+    called = re.search(r"\bcalls=%?([^\s,{}()]+)", line)
+    if op != "fusion" or not called or called.group(1) not in comps:
+        return op, operands, line
+    inner = comps[called.group(1)]
+    defs = _definitions(inner)
+    root = next((ln for ln in inner.lines if ln.lstrip().startswith("ROOT ")), "")
+    root_op, root_operands = _op_and_operands(root)
+    mapped = []
+    for name in root_operands:
+        number = re.search(r"\bparameter\((\d+)\)", defs.get(name, ""))
+        if not number or int(number.group(1)) >= len(operands):
+            return op, operands, line
+        mapped.append(operands[int(number.group(1))])
+    return root_op, mapped, root
+
+
+def _resolve(name: str, defs: dict[str, str], init: list[int | None] | None) -> int | None:
+    """The integer constant `name` holds: through copies, and through a loop parameter's tuple
+    element (`init`: the values the loop state starts with) when the constant was sunk into it."""
+    for _ in range(16):
+        line = defs.get(name)
+        if line is None:
+            return None
+        op, operands = _op_and_operands(line)
+        if op == "constant":
+            value = _CONSTANT.search(line)
+            return int(value.group(1)) if value else None
+        if op in _PASS_THROUGH and operands:
+            name = operands[0]
+            continue
+        if op == "get-tuple-element" and init is not None and operands:
+            index = _INDEX.search(line)
+            source = defs.get(operands[0], "")
+            if index and " parameter(" in source and int(index.group(1)) < len(init):
+                return init[int(index.group(1))]
+        return None
+    return None
+
+
+def _counter_index(name: str, defs: dict[str, str]) -> int | None:
+    """The loop-state element `name` reads (through copies), if it reads the parameter."""
+    for _ in range(16):
+        line = defs.get(name)
+        if line is None:
+            return None
+        op, operands = _op_and_operands(line)
+        if op in _PASS_THROUGH and operands:
+            name = operands[0]
+            continue
+        if op == "get-tuple-element" and operands and " parameter(" in defs.get(operands[0], ""):
+            index = _INDEX.search(line)
+            return int(index.group(1)) if index else None
+        return None
+    return None
+
+
+def trips_from_loop(
+    comps: dict[str, _Computation], parent: str, while_line: str, body: str, condition: str
+) -> int | None:
+    """A while's trip count read from its condition (`counter < bound`), the counter's initial
+    value (the operand tuple) and its increment (the body's result tuple); None when any of
+    them is not a constant."""
+    parent_defs = _definitions(comps[parent])
+    _, (init_name, *_) = _op_and_operands(while_line) or ("", [""])
+    init_op, init_items = _op_and_operands(parent_defs.get(init_name, ""))
+    if init_op != "tuple":
+        return None
+    init = [_resolve(item, parent_defs, None) for item in init_items]
+    cond_defs = _definitions(comps[condition])
+    root = next((ln for ln in comps[condition].lines if ln.lstrip().startswith("ROOT ")), "")
+    op, operands, root = _unwrapped(root, comps)
+    direction = _DIRECTION.search(root)
+    if op != "compare" or len(operands) != 2 or not direction:
+        return None
+    lhs, rhs = (_counter_index(o, cond_defs) for o in operands)
+    flip = {"LT": "GT", "LE": "GE", "GT": "LT", "GE": "LE"}
+    how = direction.group(1)
+    if lhs is not None:
+        counter, bound = lhs, _resolve(operands[1], cond_defs, init)
+    elif rhs is not None:
+        counter, bound, how = rhs, _resolve(operands[0], cond_defs, init), flip.get(how, how)
+    else:
+        return None
+    start = init[counter] if counter < len(init) else None
+    body_defs = _definitions(comps[body])
+    body_root = next((ln for ln in comps[body].lines if ln.lstrip().startswith("ROOT ")), "")
+    root_op, outputs = _op_and_operands(body_root)
+    step = None
+    if root_op == "tuple" and counter < len(outputs):
+        add_op, terms, _ = _unwrapped(body_defs.get(outputs[counter], ""), comps)
+        if add_op == "add" and len(terms) == 2:
+            for own, other in (terms, terms[::-1]):
+                if _counter_index(own, body_defs) == counter:
+                    step = _resolve(other, body_defs, init)
+    if bound is None or start is None or not step or how not in ("LT", "LE"):
+        return None
+    span = bound - start + (1 if how == "LE" else 0)
+    return max(0, -(-span // step))
+
+
+# Products (2 flops per multiply-add) per causal (query tile, key tile) pair of the splash
+# attention kernels, which state no cost estimate in this jax: forward QK^T and PV; the fused
+# backward recomputes QK^T and forms dP = dO V^T, dV, dK and dQ; a separate dq kernel QK^T, dP, dQ.
+SPLASH_PRODUCTS = (("splash_mha_fwd", 2), ("splash_mha_dkv", 5), ("splash_mha_dq", 3))
+_ARRAY = re.compile(r"\b(?:bf16|f16|f32)\[(\d+(?:,\d+)+)\]")
+_BLOCK_Q = re.compile(r'block_q\\?"?: (\d+)')
+
+
+def splash_flops(line: str) -> float:
+    """Flops of a splash-attention kernel call (causal self-attention, r1's only use of it),
+    from its result shapes ([..., H, T, D]: heads, sequence, head dim, the largest such array)
+    and query tile (block_q): products x 2 x H x T^2 x D over the causal tiles, (n + 1) / 2n
+    of them for n = T / block_q."""
+    name = _NAME.match(line)
+    products = next(
+        (n for prefix, n in SPLASH_PRODUCTS if name and name.group(1).startswith(prefix)), 0
+    )
+    head = line.split(" custom-call(", 1)[0]
+    shapes = [tuple(int(d) for d in dims.split(",")) for dims in _ARRAY.findall(head)]
+    shapes = [shape for shape in shapes if len(shape) >= 3]
+    if not products or not shapes:
+        return 0.0
+    heads, length, dim = max(shapes, key=math.prod)[-3:]
+    block = _BLOCK_Q.search(line)
+    tiles = max(1, length // int(block.group(1))) if block else 1
+    causal = (tiles + 1) / (2 * tiles)
+    return 2.0 * products * heads * length * length * dim * causal
+
+
+def kernel_cost(comp: _Computation) -> Cost:
+    """Flops of the custom calls of a computation, which XLA's cost model does not count: a
+    Pallas kernel's own `cost_estimate`, or for the splash-attention kernels (none stated)
+    `splash_flops`."""
+    flops = 0.0
+    for line in comp.lines[1:]:
+        if " custom-call(" not in line:
+            continue
+        found = _KERNEL_FLOPS.search(line)
+        if found:
+            flops += float(found.group(1))
+        elif "tpu_custom_call" in line:
+            flops += splash_flops(line)
+    return Cost(flops, 0.0)
+
+
+def _control_flow(
+    comps: dict[str, _Computation], name: str
+) -> list[tuple[str, list[str], int | None, str, str]]:
+    """(kind, callees, trips, instruction name, op name) of each while / conditional / call in
+    computation `name`."""
+    found = []
+    for line in comps[name].lines[1:]:
+        kind = next((k for k in ("while", "conditional", "call") if f" {k}(" in line), None)
+        if kind is None:
+            continue
+        instruction = _NAME.match(line)
+        op = _OP_NAME.search(line)
+        trips = _TRIPS.search(line)
+        refs = dict((k, v) for k, v in _ONE_REF.findall(line))
+        trip_count = int(trips.group(1)) if trips else None
+        if kind == "while":
+            callees = [refs["body"], refs["condition"]]
+            if trip_count is None and not stated_runs(op.group(1) if op else ""):
+                trip_count = trips_from_loop(comps, name, line, *callees)
+        elif kind == "call":
+            callees = [refs["to_apply"]]
+        else:
+            many = dict(_MANY_REFS.findall(line))
+            if "branch_computations" in many:
+                callees = [r.strip().lstrip("%") for r in many["branch_computations"].split(",")]
+            else:
+                callees = [refs["true_computation"], refs["false_computation"]]
+        found.append(
+            (
+                kind,
+                callees,
+                trip_count,
+                instruction.group(1) if instruction else "?",
+                op.group(1) if op else "",
+            )
+        )
+    return found
+
+
+def _runs(trips: int | None, op_name: str) -> float | None:
+    """Times a while body runs per entry: its trip count, the runs its scope states
+    (`r1.loop_scopes`), or None (unknown)."""
+    if trips is not None:
+        return float(trips)
+    stated = stated_runs(op_name)
+    return stated[1] if stated else None
+
+
+def count_loops(hlo_text: str) -> LoopCount:
+    """The per-device cost of the compiled program `hlo_text` (`Compiled.as_text()`) with every
+    loop counted by its trip count and each decode loop by its worst case (module docstring)."""
+    header, comps = parse_computations(hlo_text)
+    entry = next((c.name for c in comps.values() if c.is_entry), None)
+    if entry is None:
+        raise ValueError("HLO text has no ENTRY computation")
+    loops: list[Loop] = []
+    uncounted: list[str] = []
+
+    @functools.cache
+    def inclusive(name: str) -> Cost:
+        return xla_cost(_module_text(header, comps, name))
+
+    @functools.cache
+    def counted(name: str) -> Cost:
+        flow = _control_flow(comps, name)
+        own = inclusive(name) + kernel_cost(comps[name])
+        total = Cost()
+        for kind, callees, trips, _, op in flow:
+            if kind == "while":
+                own = own - inclusive(callees[0]) - inclusive(callees[1])
+                runs = _runs(trips, op) or 1.0
+                total = total + (counted(callees[0]) + counted(callees[1])).times(runs)
+            elif kind == "call":
+                own = own - inclusive(callees[0])
+                total = total + counted(callees[0])
+            else:
+                xla, ours = Cost(), Cost()
+                for branch in callees:
+                    xla, ours = xla.most(inclusive(branch)), ours.most(counted(branch))
+                own, total = own - xla, total + ours
+        return own.most(Cost()) + total
+
+    def visit(name: str, runs: float) -> None:
+        for kind, callees, trips, instruction, op in _control_flow(comps, name):
+            if kind != "while":
+                for callee in callees:
+                    visit(callee, runs)
+                continue
+            inner = _runs(trips, op)
+            if inner is None:
+                inner = 1.0
+                uncounted.append(op or instruction)
+            once = counted(callees[0]) + counted(callees[1])
+            loops.append(
+                Loop(instruction, name, callees[0], callees[1], trips, op, runs * inner, once)
+            )
+            visit(callees[0], runs * inner)
+
+    visit(entry, 1.0)
+    return LoopCount(
+        total=counted(entry),
+        as_compiled=inclusive(entry),
+        loops=tuple(loops),
+        uncounted=tuple(uncounted),
+    )
+
+
+def compiled_text(compiled: Any) -> str:
+    """The optimized HLO text of a `jax.stages.Compiled` (one device's program)."""
+    return compiled.as_text()
