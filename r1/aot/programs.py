@@ -177,6 +177,11 @@ def sft_program(config: Any, mesh: Mesh) -> Program:
             f"layout); got sections {sorted(config.keys())}"
         )
     sft = section(sft_config.SFTSection, config, "sft")
+    if config.get("data", {}).get("source") == "files" and not config.data.get("files"):
+        # A file-driven config compiled without its files: rows are packed to seq_len whatever
+        # the files hold, so any name stands in.
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.data.files = ("<sft files>",)
     data = section(sft_config.DataSection, config, "data")
     model_cfg = configlib.model_config(config)
     seed = int(config.get("seed", 0))
@@ -312,7 +317,8 @@ def kv_cache_bytes(program: Program) -> int:
     prompt, copied into a slot when one of its rows starts).
 
     MLA caches the latent + rope key (C + R values per token and layer), GQA keys and values
-    (2 KV D); rows are split over the mesh axes of the `batch` rule, as the sampler shards them.
+    (2 KV D); rows are split over the mesh axes of the `batch` rule and GQA kv heads over those
+    of `act_kv_heads`, as the sampler shards them.
     """
     if program.kind != "grpo":
         return 0
@@ -322,7 +328,13 @@ def kv_cache_bytes(program: Program) -> int:
     )
     if program.slots:
         tokens += _per_device_rows(program, program.prompts) * program.prompt_len
-    return tokens * kv_bytes_per_token(cfg, program.cache_dtype)
+    per_token = kv_bytes_per_token(cfg, program.cache_dtype)
+    if cfg.attention_type == "gqa":  # keys and values split over the kv heads' mesh axes
+        spec = sharding.logical_to_spec(("act_kv_heads",), (cfg.num_kv_heads,), program.mesh)
+        axes = spec[0] if spec[0] is not None else ()
+        axes = (axes,) if isinstance(axes, str) else axes
+        per_token //= math.prod(program.mesh.shape[a] for a in axes)
+    return tokens * per_token
 
 
 def kv_bytes_per_token(cfg: ModelConfig, cache_dtype: str | None = None) -> int:

@@ -213,6 +213,17 @@ def _flash_bwd(scale: float, residuals, d_out):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
+def check_self_attention_shapes(q: jax.Array, k: jax.Array, v: jax.Array, where: str) -> None:
+    """Raises unless q [B, T, H, Dk], k [B, T, K, Dk], v [B, T, K, Dv] with K dividing H
+    (self-attention: keys at the queries' positions)."""
+    b, t, h, _ = q.shape
+    if k.shape[:2] != (b, t) or v.shape[:3] != k.shape[:3] or h % k.shape[2]:
+        raise ValueError(
+            f"{where}: q {q.shape}, k {k.shape}, v {v.shape} are not [B, T, H, D] / "
+            "[B, T, K, D] with H a multiple of K (self-attention)"
+        )
+
+
 def blockwise_attention(
     q: jax.Array,
     k: jax.Array,
@@ -237,13 +248,9 @@ def blockwise_attention(
         raise ValueError(f"blockwise_attention: mask must be a SegmentMask, got {type(mask)}")
     if block_size <= 0:
         raise ValueError(f"blockwise_attention: block_size must be > 0, got {block_size}")
+    check_self_attention_shapes(q, k, v, "blockwise_attention")
     b, t, h, dk = q.shape
     kh = k.shape[2]
-    if k.shape[:2] != (b, t) or v.shape[:3] != k.shape[:3] or h % kh:
-        raise ValueError(
-            f"blockwise_attention: q {q.shape}, k {k.shape}, v {v.shape} are not [B, T, H, D] / "
-            "[B, T, K, D] with H a multiple of K (self-attention)"
-        )
     n = -(-t // block_size)
     pad = n * block_size - t
     seg, valid = mask.segment_ids.astype(jnp.int32), mask.valid.astype(bool)

@@ -242,13 +242,9 @@ def pallas_attention(
         )
     if interpret is None:
         interpret = pallas_interpret()
+    attention_lib.check_self_attention_shapes(q, k, v, "pallas_attention")
     b, t, h, _ = q.shape
     kh = k.shape[2]
-    if k.shape[:2] != (b, t) or v.shape[:3] != k.shape[:3] or h % kh:
-        raise ValueError(
-            f"pallas_attention: q {q.shape}, k {k.shape}, v {v.shape} are not [B, T, H, D] / "
-            "[B, T, K, D] with H a multiple of K (self-attention)"
-        )
     block = pallas_block(t, block_size)
     padded = -(-t // block) * block
     q_seg = mask.segment_ids.astype(jnp.int32)
