@@ -241,45 +241,38 @@ def qwen2_5_math_1_5b() -> ml_collections.ConfigDict:
     return c
 
 
-def llama3_1_8b() -> ml_collections.ConfigDict:
-    """Llama-3.1-8B -> DeepSeek-R1-Distill-Llama-8B (lr 5e-5), fsdp x 4-way tensor parallel."""
-    c = _hf_student("llama3_1_8b", 5e-5)
-    c.mesh.update(data=1, fsdp=-1, tensor=4)
-    c.sft.update(num_microbatches=16)
-    c.train.topology, c.train.slices = "v5p:4x4x1", 1
+def _on_pod(
+    c: ml_collections.ConfigDict, tensor: int, microbatches: int, topology: str
+) -> ml_collections.ConfigDict:
+    """A student's pod: fsdp over the rest of `topology`'s chips x `tensor`-way tensor
+    parallel, `microbatches` gradient-accumulation slices, the TPU kernels
+    (`configlib.TPU_KERNELS`); `topology` is what experiments.aot / docs/pod_plan.md compile."""
+    c.mesh.update(data=1, fsdp=-1, tensor=tensor)
+    c.sft.update(num_microbatches=microbatches)
+    c.train.topology, c.train.slices = topology, 1
     c.model.update(configlib.TPU_KERNELS)
     return c
+
+
+def llama3_1_8b() -> ml_collections.ConfigDict:
+    """Llama-3.1-8B -> DeepSeek-R1-Distill-Llama-8B (lr 5e-5), fsdp x 4-way tensor parallel."""
+    return _on_pod(_hf_student("llama3_1_8b", 5e-5), 4, 16, "v5p:4x4x1")
 
 
 def qwen2_5_math_7b() -> ml_collections.ConfigDict:
     """Qwen2.5-Math-7B -> DeepSeek-R1-Distill-Qwen-7B (lr 8e-5), fsdp x 4-way tensor parallel."""
-    c = _hf_student("r1_distill_qwen_7b", 8e-5)
-    c.mesh.update(data=1, fsdp=-1, tensor=4)
-    c.sft.update(num_microbatches=16)
-    c.train.topology, c.train.slices = "v5p:4x4x1", 1
-    c.model.update(configlib.TPU_KERNELS)
-    return c
+    return _on_pod(_hf_student("r1_distill_qwen_7b", 8e-5), 4, 16, "v5p:4x4x1")
 
 
 def qwen2_5_14b() -> ml_collections.ConfigDict:
     """Qwen2.5-14B -> DeepSeek-R1-Distill-Qwen-14B (lr 7e-5), fsdp x 8-way tensor parallel
     (40 query / 8 KV heads)."""
-    c = _hf_student("qwen2_5_14b", 7e-5)
-    c.mesh.update(data=1, fsdp=-1, tensor=8)
-    c.sft.update(num_microbatches=16)
-    c.train.topology, c.train.slices = "v5p:4x4x2", 1
-    c.model.update(configlib.TPU_KERNELS)
-    return c
+    return _on_pod(_hf_student("qwen2_5_14b", 7e-5), 8, 16, "v5p:4x4x2")
 
 
 def qwen2_5_32b() -> ml_collections.ConfigDict:
     """Qwen2.5-32B -> DeepSeek-R1-Distill-Qwen-32B (lr 6e-5), fsdp x 8-way tensor parallel."""
-    c = _hf_student("qwen2_5_32b", 6e-5)
-    c.mesh.update(data=1, fsdp=-1, tensor=8)
-    c.sft.update(num_microbatches=8)
-    c.train.topology, c.train.slices = "v5p:4x4x4", 1
-    c.model.update(configlib.TPU_KERNELS)
-    return c
+    return _on_pod(_hf_student("qwen2_5_32b", 6e-5), 8, 8, "v5p:4x4x4")
 
 
 def llama3_3_70b() -> ml_collections.ConfigDict:
@@ -287,12 +280,7 @@ def llama3_3_70b() -> ml_collections.ConfigDict:
     parallel (64 query / 8 KV heads). The paper starts from the Instruct model, whose chat
     template differs from R1's; the traces are rendered in R1's format as for the others (the
     paper does not say which it used)."""
-    c = _hf_student("llama3_3_70b", 2e-5)
-    c.mesh.update(data=1, fsdp=-1, tensor=8)
-    c.sft.update(num_microbatches=4)
-    c.train.topology, c.train.slices = "v5p:4x4x8", 1
-    c.model.update(configlib.TPU_KERNELS)
-    return c
+    return _on_pod(_hf_student("llama3_3_70b", 2e-5), 8, 4, "v5p:4x4x8")
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:

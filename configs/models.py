@@ -268,22 +268,9 @@ def r1_distill_qwen_1_5b() -> dict[str, Any]:
 
 def r1_distill_qwen_7b() -> dict[str, Any]:
     """deepseek-ai/DeepSeek-R1-Distill-Qwen-7B (from Qwen2.5-Math-7B: theta 1e4, untied;
-    7,615,616,512 parameters, Qwen2.5-7B's shape)."""
-    return _published(
-        family="qwen2",
-        vocab_size=152064,
-        hidden_size=3584,
-        num_layers=28,
-        num_heads=28,
-        num_kv_heads=4,
-        head_dim=128,
-        intermediate_size=18944,
-        rms_norm_eps=1e-6,
-        rope_theta=10000.0,
-        max_position_embeddings=131072,  # the distilled model's; Qwen2.5-Math-7B's says 4096
-        attention_bias=True,
-        tie_word_embeddings=False,
-    )
+    7,615,616,512 parameters, Qwen2.5-7B's shape; max_position_embeddings is the distilled
+    model's, Qwen2.5-Math-7B's says 4096)."""
+    return {**qwen2_5_7b(), "rope_theta": 10000.0}
 
 
 def _qwen2_5_wide(num_layers: int, intermediate_size: int) -> dict[str, Any]:
