@@ -103,27 +103,43 @@ def plot_curves(metrics_path: str, out_path: str, panels: Sequence[tuple[str, Se
     `eval/accuracy/difficulty_*`), ordered by a trailing number when there is one. Panels with no
     data at all are left out.
     """
+    rows = read_jsonl(metrics_path)
+    names = sorted({k for r in rows for k in r})
+    lines = [
+        (
+            title,
+            [
+                (key, [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))])
+                for key in _expand_keys(keys, names)
+            ],
+        )
+        for title, keys in panels
+    ]
+    plot_lines([(t, ls) for t, ls in lines if any(p for _, p in ls)], out_path)
+
+
+def plot_lines(
+    panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[tuple[float, float]]]]]],
+    out_path: str,
+    xlabel: str = "step",
+) -> None:
+    """One PNG with a panel per (title, [(label, [(x, y), ...]), ...]); lines without points
+    are skipped; no panels at all draws one empty "no metrics" panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_jsonl(metrics_path)
-    names = sorted({k for r in rows for k in r})
-    panels = [(title, _expand_keys(keys, names)) for title, keys in panels]
-    panels = [(t, keys) for t, keys in panels if any(k in r for r in rows for k in keys)] or [
-        ("no metrics", ())
-    ]
+    panels = list(panels) or [("no metrics", ())]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     axes = np.atleast_1d(axes)
-    for ax, (title, keys) in zip(axes, panels):
-        for key in keys:
-            points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    for ax, (title, lines) in zip(axes, panels):
+        for label, points in lines:
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, label=key, marker="." if len(points) < 40 else None)
+                ax.plot(xs, ys, label=label, marker="." if len(points) < 40 else None)
         ax.set_title(title)
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)

@@ -104,16 +104,20 @@ def reflection_share(counts: Any) -> float:
     return float(np.mean(counts > 0)) if counts.size else 0.0
 
 
-def cot_language_share(completions: Sequence[str], language: str) -> float | None:
-    """Mean over completions of the share of chain-of-thought words in `language` (the CoT is
-    the first `<think>` block, else the whole completion); completions without words are left
-    out, None when none has a word."""
-    shares = []
+def cot_language_shares(completions: Sequence[str], language: str) -> list[float | None]:
+    """Per completion, the share of chain-of-thought words in `language` (the CoT is the first
+    `<think>` block, else the whole completion); None for a completion without words."""
+    out = []
     for text in completions:
         cot = think_content(text)
-        share = language_share(text if cot is None else cot, language)
-        if share is not None:
-            shares.append(share)
+        out.append(language_share(text if cot is None else cot, language))
+    return out
+
+
+def cot_language_share(completions: Sequence[str], language: str) -> float | None:
+    """Mean of `cot_language_shares` over the completions that have words; None when none
+    has a word."""
+    shares = [s for s in cot_language_shares(completions, language) if s is not None]
     return float(np.mean(shares)) if shares else None
 
 

@@ -14,20 +14,23 @@ the sub-config they expect from the pipeline config (configs/r1.py):
    the *base* model on both -> `sft/export`. Rows no rule can check (`rejection.judge.tasks`,
    e.g. sums whose reference answer is written in words) are graded by a generative judge:
    `rejection.judge.path`, or a tiny judge trained first into `judge/` (`stage_judge`).
-4. `4_all_scenarios_rl`: a reward model (`reward_model/export`, the policy's tokenizer), then
-   GRPO from stage 3 with rule rewards, the reward model joining for the last
-   `all_scenarios_rl.rm_steps` steps -> `rl/`, `export/`.
+4. `4_all_scenarios_rl`: the run's reward model (`W/reward_model/export`, the policy's tokenizer;
+   `ensure_reward_model`), then GRPO from stage 3 with rule rewards, the reward model joining
+   for the last `all_scenarios_rl.rm_steps` steps -> `rl/`, `export/`.
 
-After each stage the model is evaluated on the task's held-out set: `<stage>/eval.json` and
-`eval.md`; `eval_summary.json` in the run directory collects them. A stage writes `DONE.json`
-only when everything it makes is complete; a stage with one is skipped, a stage without one is
-run again and resumes through its trainer's own checkpoints (SFT / GRPO / RM checkpoints, the
-rejection sampler's progress file). `pipeline_log.jsonl` records what each invocation did
-(`skip`, `start`, `resume`, `done`). The stage runner itself is `r1.recipes.stages`.
+After each stage the model is evaluated on the task's held-out set, with the measurements of
+`r1.recipes.stage_eval` (pass@1 interval, readable format, language consistency, general-prompt
+scores): `<stage>/eval.json` and `eval.md`; `eval_summary.json` / `.md` in the run directory
+collect them. A stage writes `DONE.json` only when everything it makes is complete; a stage
+with one is skipped, a stage without one is run again and resumes through its trainer's own
+checkpoints (SFT / GRPO / RM checkpoints, the rejection sampler's progress file).
+`pipeline_log.jsonl` records what each invocation did (`skip`, `start`, `resume`, `done`). The
+stage runner itself is `r1.recipes.stages`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,13 +40,19 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from r1 import checkpoint as ckpt_lib
 from r1 import configlib, sharding
-from r1.data import procedural, templates
+from r1.data import procedural
 from r1.evaluation import runner
 from r1.judge import data as judge_data
+from r1.recipes import stage_eval
+from r1.recipes.pipeline_data import (
+    cold_start_rows,
+    general_pairs,
+    general_prompts,
+    general_rows,
+)
 from r1.recipes.stages import (
     Stage,
     atomic_json,
@@ -55,7 +64,6 @@ from r1.recipes.stages import (
 from r1.rejection.experiment import run_from_config
 from r1.rl import config as grpo_sections
 from r1.rl import trainer as rl_trainer
-from r1.rm.data import POLITE
 from r1.rm.trainer import train_rm
 from r1.sft.trainer import train_sft
 from r1.train import build
@@ -66,86 +74,9 @@ log = logging.getLogger(__name__)
 
 EVAL = "eval.json"
 SUMMARY = "eval_summary.json"
+SUMMARY_TABLE = "eval_summary.md"
 STAGES = ("1_cold_start", "2_reasoning_rl", "3_rejection_sft", "4_all_scenarios_rl")
-SUMMARY_KEYS = ("pass@1", "response_length", "truncated", "no_answer")
-
-
-# ----------------------------------------------------------------------------- synthetic data
-COLD_START_OPENERS = ("Step by step:", "Add them:")
-COLD_START_CLOSERS = ("So", "The sum is")
-
-
-def cold_start_rows(task: Any, num: int, seed: int) -> list[dict[str, Any]]:
-    """`num` cold-start rows of a procedural `task` (train split, seed `seed`), in R1's readable
-    format: a worded chain of thought around the task's worked solution, then a summary.
-
-    The readable format's special token is the `<think>` / `</think>` pair (as DeepSeek-R1's
-    released models use) and the summary is the `<answer>` block, so stage 2's strict format
-    and accuracy rules accept the traces: `response = " <think>R</think> <answer>A</answer>"`.
-    Rows: {prompt, response, reasoning, answer, task, id, source}.
-    """
-    if num < 1:
-        raise ValueError(f"cold_start.num_examples: expected >= 1, got {num}")
-    rows = []
-    for i in range(num):
-        row = procedural.generate(task, seed, i, "train")
-        pick = np.random.default_rng([seed, i, 7]).integers(0, 2, size=2)
-        reasoning = (
-            f"{COLD_START_OPENERS[pick[0]]} {task.thinking(row)}. "
-            f"{COLD_START_CLOSERS[pick[1]]} {row['answer']}."
-        )
-        summary = f"{templates.ANSWER_OPEN}{row['answer']}{templates.ANSWER_CLOSE}"
-        response = templates.render_readable(
-            reasoning, summary, (f" {templates.THINK_OPEN}", f"{templates.THINK_CLOSE} ")
-        )
-        rows.append(
-            {
-                "prompt": row["prompt"],
-                "response": response,
-                "reasoning": reasoning,
-                "answer": row["answer"],
-                "task": row["task"],
-                "id": row["id"],
-                "source": "r1.recipes.pipeline.cold_start_rows",
-            }
-        )
-    return rows
-
-
-GENERAL_REQUESTS = (
-    ("Say hello", "a greeting", "Hello there!"),
-    ("Thank me for visiting", "thanks", "Thank you for stopping by!"),
-    ("Wish me a good day", "a kind wish", "Have a wonderful day!"),
-    ("Say goodbye", "a farewell", "Goodbye, and take care!"),
-    ("Offer to help", "an offer of help", "I am here whenever you need me."),
-    ("Cheer me up", "encouragement", "You are doing great, keep going!"),
-)
-
-
-def general_rows(num: int, seed: int) -> list[dict[str, Any]]:
-    """`num` synthetic non-reasoning rows (R1's ~200k writing / QA / self-cognition samples in
-    miniature): a short request, a one-sentence thought, a polite reply ending with one of the
-    polite closings the synthetic preference pairs reward (`r1.rm.data.POLITE`).
-    Rows: {prompt, response, task: "general", id, source}."""
-    if num < 1:
-        raise ValueError(f"rejection.general_examples: expected >= 1, got {num}")
-    rng = np.random.default_rng([seed, 11])
-    rows = []
-    for i in range(num):
-        request, what, reply = GENERAL_REQUESTS[int(rng.integers(len(GENERAL_REQUESTS)))]
-        closing = POLITE[int(rng.integers(len(POLITE)))]
-        thought = f"The user asks for {what}, so I reply briefly and kindly."
-        response = templates.render_r1_zero_completion(thought, f"{reply} {closing}")
-        rows.append(
-            {
-                "prompt": request,
-                "response": response,
-                "task": "general",
-                "id": f"general-{seed}-{i}",
-                "source": "r1.recipes.pipeline.general_rows",
-            }
-        )
-    return rows
+REWARD_MODEL_DIR = "reward_model"
 
 
 # ----------------------------------------------------------------------------- sub-configs
@@ -364,9 +295,46 @@ def _grpo(cfg: ml_collections.ConfigDict, run_dir: str, restart: bool = False) -
         )
 
 
-def evaluate_stage(config: Any, hf_path: str, directory: str, stage: str) -> dict[str, Any]:
-    """Evaluates the HF-layout model at `hf_path` on the task's held-out set (config.eval);
-    writes `directory/eval.json` and `eval.md`; returns the result."""
+def ensure_reward_model(config: Any, workdir: str, restart: bool = False) -> tuple[str, dict]:
+    """Trains (or resumes) the pipeline's reward model in `workdir/reward_model` unless its export
+    exists; returns (export path, {"eval/accuracy": held-out pair accuracy} when trained here or
+    read back from `metrics.json`). Stage 4 trains with it and the evaluation of general prompts
+    (config.eval.general_prompts > 0) scores with it from stage 1 on."""
+    rm_dir = os.path.join(workdir, REWARD_MODEL_DIR)
+    export = os.path.join(rm_dir, "export")
+    summary = os.path.join(rm_dir, "rm_summary.json")
+    if os.path.exists(os.path.join(export, "config.json")) and os.path.exists(summary):
+        with open(summary) as f:
+            return export, json.load(f)
+    cfg = reward_model_config(config)
+    num_pairs = int(config.reward_model.get("general_pairs", 0))
+    if num_pairs > 0 and not tuple(cfg.data.train_files):
+        # Preference pairs on the general requests: train pairs from the train split, held-out
+        # pairs from the test split (the requests the evaluation samples).
+        os.makedirs(rm_dir, exist_ok=True)
+        files = []
+        for split, num in (("train", num_pairs), ("test", max(1, num_pairs // 8))):
+            target = os.path.join(rm_dir, f"general_pairs_{split}.jsonl")
+            write_jsonl(target, general_pairs(num, int(config.seed), split))
+            files.append(target)
+        cfg.data.train_files, cfg.data.eval_files = (files[0],), (files[1],)
+    metrics = train_rm(cfg, rm_dir, restart=restart)
+    if not os.path.exists(os.path.join(export, "config.json")):
+        raise RuntimeError(f"reward model training in {rm_dir} did not finish; run again")
+    kept = {"eval/accuracy": float(metrics.get("eval/accuracy", float("nan")))}
+    if is_main():
+        atomic_json(summary, kept)
+    barrier("r1_pipeline_reward_model")
+    return export, kept
+
+
+def evaluate_stage(
+    config: Any, hf_path: str, directory: str, stage: str, reward_model: str = ""
+) -> dict[str, Any]:
+    """Evaluates the HF-layout model at `hf_path` on the task's held-out set (config.eval), adds
+    the readable-format, language-consistency and pass@1-interval columns to `overall`, and,
+    with `config.eval.general_prompts` > 0, the general-prompt scores of `reward_model`
+    (`r1.recipes.stage_eval`); writes `directory/eval.json` and `eval.md`; returns the result."""
     cfg = ml_collections.ConfigDict(common_sections(config, hf_path))
     experiment = configlib.parse_experiment(
         cfg, num_devices=jax.device_count(), extra_sections=("init", "tokenizer")
@@ -385,7 +353,26 @@ def evaluate_stage(config: Any, hf_path: str, directory: str, stage: str) -> dic
         split=str(config.eval.split),
     )
     eval_cfg = runner.EvalConfig.from_config(config.eval.eval, "config.eval.eval")
+    eval_cfg = dataclasses.replace(eval_cfg, keep_completions=True)
     result = runner.evaluate(model, tokenizer, rows, eval_cfg, mesh=mesh)
+    language = str(config.eval.get("language", "en"))
+    result["overall"].update(stage_eval.completion_metrics(result, language))
+    num_general = int(config.eval.get("general_prompts", 0))
+    if num_general > 0:
+        if not reward_model:
+            raise ValueError(f"{stage}: config.eval.general_prompts > 0 needs a reward model")
+        general = stage_eval.general_scores(
+            model,
+            tokenizer,
+            general_prompts(num_general),
+            eval_cfg,
+            reward_model,
+            region=str(config.all_scenarios_rl.rm_region),
+            missing=str(config.reward_model.rm.get("missing_summary", "empty")),
+            mesh=mesh,
+        )
+        result["general"] = general
+        result["overall"].update({k: general[k] for k in stage_eval.GENERAL_KEYS})
     result["stage"] = stage
     result["checkpoint"] = {"hf_path": hf_path}
     result["data"] = f"procedural:{name}:{config.eval.split}"
@@ -420,6 +407,12 @@ def make_stages(config: Any, workdir: str, restart: bool = False) -> list[Stage]
     def path(outputs: Mapping[str, Mapping[str, Any]], stage: str, key: str) -> str:
         return os.path.join(workdir, outputs[stage][key])
 
+    def evaluate(export: str, directory: str, stage: str) -> None:
+        scorer = ""
+        if int(config.eval.get("general_prompts", 0)) > 0:
+            scorer = ensure_reward_model(config, workdir, restart)[0]
+        evaluate_stage(config, export, directory, stage, scorer)
+
     def cold_start(directory: str, outputs: Mapping) -> dict[str, Any]:
         section = config.cold_start
         files = [f.strip() for f in str(section.files).split(",") if f.strip()]
@@ -427,14 +420,19 @@ def make_stages(config: Any, workdir: str, restart: bool = False) -> list[Stage]
             name, kwargs = _task(config)
             target = os.path.join(directory, "cold_start.jsonl")
             rows = cold_start_rows(
-                procedural.make_task(name, **kwargs), int(section.num_examples), int(config.seed)
+                procedural.make_task(name, **kwargs),
+                int(section.num_examples),
+                int(config.seed),
+                second_language=str(section.get("second_language", "")),
+                mixing=float(section.get("mixing", 0.0)),
+                hasty=float(section.get("hasty", 0.0)),
             )
             write_jsonl(target, rows)
             files = [target]
         export = _sft(
             sft_config(config, section, base, files), os.path.join(directory, "sft"), restart
         )
-        evaluate_stage(config, export, directory, STAGES[0])
+        evaluate(export, directory, STAGES[0])
         return {"export": rel(export), "eval": rel(os.path.join(directory, EVAL))}
 
     def reasoning_rl(directory: str, outputs: Mapping) -> dict[str, Any]:
@@ -444,7 +442,7 @@ def make_stages(config: Any, workdir: str, restart: bool = False) -> list[Stage]
         _grpo(cfg, run_dir, restart)
         export = os.path.join(directory, "export")
         step = grpo_export(cfg, run_dir, export)
-        evaluate_stage(config, export, directory, STAGES[1])
+        evaluate(export, directory, STAGES[1])
         return {"export": rel(export), "eval": rel(os.path.join(directory, EVAL)), "step": step}
 
     def rejection_sft(directory: str, outputs: Mapping) -> dict[str, Any]:
@@ -475,7 +473,7 @@ def make_stages(config: Any, workdir: str, restart: bool = False) -> list[Stage]
             os.path.join(directory, "sft"),
             restart,
         )
-        evaluate_stage(config, export, directory, STAGES[2])
+        evaluate(export, directory, STAGES[2])
         return {
             "export": rel(export),
             "eval": rel(os.path.join(directory, EVAL)),
@@ -487,11 +485,7 @@ def make_stages(config: Any, workdir: str, restart: bool = False) -> list[Stage]
 
     def all_scenarios_rl(directory: str, outputs: Mapping) -> dict[str, Any]:
         section = config.all_scenarios_rl
-        rm_dir = os.path.join(directory, "reward_model")
-        rm_export = os.path.join(rm_dir, "export")
-        rm_metrics = train_rm(reward_model_config(config), rm_dir, restart=restart)
-        if not os.path.exists(os.path.join(rm_export, "config.json")):
-            raise RuntimeError(f"reward model training in {rm_dir} did not finish; run again")
+        rm_export, rm_metrics = ensure_reward_model(config, workdir, restart)
         start = path(outputs, STAGES[2], "export")
         total, rm_steps = int(section.train.steps), int(section.rm_steps)
         if not 0 <= rm_steps <= total:
@@ -528,7 +522,7 @@ def make_stages(config: Any, workdir: str, restart: bool = False) -> list[Stage]
         _grpo(cfg, run_dir, restart)
         export = os.path.join(directory, "export")
         step = grpo_export(cfg, run_dir, export)
-        evaluate_stage(config, export, directory, STAGES[3])
+        evaluate(export, directory, STAGES[3])
         return {
             "export": rel(export),
             "eval": rel(os.path.join(directory, EVAL)),
@@ -555,11 +549,11 @@ def summarize(workdir: str, stage_names: Sequence[str] = STAGES) -> dict[str, An
             continue
         with open(path) as f:
             result = json.load(f)
-        overall = result.get("overall", {})
-        summary[name] = {k: overall[k] for k in overall if k in SUMMARY_KEYS or "@" in k}
-        summary[name]["num_problems"] = result.get("num_problems")
+        summary[name] = stage_eval.stage_row(result)
     if is_main():
         atomic_json(os.path.join(workdir, SUMMARY), summary)
+        with open(os.path.join(workdir, SUMMARY_TABLE), "w") as f:
+            f.write(stage_eval.summary_table(summary))
     return summary
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from r1 import configlib, rewards
 from r1.data import procedural, templates
-from r1.recipes import pipeline, stages
+from r1.recipes import comparisons, pipeline, stages
 from r1.rejection import experiment as rejection_experiment
 from r1.rl import config as rl_sections
 from r1.rm import config as rm_config
@@ -133,7 +133,7 @@ def test_general_rows_are_formatted_and_polite():
 
 
 # ----------------------------------------------------------------------------- sub-configs
-@pytest.mark.parametrize("variant", ["tiny", "qwen2_5_7b"])
+@pytest.mark.parametrize("variant", ["tiny", "mini", "qwen2_5_7b"])
 def test_sub_configs_are_what_the_trainers_accept(variant):
     config = configlib.load_config(str(ROOT / f"configs/r1.py:{variant}"))
     task = (config.task.name, dict(config.task.kwargs))
@@ -146,7 +146,7 @@ def test_sub_configs_are_what_the_trainers_accept(variant):
     rl = pipeline.rl_config(config, config.reasoning_rl, "/s1/export")
     rl_sections.parse(rl)
     assert (rl.data.task, dict(rl.data.task_kwargs)) == task
-    if variant == "tiny":
+    if variant in ("tiny", "mini"):
         names = [r[0] for r in rl.rewards]
         assert names == ["arithmetic_tokens", "format_strict_tokens", "language"]
     else:  # reasoning files, each domain with accuracy + format + language consistency
@@ -179,7 +179,7 @@ def test_sub_configs_are_what_the_trainers_accept(variant):
     )
     assert judge_section.tasks == judged
     assert judge_section.path == ("/s3/judge" if judged else "")
-    if variant == "tiny":  # the judged slice of stage 3 (issue 10)
+    if variant in ("tiny", "mini"):  # the judged slice of stage 3 (issue 10)
         assert judged == (f"{task[0]}_words",) and data.answer_words_fraction > 0
 
     rm = pipeline.reward_model_config(config)
@@ -210,13 +210,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _command(workdir) -> list[str]:
+def _command(workdir, *flags: str) -> list[str]:
     return [
         sys.executable,
         "-m",
         "experiments.r1_pipeline",
         "--config=configs/r1.py:tiny",
         f"--workdir={workdir}",
+        *flags,
     ]
 
 
@@ -231,7 +232,7 @@ def _mtimes(directory) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory):
     """Runs the tiny pipeline, SIGKILLs it once stage 2 has saved a GRPO checkpoint, then runs
-    the same command again to the end."""
+    the same command again to the end, with both ablations (R1-Zero, no language reward)."""
     workdir = tmp_path_factory.mktemp("r1_pipeline")
     checkpoints = workdir / "2_reasoning_rl" / "rl" / "checkpoints"
     log_path = workdir / "first_run.log"
@@ -256,7 +257,12 @@ def killed_and_resumed(tmp_path_factory):
     stage1 = _mtimes(workdir / "1_cold_start")
     started = time.time()
     result = subprocess.run(
-        _command(workdir), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900
+        _command(workdir, "--compare_zero", "--ablate_language"),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     return {
         "workdir": workdir,
@@ -282,7 +288,28 @@ def test_tiny_pipeline_runs_all_four_stages(killed_and_resumed):
     with open(workdir / pipeline.SUMMARY) as f:
         summary = json.load(f)
     assert list(summary) == list(pipeline.STAGES)
-    assert json.loads(result.stdout) == summary
+    printed = json.JSONDecoder().raw_decode(result.stdout)[0]
+    assert printed == summary
+    for row in summary.values():  # the stage measurements of r1.recipes.stage_eval
+        low, high = row["ci95_pass@1"]
+        assert 0.0 <= low <= row["pass@1"] <= high <= 1.0
+        assert 0.0 <= row["readable_format"] <= 1.0 and 0.0 <= row["cot_with_words"] <= 1.0
+        assert np.isfinite(row["general_rm_score"]) and 0.0 <= row["general_polite"] <= 1.0
+    with open(workdir / "1_cold_start" / pipeline.EVAL) as f:
+        general = json.load(f)["general"]
+    assert general["general_prompts"] == 4 and len(general["general_completions"]) == 4 * 2
+    # The run's one reward model, trained before stage 1's evaluation, serves stage 4 too.
+    assert (workdir / pipeline.REWARD_MODEL_DIR / "export" / "config.json").exists()
+    table = (workdir / pipeline.SUMMARY_TABLE).read_text().splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == [f"| {s}" for s in pipeline.STAGES]
+    # The ablations ran after the pipeline, each evaluated like a stage.
+    with open(workdir / comparisons.COMPARISONS) as f:
+        compared = json.load(f)
+    assert set(compared) == {pipeline.STAGES[1], comparisons.ZERO, comparisons.NO_LANGUAGE}
+    zero_config = json.loads((workdir / comparisons.ZERO / "rl" / "config.json").read_text())
+    assert zero_config["init"]["hf_path"] == "assets/demo_base"
+    assert [t[0] for t in zero_config["rewards"]] == ["arithmetic_tokens", "format_strict_tokens"]
+    assert (workdir / comparisons.PLOT).read_bytes()[:4] == b"\x89PNG"
     # Stage 3 kept rejection samples; stage 4's reward model learned its synthetic rule.
     done3 = stages.read_done(str(workdir / "3_rejection_sft"))["outputs"]
     assert done3["kept"] >= 1
@@ -300,6 +327,7 @@ def test_tiny_pipeline_runs_all_four_stages(killed_and_resumed):
     assert np.mean(truly) >= 0.7, truly
     done4 = stages.read_done(str(workdir / "4_all_scenarios_rl"))["outputs"]
     assert done4["reward_model_eval_accuracy"] > 0.5
+    assert done4["reward_model"] == f"{pipeline.REWARD_MODEL_DIR}/export"
     # The reward model scored only the last rm_steps steps of stage 4.
     with open(workdir / "4_all_scenarios_rl" / "rl" / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
