@@ -206,7 +206,8 @@ def reward_fields(rows: Sequence[Mapping[str, Any]], reward: str) -> dict[str, l
     return fields
 
 
-def _replicated(array: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
+def replicated_array(array: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
+    """`array` (the same on every process) as a global array replicated over `mesh`."""
     target = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
 
@@ -271,7 +272,7 @@ def generate_samples(
             result = sampler(state, *args)
         else:
             with sharding.use_mesh(mesh):
-                args = tuple(_replicated(a, mesh) for a in (tokens, mask, row_ids))
+                args = tuple(replicated_array(a, mesh) for a in (tokens, mask, row_ids))
                 result = sampler(state, args[0], args[1], key, args[2])
         result = jax.device_get(result)
         real = len(batch)

@@ -18,13 +18,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
+from r1 import sharding
 from r1.evaluation import runner
 from r1.metrics import behaviour
 from r1.rewards.extract import answer_content, think_content
@@ -132,6 +137,9 @@ def general_scores(
     """Samples `eval_config.num_samples` completions of each general request in `prompts`
     (rendered with `eval_config.template`) and scores them.
 
+    With `mesh`, the reward model is loaded sharded over it and scores under it with replicated
+    inputs and outputs (every process computes the same result, as in `runner.evaluate`);
+    without, on the first device.
     Returns {"general_rm_score": mean reward-model score, "general_polite": share ending with a
     polite closing, "general_format": strict-format share, "general_prompts": P,
     "general_completions": every {prompt, completion, score, polite} record}.
@@ -150,13 +158,17 @@ def general_scores(
     )
     completion_tokens = sampled["tokens"].reshape(num * k, -1)
     completion_mask = sampled["mask"].reshape(num * k, -1)
-    _, reward_model = rm_model.load(reward_model_path, mesh=mesh)
+    # Without a mesh, everything stays on the first device (as the sampler's inputs do).
+    one_device = sharding.make_mesh(sharding.MeshConfig(fsdp=1), jax.devices()[:1])
+    _, reward_model = rm_model.load(reward_model_path, mesh=mesh or one_device)
+    graphdef, rm_state = nnx.split(reward_model)
     close = think_close_ids(TagIds.from_tokenizer(tokenizer)) if region == "summary" else ()
+    replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
 
-    @jax.jit
-    def score(pt, pm, ct, cm):
+    @functools.partial(jax.jit, out_shardings=replicated)
+    def score(state, pt, pm, ct, cm):
         return score_completions(
-            reward_model,
+            nnx.merge(graphdef, state),
             pt,
             pm,
             ct,
@@ -167,13 +179,18 @@ def general_scores(
             eos_id=tokenizer.eos_id,
         )
 
+    def put(array: np.ndarray) -> jax.Array:
+        return jnp.asarray(array) if mesh is None else runner.replicated_array(array, mesh)
+
     scores = []
-    for s in range(0, num * k, batch_size):
-        rows = slice(s, s + batch_size)
-        batch = (prompt_tokens[rows], prompt_mask[rows], completion_tokens[rows])
-        scores.append(
-            np.asarray(score(*(jnp.asarray(a) for a in batch), jnp.asarray(completion_mask[rows])))
-        )
+    with contextlib.ExitStack() as stack:
+        if mesh is not None:
+            stack.enter_context(sharding.use_mesh(mesh))
+        for s in range(0, num * k, batch_size):
+            rows = slice(s, s + batch_size)
+            batch = (prompt_tokens, prompt_mask, completion_tokens, completion_mask)
+            out = score(rm_state, *(put(np.asarray(a[rows])) for a in batch))
+            scores.append(np.asarray(jax.device_get(out)))
     values = np.concatenate(scores)
     return {
         "general_rm_score": float(values.mean()),

@@ -6,12 +6,13 @@ import json
 import os
 import pathlib
 
+import ml_collections
 import numpy as np
 import pytest
 
 from r1 import configlib, rewards
 from r1.data import procedural, templates
-from r1.recipes import comparisons, pipeline_data, stage_eval
+from r1.recipes import comparisons, pipeline, pipeline_data, stage_eval
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -252,3 +253,63 @@ def test_r1_vs_zero_plot_reads_both_runs(tmp_path):
     out = tmp_path / "r1_vs_zero.png"
     comparisons.plot_runs(runs, str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_general_scores_are_the_same_on_a_mesh_and_unsharded(tmp_path):
+    import jax
+    from flax import nnx
+
+    from r1 import sharding
+    from r1.evaluation.runner import EvalConfig
+    from r1.rm import config as rm_config
+    from r1.rm import model as rm_model
+    from r1.train import build
+
+    config = configlib.load_config(str(ROOT / "configs/r1.py:tiny"))
+    rm_cfg = rm_config.parse(
+        configlib.load_config(str(ROOT / "configs/reward_model.py:tiny")),
+        num_devices=jax.device_count(),
+    ).model
+    rm_model.save(rm_model.RewardModel(rm_cfg, rngs=nnx.Rngs(3)), str(tmp_path / "rm"))
+    tokenizer = build.build_tokenizer("demo")
+    prompts = pipeline_data.general_prompts(3)
+    eval_config = EvalConfig(num_samples=2, max_new_tokens=24, batch_size=2, bucket_multiple=16)
+    base = str(ROOT / "assets/demo_base")
+    policy_cfg = configlib.parse_experiment(
+        ml_collections.ConfigDict(pipeline.common_sections(config, base)),
+        num_devices=jax.device_count(),
+        extra_sections=("init", "tokenizer"),
+    ).model
+    one_device = sharding.make_mesh(sharding.MeshConfig(fsdp=1), jax.devices()[:1])
+    results = []
+    for mesh in (None, sharding.make_mesh()):
+        target = mesh if mesh is not None else one_device
+        with sharding.use_mesh(target):
+            policy = build.build_policy(base, policy_cfg, target, 0, tokenizer)
+        results.append(
+            stage_eval.general_scores(
+                policy,
+                tokenizer,
+                prompts,
+                eval_config,
+                str(tmp_path / "rm"),
+                region="summary",
+                mesh=mesh,
+                batch_size=4,
+            )  # fmt: skip
+        )
+    local, sharded = results
+    assert local["general_prompts"] == 3 and len(local["general_completions"]) == 6
+    assert [c["completion"] for c in local["general_completions"]] == [
+        c["completion"] for c in sharded["general_completions"]
+    ]
+    np.testing.assert_allclose(
+        [c["score"] for c in sharded["general_completions"]],
+        [c["score"] for c in local["general_completions"]],
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    assert local["general_rm_score"] == pytest.approx(
+        np.mean([c["score"] for c in local["general_completions"]])
+    )
+    assert 0.0 <= sharded["general_polite"] <= 1.0
