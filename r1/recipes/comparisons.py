@@ -48,7 +48,7 @@ def without_language(rewards: Any) -> Any:
 def ablation_config(config: Any, start: str) -> ml_collections.ConfigDict:
     """The reasoning stage's GRPO config from `start` with the language term removed."""
     cfg = pipeline.rl_config(config, config.reasoning_rl, start)
-    rewards = pipeline._reward_entries(cfg.rewards)
+    rewards = pipeline.reward_entries(cfg.rewards)
     del cfg.rewards
     cfg.rewards = without_language(rewards)
     return cfg
@@ -61,8 +61,15 @@ def _no_general(config: Any) -> ml_collections.ConfigDict:
     return out
 
 
-def make_stages(config: Any, workdir: str, cold_start_export: str, *, zero: bool,
-                no_language: bool, restart: bool = False) -> list[Stage]:  # fmt: skip
+def make_stages(
+    config: Any,
+    workdir: str,
+    cold_start_export: str,
+    *,
+    zero: bool,
+    no_language: bool,
+    restart: bool = False,
+) -> list[Stage]:
     """The requested ablation stages. cold_start_export: stage 1's model (the no-language run
     starts there); R1-Zero starts from `config.init.hf_path`."""
     eval_config = _no_general(config)
@@ -71,7 +78,7 @@ def make_stages(config: Any, workdir: str, cold_start_export: str, *, zero: bool
         def run(directory: str, outputs: Mapping) -> dict[str, Any]:
             cfg = ablation_config(config, start)
             run_dir = os.path.join(directory, "rl")
-            pipeline._grpo(cfg, run_dir, restart)
+            pipeline.run_grpo(cfg, run_dir, restart)
             export = os.path.join(directory, "export")
             step = pipeline.grpo_export(cfg, run_dir, export)
             pipeline.evaluate_stage(eval_config, export, directory, name)

@@ -99,7 +99,7 @@ def common_sections(config: Any, hf_path: str) -> dict[str, Any]:
     }
 
 
-def _reward_entries(rewards: Any) -> Any:
+def reward_entries(rewards: Any) -> Any:
     """A stage's `rewards` as plain data: (name, weight, kwargs) tuples, or {domain: tuples}
     (per-domain rewards of a file-driven stage)."""
     rewards = _dict(rewards)
@@ -150,7 +150,7 @@ def rl_config(
     out.update(
         data={**_dict(section.data), "task": task, "task_kwargs": kwargs},
         rl=_dict(section.rl),
-        rewards=_reward_entries(section.rewards),
+        rewards=reward_entries(section.rewards),
         model_rewards=model_rewards,
         optimizer=_dict(section.optimizer),
         train=train,
@@ -278,7 +278,7 @@ def grpo_export(cfg: ml_collections.ConfigDict, run_dir: str, out: str) -> int:
     return int(step)
 
 
-def _grpo(cfg: ml_collections.ConfigDict, run_dir: str, restart: bool = False) -> None:
+def run_grpo(cfg: ml_collections.ConfigDict, run_dir: str, restart: bool = False) -> None:
     """Runs (or resumes) GRPO in `run_dir` and checks it reached `train.steps`. restart: as
     `r1.train.loop.LoopSettings.restart`."""
     rl_trainer.train(cfg, run_dir, restart=restart)
@@ -439,7 +439,7 @@ def make_stages(config: Any, workdir: str, restart: bool = False) -> list[Stage]
         start = path(outputs, STAGES[0], "export")
         cfg = rl_config(config, config.reasoning_rl, start)
         run_dir = os.path.join(directory, "rl")
-        _grpo(cfg, run_dir, restart)
+        run_grpo(cfg, run_dir, restart)
         export = os.path.join(directory, "export")
         step = grpo_export(cfg, run_dir, export)
         evaluate(export, directory, STAGES[1])
@@ -500,7 +500,7 @@ def make_stages(config: Any, workdir: str, restart: bool = False) -> list[Stage]
             rule_phase = rl_config(config, section, start, steps=total - rm_steps)
             # A re-run of the pipeline meets the second phase's checkpoints (general prompts).
             rule_phase.data.allow_changed = rm_steps > 0
-            _grpo(rule_phase, run_dir, restart)
+            run_grpo(rule_phase, run_dir, restart)
         # With the reward model come the general prompts (stage 3's general rows): rule rewards
         # score the reasoning prompts, the reward model only the general ones.
         fraction = float(section.get("general_fraction", 0.0))
@@ -519,7 +519,7 @@ def make_stages(config: Any, workdir: str, restart: bool = False) -> list[Stage]
             cfg.data.general_fraction = fraction
             # The general prompts join the run the rule-only phase checkpointed: by design.
             cfg.data.allow_changed = True
-        _grpo(cfg, run_dir, restart)
+        run_grpo(cfg, run_dir, restart)
         export = os.path.join(directory, "export")
         step = grpo_export(cfg, run_dir, export)
         evaluate(export, directory, STAGES[3])

@@ -135,7 +135,7 @@ def test_pipeline_stage_configs_parse(variant):
         assert exp.data.files == ("/d/a.jsonl",) and exp.train.export
     reasoning = rl_config.parse(pipeline.rl_config(config, config.reasoning_rl, "/s1/export"))
     assert reasoning.init.hf_path == "/s1/export"
-    if variant == "tiny":
+    if variant in ("tiny", "mini"):  # the procedural task
         assert reasoning.rl.accuracy_reward == "arithmetic_tokens" and not reasoning.data.files
     else:  # reasoning files scored per domain, with language consistency
         assert reasoning.rl.accuracy_reward == "math,code" and reasoning.data.files
