@@ -308,8 +308,12 @@ def test_gradient_accumulation_gives_the_same_update(devices):
         updated[micro] = (new_state.params, metrics)
     for a, b in zip(jax.tree.leaves(updated[1][0]), jax.tree.leaves(updated[4][0])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
-    for key in ("loss", "loss/policy", "loss/kl"):  # the mini-batch's, however sliced
-        assert abs(float(updated[1][1][key]) - float(updated[4][1][key])) < 1e-6, key
+    # The mini-batch's losses, however sliced: equal up to float32 summation order (CI saw
+    # |0.1912128 - 0.1912118| = 1.01e-6 once, i.e. 5e-6 relative).
+    for key in ("loss", "loss/policy", "loss/kl"):
+        assert float(updated[4][1][key]) == pytest.approx(
+            float(updated[1][1][key]), rel=2e-5, abs=1e-6
+        ), key
     moved = [
         np.abs(np.asarray(a) - np.asarray(b)).max()
         for a, b in zip(jax.tree.leaves(updated[1][0]), jax.tree.leaves(state.params))
