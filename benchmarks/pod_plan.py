@@ -51,7 +51,7 @@ def targets() -> list[tuple[str, str, int]]:
         for variant in names:
             config = configlib.load_config(f"{rel}:{variant}")
             train = config.get("train")
-            if train is not None and "topology" in train:
+            if train is not None and train.get("topology"):
                 found.append((f"{rel}:{variant}", str(train.topology), int(train.get("slices", 1))))
     return found
 

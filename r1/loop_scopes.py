@@ -7,6 +7,13 @@ runs such a loop directly inside `jax.named_scope(loop_scope(name, runs))` state
 body runs each time the loop is entered: the sampler its worst case (every row at full length),
 causal tiles their mean. The AOT cost report (`r1.aot.loops`) reads it back from the while's op
 name (`stated_runs`); nothing else depends on it.
+
+Kernels whose work depends on data state it the same way. The expert-parallel MoE dispatch
+gives each device's grouped matmuls (Pallas megablox) a row buffer for every assignment of the
+gathered tokens, of which the device's experts take E_local / E under balanced routing;
+the kernel visits only the grouped rows, but its own cost estimate is that of the whole
+buffer. The dispatch runs under `grouped_rows_scope(share)` and the cost report scales the
+kernels' row-proportional cost by it (`stated_row_share`).
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from __future__ import annotations
 import re
 
 DECODE = "decode_loop"
+GROUPED_ROWS = "grouped_rows"
 _STATED = re.compile(r"([A-Za-z_]+)_x(\d+(?:\.\d+)?)/while$")
+_ROW_SHARE = re.compile(GROUPED_ROWS + r"_x(\d+(?:\.\d+)?)(?:/|$)")
 
 
 def loop_scope(name: str, runs: float) -> str:
@@ -30,3 +39,19 @@ def stated_runs(op_name: str) -> tuple[str, float] | None:
     """(name, runs) a while loop's op name states through `loop_scope`, or None."""
     found = _STATED.search(op_name)
     return (found.group(1), float(found.group(2))) if found else None
+
+
+def grouped_rows_scope(share: float) -> str:
+    """The scope name stating that the grouped matmuls inside it use `share` (0 < share <= 1)
+    of their row buffer, on average."""
+    if not 0 < share <= 1:
+        raise ValueError(f"grouped_rows_scope: share {share} must be in (0, 1]")
+    text = f"{float(share):.6f}".rstrip("0").rstrip(".")
+    return f"{GROUPED_ROWS}_x{text}"
+
+
+def stated_row_share(op_name: str) -> float | None:
+    """The row share a kernel's op name states through `grouped_rows_scope` (the innermost),
+    or None."""
+    found = _ROW_SHARE.findall(op_name)
+    return float(found[-1]) if found else None

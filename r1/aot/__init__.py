@@ -6,7 +6,13 @@ builds the GRPO, SFT and reward-model programs exactly as the trainers do; `hlo_
 the compiler's buffer assignment. The names below are the public API.
 """
 
-from r1.aot.cost import StepCost, ideal_decode_step_bytes, rollout_loops, step_cost
+from r1.aot.cost import (
+    StepCost,
+    ideal_decode_step_bytes,
+    rollout_hlo,
+    rollout_loops,
+    step_cost,
+)
 from r1.aot.hlo_buffers import Buffer, parse_buffer_assignment
 from r1.aot.loops import Cost, Loop, LoopCount, count_loops
 from r1.aot.programs import (
@@ -53,6 +59,7 @@ __all__ = [
     "count_loops",
     "global_bytes",
     "ideal_decode_step_bytes",
+    "rollout_hlo",
     "grpo_program",
     "kv_bytes_per_token",
     "kv_cache_bytes",

@@ -84,6 +84,12 @@ def roofline_seconds(flops: float, bytes_accessed: float, chip: ChipSpec, per_ch
 def rollout_loops(program: Program) -> LoopCount:
     """The rollout alone (`r1.rl.step.rollout`: prefill + decode), compiled on the program's
     mesh with the step's shardings and counted with its loops."""
+    return count_loops(rollout_hlo(program))
+
+
+def rollout_hlo(program: Program) -> str:
+    """The optimized HLO of the rollout alone (`r1.rl.step.rollout`), compiled on the
+    program's mesh with the step's shardings."""
     graphdef, config = program.graphdef, program.grpo
     if config is None:
         raise ValueError("rollout_loops: the program has no GRPO config (not a GRPO step)")
@@ -95,7 +101,7 @@ def rollout_loops(program: Program) -> LoopCount:
     state = program.state
     with sharding.use_mesh(program.mesh):
         lowered = jax.jit(rollout).lower(state.params, state.extra, program.batch, state.rng)
-    return count_loops(optimized_hlo(lowered))
+    return optimized_hlo(lowered)
 
 
 def optimized_hlo(lowered: Any) -> str:

@@ -29,13 +29,17 @@ count, and a `conditional` as its most expensive branch. A step that runs its la
   mean. Any other loop without a known count is counted once and listed in
   `LoopCount.uncounted`.
 
+Bytes are HBM bytes: accesses to buffers the TPU compiler keeps on chip are taken out and
+the async slices that prefetch them counted in (`r1.aot.memory_spaces`).
+
 Costs are per device (the compiled program is one device's SPMD partition). The cost model is
 XLA's CPU `HloCostAnalysis` run on the re-parsed text (dots and convolutions 2 flops per
 multiply-add, elementwise ops 1 flop per element; bytes = operands + outputs of every
-non-fused instruction, fusions counted at their boundary). It gives custom calls no flops; a
-Pallas kernel that states its own `cost_estimate` (megablox grouped matmuls) has it added
-where the call sits, and the splash-attention kernels, which state none in this jax, are
-counted from their shapes (`splash_flops`).
+non-fused instruction, fusions counted at their boundary). It gives custom calls no cost at
+all: a Pallas kernel that states its own `cost_estimate` (megablox grouped matmuls, r1's decode
+attention) has its flops and bytes added where the call sits, and the splash-attention
+kernels, which state none in this jax, are counted from their shapes (`splash_flops`; bytes:
+their HBM operands and results once, a lower bound).
 """
 
 from __future__ import annotations
@@ -46,40 +50,29 @@ import math
 import re
 from typing import Any
 
-import jax
+from r1.aot.hlo_text import (
+    INSTRUCTION,
+    MANY_REFS,
+    ONE_REF,
+    Computation,
+    Cost,
+    definitions,
+    module_text,
+    op_and_operands,
+    parse_computations,
+    xla_cost,
+)
+from r1.aot.memory_spaces import (
+    arrays,
+    async_transfer_bytes,
+    on_chip_excess,
+    result_shape,
+    shape_bytes,
+)
+from r1.loop_scopes import DECODE, stated_row_share, stated_runs
 
-from r1.loop_scopes import DECODE, stated_runs
-
-_HEADER = re.compile(r"^(ENTRY )?%?([^\s(]+) .*\{\s*$")
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
-_STACK_FRAME = re.compile(r"\s?stack_frame_id=\d+")
-_NAME = re.compile(r"^\s*(?:ROOT )?%?([^\s=]+) = ")
-_ONE_REF = re.compile(
-    r"\b(calls|to_apply|body|condition|true_computation|false_computation)=%?([^\s,{}()]+)"
-)
-_MANY_REFS = re.compile(r"\b(branch_computations|called_computations|calls)=\{([^}]*)\}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Cost:
-    """Flops and bytes accessed (per device) of some part of a program."""
-
-    flops: float = 0.0
-    bytes: float = 0.0
-
-    def __add__(self, other: Cost) -> Cost:
-        return Cost(self.flops + other.flops, self.bytes + other.bytes)
-
-    def __sub__(self, other: Cost) -> Cost:
-        return Cost(self.flops - other.flops, self.bytes - other.bytes)
-
-    def times(self, n: float) -> Cost:
-        return Cost(self.flops * n, self.bytes * n)
-
-    def most(self, other: Cost) -> Cost:
-        """The larger of each count (how XLA costs a conditional: its costliest branch)."""
-        return Cost(max(self.flops, other.flops), max(self.bytes, other.bytes))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,125 +130,25 @@ class LoopCount:
         return self.decode_total.times(1.0 / steps) if steps else Cost()
 
 
-@dataclasses.dataclass
-class _Computation:
-    name: str
-    lines: list[str]
-    is_entry: bool
-    refs: list[str]
-
-
-def parse_computations(hlo_text: str) -> tuple[str, dict[str, _Computation]]:
-    """(module header line, {name: computation}) of an HLO module's text, in text order."""
-    lines = hlo_text.splitlines()
-    header = next((line for line in lines if line.startswith("HloModule ")), "HloModule m")
-    comps: dict[str, _Computation] = {}
-    current: _Computation | None = None
-    for line in lines:
-        if current is None:
-            match = _HEADER.match(line)
-            if match and not line.startswith("HloModule"):
-                current = _Computation(match.group(2), [line], bool(match.group(1)), [])
-            continue
-        if line.strip() == "}" or line.startswith("}, execution_thread="):
-            current.lines.append(line)
-            comps[current.name] = current
-            current = None
-            continue
-        if not line[:1].isspace() and len(current.lines) > 1:
-            # A string attribute (a Pallas kernel's backend config) spanning lines.
-            current.lines[-1] += "\n" + line
-            continue
-        current.lines.append(line)
-        for _, ref in _ONE_REF.findall(line):
-            current.refs.append(ref)
-        for _, group in _MANY_REFS.findall(line):
-            current.refs.extend(r.strip().lstrip("%") for r in group.split(",") if r.strip())
-    return header, comps
-
-
-def _module_text(header: str, comps: dict[str, _Computation], root: str) -> str:
-    """A module whose entry is `root`, holding it and every computation it reaches."""
-    needed: set[str] = set()
-    stack = [root]
-    while stack:
-        name = stack.pop()
-        if name in needed or name not in comps:
-            continue
-        needed.add(name)
-        stack.extend(comps[name].refs)
-    keep = [
-        f"{key}={value}"
-        for key, value in re.findall(r"\b(num_partitions|replica_count)=(\d+)", header)
-    ]
-    out = [", ".join(["HloModule sub", *keep]), ""]
-    for name, comp in comps.items():
-        if name not in needed:
-            continue
-        first = comp.lines[0]
-        if comp.is_entry:
-            first = first[len("ENTRY ") :]
-        if name == root:
-            first = "ENTRY " + first
-        out.extend([first, *comp.lines[1:], ""])
-    # Stack-frame ids point into the full module's frame table, which the sub-module lacks.
-    return _STACK_FRAME.sub("", "\n".join(out))
-
-
-def xla_cost(hlo_text: str) -> Cost:
-    """XLA's cost analysis (CPU cost model) of an HLO module given as text."""
-    from jax._src.lib import _jax
-    from jaxlib import _hlo
-
-    text = _ASYNC_OP.sub(r'\1 custom-call(), custom_call_target="r1.async_stub"', hlo_text)
-    module = _hlo.hlo_module_from_text(text)
-    client = jax.devices("cpu")[0].client
-    cost = _jax.hlo_module_cost_analysis(client, module)
-    return Cost(float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)))
-
-
-_OPERANDS = re.compile(r"= [^=]*?\b([a-z][\w-]*)\((.*?)\)(?:, |$)")
-# The TPU compiler's generic async ops (offloaded gathers, wrapped collectives) do not survive
-# the text parser's checks (an async-update with extra operands); each becomes an operand-less
-# custom call of the same shape, which costs nothing: their work is data movement.
-_ASYNC_OP = re.compile(r"^(\s*(?:ROOT )?%?[^\s=]+ = .+?) async-(?:start|update|done)\(.*$", re.M)
 _KERNEL_FLOPS = re.compile(r'"cost_estimate":\{[^}]*?"flops":"(\d+)"')
-_COMMENT = re.compile(r"/\*.*?\*/")
+_KERNEL_BYTES = re.compile(r'"cost_estimate":\{[^}]*?"bytes_accessed":"(\d+)"')
 _INDEX = re.compile(r"index=(\d+)")
 _CONSTANT = re.compile(r"\bconstant\((-?\d+)\)")
 _DIRECTION = re.compile(r"direction=([A-Z]+)")
 _PASS_THROUGH = ("copy", "bitcast", "convert", "copy-done", "copy-start")
 
 
-def _definitions(comp: _Computation) -> dict[str, str]:
-    """{instruction name: its line} of a computation."""
-    defs = {}
-    for line in comp.lines[1:]:
-        name = _NAME.match(line)
-        if name:
-            defs[name.group(1)] = line
-    return defs
-
-
-def _op_and_operands(line: str) -> tuple[str, list[str]]:
-    """(opcode, operand names) of an HLO instruction line."""
-    match = _OPERANDS.search(_COMMENT.sub("", line))
-    if not match:
-        return "", []
-    return match.group(1), [o.strip().lstrip("%") for o in match.group(2).split(",") if o.strip()]
-
-
-def _unwrapped(line: str, comps: dict[str, _Computation]) -> tuple[str, list[str], str]:
+def _unwrapped(line: str, comps: dict[str, Computation]) -> tuple[str, list[str], str]:
     """(opcode, operands, line) of an instruction, looking through a fusion that wraps one
     operation of its parameters (the CPU compiler wraps a loop's compare and add so)."""
-    op, operands = _op_and_operands(line)
+    op, operands = op_and_operands(line)
     called = re.search(r"\bcalls=%?([^\s,{}()]+)", line)
     if op != "fusion" or not called or called.group(1) not in comps:
         return op, operands, line
     inner = comps[called.group(1)]
-    defs = _definitions(inner)
+    defs = definitions(inner)
     root = next((ln for ln in inner.lines if ln.lstrip().startswith("ROOT ")), "")
-    root_op, root_operands = _op_and_operands(root)
+    root_op, root_operands = op_and_operands(root)
     mapped = []
     for name in root_operands:
         number = re.search(r"\bparameter\((\d+)\)", defs.get(name, ""))
@@ -272,7 +165,7 @@ def _resolve(name: str, defs: dict[str, str], init: list[int | None] | None) -> 
         line = defs.get(name)
         if line is None:
             return None
-        op, operands = _op_and_operands(line)
+        op, operands = op_and_operands(line)
         if op == "constant":
             value = _CONSTANT.search(line)
             return int(value.group(1)) if value else None
@@ -294,7 +187,7 @@ def _counter_index(name: str, defs: dict[str, str]) -> int | None:
         line = defs.get(name)
         if line is None:
             return None
-        op, operands = _op_and_operands(line)
+        op, operands = op_and_operands(line)
         if op in _PASS_THROUGH and operands:
             name = operands[0]
             continue
@@ -306,18 +199,18 @@ def _counter_index(name: str, defs: dict[str, str]) -> int | None:
 
 
 def trips_from_loop(
-    comps: dict[str, _Computation], parent: str, while_line: str, body: str, condition: str
+    comps: dict[str, Computation], parent: str, while_line: str, body: str, condition: str
 ) -> int | None:
     """A while's trip count read from its condition (`counter < bound`), the counter's initial
     value (the operand tuple) and its increment (the body's result tuple); None when any of
     them is not a constant."""
-    parent_defs = _definitions(comps[parent])
-    _, (init_name, *_) = _op_and_operands(while_line) or ("", [""])
-    init_op, init_items = _op_and_operands(parent_defs.get(init_name, ""))
+    parent_defs = definitions(comps[parent])
+    _, (init_name, *_) = op_and_operands(while_line) or ("", [""])
+    init_op, init_items = op_and_operands(parent_defs.get(init_name, ""))
     if init_op != "tuple":
         return None
     init = [_resolve(item, parent_defs, None) for item in init_items]
-    cond_defs = _definitions(comps[condition])
+    cond_defs = definitions(comps[condition])
     root = next((ln for ln in comps[condition].lines if ln.lstrip().startswith("ROOT ")), "")
     op, operands, root = _unwrapped(root, comps)
     direction = _DIRECTION.search(root)
@@ -333,9 +226,9 @@ def trips_from_loop(
     else:
         return None
     start = init[counter] if counter < len(init) else None
-    body_defs = _definitions(comps[body])
+    body_defs = definitions(comps[body])
     body_root = next((ln for ln in comps[body].lines if ln.lstrip().startswith("ROOT ")), "")
-    root_op, outputs = _op_and_operands(body_root)
+    root_op, outputs = op_and_operands(body_root)
     step = None
     if root_op == "tuple" and counter < len(outputs):
         add_op, terms, _ = _unwrapped(body_defs.get(outputs[counter], ""), comps)
@@ -362,7 +255,7 @@ def splash_flops(line: str) -> float:
     from its result shapes ([..., H, T, D]: heads, sequence, head dim, the largest such array)
     and query tile (block_q): products x 2 x H x T^2 x D over the causal tiles, (n + 1) / 2n
     of them for n = T / block_q."""
-    name = _NAME.match(line)
+    name = INSTRUCTION.match(line)
     products = next(
         (n for prefix, n in SPLASH_PRODUCTS if name and name.group(1).startswith(prefix)), 0
     )
@@ -378,24 +271,41 @@ def splash_flops(line: str) -> float:
     return 2.0 * products * heads * length * length * dim * causal
 
 
-def kernel_cost(comp: _Computation) -> Cost:
-    """Flops of the custom calls of a computation, which XLA's cost model does not count: a
-    Pallas kernel's own `cost_estimate`, or for the splash-attention kernels (none stated)
-    `splash_flops`."""
-    flops = 0.0
+def kernel_cost(comp: Computation) -> Cost:
+    """The cost of the Pallas kernels (TPU custom calls) of a computation, which XLA's cost
+    model leaves out: a kernel's own `cost_estimate` (flops, bytes accessed), or for the
+    splash-attention kernels, which state none, `splash_flops` and their HBM operands and
+    results read and written once (a lower bound: a flash kernel rereads key / value tiles);
+    operands and results the compiler placed on chip are no HBM traffic.
+    A kernel under a `grouped_rows_scope` (the expert-parallel grouped matmuls) counts the
+    stated share of its flops and of its 2-D row arrays' bytes, its 3-D expert weights whole."""
+    flops = bytes_accessed = 0.0
+    defs = definitions(comp)
     for line in comp.lines[1:]:
-        if " custom-call(" not in line:
+        if " custom-call(" not in line or "tpu_custom_call" not in line:
             continue
         found = _KERNEL_FLOPS.search(line)
-        if found:
-            flops += float(found.group(1))
-        elif "tpu_custom_call" in line:
-            flops += splash_flops(line)
-    return Cost(flops, 0.0)
+        stated = _KERNEL_BYTES.search(line)
+        op = _OP_NAME.search(line)
+        share = stated_row_share(op.group(1)) if op else None
+        _, operands = op_and_operands(line)
+        shapes = [result_shape(line)] + [result_shape(defs.get(o, "")) for o in operands]
+        flops += (float(found.group(1)) if found else splash_flops(line)) * (share or 1.0)
+        if share is not None:  # grouped rows: row arrays by the share, weights whole
+            for shape in shapes:
+                for array, rank in arrays(shape):  # 2-D: [rows, features]
+                    size = shape_bytes(array)[0]
+                    bytes_accessed += size * share if rank == 2 else size
+        elif stated:  # less what the kernel finds on chip (operands or result in VMEM)
+            on_chip = sum(shape_bytes(shape)[1] for shape in shapes)
+            bytes_accessed += max(0.0, float(stated.group(1)) - on_chip)
+        else:
+            bytes_accessed += sum(shape_bytes(shape)[0] for shape in shapes)
+    return Cost(flops, bytes_accessed)
 
 
 def _control_flow(
-    comps: dict[str, _Computation], name: str
+    comps: dict[str, Computation], name: str
 ) -> list[tuple[str, list[str], int | None, str, str]]:
     """(kind, callees, trips, instruction name, op name) of each while / conditional / call in
     computation `name`."""
@@ -404,10 +314,10 @@ def _control_flow(
         kind = next((k for k in ("while", "conditional", "call") if f" {k}(" in line), None)
         if kind is None:
             continue
-        instruction = _NAME.match(line)
+        instruction = INSTRUCTION.match(line)
         op = _OP_NAME.search(line)
         trips = _TRIPS.search(line)
-        refs = dict((k, v) for k, v in _ONE_REF.findall(line))
+        refs = dict((k, v) for k, v in ONE_REF.findall(line))
         trip_count = int(trips.group(1)) if trips else None
         if kind == "while":
             callees = [refs["body"], refs["condition"]]
@@ -416,7 +326,7 @@ def _control_flow(
         elif kind == "call":
             callees = [refs["to_apply"]]
         else:
-            many = dict(_MANY_REFS.findall(line))
+            many = dict(MANY_REFS.findall(line))
             if "branch_computations" in many:
                 callees = [r.strip().lstrip("%") for r in many["branch_computations"].split(",")]
             else:
@@ -454,12 +364,13 @@ def count_loops(hlo_text: str) -> LoopCount:
 
     @functools.cache
     def inclusive(name: str) -> Cost:
-        return xla_cost(_module_text(header, comps, name))
+        return xla_cost(module_text(header, comps, name))
 
     @functools.cache
     def counted(name: str) -> Cost:
         flow = _control_flow(comps, name)
-        own = inclusive(name) + kernel_cost(comps[name])
+        memory = async_transfer_bytes(comps[name]) - on_chip_excess(header, comps, name)
+        own = inclusive(name) + kernel_cost(comps[name]) + Cost(0.0, memory)
         total = Cost()
         for kind, callees, trips, _, op in flow:
             if kind == "while":

@@ -113,9 +113,10 @@ class ModelConfig:
     # convert both ways.
     scan_layers: bool = False
     # attention_impl: the kernel training / prefill self-attention runs through (one of
-    # ATTENTION_IMPLS; decode against the KV cache stays XLA). fused_projections: q/k/v (MLA:
-    # the projections of x) and the MLP / expert gate and up weights are stored joined and run
-    # as one GEMM each; HF checkpoints are split and joined at the boundary.
+    # ATTENTION_IMPLS); with "pallas" a GQA model's decode attention against the KV cache also
+    # runs a Pallas kernel (r1.sampling.decode_kernel), else the XLA form. fused_projections:
+    # q/k/v (MLA: the projections of x) and the MLP / expert gate and up weights are stored
+    # joined and run as one GEMM each; HF checkpoints are split and joined at the boundary.
     attention_impl: str = "xla"
     fused_projections: bool = False
     attention_type: str = "gqa"

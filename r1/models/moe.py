@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec
 
+from r1.loop_scopes import grouped_rows_scope
 from r1.models.config import ModelConfig
 from r1.models.layers import MLP, dtype_of, param
 from r1.models.routing import (
@@ -360,7 +361,10 @@ def _routed_experts(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, impl, 
             if gather_axes:
                 gather = lambda a: jax.lax.all_gather(a, gather_axes, axis=0, tiled=True)
                 x, idx, weight, keep = gather(x), gather(idx), gather(weight), gather(keep)
-            y = expert_ffn_dispatch(x, idx, weight, keep, wg, wu, wd, offset, impl)
+            # The local experts take E_local / E of the assignments under balanced routing:
+            # the grouped matmuls' share of their row buffer, stated for the cost report.
+            with jax.named_scope(grouped_rows_scope(wg.shape[0] / e)):
+                y = expert_ffn_dispatch(x, idx, weight, keep, wg, wu, wd, offset, impl)
             if gather_axes:
                 y = jax.lax.psum_scatter(y, gather_axes, scatter_dimension=0, tiled=True)
             return y

@@ -12,7 +12,10 @@ in place (the cache is the scan's carry). Plus `valid: bool[B, S]`, the slots ho
 (non-padding) tokens.
 
 In the static decode all rows write the same slot range at each call (prompts are left-padded
-to a common length), so writes are `dynamic_update_slice`s at one scalar index. In the slot
+to a common length), so writes are `dynamic_update_slice`s at one scalar index. A decode step's
+GQA attention over the cache runs as the Pallas kernel of `r1.sampling.decode_kernel` for
+models with attention_impl="pallas" (cache windows of a multiple of 128 slots), else as XLA
+dots (`_decode_attention`). In the slot
 decode (`r1.sampling.slots`) each row is at its own token index: a decode step's one token per
 row is scattered to slot `index[b]` of row b.
 """
@@ -27,9 +30,11 @@ from flax import nnx
 
 from r1.models.attention import MASK_VALUE, SegmentMask
 from r1.models.attention_kernels import attend as kernel_attend
+from r1.models.attention_kernels import pallas_interpret
 from r1.models.config import ModelConfig
 from r1.models.layers import dtype_of
 from r1.models.transformer import LayerStack, Transformer
+from r1.sampling import decode_kernel
 from r1.sharding import compute_platform, shard
 
 Cache = dict[str, Any]
@@ -259,6 +264,10 @@ def _gqa_cached(
     elif t == 1:
 
         def attend(k_cache, v_cache, mask):
+            if attn.attention_impl == "pallas" and decode_kernel.supports(k_cache):
+                return decode_kernel.decode_attention(
+                    qg[:, 0], k_cache, v_cache, mask[:, 0], attn.scale, pallas_interpret()
+                )
             return _decode_attention(qg[:, 0], k_cache, v_cache, mask[:, 0], attn.scale)
 
         out = _in_window(window, attend, ((k_cache, 3), (v_cache, 2), (mask, 2)))

@@ -198,5 +198,19 @@ def test_tpu_auto_lowers_to_megablox_not_a_dense_product():
 
         text = optimized_hlo(jax.jit(jax.grad(layer_loss)).lower(state, x, token_mask))
     assert 'custom_call_target="tpu_custom_call"' in text
+    # Each device's kernels (forward and backward) state the local experts' share of the
+    # routed rows, and the cost report counts that share of their stated flops.
+    from r1.aot.loops import kernel_cost, parse_computations
+    from r1.loop_scopes import stated_row_share
+
+    kernels = [line for line in text.splitlines() if "tpu_custom_call" in line and " = " in line]
+    share = (cfg.n_routed_experts // 4) / cfg.n_routed_experts
+    assert {stated_row_share(re.search(r'op_name="([^"]*)"', k).group(1)) for k in kernels} == {
+        share
+    }
+    stated = sum(float(f) for f in re.findall(r'"cost_estimate":\{[^}]*?"flops":"(\d+)"', text))
+    _, comps = parse_computations(text)
+    counted = sum(kernel_cost(comp).flops for comp in comps.values())
+    assert stated > 0 and counted == pytest.approx(share * stated, rel=1e-6)
     local = cfg.n_routed_experts // 4
     assert not _expert_convolutions(text, local, 2 * 32 * cfg.num_experts_per_tok)

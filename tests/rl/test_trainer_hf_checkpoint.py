@@ -158,6 +158,7 @@ def _train(workdir, checkpoint, files, *extra):
         f"--config.tokenizer.path={checkpoint}",
         f"--config.data.files={files}",
         "--config.rl.prompts_per_step=2",
+        "--config.rl.num_minibatches=1",  # the variant's 4 need a multiple of 4 prompts
         "--config.rl.group_size=2",
         "--config.rl.max_new_tokens=8",
         "--config.train.steps=3",
