@@ -144,14 +144,17 @@ ROUTED_EXPERT_WEIGHTS = ("w_gate", "w_up", "w_down", "w_gate_up")
 
 def matmul_params_per_token(program: Program) -> float:
     """Parameters one token multiplies through in a forward pass: all but the input embedding
-    table (a gather; counted when tied to the output head) and the MTP modules, with each
-    routed expert weighted by the share of experts a token uses (k / E)."""
+    table (a gather; counted when tied to the output head of a language model, not for a reward
+    model's backbone, which has no vocabulary projection) and the MTP modules, with each routed
+    expert weighted by the share of experts a token uses (k / E)."""
     cfg = program.model
     routed_share = cfg.num_experts_per_tok / cfg.n_routed_experts if cfg.n_routed_experts else 1
+    embed_used = cfg.tie_word_embeddings and program.kind != "rm"
     total = 0.0
     for path, leaf in jax.tree_util.tree_leaves_with_path(program.state.params):
         keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        if keys and (keys[0] == "mtp" or (keys[0] == "embed" and not cfg.tie_word_embeddings)):
+        keys = keys[1:] if keys[:1] == ["backbone"] else keys
+        if keys and (keys[0] == "mtp" or (keys[0] == "embed" and not embed_used)):
             continue
         size = float(math.prod(leaf.shape))
         if len(leaf.shape) < 2:  # norms, biases: elementwise, not products
