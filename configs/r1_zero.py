@@ -207,6 +207,17 @@ def _reasoning_files(c: ml_collections.ConfigDict, layout: str) -> None:
     c.rl.accuracy_reward = "math,code"
 
 
+def _per_update_schedule(c: ml_collections.ConfigDict, updates_per_step: int) -> None:
+    """Rescale the step-counted settings of a variant whose step makes `updates_per_step`
+    optimizer updates (rl.num_minibatches x rl.num_iterations), so that counted in updates
+    they stay the base's: 1,000 updates, the reference refreshed every 400, a checkpoint and
+    an evaluation every 50, samples logged every 10."""
+    per = lambda updates: max(1, round(updates / updates_per_step))  # noqa: E731
+    c.train.update(steps=per(1000), checkpoint_every=per(50), samples_every=per(10))
+    c.rl.ref_update_every = per(400)
+    c.eval.every = per(50)
+
+
 def qwen2_5_1_5b_gsm8k() -> ml_collections.ConfigDict:
     """GSM8K (local JSONL / Parquet in the GSM8K layout) with the `math` reward.
 
@@ -228,6 +239,7 @@ def qwen2_5_1_5b_gsm8k() -> ml_collections.ConfigDict:
         gather_weights=True,  # bf16 weights: 3.1 GB per chip, no gather per decode step
     )
     c.optimizer.learning_rate = 1e-6
+    _per_update_schedule(c, updates_per_step=4)
     c.train.topology, c.train.slices = "v5e:2x4", 1
     c.model.update(configlib.TPU_KERNELS)
     return c
@@ -256,6 +268,7 @@ def qwen2_5_7b_math() -> ml_collections.ConfigDict:
         gather_weights=True,  # bf16 weights / tensor: 3.8 GB per chip, no gather per decode step
     )
     c.optimizer.learning_rate = 1e-6
+    _per_update_schedule(c, updates_per_step=6)
     c.train.topology, c.train.slices = "v5p:4x4x1", 1
     c.model.update(configlib.TPU_KERNELS)
     return c

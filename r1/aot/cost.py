@@ -92,7 +92,7 @@ def rollout_hlo(program: Program) -> str:
     program's mesh with the step's shardings."""
     graphdef, config = program.graphdef, program.grpo
     if config is None:
-        raise ValueError("rollout_loops: the program has no GRPO config (not a GRPO step)")
+        raise ValueError("rollout_hlo: the program has no GRPO config (not a GRPO step)")
 
     def rollout(params, extra, batch, key_data):
         policy = nnx.merge(graphdef, params, extra)
@@ -155,6 +155,8 @@ def matmul_params_per_token(program: Program) -> float:
         keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
         keys = keys[1:] if keys[:1] == ["backbone"] else keys
         if keys and (keys[0] == "mtp" or (keys[0] == "embed" and not embed_used)):
+            continue
+        if keys and keys[0] == "lm_head" and program.kind == "rm":  # no logits in the RM
             continue
         size = float(math.prod(leaf.shape))
         if len(leaf.shape) < 2:  # norms, biases: elementwise, not products

@@ -126,16 +126,23 @@ def _positions(comps: dict[str, Computation]) -> dict[str, int]:
     return _POSITIONS[1]
 
 
-def xla_cost(hlo_text: str) -> Cost:
-    """XLA's cost analysis (CPU cost model) of an HLO module given as text."""
+def xla_analysis(hlo_text: str) -> dict[str, float]:
+    """XLA's cost analysis (CPU cost model) of an HLO module given as text, as XLA returns it:
+    "flops", "bytes accessed" and, per operand i of the entry's root, "bytes accessed{i}{}" and
+    per result index "bytes accessedout{...}"."""
     from jax._src.lib import _jax
     from jaxlib import _hlo
 
     text = _ASYNC_OP.sub(r'\1 custom-call(), custom_call_target="r1.async_stub"', hlo_text)
     module = _hlo.hlo_module_from_text(text)
     client = jax.devices("cpu")[0].client
-    cost = _jax.hlo_module_cost_analysis(client, module)
-    return Cost(float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)))
+    return {k: float(v) for k, v in _jax.hlo_module_cost_analysis(client, module).items()}
+
+
+def xla_cost(hlo_text: str) -> Cost:
+    """XLA's cost analysis (CPU cost model) of an HLO module given as text."""
+    cost = xla_analysis(hlo_text)
+    return Cost(cost.get("flops", 0.0), cost.get("bytes accessed", 0.0))
 
 
 def definitions(comp: Computation) -> dict[str, str]:

@@ -24,18 +24,17 @@ from r1.aot.hlo_text import (
     MANY_REFS,
     ONE_REF,
     Computation,
-    Cost,
     definitions,
     module_text,
     op_and_operands,
-    xla_cost,
+    xla_analysis,
 )
 
 _SHAPE = re.compile(r"\b([a-z][a-z0-9]*)\[([\d,]*)\](\{[^}]*\})?")
 _MEMORY_SPACE = re.compile(r"S\((\d+)\)")
+_CONTROL = re.compile(r",\s*control-predecessors=\{[^}]*\}")
 _OPERAND_REF = re.compile(r"%([^\s,(){}=]+)(?=[,)\s])")
 _ON_CHIP = {1, 2}  # TPU memory spaces: 1 alternate (VMEM / CMEM), 2 SMEM; 0 is HBM
-_ITEM_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1}
 
 
 def shape_bytes(shape_text: str) -> tuple[float, float]:
@@ -43,8 +42,8 @@ def shape_bytes(shape_text: str) -> tuple[float, float]:
     element), by each array's memory space (`S(n)` in its layout; none: HBM)."""
     hbm = chip = 0.0
     for dtype, dims, layout in _SHAPE.findall(shape_text):
-        bits = re.search(r"(\d+)$", dtype)
-        item = _ITEM_BYTES.get(dtype, int(bits.group(1)) // 8 if bits else 0)
+        bits = re.match(r"[a-z]+(\d+)", dtype)  # bf16, f8e4m3fn, s4, ...; pred: one byte
+        item = 1 if dtype == "pred" else max(1, int(bits.group(1)) // 8) if bits else 0
         size = item * math.prod(int(d) for d in dims.split(",") if d)
         space = _MEMORY_SPACE.search(layout or "")
         if space and int(space.group(1)) in _ON_CHIP:
@@ -69,23 +68,44 @@ def result_shape(line: str) -> str:
     return match.group(1) if match else ""
 
 
-def _instruction_cost(
+def _instruction_analysis(
     header: str, comps: dict[str, Computation], defs: dict[str, str], line: str
-) -> Cost:
-    """XLA's cost of one instruction alone (`defs`: its computation's `definitions`): its
-    operands become the parameters of a module whose root it is."""
+) -> dict[str, float] | None:
+    """XLA's cost analysis of one instruction alone (`defs`: its computation's `definitions`):
+    its operands become the parameters of a module whose root it is. None when an operand's
+    shape is not known here."""
     _, operands = op_and_operands(line)
     renamed = {operand: f"r1_arg{i}" for i, operand in enumerate(dict.fromkeys(operands))}
-    params = [
-        f"  %{name} = {result_shape(defs[operand])} parameter({i})"
-        for i, (operand, name) in enumerate(renamed.items())
-    ]
-    body = _OPERAND_REF.sub(lambda m: f"%{renamed.get(m.group(1), m.group(1))}", line)
+    params = []
+    for i, (operand, name) in enumerate(renamed.items()):
+        shape = result_shape(defs.get(operand, ""))
+        if not shape:
+            return None
+        params.append(f"  %{name} = {shape} parameter({i})")
+    body = _CONTROL.sub(
+        "", _OPERAND_REF.sub(lambda m: f"%{renamed.get(m.group(1), m.group(1))}", line)
+    )
     root = re.sub(r"^\s*(ROOT )?", "  ROOT ", body)
     refs = [ref for _, ref in ONE_REF.findall(line)]
     refs += [r.strip().lstrip("%") for _, g in MANY_REFS.findall(line) for r in g.split(",")]
     probe = Computation("r1_probe", ["ENTRY %r1_probe {", *params, root, "}"], True, refs)
-    return xla_cost(module_text(header, comps, probe.name, entry=probe))
+    return xla_analysis(module_text(header, comps, probe.name, entry=probe))
+
+
+def _on_chip_accessed(analysis: dict[str, float], operands: list[str], defs, line: str) -> float:
+    """The bytes XLA's analysis of one instruction gives its on-chip operands and results."""
+    total = 0.0
+    for i, operand in enumerate(operands):
+        if shape_bytes(result_shape(defs[operand]))[1]:
+            total += analysis.get(f"bytes accessed{i}{{}}", 0.0)
+    result = result_shape(line)
+    elements = _tuple_elements(result)
+    if not elements:
+        return total + (analysis.get("bytes accessedout{}", 0.0) if shape_bytes(result)[1] else 0)
+    for j, element in enumerate(elements):
+        if shape_bytes(element)[1]:
+            total += analysis.get(f"bytes accessedout{{{j}}}", 0.0)
+    return total
 
 
 def _tuple_elements(shape_text: str) -> list[str]:
@@ -140,14 +160,16 @@ def on_chip_excess(header: str, comps: dict[str, Computation], name: str) -> flo
         operand_shapes = [shape_bytes(result_shape(defs.get(o, ""))) for o in operands]
         if not result_chip and not any(chip for _, chip in operand_shapes):
             continue
-        counted = _instruction_cost(header, comps, defs, line).bytes
+        analysis = _instruction_analysis(header, comps, defs, line)
+        if analysis is None:  # an operand not defined here: left as XLA counts it
+            continue
+        counted = analysis.get("bytes accessed", 0.0)
         if op == "copy-start":  # (destination, source, context): the transfer's HBM side
             destination = shape_bytes(_SHAPE.search(result_shape(line)).group(0))[0]
             hbm = sum(h for h, _ in operand_shapes) + destination
         elif op == "copy-done":  # the transfer was counted at its start
             hbm = 0.0
-        else:
-            chip = result_chip + sum(c for _, c in operand_shapes)
-            hbm = max(0.0, counted - chip)
+        else:  # what XLA counts for the on-chip operands and results, at what it reads of them
+            hbm = max(0.0, counted - _on_chip_accessed(analysis, operands, defs, line))
         excess += max(0.0, counted - hbm)
     return excess

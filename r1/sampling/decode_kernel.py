@@ -125,7 +125,8 @@ def decode_attention(
     dtype accumulated in float32), masked slots at MASK_VALUE, softmax in float32, the
     probabilities in the cache's dtype times the values, accumulated in float32. (The
     probabilities are rounded before normalising here, after it there: equal to the rounding
-    of the cache dtype.) S must be a multiple of 128 (`supports`). Under a mesh the kernel
+    of the cache dtype.) q is taken in the cache's dtype (the sampler calls the kernel only
+    when they are the same). S must be a multiple of 128 (`supports`). Under a mesh the kernel
     runs in a `jax.shard_map` over the axes the rules give "batch" and "act_kv_heads"."""
     if not supports(k_cache):
         raise ValueError(
@@ -138,8 +139,7 @@ def decode_attention(
     if mesh is None or mesh.empty:
         return call(q, k_cache, v_cache, flags)
     b, kv = q.shape[:2]
-    rows = logical_to_spec(("batch",), (b,), mesh)[0]
-    heads = logical_to_spec(("act_kv_heads",), (kv,), mesh)[0]
+    rows, heads = logical_to_spec(("batch", "act_kv_heads"), (b, kv), mesh)
     cache_spec = PartitionSpec(rows, heads, None, None)
     run = jax.shard_map(
         call,

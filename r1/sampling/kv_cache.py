@@ -264,7 +264,11 @@ def _gqa_cached(
     elif t == 1:
 
         def attend(k_cache, v_cache, mask):
-            if attn.attention_impl == "pallas" and decode_kernel.supports(k_cache):
+            if (
+                attn.attention_impl == "pallas"
+                and decode_kernel.supports(k_cache)
+                and qg.dtype == k_cache.dtype  # a narrower cache (fp8) stays on the XLA form
+            ):
                 return decode_kernel.decode_attention(
                     qg[:, 0], k_cache, v_cache, mask[:, 0], attn.scale, pallas_interpret()
                 )

@@ -169,6 +169,8 @@ def test_pallas_kernels_count_the_flops_and_bytes_they_state():
     count = aot.count_loops(optimized_hlo(lowered))
     assert count.as_compiled.flops < 0.01 * 2 * m * k * n
     assert count.total.flops == pytest.approx(2 * m * k * n, rel=0.01)
+    stated = re.findall(r'"cost_estimate":\{[^}]*?"bytes_accessed":"(\d+)"', optimized_hlo(lowered))
+    assert stated and count.total.bytes >= sum(float(b) for b in stated)
     assert count.total.bytes >= 2 * (m * k + groups * k * n + m * n)
 
 

@@ -40,6 +40,16 @@ def test_kernel_equals_the_xla_decode_attention(dtype, slots, atol):
     )
 
 
+def test_kernel_with_masked_leading_tiles_and_an_empty_row():
+    """Left padding over two whole tiles (the running max starts on masked slots and is wiped
+    when real keys come) and a row with no valid slot (a uniform average, as the XLA form)."""
+    q, k, v, mask = _operands(3, 1, 2, 16, 640, jnp.float32, seed=2)
+    mask = mask.at[:, :300].set(False).at[2].set(False)
+    want = _decode_attention(q, k, v, mask, 0.5)
+    got = decode_kernel.decode_attention(q, k, v, mask, 0.5, interpret=True)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=1e-6)
+
+
 def test_kernel_sharded_over_the_mesh_equals_unsharded(devices):
     """Rows over data x fsdp, kv heads over tensor: the shard_map gives the unsharded result."""
     mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2), devices)
@@ -60,13 +70,18 @@ def test_slot_counts_the_kernel_does_not_tile_raise():
         decode_kernel.decode_attention(q, k, v, mask, 1.0, interpret=True)
 
 
-def test_sampler_with_the_kernel_samples_what_xla_samples(devices):
+def test_sampler_with_the_kernel_samples_what_xla_samples(devices, monkeypatch):
     """A tiny model with attention_impl='pallas' on a data x fsdp mesh (prefill: splash;
     decode windows of 128 and 256 slots: this kernel; of 192: the XLA form) samples the same
     tokens and log-probs as with 'xla'."""
     mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=4), devices)
     tokens, mask = (np.asarray(a) for a in left_pad([[5, 6, 7], [8, 9], [10]] * 3 + [[4]], 64, 0))
     config = SamplingConfig(max_new_tokens=192, num_samples=2, decode_segments=3, top_k=20)
+    calls = []
+    kernel = decode_kernel.decode_attention
+    monkeypatch.setattr(
+        decode_kernel, "decode_attention", lambda *a, **k: calls.append(1) or kernel(*a, **k)
+    )
     out = {}
     for impl in ("xla", "pallas"):
         cfg = testing.tiny_dense_config().replace(attention_impl=impl)
@@ -74,6 +89,7 @@ def test_sampler_with_the_kernel_samples_what_xla_samples(devices):
         with sharding.use_mesh(mesh):
             state = sharding.place_state(state, mesh)
         out[impl] = make_sampler(graphdef, config, mesh)(state, tokens, mask, jax.random.key(3))
+    assert calls  # traced into the pallas sampler's decode (the windows of 128 and 256 slots)
     np.testing.assert_array_equal(out["pallas"].tokens, out["xla"].tokens)
     np.testing.assert_allclose(out["pallas"].logprobs, out["xla"].logprobs, atol=1e-4)
 
