@@ -31,8 +31,7 @@ def loop_scope(name: str, runs: float) -> str:
     `runs` times (>= 0; a mean may be fractional) each time it is entered."""
     if not re.fullmatch(r"[A-Za-z_]+", name) or runs < 0:
         raise ValueError(f"loop_scope: name {name!r} (letters, _) and runs {runs} (>= 0)")
-    text = f"{float(runs):.6f}".rstrip("0").rstrip(".")
-    return f"{name}_x{text}"
+    return f"{name}_x{_number(runs)}"
 
 
 def stated_runs(op_name: str) -> tuple[str, float] | None:
@@ -46,8 +45,7 @@ def grouped_rows_scope(share: float) -> str:
     of their row buffer, on average."""
     if not 0 < share <= 1:
         raise ValueError(f"grouped_rows_scope: share {share} must be in (0, 1]")
-    text = f"{float(share):.6f}".rstrip("0").rstrip(".")
-    return f"{GROUPED_ROWS}_x{text}"
+    return f"{GROUPED_ROWS}_x{_number(share)}"
 
 
 def stated_row_share(op_name: str) -> float | None:
@@ -55,3 +53,8 @@ def stated_row_share(op_name: str) -> float | None:
     or None."""
     found = _ROW_SHARE.findall(op_name)
     return float(found[-1]) if found else None
+
+
+def _number(value: float) -> str:
+    """`value` as a scope name writes it: six decimals at most, no trailing zeros."""
+    return f"{float(value):.6f}".rstrip("0").rstrip(".")
