@@ -3,7 +3,8 @@ r"""R1-Zero: GRPO from a base model with rule rewards only (accuracy + format), 
 tiny (the embedded CPU demo, 2 cores, about 4 minutes):
     python -m experiments.train --config=configs/r1_zero.py:tiny --workdir=runs/r1_zero_tiny
 
-qwen2_5_1_5b_gsm8k (one TPU v4-8 / v5e-8 host or one GPU; local checkpoint and GSM8K files):
+qwen2_5_1_5b_gsm8k (one TPU v4-8 / v5e-8 host; on one GPU add --config.mesh.tensor=1; local
+checkpoint and GSM8K files):
     python -m experiments.train --config=configs/r1_zero.py:qwen2_5_1_5b_gsm8k \
         --config.init.hf_path=/ckpt/Qwen2.5-1.5B --config.tokenizer.path=/ckpt/Qwen2.5-1.5B \
         --config.data.files=/data/gsm8k/train.jsonl --workdir=gs://bucket/r1_zero_1_5b
@@ -221,25 +222,28 @@ def _per_update_schedule(c: ml_collections.ConfigDict, updates_per_step: int) ->
 def qwen2_5_1_5b_gsm8k() -> ml_collections.ConfigDict:
     """GSM8K (local JSONL / Parquet in the GSM8K layout) with the `math` reward.
 
-    A rollout of 128 prompts x 8 = 1,024 rows (5.6 GB of KV cache per v5e chip) feeds four
-    updates of 32 prompts each: every chip holds the whole bf16 model while decoding, so the
-    rows a decode step serves are what spreads its weight reads."""
+    A rollout of 192 prompts x 8 = 1,536 rows feeds six updates of 32 prompts each (the paper
+    splits a rollout into 16 mini-batches). Heads, mlp and vocabulary are split over two chips
+    (tensor=2, the model's 2 KV heads one per chip), so a decode step reads half the bf16 model
+    per chip, and the KV cache of 1,536 rows (7.9 GiB per v5e chip; 2,048 rows do not fit its
+    16 GiB) spreads those reads over 6x the rows of one update. Sixteen decode segments: each
+    step attends over a window at most 64 slots past its context."""
     c = _hf("qwen2_5_1_5b")
     _reasoning_files(c, "gsm8k")
-    c.mesh.update(data=1, fsdp=-1)
+    c.mesh.update(data=1, fsdp=-1, tensor=2)
     c.rl.update(
-        prompts_per_step=128,
+        prompts_per_step=192,
         group_size=8,
-        num_minibatches=4,
-        decode_segments=8,
+        num_minibatches=6,
+        decode_segments=16,
         max_new_tokens=1024,
         beta=0.04,
         num_microbatches=0,
         length_buckets=4,
-        gather_weights=True,  # bf16 weights: 3.1 GB per chip, no gather per decode step
+        gather_weights=True,  # bf16 weights / tensor: 1.5 GB per chip, no gather per decode step
     )
     c.optimizer.learning_rate = 1e-6
-    _per_update_schedule(c, updates_per_step=4)
+    _per_update_schedule(c, updates_per_step=6)
     c.train.topology, c.train.slices = "v5e:2x4", 1
     c.model.update(configlib.TPU_KERNELS)
     return c

@@ -396,6 +396,7 @@ def forward_with_cache(
     index: jax.Array | int,
     window: tuple[jax.Array, tuple[int, ...]] | None = None,
     with_routes: bool = False,
+    last_logits_only: bool = False,
 ) -> tuple[jax.Array, Cache] | tuple[jax.Array, Cache, jax.Array]:
     """Runs tokens int32[B, T] that occupy cache slots [index, index + T).
 
@@ -408,7 +409,9 @@ def forward_with_cache(
     with_routes: also return the experts each MoE layer's router picked for each token,
     (logits, cache, routes int32[B, T, M, k]) with M = `ModelConfig.num_moe_layers` in forward
     order (best expert first; padding tokens get their router's choice too, the caller masks
-    them). Raises ValueError for a model without MoE layers. A prefill (index the int 0,
+    them). Raises ValueError for a model without MoE layers. last_logits_only: the logits of
+    the last position only, float32[B, 1, V] (a left-padded prompt's next token: the prefill
+    then never makes the [B, T, V] logits of a whole prompt). A prefill (index the int 0,
     T > 1) with `ModelConfig.attention_impl` other than "xla" runs the prompt's self-attention
     through that kernel (`_prefill_mask`); decode steps always attend in XLA.
     """
@@ -452,6 +455,8 @@ def forward_with_cache(
             if with_routes and layer_routes is not None:
                 routes.append(layer_routes[None])
         new_layers.append(entry)
+    if last_logits_only:
+        x = x[:, -1:, :]
     logits = model.logits_from_hidden(model.final_norm(x))
     new_cache = {"layers": new_layers, "valid": valid}
     if not with_routes:

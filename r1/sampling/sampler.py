@@ -187,16 +187,21 @@ def _stop_hit(buffer: jax.Array, step: jax.Array, sequences) -> jax.Array:
 class DecodeState:
     """The static decode `lax.while_loop`'s carry (B rows, N = max_new_tokens, V vocabulary).
 
-    step: int32[], the next token index. logits: float32[B, V], the next token's logits.
-    done: bool[B], the row has ended. tokens: int32[B, N], mask: bool[B, N], logprobs /
-    sampling_logprobs: float32[B, N]: what `SampleOutput` returns, filled up to `step`.
+    step: int32[], the next token index. next_token: int32[B], that token, chosen from the
+    logits of the forward before (so the loop carries no [B, V] logits: they are made and used
+    within one iteration); next_logprob / next_sampling_logprob: float32[B], its log-probs
+    (`choose_tokens`). done: bool[B], the row has ended. tokens: int32[B, N], mask: bool[B, N],
+    logprobs / sampling_logprobs: float32[B, N]: what `SampleOutput` returns, filled up to
+    `step`.
     cache: the KV cache (`r1.sampling.kv_cache`), grown between decode segments.
     routes: int16[B, N, M, k] (`record_routes`, else None), each completion token's experts as
     `SampleOutput.routes`, filled up to `step`.
     """
 
     step: jax.Array
-    logits: jax.Array
+    next_token: jax.Array
+    next_logprob: jax.Array
+    next_sampling_logprob: jax.Array
     done: jax.Array
     tokens: jax.Array
     mask: jax.Array
@@ -288,7 +293,14 @@ def sample(
     if config.slots:
         cache = init_cache(model.config, num_prompts, prompt_len, config.cache_dtype)
         prefill = forward_with_cache(
-            model, prompt_tokens, positions, prompt_mask, cache, 0, with_routes=config.record_routes
+            model,
+            prompt_tokens,
+            positions,
+            prompt_mask,
+            cache,
+            0,
+            with_routes=config.record_routes,
+            last_logits_only=True,
         )
         logits, cache = prefill[:2]
         final = slot_decode(
@@ -349,7 +361,14 @@ def _static_decode(
     cache = init_cache(model.config, num_prompts, prompt_len + segment_ends[0], config.cache_dtype)
     record = config.record_routes
     prefill = forward_with_cache(
-        model, prompt_tokens, positions, prompt_mask, cache, 0, with_routes=record
+        model,
+        prompt_tokens,
+        positions,
+        prompt_mask,
+        cache,
+        0,
+        with_routes=record,
+        last_logits_only=True,
     )
     logits, cache = prefill[:2]
     last_logits = logits[:, -1, :]
@@ -359,13 +378,15 @@ def _static_decode(
     next_position = jnp.repeat(prompt_lengths, group)
     eos = jnp.asarray(config.eos_ids or (-1,), jnp.int32)
 
-    def body(state: DecodeState) -> DecodeState:
-        step = state.step
-        logits = state.logits
+    def choose(logits: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         if forced_lengths is not None:
             logits = force_eos(logits, step, forced_lengths, eos[0])
         keys = None if config.greedy else step_keys(row_keys, step)
-        token, lp, slp = choose_tokens(logits, keys, config)
+        return choose_tokens(logits, keys, config)
+
+    def body(state: DecodeState) -> DecodeState:
+        step = state.step
+        token, lp, slp = state.next_token, state.next_logprob, state.next_sampling_logprob
         active = ~state.done
         token = jnp.where(active, token, config.pad_id)
         tokens = state.tokens.at[:, step].set(token)
@@ -387,17 +408,22 @@ def _static_decode(
             with_routes=record,
         )
         logits, cache = fed[:2]
-        logits = shard(logits[:, 0, :], ("batch", "act_vocab"))
+        next_choice = choose(shard(logits[:, 0, :], ("batch", "act_vocab")), step + 1)
         routes = state.routes
         if record:  # this token's routes, kept where the row goes on (it is not the last)
             keep = (active & ~ended & (step < new - 1))[:, None, None]
             routes = routes.at[:, step].set(jnp.where(keep, fed[2][:, 0], -1).astype(jnp.int16))
             routes = shard(routes, ROUTE_AXES)
-        return DecodeState(step + 1, logits, done, tokens, mask, logp, slogp, cache, routes)
+        return DecodeState(step + 1, *next_choice, done, tokens, mask, logp, slogp, cache, routes)
 
+    first_token, first_logprob, first_sampling_logprob = choose(
+        last_logits, jnp.zeros((), jnp.int32)
+    )
     state = DecodeState(
         step=jnp.zeros((), jnp.int32),
-        logits=last_logits,
+        next_token=first_token,
+        next_logprob=first_logprob,
+        next_sampling_logprob=first_sampling_logprob,
         done=jnp.zeros((rows,), bool),
         tokens=jnp.full((rows, new), config.pad_id, jnp.int32),
         mask=jnp.zeros((rows, new), bool),

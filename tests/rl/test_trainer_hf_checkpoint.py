@@ -158,11 +158,13 @@ def _train(workdir, checkpoint, files, *extra):
         f"--config.tokenizer.path={checkpoint}",
         f"--config.data.files={files}",
         "--config.rl.prompts_per_step=2",
-        "--config.rl.num_minibatches=1",  # the variant's 4 need a multiple of 4 prompts
+        "--config.rl.num_minibatches=1",  # the variant's 6 need a multiple of 6 prompts
         "--config.rl.group_size=2",
         "--config.rl.max_new_tokens=8",
+        "--config.rl.decode_segments=2",  # the variant's 16 need >= 16 new tokens
         "--config.train.steps=3",
         "--config.mesh.fsdp=1",
+        "--config.mesh.tensor=1",  # one device
         "--config.model.attention_impl=xla",  # the variant's TPU kernel; this runs on CPU
         f"--workdir={workdir}",
         *extra,

@@ -9,6 +9,7 @@ from flax import nnx
 from r1 import sharding, testing
 from r1.models.transformer import Transformer
 from r1.sampling import SamplingConfig, cache_bytes_per_token, filters, generate, init_cache
+from r1.sampling.kv_cache import forward_with_cache
 from r1.sampling.sampler import left_pad, make_sampler
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]]
@@ -190,6 +191,25 @@ def test_mla_cache_holds_only_latent_and_rope_key():
     dense = testing.tiny_dense_config()
     gqa = init_cache(dense, batch=2, max_len=10)
     assert cache_bytes_per_token(gqa) == 2 * dense.num_kv_heads * dense.head_dim * 2 * 4
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_prefill_with_last_logits_only_equals_the_full_prefill(name):
+    """The sampler's prefill makes the last position's logits only: the same numbers as the
+    full [B, T, V] prefill's last position, and the same cache."""
+    model = _model(name)
+    tokens, mask = left_pad(PROMPTS, 8, 0)
+    tokens, mask = jnp.asarray(tokens), jnp.asarray(mask).astype(bool)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+    cache = init_cache(model.config, batch=len(PROMPTS), max_len=12)
+    full_logits, full_cache = forward_with_cache(model, tokens, positions, mask, cache, 0)
+    last, last_cache = forward_with_cache(
+        model, tokens, positions, mask, cache, 0, last_logits_only=True
+    )
+    assert last.shape == (len(PROMPTS), 1, model.config.vocab_size)
+    np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(full_logits[:, -1]), rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(last_cache), jax.tree.leaves(full_cache)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_generate_text_level():
