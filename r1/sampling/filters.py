@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from r1.sharding import compute_platform
+
 NEG_INF = -jnp.inf
 
 
@@ -71,10 +73,13 @@ def apply_filters(
 def argmax_rows(logits: jax.Array) -> jax.Array:
     """First index of the row maximum: float[B, V] -> int32[B] (as `jnp.argmax`, without NaNs).
 
-    Written as a max-reduce and a min-reduce over masked indices: two vectorised passes, where
-    XLA's CPU lowering of argmax (a variadic value-index reduce) is several times slower; the
-    decode loop runs this once per generated token.
+    On CPU written as a max-reduce and a min-reduce over masked indices: two vectorised passes,
+    where XLA's CPU lowering of argmax (a variadic value-index reduce) is several times slower;
+    on accelerators that one variadic reduce, a single pass over the logits. The decode loop
+    runs this once per generated token.
     """
+    if compute_platform() != "cpu":
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     vocab = logits.shape[-1]
     best = jnp.max(logits, axis=-1, keepdims=True)
     index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)

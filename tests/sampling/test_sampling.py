@@ -238,7 +238,10 @@ def test_config_validation():
     assert SamplingConfig(max_new_tokens=10, decode_segments=3).segment_ends() == (4, 7, 10)
 
 
-def test_argmax_rows_and_gumbel_sampling_match_jax():
+@pytest.mark.parametrize("platform", ["cpu", "tpu"])
+def test_argmax_rows_and_gumbel_sampling_match_jax(platform, monkeypatch):
+    """Both forms of argmax_rows: CPU's two passes and accelerators' one variadic reduce."""
+    monkeypatch.setattr(filters, "compute_platform", lambda: platform)
     logits = jax.random.normal(jax.random.key(0), (16, 50))
     logits = logits.at[3, 5].set(9.0).at[3, 7].set(9.0)  # a tie: the first index wins
     np.testing.assert_array_equal(filters.argmax_rows(logits), jnp.argmax(logits, axis=-1))
