@@ -3,8 +3,9 @@ r"""R1-Zero: GRPO from a base model with rule rewards only (accuracy + format), 
 tiny (the embedded CPU demo, 2 cores, about 4 minutes):
     python -m experiments.train --config=configs/r1_zero.py:tiny --workdir=runs/r1_zero_tiny
 
-qwen2_5_1_5b_gsm8k (one TPU v4-8 / v5e-8 host; on one GPU add --config.mesh.tensor=1; local
-checkpoint and GSM8K files):
+qwen2_5_1_5b_gsm8k (one TPU v4-8 / v5e-8 host; on one GPU add --config.mesh.tensor=1 and fewer
+rows, e.g. --config.rl.prompts_per_step=32 --config.rl.num_minibatches=1; local checkpoint and
+GSM8K files):
     python -m experiments.train --config=configs/r1_zero.py:qwen2_5_1_5b_gsm8k \
         --config.init.hf_path=/ckpt/Qwen2.5-1.5B --config.tokenizer.path=/ckpt/Qwen2.5-1.5B \
         --config.data.files=/data/gsm8k/train.jsonl --workdir=gs://bucket/r1_zero_1_5b

@@ -185,7 +185,7 @@ def _stop_hit(buffer: jax.Array, step: jax.Array, sequences) -> jax.Array:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DecodeState:
-    """The static decode `lax.while_loop`'s carry (B rows, N = max_new_tokens, V vocabulary).
+    """The static decode `lax.while_loop`'s carry (B rows, N = max_new_tokens).
 
     step: int32[], the next token index. next_token: int32[B], that token, chosen from the
     logits of the forward before (so the loop carries no [B, V] logits: they are made and used
