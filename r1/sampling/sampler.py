@@ -30,7 +30,7 @@ from r1.sampling.kv_cache import (
     repeat_rows,
 )
 from r1.sampling.slots import decode_scope, slot_decode
-from r1.sampling.tokens import choose_tokens, force_eos, step_keys
+from r1.sampling.tokens import choose_at
 from r1.sharding import (
     current_mesh,
     named_sharding,
@@ -379,10 +379,7 @@ def _static_decode(
     eos = jnp.asarray(config.eos_ids or (-1,), jnp.int32)
 
     def choose(logits: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        if forced_lengths is not None:
-            logits = force_eos(logits, step, forced_lengths, eos[0])
-        keys = None if config.greedy else step_keys(row_keys, step)
-        return choose_tokens(logits, keys, config)
+        return choose_at(logits, step, row_keys, config, forced_lengths, eos[0])
 
     def body(state: DecodeState) -> DecodeState:
         step = state.step

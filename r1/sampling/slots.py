@@ -36,7 +36,7 @@ from r1.sampling.kv_cache import (
     init_routes,
     refill_rows,
 )
-from r1.sampling.tokens import choose_tokens, force_eos, step_keys
+from r1.sampling.tokens import choose_at
 from r1.sharding import shard
 
 
@@ -144,11 +144,8 @@ def slot_decode(
         )
         active, index = state.active, state.index
         safe_row = jnp.minimum(state.row, rows - 1)
-        logits = state.logits
-        if forced_lengths is not None:
-            logits = force_eos(logits, index, forced_lengths[safe_row], eos[0])
-        keys = None if config.greedy else step_keys(row_keys[safe_row], index)
-        token, lp, slp = choose_tokens(logits, keys, config)
+        forced = None if forced_lengths is None else forced_lengths[safe_row]
+        token, lp, slp = choose_at(state.logits, index, row_keys[safe_row], config, forced, eos[0])
         token = jnp.where(active, token, config.pad_id)
         out_row = jnp.where(active, state.row, rows)  # idle slots write nowhere ("drop")
 

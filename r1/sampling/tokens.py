@@ -69,3 +69,20 @@ def force_eos(
     is_eos = jnp.arange(logits.shape[-1])[None, :] == eos
     at_end = (jnp.broadcast_to(index, lengths.shape) == lengths - 1)[:, None]
     return jnp.where(at_end, jnp.where(is_eos, 0.0, -jnp.inf), jnp.where(is_eos, -jnp.inf, logits))
+
+
+def choose_at(
+    logits: jax.Array,
+    token_index: jax.Array,
+    row_keys: jax.Array,
+    config: Any,
+    forced_lengths: jax.Array | None = None,
+    eos: jax.Array | int = -1,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`choose_tokens` for token `token_index` (int32[B] or a scalar) of rows with keys
+    row_keys [B]: each row's key folded with the index (`step_keys`), and with forced_lengths
+    int32[B] each row ending at exactly that many tokens with `eos` (`force_eos`)."""
+    if forced_lengths is not None:
+        logits = force_eos(logits, token_index, forced_lengths, eos)
+    keys = None if config.greedy else step_keys(row_keys, token_index)
+    return choose_tokens(logits, keys, config)
