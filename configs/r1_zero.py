@@ -312,6 +312,9 @@ def deepseek_v3() -> ml_collections.ConfigDict:
         # The sampler keeps the 61 layers scanned: one layer body per block keeps the program
         # (and its compile on a pod) small, and bf16 weights are not copied per layer.
         unstack_layers=False,
+        # The decode's dense weights laid out once over all chips, the activations moving to
+        # them (`STATIONARY_DECODE_RULES`): no per-step gather of MLA / MLP / lm-head weights.
+        stationary_weights=True,
         # Continuous batching: 512 of the 1,024 rows decode at once (one per chip on 1,024
         # chips: a slot count the batch rule splits evenly over fsdp x expert on both pods).
         slots=512,

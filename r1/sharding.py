@@ -50,6 +50,11 @@ DEFAULT_RULES: Rules = (
     # The slot decode's prompt cache is split by position, not by prompt: a refill then takes
     # any prompt's prefix locally and one all-to-all moves it to the slot's device.
     ("cache_prompt_length", ("data", "fsdp", "expert")),
+    # A decode's KV cache and the attention over it: rows as `batch`, heads as `act_heads`. Named
+    # apart so that a decode layout can split the cache by rows while the projections around it
+    # keep every row on every device (`STATIONARY_DECODE_RULES`).
+    ("cache_batch", ("data", "fsdp", "expert")),
+    ("cache_heads", "tensor"),
     # parameters
     ("vocab", "tensor"),
     # ZeRO-3 over every data-like axis: a weight's embed (or MLA latent) dimension is split
@@ -63,6 +68,49 @@ DEFAULT_RULES: Rules = (
     ("kv_lora", ("fsdp", "expert")),
     ("expert", "expert"),
     ("expert_mlp", "tensor"),
+    ("norm", None),
+    ("layers", None),
+)
+
+# The weights-stationary decode layout (`r1.sampling.SamplingConfig.stationary_weights`). A
+# decode step multiplies a few rows by every weight, so the bytes it moves are the weights' and
+# the activations are small: here no weight is gathered or copied per step. Each weight is split
+# over every device and the activations move to it instead (the 2D weight-stationary layout of
+# Pope et al., 2022):
+# - dense weights: the embed (and MLA latent) dimension over `expert`, the heads / mlp / vocab
+#   dimension over fsdp x tensor. The projections' inputs and outputs keep every row on every
+#   device (`batch` over `data` only), split along embed or heads, and the partial sums of a
+#   split contraction are added across devices.
+# - routed experts: experts over `expert`, their hidden (`expert_mlp`) columns over
+#   fsdp x tensor; every device takes every token (`act_tokens` over `data` only) and its local
+#   experts' columns, and the outputs are summed over the mesh (`r1.models.moe`).
+# - the KV cache and the attention over it stay split by rows (`cache_batch`), each device
+#   attending for its rows with all heads of its tensor shard; `relayout` moves the queries and
+#   outputs between the two layouts by all-to-alls.
+# The mapping assumes the 4-axis mesh of `MESH_AXES`; an axis of size 1 drops out as everywhere.
+STATIONARY_DECODE_RULES: Rules = (
+    ("batch", "data"),
+    ("length", None),
+    ("act_embed", "expert"),
+    ("act_heads", ("fsdp", "tensor")),
+    ("act_kv_heads", ("fsdp", "tensor")),
+    ("act_mlp", ("fsdp", "tensor")),
+    ("act_vocab", ("fsdp", "tensor", "expert")),
+    ("act_expert", "expert"),
+    ("act_tokens", "data"),
+    ("cache_prompt_length", ("data", "fsdp", "expert")),
+    ("cache_batch", ("data", "fsdp", "expert")),
+    ("cache_heads", "tensor"),
+    ("vocab", ("fsdp", "tensor")),
+    ("embed", "expert"),
+    ("mlp", ("fsdp", "tensor")),
+    ("heads", ("fsdp", "tensor")),
+    ("kv_heads", ("fsdp", "tensor")),
+    ("head_dim", None),
+    ("q_lora", "expert"),
+    ("kv_lora", "expert"),
+    ("expert", "expert"),
+    ("expert_mlp", ("fsdp", "tensor")),
     ("norm", None),
     ("layers", None),
 )
@@ -289,6 +337,17 @@ def rules_without(mesh_axes: Sequence[str], rules: Rules | None = None) -> Rules
     return tuple(out)
 
 
+def cache_rows_apart(rules: Rules | None = None) -> bool:
+    """Whether `rules` (default: the current ones) split a decode's KV cache (`cache_batch`,
+    `cache_heads`) unlike the activations around it (`batch`, `act_heads`), as
+    `STATIONARY_DECODE_RULES` do: the attention then needs its query moved to the cache's split."""
+    table = {name: _as_tuple(axes) for name, axes in (rules or current_rules())}
+    return (table.get("batch"), table.get("act_heads")) != (
+        table.get("cache_batch"),
+        table.get("cache_heads"),
+    )
+
+
 def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
     """Shardings for a batch dict: rows (axis 0) on the `batch` logical axis, every other axis
     unsharded. Values: arrays, numpy arrays or `jax.ShapeDtypeStruct`s."""
@@ -315,6 +374,42 @@ def shard(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     if len(names) != x.ndim:
         raise ValueError(f"shard: {len(names)} names {tuple(names)} for an array of rank {x.ndim}")
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))
+
+
+def relayout(x: jax.Array, source: Sequence[str | None], target: Sequence[str | None]) -> jax.Array:
+    """x, laid out by the logical names `source`, constrained to `target`, one mesh axis moved
+    between dimensions at a time: each move is one all-to-all of x's shards, where one
+    constraint to `target` may let XLA replicate x first (broadcast + all-reduce). Axes only in
+    `source` are gathered and axes only in `target` sliced at the end. A no-op outside a mesh."""
+    mesh = _active_mesh()
+    if mesh is None:
+        return x
+    if not len(source) == len(target) == x.ndim:
+        raise ValueError(f"relayout: names {tuple(source)} -> {tuple(target)} for rank {x.ndim}")
+
+    def axes_of(spec: PartitionSpec) -> list[list[str]]:
+        entries = tuple(spec) + (None,) * (x.ndim - len(spec))
+        return [list(_as_tuple(e) or ()) for e in entries]
+
+    def spec_of(layout: list[list[str]]) -> PartitionSpec:
+        return PartitionSpec(
+            *(None if not a else a[0] if len(a) == 1 else tuple(a) for a in layout)
+        )
+
+    current = axes_of(logical_to_spec(source, x.shape, mesh))
+    wanted = axes_of(logical_to_spec(target, x.shape, mesh))
+    x = jax.lax.with_sharding_constraint(x, spec_of(current))
+    for dim, axes in enumerate(wanted):
+        for axis in axes:
+            held = next((d for d, a in enumerate(current) if axis in a), None)
+            if held is None or held == dim:
+                continue
+            current[held].remove(axis)
+            # Keep the target's order of mesh axes within the dimension.
+            before = axes[: axes.index(axis)]
+            current[dim].insert(sum(a in before for a in current[dim]), axis)
+            x = jax.lax.with_sharding_constraint(x, spec_of(current))
+    return jax.lax.with_sharding_constraint(x, spec_of(wanted))
 
 
 # --------------------------------------------------------------------------------- params

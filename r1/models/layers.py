@@ -178,7 +178,8 @@ class MLP(nnx.Module):
             gate = jnp.einsum("btd,df->btf", x, self.gate[...].astype(dt))
             up = jnp.einsum("btd,df->btf", x, self.up[...].astype(dt))
         hidden = shard(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        return jnp.einsum("btf,fd->btd", hidden, self.down[...].astype(dt))
+        out = jnp.einsum("btf,fd->btd", hidden, self.down[...].astype(dt))
+        return shard(out, ("batch", "length", "act_embed"))
 
 
 # ------------------------------------------------------------------------- rotary embeddings

@@ -49,7 +49,7 @@ from r1.models.layers import (
     rope_cos_sin,
     rope_frequencies,
 )
-from r1.sharding import shard
+from r1.sharding import relayout, shard
 
 # transformers and DeepSeek's reference build q_a_layernorm / kv_a_layernorm with the RMSNorm
 # default eps (1e-6), not `config.rms_norm_eps`.
@@ -354,13 +354,17 @@ class MLAttention(nnx.Module):
         mask = dense_mask(mask)
         w_uk, w_uv = self._split_kv_b()
         q_latent = jnp.einsum("bthn,chn->bthc", q_nope, w_uk)
-        q_latent = shard(q_latent, ("batch", "length", "act_heads", None))
+        # The attention runs where the cache rows are (`cache_batch`); the projections on
+        # either side may split rows differently (`r1.sharding.STATIONARY_DECODE_RULES`).
+        at_cache = ("cache_batch", "length", "cache_heads", None)
+        q_latent = relayout(q_latent, ("batch", "length", "act_heads", "kv_lora"), at_cache)
+        q_rope = relayout(q_rope, ("batch", "length", "act_heads", None), at_cache)
         scores = jnp.einsum(
             "bthc,bsc->bhts", q_latent, kv_latent, preferred_element_type=jnp.float32
         ) + jnp.einsum("bthr,bsr->bhts", q_rope, k_rope, preferred_element_type=jnp.float32)
         probs = _masked_softmax(scores * self.scale, mask).astype(kv_latent.dtype)
         o_latent = jnp.einsum("bhts,bsc->bthc", probs, kv_latent)
-        o_latent = shard(o_latent, ("batch", "length", "act_heads", None))
+        o_latent = relayout(o_latent, at_cache, ("batch", "length", "act_heads", "kv_lora"))
         attn = jnp.einsum("bthc,chv->bthv", o_latent, w_uv)
         return self.output(shard(attn, ("batch", "length", "act_heads", None)))
 

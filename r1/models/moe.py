@@ -60,7 +60,7 @@ from r1.models.routing import (
     total_balance_loss,
     update_routing_bias,
 )
-from r1.sharding import _active_mesh, compute_platform, logical_to_spec
+from r1.sharding import _active_mesh, compute_platform, logical_to_spec, relayout
 
 __all__ = [  # with the routing core of r1.models.routing, re-exported
     "GMM_IMPLS",
@@ -113,7 +113,11 @@ def _swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
     return jax.nn.silu(gate) * up
 
 
-def _ragged_ffn(x, group_sizes, w_gate, w_up, w_down):
+def _scaled(h: jax.Array, row_scale: jax.Array | None) -> jax.Array:
+    return h if row_scale is None else h * row_scale[:, None].astype(h.dtype)
+
+
+def _ragged_ffn(x, group_sizes, w_gate, w_up, w_down, row_scale=None):
     if w_up is None:  # joined [G, D, 2, F]: one grouped matmul for gate and up
         g, d, _, f = w_gate.shape
         gate_up = jax.lax.ragged_dot(x, w_gate.reshape(g, d, 2 * f), group_sizes)
@@ -122,7 +126,7 @@ def _ragged_ffn(x, group_sizes, w_gate, w_up, w_down):
     else:
         gate = jax.lax.ragged_dot(x, w_gate, group_sizes)
         up = jax.lax.ragged_dot(x, w_up, group_sizes)
-    return jax.lax.ragged_dot(_swiglu(gate, up), w_down, group_sizes)
+    return jax.lax.ragged_dot(_scaled(_swiglu(gate, up), row_scale), w_down, group_sizes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +140,14 @@ class _MegabloxTiling:
     tk: int = 512
     tn: int = 512
 
-    def rows_tile(self, m: int) -> int:  # rows are padded to a multiple of this (of 16)
-        return min(self.tm, max(16, -(-m // 16) * 16))
+    whole: int = 2048  # up to this many rows are one tile (of 16)
+
+    def rows_tile(self, m: int) -> int:
+        """Rows are padded to a multiple of this: all m (rounded up to 16) when m <= whole,
+        so that a small matmul (a decode step's tokens) reads each expert's weights once,
+        else tm."""
+        rounded = max(16, -(-m // 16) * 16)
+        return rounded if rounded <= self.whole else self.tm
 
     def __call__(self, m: int, k: int, n: int) -> tuple[int, int, int]:
         return self.rows_tile(m), min(k, self.tk), min(n, self.tn)
@@ -146,7 +156,7 @@ class _MegabloxTiling:
 MEGABLOX_TILING = _MegabloxTiling()
 
 
-def _megablox_ffn(x, group_sizes, w_gate, w_up, w_down, tiling=MEGABLOX_TILING):
+def _megablox_ffn(x, group_sizes, w_gate, w_up, w_down, tiling=MEGABLOX_TILING, row_scale=None):
     """Grouped SwiGLU with the Pallas TPU megablox kernel (differentiable: `tgmm` for the weight
     gradients); interpreted off TPU. Rows are zero-padded to a multiple of the row tile. The
     kernel leaves rows outside every group unwritten (in its outputs and in its input-gradient),
@@ -173,7 +183,9 @@ def _megablox_ffn(x, group_sizes, w_gate, w_up, w_down, tiling=MEGABLOX_TILING):
         gate, up = gate_up[:, 0], gate_up[:, 1]
     else:
         gate, up = gmm(xp, w_gate), gmm(xp, w_up)
-    return gmm(_swiglu(gate, up), w_down)[:m]
+    if row_scale is not None:
+        row_scale = jnp.pad(row_scale, (0, rows - m))
+    return gmm(_scaled(_swiglu(gate, up), row_scale), w_down)[:m]
 
 
 def block_size(rows: int, groups: int) -> int:
@@ -185,7 +197,7 @@ def block_size(rows: int, groups: int) -> int:
     return max(1, rows // (4 * groups))
 
 
-def _blocked_ffn(x, group_sizes, w_gate, w_up, w_down, tile: int | None = None):
+def _blocked_ffn(x, group_sizes, w_gate, w_up, w_down, tile: int | None = None, row_scale=None):
     """Blocked grouped SwiGLU: rows padded per group to a multiple of `tile`; every tile
     multiplies its group's weights (gathered per tile) in one batched matmul (w_up None: w_gate
     is the joined [G, D, 2, F] weight, one batched matmul for gate and up)."""
@@ -216,6 +228,10 @@ def _blocked_ffn(x, group_sizes, w_gate, w_up, w_down, tile: int | None = None):
     else:
         wu = jnp.take(w_up, tile_group, axis=0)
         h = _swiglu(jnp.einsum("tmd,tdf->tmf", xp, wg), jnp.einsum("tmd,tdf->tmf", xp, wu))
+    if row_scale is not None:
+        h = h * jnp.where(r_valid, jnp.take(row_scale, src), 0).astype(h.dtype).reshape(
+            n_tiles, tile, 1
+        )
     yp = jnp.einsum("tmf,tfd->tmd", h, wd).reshape(rows, -1)
     # Sorted row i -> padded row.
     i = jnp.arange(m, dtype=jnp.int32)
@@ -232,6 +248,7 @@ def grouped_ffn(
     w_up: jax.Array | None,
     w_down: jax.Array,
     impl: str = "auto",
+    row_scale: jax.Array | None = None,
 ) -> jax.Array:
     """SwiGLU experts over rows sorted by expert.
 
@@ -243,17 +260,19 @@ def grouped_ffn(
     impl: "ragged_dot" (`jax.lax.ragged_dot`: native on GPU, dense on CPU and TPU), "megablox"
     (the Pallas TPU grouped-matmul kernel; interpreted elsewhere, slowly: for tests), "blocked"
     (tiled batched matmul, any backend) or "auto" (megablox on TPU, ragged_dot on GPU, blocked
-    on CPU). megablox takes bfloat16 or float32 only.
+    on CPU). megablox takes bfloat16 or float32 only. row_scale: float[M] or None; row i's
+    output is scaled by row_scale[i], applied to its [F] hidden activations before the down
+    projection (linear in them) rather than to its [D] output.
     """
     impl = resolve_gmm_impl(impl)
     if impl == "megablox":
-        return _megablox_ffn(x, group_sizes, w_gate, w_up, w_down)
+        return _megablox_ffn(x, group_sizes, w_gate, w_up, w_down, row_scale=row_scale)
     if impl == "ragged_dot":
-        y = _ragged_ffn(x, group_sizes, w_gate, w_up, w_down)
+        y = _ragged_ffn(x, group_sizes, w_gate, w_up, w_down, row_scale)
         total = jnp.sum(group_sizes)
         in_group = jnp.arange(x.shape[0], dtype=jnp.int32) < total
         return jnp.where(in_group[:, None], y, 0)
-    return _blocked_ffn(x, group_sizes, w_gate, w_up, w_down)
+    return _blocked_ffn(x, group_sizes, w_gate, w_up, w_down, row_scale=row_scale)
 
 
 def expert_ffn_dispatch(
@@ -266,15 +285,19 @@ def expert_ffn_dispatch(
     w_down: jax.Array,
     expert_offset: jax.Array | int = 0,
     impl: str = "auto",
+    bound_rows: bool = False,
 ) -> jax.Array:
     """Dropless routed-expert output sum_j w_tj * FFN_{e_tj}(x_t) for the local experts.
 
-    x: float[N, D]; topk_idx: int32[N, k] global expert ids; topk_weight: float32[N, k];
-    keep: bool[N, k] (False: padding or dropped by capacity, contributes nothing and costs no
-    expert rows). w_*: the local experts [E_local, ...] as in `grouped_ffn` (w_up None: w_gate
-    joined), global ids expert_offset + [0, E_local).
-    Assignments to other experts are skipped. Returns float[N, D] (zeros for tokens with no
-    local assignment).
+    x: float[N, D]; topk_idx: int32[N, k] global expert ids (distinct per token, as top-k
+    picks them); topk_weight: float32[N, k]; keep: bool[N, k] (False: padding or dropped by
+    capacity, contributes nothing and costs no expert rows). w_*: the local experts
+    [E_local, ...] as in `grouped_ffn` (w_up None: w_gate joined), global ids
+    expert_offset + [0, E_local). Assignments to other experts are skipped. Returns float[N, D]
+    (zeros for tokens with no local assignment).
+    bound_rows: the sorted row buffer holds N x min(k, E_local) rows instead of N x k (a token
+    has at most min(k, E_local) local assignments, and they sort first), and the outputs are
+    added back to their tokens by a scatter: the same sums, a smaller buffer when E_local < k.
     """
     n, k = topk_idx.shape
     n_local = w_gate.shape[0]
@@ -283,8 +306,15 @@ def expert_ffn_dispatch(
     key = jnp.where(is_local, local_id, n_local).astype(jnp.int32)  # sentinel sorts last
     order = jnp.argsort(key, stable=True)  # [N k]
     group_sizes = jnp.zeros((n_local + 1,), jnp.int32).at[key].add(1)[:n_local]
+    if bound_rows:
+        order = order[: n * min(k, n_local)]
     token = order // k
-    x_sorted = jnp.take(x, token, axis=0)  # [N k, D]
+    x_sorted = jnp.take(x, token, axis=0)  # [rows, D]
+    if bound_rows:
+        # Each row's gate weight scales its hidden activations: no [rows, D] product.
+        weight = jnp.where(is_local, topk_weight.reshape(-1), 0.0)[order]
+        y_sorted = grouped_ffn(x_sorted, group_sizes, w_gate, w_up, w_down, impl, weight)
+        return jnp.zeros((n, x.shape[1]), y_sorted.dtype).at[token].add(y_sorted)
     y_sorted = grouped_ffn(x_sorted, group_sizes, w_gate, w_up, w_down, impl)
     inverse = jnp.zeros_like(order).at[order].set(jnp.arange(n * k, dtype=order.dtype))
     y = jnp.take(y_sorted, inverse, axis=0).reshape(n, k, -1)  # [N, k, D]
@@ -346,6 +376,10 @@ def _routed_experts(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, impl, 
     e_axes, f_axes = _spec_axes(w_spec[0]), _spec_axes(w_spec[2])
     gather_axes = tuple(a for a in tok_axes if a in e_axes + f_axes)
     sum_axes = tuple(a for a in e_axes + f_axes if a not in tok_axes)
+    # Every device holding every token (`act_tokens` unsplit, as in the weights-stationary
+    # decode layout): no token gathers; the row buffer is bounded by the local experts and the
+    # partial outputs are added in float32 over the weight-sharding axes.
+    whole_tokens = not gather_axes and not tok_axes
     tok2 = PartitionSpec(tok_spec[0], None)
     w_in = PartitionSpec(w_spec[0], *(None,) * (w_gate.ndim - 2), w_spec[2])
     w_out = PartitionSpec(w_spec[0], w_spec[2], None)
@@ -361,15 +395,23 @@ def _routed_experts(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, impl, 
             if gather_axes:
                 gather = lambda a: jax.lax.all_gather(a, gather_axes, axis=0, tiled=True)
                 x, idx, weight, keep = gather(x), gather(idx), gather(weight), gather(keep)
-            # The local experts take E_local / E of the assignments under balanced routing:
-            # the grouped matmuls' share of their row buffer, stated for the cost report.
-            with jax.named_scope(grouped_rows_scope(wg.shape[0] / e)):
-                y = expert_ffn_dispatch(x, idx, weight, keep, wg, wu, wd, offset, impl)
+            # The local experts take E_local / E of the N x k assignments under balanced
+            # routing: the grouped matmuls' share of their row buffer (N x k rows, or
+            # N x min(k, E_local) when bounded), stated for the cost report.
+            k, local = idx.shape[1], wg.shape[0]
+            buffer = min(k, local) if whole_tokens else k
+            with jax.named_scope(grouped_rows_scope(min(1.0, k * local / (e * buffer)))):
+                y = expert_ffn_dispatch(
+                    x, idx, weight, keep, wg, wu, wd, offset, impl, bound_rows=whole_tokens
+                )
             if gather_axes:
                 y = jax.lax.psum_scatter(y, gather_axes, scatter_dimension=0, tiled=True)
             return y
 
-        y = _in_token_chunks(dispatch, chunk, x, idx, weight, keep)
+        # Whole tokens are a decode step's few: one pass reads the local experts' weights once.
+        y = _in_token_chunks(dispatch, 0 if whole_tokens else chunk, x, idx, weight, keep)
+        if sum_axes and whole_tokens:
+            return jax.lax.psum(y.astype(jnp.float32), sum_axes).astype(y.dtype)
         if sum_axes:
             y = jax.lax.psum(y, sum_axes)
         return y
@@ -475,8 +517,11 @@ class MoE(nnx.Module):
             w_gate, w_up = self.w_gate_up[...].astype(dt), None
         else:
             w_gate, w_up = self.w_gate[...].astype(dt), self.w_up[...].astype(dt)
+        # Tokens as the dispatch takes them (`act_tokens`), moved by all-to-alls from a decode
+        # layout that splits their embed dimension (`r1.sharding.STATIONARY_DECODE_RULES`).
+        tokens = relayout(x.reshape(b * t, d), ("batch", "act_embed"), ("act_tokens", None))
         y = _routed_experts(
-            x.reshape(b * t, d),
+            tokens,
             topk_idx,
             topk_weight,
             keep,
@@ -485,7 +530,8 @@ class MoE(nnx.Module):
             self.w_down[...].astype(dt),
             self.gmm_impl,
             cfg.moe_token_chunk_size,
-        ).reshape(b, t, d)
+        )
+        y = relayout(y, ("act_tokens", None), ("batch", "act_embed")).reshape(b, t, d)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         return y.astype(dt), stats

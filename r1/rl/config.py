@@ -283,7 +283,9 @@ dataclasses.
 prompts_per_step: P prompts per step (global), each sampled group_size G times. Sampling
 (`SamplingConfig`): max_new_tokens, temperature, top_k, top_p, min_p, cache_dtype,
 decode_segments, unstack_layers, slots (rows decoded at once; 0: all of them), gather_weights
-(the fsdp shards of the weights gathered once per rollout, not every decode step). Loss
+(the fsdp shards of the weights gathered once per rollout, not every decode step),
+stationary_weights (the weights laid out once over every device for the decode, the
+activations moving to them). Loss
 (`GRPOLossConfig`): eps_low / eps_high (clip range), dual_clip (None or c > 1), beta (k3 KL
 weight; 0 drops the reference), ratio_level, aggregation, mask_truncated,
 drop_zero_variance_groups. Advantages: advantage (one of

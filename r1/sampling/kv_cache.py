@@ -35,13 +35,13 @@ from r1.models.config import ModelConfig
 from r1.models.layers import dtype_of
 from r1.models.transformer import LayerStack, Transformer
 from r1.sampling import decode_kernel
-from r1.sharding import compute_platform, shard
+from r1.sharding import cache_rows_apart, compute_platform, relayout, shard
 
 Cache = dict[str, Any]
 
-GQA_K_AXES = ("batch", "act_kv_heads", None, None)
-GQA_V_AXES = ("batch", "act_kv_heads", None, None)
-MLA_AXES = ("batch", None, None)
+GQA_K_AXES = ("cache_batch", "cache_heads", None, None)
+GQA_V_AXES = ("cache_batch", "cache_heads", None, None)
+MLA_AXES = ("cache_batch", None, None)
 # The slot decode's prompt cache (`by_position`): split over positions, rows whole.
 PROMPT_AXES = {
     "k": (None, "act_kv_heads", None, "cache_prompt_length"),
@@ -75,7 +75,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = N
 
 
 # Recorded routes int16[rows, tokens, M, k] (`SamplingConfig.record_routes`): split by rows.
-ROUTE_AXES = ("batch", None, None, None)
+ROUTE_AXES = ("cache_batch", None, None, None)
 
 
 def init_routes(cfg: ModelConfig, rows: int, tokens: int) -> jax.Array:
@@ -262,6 +262,10 @@ def _gqa_cached(
         k, v = (a.astype(entry["k"].dtype).astype(q.dtype) for a in (k, v))
         out = kernel_attend(q, k, v, prefill_mask, attn.scale, attn.attention_impl, attn.block_size)
     elif t == 1:
+        apart = cache_rows_apart()
+        at_cache = ("cache_batch", "length", "cache_heads", None, None)
+        if apart:  # attend where the cache rows are (`r1.sharding.STATIONARY_DECODE_RULES`)
+            qg = relayout(qg, ("batch", "length", "act_kv_heads", None, None), at_cache)
 
         def attend(k_cache, v_cache, mask):
             if (
@@ -275,6 +279,8 @@ def _gqa_cached(
             return _decode_attention(qg[:, 0], k_cache, v_cache, mask[:, 0], attn.scale)
 
         out = _in_window(window, attend, ((k_cache, 3), (v_cache, 2), (mask, 2)))
+        if apart:
+            out = relayout(out[:, None], at_cache, ("batch", "length", "act_kv_heads", None, None))
         out = out.reshape(b, 1, h, d)
     else:
         qg, k_cache, v_cache = _batched_dot_operands(qg, k_cache, v_cache)

@@ -29,15 +29,15 @@ from r1.sampling.kv_cache import (
     init_routes,
     repeat_rows,
 )
+from r1.sampling.layouts import decode_layout, gathered_over_fsdp
 from r1.sampling.slots import decode_scope, slot_decode
 from r1.sampling.tokens import choose_at
 from r1.sharding import (
-    current_mesh,
+    axis_rules,
     named_sharding,
     place_state,
-    rules_without,
+    relayout,
     shard,
-    state_shardings,
     use_mesh,
 )
 
@@ -70,6 +70,15 @@ class SamplingConfig:
     the decode loop (in the compute dtype, still split over tensor / expert): each decode step
     then reads its shard of the weights with no all-gather, for a copy of the weights / (tensor
     x expert) per device. False: every step gathers them again (no extra memory).
+    stationary_weights: decode in the weights-stationary layout
+    (`r1.sharding.STATIONARY_DECODE_RULES`): before the decode loop the weights are laid out
+    once split over every device (dense: embed over `expert`, heads / mlp / vocab over
+    fsdp x tensor; routed experts: over `expert`, their hidden columns over fsdp x tensor), and
+    each step moves the rows' activations to them instead of gathering weights: a step reads
+    about its 1 / devices share of the weights, for small activation collectives per
+    projection. For a mesh with `expert` and `fsdp` axes and few rows per device (DeepSeek-V3
+    on a pod); the prefill keeps the training layout. The same samples up to the order of
+    floating-point sums. Not with gather_weights.
     record_routes: also return, for every token fed to the model, the experts each MoE layer's
     router picked for it (`SampleOutput.routes`, for routing replay in training). Needs a
     model with MoE layers. The samples are the same with or without it.
@@ -91,6 +100,7 @@ class SamplingConfig:
     slots: int = 0
     record_routes: bool = False
     gather_weights: bool = False
+    stationary_weights: bool = False
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -113,6 +123,11 @@ class SamplingConfig:
         if self.slots < 0:
             raise ValueError(
                 f"SamplingConfig.slots must be >= 0 (0: static batch), got {self.slots}"
+            )
+        if self.gather_weights and self.stationary_weights:
+            raise ValueError(
+                "SamplingConfig: gather_weights and stationary_weights are two layouts of the "
+                "decode's weights; set at most one"
             )
         if any(len(s) == 0 for s in self.stop_sequences):
             raise ValueError("SamplingConfig.stop_sequences must not contain an empty sequence")
@@ -233,18 +248,6 @@ def _check_routes(model: Transformer) -> None:
         )
 
 
-def gathered_over_fsdp(model: nnx.Module) -> nnx.Module:
-    """`model` with its parameters constrained to the sharding rules without the fsdp axis
-    (one all-gather of each, where it is placed), inside a mesh with fsdp > 1; else `model`."""
-    mesh = current_mesh()
-    if mesh is None or dict(mesh.shape).get("fsdp", 1) == 1:
-        return model
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    shardings = state_shardings(params, mesh, rules_without(("fsdp",)))
-    params = jax.tree.map(jax.lax.with_sharding_constraint, params, shardings)
-    return nnx.merge(graphdef, params, rest)
-
-
 def sample(
     model: Transformer,
     prompt_tokens: jax.Array,
@@ -303,15 +306,18 @@ def sample(
             last_logits_only=True,
         )
         logits, cache = prefill[:2]
-        final = slot_decode(
-            model,
-            by_position(cache),
-            logits[:, -1, :],
-            prompt_lengths,
-            row_keys,
-            config,
-            forced_lengths,
-        )
+        prompt_cache = by_position(cache)
+        decode_model, decode_rules = decode_layout(model, config.stationary_weights)
+        with axis_rules(decode_rules):
+            final = slot_decode(
+                decode_model,
+                prompt_cache,
+                logits[:, -1, :],
+                prompt_lengths,
+                row_keys,
+                config,
+                forced_lengths,
+            )
         tokens, mask, done, steps = final.tokens, final.mask, final.done, final.steps
         logp, slogp = final.logprobs, final.sampling_logprobs
         if config.record_routes:
@@ -377,6 +383,7 @@ def _static_decode(
         last_logits = jnp.repeat(last_logits, group, axis=0)
     next_position = jnp.repeat(prompt_lengths, group)
     eos = jnp.asarray(config.eos_ids or (-1,), jnp.int32)
+    decode_model, decode_rules = decode_layout(model, config.stationary_weights)
 
     def choose(logits: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         return choose_at(logits, step, row_keys, config, forced_lengths, eos[0])
@@ -396,7 +403,7 @@ def _static_decode(
         done = state.done | (active & ended)
         position = (next_position + step)[:, None]
         fed = forward_with_cache(
-            model,
+            decode_model,
             token[:, None],
             position,
             active[:, None],
@@ -405,7 +412,9 @@ def _static_decode(
             with_routes=record,
         )
         logits, cache = fed[:2]
-        next_choice = choose(shard(logits[:, 0, :], ("batch", "act_vocab")), step + 1)
+        # Chosen where the row's cache is (`cache_batch`; see `STATIONARY_DECODE_RULES`).
+        row_logits = relayout(logits[:, 0, :], ("batch", "act_vocab"), ("cache_batch", "act_vocab"))
+        next_choice = choose(row_logits, step + 1)
         routes = state.routes
         if record:  # this token's routes, kept where the row goes on (it is not the last)
             keep = (active & ~ended & (step < new - 1))[:, None, None]
@@ -439,7 +448,7 @@ def _static_decode(
             return (state.step < segment_end) & ~jnp.all(state.done)
 
         first_step = segment_ends[index - 1] if index else 0
-        with jax.named_scope(decode_scope(segment_end - first_step)):
+        with jax.named_scope(decode_scope(segment_end - first_step)), axis_rules(decode_rules):
             state = jax.lax.while_loop(cond, body, state)
     routes = None
     if record:

@@ -37,7 +37,7 @@ from r1.sampling.kv_cache import (
     refill_rows,
 )
 from r1.sampling.tokens import choose_at
-from r1.sharding import shard
+from r1.sharding import relayout, shard
 
 
 def decode_scope(steps: int) -> str:
@@ -133,7 +133,7 @@ def slot_decode(
             row=row,
             index=jnp.where(take, 0, state.index),
             active=state.active | take,
-            logits=shard(logits, ("batch", "act_vocab")),
+            logits=shard(logits, ("cache_batch", "act_vocab")),
             recent=jnp.where(take[:, None], -1, state.recent),
             cache=refill_rows(state.cache, prompt_cache, take, prompt),
         )
@@ -184,7 +184,9 @@ def slot_decode(
             row=state.row,
             index=jnp.where(active & ~finished, index + 1, index),
             active=active & ~finished,
-            logits=shard(logits[:, 0, :], ("batch", "act_vocab")),
+            # Chosen from where the slot's cache row is (`cache_batch`): under
+            # `STATIONARY_DECODE_RULES` the forward's rows are on every device.
+            logits=relayout(logits[:, 0, :], ("batch", "act_vocab"), ("cache_batch", "act_vocab")),
             recent=recent,
             tokens=put(state.tokens, token),
             mask=put(state.mask, active),

@@ -20,7 +20,7 @@ from r1.models.moe import MoE, grouped_ffn, resolve_gmm_impl
 from r1.testing import tiny_moe_config
 
 SIZES = (7, 0, 13, 1, 9)  # uneven, one empty group; 30 of 40 rows grouped, 10 past the groups
-SMALL_TILES = moe_lib._MegabloxTiling(16, 16, 8)  # several row/k/n tiles, ragged last k and n
+SMALL_TILES = moe_lib._MegabloxTiling(16, 16, 8, whole=0)  # several row/k/n tiles, ragged k, n
 
 
 def _case(fused: bool, m: int = 40, d: int = 24, f: int = 12, dtype=jnp.float32):
