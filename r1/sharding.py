@@ -337,6 +337,13 @@ def rules_without(mesh_axes: Sequence[str], rules: Rules | None = None) -> Rules
     return tuple(out)
 
 
+def rule_axes(name: str, rules: Rules | None = None) -> tuple[str, ...]:
+    """The mesh axes `rules` (default: the current ones) map logical axis `name` to, in order
+    (before any is dropped for a mesh); () for a name mapped to None or not in the table."""
+    table = {n: _as_tuple(axes) for n, axes in (rules or current_rules())}
+    return table.get(name) or ()
+
+
 def cache_rows_apart(rules: Rules | None = None) -> bool:
     """Whether `rules` (default: the current ones) split a decode's KV cache (`cache_batch`,
     `cache_heads`) unlike the activations around it (`batch`, `act_heads`), as

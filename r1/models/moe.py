@@ -60,7 +60,7 @@ from r1.models.routing import (
     total_balance_loss,
     update_routing_bias,
 )
-from r1.sharding import _active_mesh, compute_platform, logical_to_spec, relayout
+from r1.sharding import _active_mesh, compute_platform, logical_to_spec, relayout, rule_axes
 
 __all__ = [  # with the routing core of r1.models.routing, re-exported
     "GMM_IMPLS",
@@ -376,10 +376,11 @@ def _routed_experts(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, impl, 
     e_axes, f_axes = _spec_axes(w_spec[0]), _spec_axes(w_spec[2])
     gather_axes = tuple(a for a in tok_axes if a in e_axes + f_axes)
     sum_axes = tuple(a for a in e_axes + f_axes if a not in tok_axes)
-    # Every device holding every token (`act_tokens` unsplit, as in the weights-stationary
-    # decode layout): no token gathers; the row buffer is bounded by the local experts and the
-    # partial outputs are added in float32 over the weight-sharding axes.
-    whole_tokens = not gather_axes and not tok_axes
+    # Rules that keep every token on every device (`act_tokens` over `data` at most, as the
+    # weights-stationary decode layout's): no token gathers, no token chunks (a decode step's
+    # few tokens; a chunk would read the experts again), a row buffer bounded by the local
+    # experts, and the partial outputs added in float32 over the weight-sharding axes.
+    whole_tokens = not gather_axes and set(rule_axes("act_tokens")) <= {"data"}
     tok2 = PartitionSpec(tok_spec[0], None)
     w_in = PartitionSpec(w_spec[0], *(None,) * (w_gate.ndim - 2), w_spec[2])
     w_out = PartitionSpec(w_spec[0], w_spec[2], None)
@@ -408,7 +409,6 @@ def _routed_experts(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, impl, 
                 y = jax.lax.psum_scatter(y, gather_axes, scatter_dimension=0, tiled=True)
             return y
 
-        # Whole tokens are a decode step's few: one pass reads the local experts' weights once.
         y = _in_token_chunks(dispatch, 0 if whole_tokens else chunk, x, idx, weight, keep)
         if sum_axes and whole_tokens:
             return jax.lax.psum(y.astype(jnp.float32), sum_axes).astype(y.dtype)

@@ -106,6 +106,9 @@ def test_relayout_moves_by_all_to_all_where_one_constraint_replicates():
     assert "all-to-all" in texts["relayout"]
 
 
-def test_cache_rows_apart_only_under_the_stationary_rules():
+def test_only_the_stationary_rules_split_the_cache_apart_and_keep_tokens_whole():
     assert not sharding.cache_rows_apart(sharding.DEFAULT_RULES)
     assert sharding.cache_rows_apart(sharding.STATIONARY_DECODE_RULES)
+    assert sharding.rule_axes("act_tokens") == ("data", "fsdp", "expert")
+    assert sharding.rule_axes("act_tokens", sharding.STATIONARY_DECODE_RULES) == ("data",)
+    assert sharding.rule_axes("length") == ()
