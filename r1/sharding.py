@@ -387,7 +387,8 @@ def relayout(x: jax.Array, source: Sequence[str | None], target: Sequence[str | 
     """x, laid out by the logical names `source`, constrained to `target`, one mesh axis moved
     between dimensions at a time: each move is one all-to-all of x's shards, where one
     constraint to `target` may let XLA replicate x first (broadcast + all-reduce). Axes only in
-    `source` are gathered and axes only in `target` sliced at the end. A no-op outside a mesh."""
+    `source` are gathered and axes only in `target` sliced at the end; an intermediate layout
+    that would split a dimension unevenly is skipped. A no-op outside a mesh."""
     mesh = _active_mesh()
     if mesh is None:
         return x
@@ -415,7 +416,8 @@ def relayout(x: jax.Array, source: Sequence[str | None], target: Sequence[str | 
             # Keep the target's order of mesh axes within the dimension.
             before = axes[: axes.index(axis)]
             current[dim].insert(sum(a in before for a in current[dim]), axis)
-            x = jax.lax.with_sharding_constraint(x, spec_of(current))
+            if all(n % math.prod(mesh.shape[a] for a in c) == 0 for n, c in zip(x.shape, current)):
+                x = jax.lax.with_sharding_constraint(x, spec_of(current))
     return jax.lax.with_sharding_constraint(x, spec_of(wanted))
 
 
