@@ -348,11 +348,8 @@ def cache_rows_apart(rules: Rules | None = None) -> bool:
     """Whether `rules` (default: the current ones) split a decode's KV cache (`cache_batch`,
     `cache_heads`) unlike the activations around it (`batch`, `act_heads`), as
     `STATIONARY_DECODE_RULES` do: the attention then needs its query moved to the cache's split."""
-    table = {name: _as_tuple(axes) for name, axes in (rules or current_rules())}
-    return (table.get("batch"), table.get("act_heads")) != (
-        table.get("cache_batch"),
-        table.get("cache_heads"),
-    )
+    activations = (rule_axes("batch", rules), rule_axes("act_heads", rules))
+    return activations != (rule_axes("cache_batch", rules), rule_axes("cache_heads", rules))
 
 
 def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:

@@ -168,9 +168,8 @@ def test_route_matches_numpy_and_group_fill_matters():
         idx, w, scores = _route(jnp.asarray(logits), jnp.asarray(bias), cfg, group_fill=fill)
         ref_idx, ref_w, ref_scores = _np_route(logits, bias, cfg, group_fill=fill)
         assert [set(r) for r in np.asarray(idx).tolist()] == [set(r) for r in ref_idx.tolist()]
-        np.testing.assert_allclose(
-            _by_expert(idx, w, 16), _by_expert(ref_idx, ref_w, 16), rtol=1e-5, atol=1e-6
-        )
+        np.testing.assert_allclose(_by_expert(idx, w, 16), _by_expert(ref_idx, ref_w, 16),
+                                   rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
         results[fill] = [set(r) for r in np.asarray(idx).tolist()]
     # k=6 > 2 kept groups x ... with negative biased scores a 0.0 fill picks dropped groups.
@@ -181,13 +180,8 @@ def test_route_matches_numpy_and_group_fill_matters():
 @pytest.mark.parametrize("norm", [True, False])
 def test_softmax_routing_matches_numpy(norm):
     cfg = tiny_moe_config(
-        scoring_func="softmax",
-        n_routed_experts=16,
-        n_group=4,
-        topk_group=2,
-        num_experts_per_tok=3,
-        norm_topk_prob=norm,
-        routed_scaling_factor=1.5,
+        scoring_func="softmax", n_routed_experts=16, n_group=4, topk_group=2,
+        num_experts_per_tok=3, norm_topk_prob=norm, routed_scaling_factor=1.5,
     )
     rng = np.random.default_rng(2)
     logits = rng.normal(size=(128, 16)).astype(np.float32)
@@ -195,9 +189,8 @@ def test_softmax_routing_matches_numpy(norm):
     idx, w, scores = _route(jnp.asarray(logits), jnp.asarray(bias), cfg)
     ref_idx, ref_w, ref_scores = _np_route(logits, bias, cfg)
     assert [set(r) for r in np.asarray(idx).tolist()] == [set(r) for r in ref_idx.tolist()]
-    np.testing.assert_allclose(
-        _by_expert(idx, w, 16), _by_expert(ref_idx, ref_w, 16), rtol=1e-5, atol=1e-7
-    )
+    np.testing.assert_allclose(_by_expert(idx, w, 16), _by_expert(ref_idx, ref_w, 16),
+                               rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.asarray(scores).sum(-1), 1.0, rtol=1e-5)
     sums = np.asarray(w).sum(-1)
     if norm:
@@ -215,14 +208,8 @@ def test_softmax_routing_matches_numpy(norm):
 @functools.cache
 def _sharded_case():
     cfg = tiny_moe_config(
-        hidden_size=32,
-        moe_intermediate_size=16,
-        n_routed_experts=8,
-        num_experts_per_tok=2,
-        n_group=2,
-        topk_group=1,
-        n_shared_experts=1,
-        aux_loss_alpha=0.1,
+        hidden_size=32, moe_intermediate_size=16, n_routed_experts=8, num_experts_per_tok=2,
+        n_group=2, topk_group=1, n_shared_experts=1, aux_loss_alpha=0.1,
     )
     model = MoE(cfg, nnx.Rngs(3))
     model.e_score_correction_bias[...] = jnp.linspace(-0.05, 0.05, 8)
@@ -242,13 +229,8 @@ def _sharded_case():
 
 @pytest.mark.parametrize(
     "mesh_shape",
-    [
-        dict(expert=8),
-        dict(expert=4, tensor=2),
-        dict(data=2, expert=2, tensor=2),
-        dict(fsdp=2, expert=2, tensor=2),
-        dict(fsdp=8),
-    ],
+    [dict(expert=8), dict(expert=4, tensor=2), dict(data=2, expert=2, tensor=2),
+     dict(fsdp=2, expert=2, tensor=2), dict(fsdp=8)],
     ids=lambda d: "-".join(f"{k}{v}" for k, v in d.items()),
 )
 def test_sharded_matches_single_device(devices, mesh_shape):
@@ -259,9 +241,8 @@ def test_sharded_matches_single_device(devices, mesh_shape):
     with sharding.use_mesh(mesh):
         p = sharding.place_state(params, mesh)
         r = sharding.place_state(rest, mesh)
-        xs = jax.device_put(
-            x, sharding.named_sharding(("batch", "length", "act_embed"), x.shape, mesh)
-        )
+        xs = jax.device_put(x, sharding.named_sharding(("batch", "length", "act_embed"),
+                                                       x.shape, mesh))
         (loss1, stats1), grads1 = grad_fn(p, r, xs, token_mask)
 
     ep = mesh.shape["expert"]
@@ -283,9 +264,12 @@ def test_create_sharded_model_splits_experts(devices):
     mesh = sharding.make_mesh(sharding.MeshConfig(fsdp=1, expert=4, tensor=2), devices)
     model = sharding.create_sharded_model(lambda: MoE(cfg, nnx.Rngs(0)), mesh)
     assert model.w_up[...].sharding.spec == jax.sharding.PartitionSpec("expert", None, "tensor")
-    assert model.e_score_correction_bias[...].sharding.spec == jax.sharding.PartitionSpec("expert")
+    assert model.e_score_correction_bias[...].sharding.spec == jax.sharding.PartitionSpec(
+        "expert"
+    )
     with sharding.use_mesh(mesh):
-        y, _ = nnx.jit(lambda m, x, t: m(x, t))(model, jnp.ones((4, 8, 32)), jnp.ones((4, 8), bool))
+        y, _ = nnx.jit(lambda m, x, t: m(x, t))(model, jnp.ones((4, 8, 32)),
+                                                jnp.ones((4, 8), bool))
     assert bool(jnp.all(jnp.isfinite(y)))
 
 
@@ -363,13 +347,8 @@ def _array_sizes(text: str) -> list[int]:
 
 def _memory_case(e, k=2, gmm_impl="blocked"):
     cfg = tiny_moe_config(
-        hidden_size=32,
-        moe_intermediate_size=64,
-        n_routed_experts=e,
-        num_experts_per_tok=k,
-        n_group=1,
-        topk_group=1,
-        n_shared_experts=1,
+        hidden_size=32, moe_intermediate_size=64, n_routed_experts=e, num_experts_per_tok=k,
+        n_group=1, topk_group=1, n_shared_experts=1,
     )
     model = MoE(cfg, nnx.Rngs(0), gmm_impl=gmm_impl)
     graphdef, state = nnx.split(model)
@@ -419,14 +398,13 @@ def test_grouped_ffn_impls_agree_and_skip_rows_outside_groups():
     ref = np.zeros((40, 8), np.float32)
     start = 0
     for g, size in enumerate(np.asarray(sizes)):
-        rows = np.asarray(x)[start : start + size]
+        rows = np.asarray(x)[start:start + size]
         h = np.asarray(jax.nn.silu(rows @ wg[g])) * (rows @ np.asarray(wu[g]))
-        ref[start : start + size] = h @ np.asarray(wd[g])
+        ref[start:start + size] = h @ np.asarray(wd[g])
         start += size
     for impl in ("blocked", "ragged_dot"):
-        np.testing.assert_allclose(
-            grouped_ffn(x, sizes, wg, wu, wd, impl), ref, rtol=1e-4, atol=1e-5
-        )
+        np.testing.assert_allclose(grouped_ffn(x, sizes, wg, wu, wd, impl), ref,
+                                   rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------- 6. the bias is not a param
@@ -465,7 +443,8 @@ def test_padding_tokens_do_not_count():
     logits = model.router_logits(jnp.asarray(x)).reshape(30, 8)
     idx, _, scores = _route(logits, model.e_score_correction_bias[...], cfg)
     valid_idx = np.asarray(idx)[mask.reshape(-1)]
-    np.testing.assert_array_equal(stats.expert_load, np.bincount(valid_idx.ravel(), minlength=8))
+    np.testing.assert_array_equal(stats.expert_load, np.bincount(valid_idx.ravel(),
+                                                                     minlength=8))
     assert float(stats.expert_load.sum()) == mask.sum() * 2
 
     # Balance loss reference: valid tokens only, mean over sequences with valid tokens.
@@ -498,9 +477,8 @@ def test_capacity_factor_drops_and_counts():
     y, stats = _call(model, x, mask)
     capacity = math.ceil(0.5 * 32 * 2 / 8)
 
-    idx, w, _ = _route(
-        model.router_logits(x).reshape(32, 8), model.e_score_correction_bias[...], cfg
-    )
+    idx, w, _ = _route(model.router_logits(x).reshape(32, 8),
+                      model.e_score_correction_bias[...], cfg)
     keep = np.asarray(capacity_keep_mask(idx, mask.reshape(-1), 8, capacity))
     # NumPy reference of slot-major first-come priority, padding taking no capacity.
     ref = np.zeros((32, 2), bool)
