@@ -14,15 +14,29 @@ gathered tokens, of which the device's experts take E_local / E under balanced r
 the kernel visits only the grouped rows, but its own cost estimate is that of the whole
 buffer. The dispatch runs under `grouped_rows_scope(share)` and the cost report scales the
 kernels' row-proportional cost by it (`stated_row_share`).
+
+A conditional whose branches run on known shares of the steps that reach it runs directly
+inside `jax.named_scope(branch_scope(runs))`: branch i (a `lax.cond`'s false branch is 0, its
+true branch 1; a `lax.switch`'s in its order) runs runs[i] of every sum(runs) times. The slot
+decode states its refill (taken on the steps where a row starts) and its attention windows
+(each serving its segment's steps). Without a statement the cost report charges the most
+expensive branch every time, as XLA does.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 DECODE = "decode_loop"
 GROUPED_ROWS = "grouped_rows"
+BRANCH_RUNS = "branch_runs"
 _STATED = re.compile(r"([A-Za-z_]+)_x(\d+(?:\.\d+)?)/while$")
+# A conditional's own op name, or that of an instruction whose innermost conditional it is.
+_BRANCH_RUNS = re.compile(
+    BRANCH_RUNS + r"((?:_\d+)+)/(?:cond|switch)"
+    r"(?:$|/branch_\d+_fun/(?!(?:.*/)?(?:cond|switch)/branch_\d+_fun/))"
+)
 _ROW_SHARE = re.compile(GROUPED_ROWS + r"_x(\d+(?:\.\d+)?)(?:/|$)")
 
 
@@ -38,6 +52,22 @@ def stated_runs(op_name: str) -> tuple[str, float] | None:
     """(name, runs) a while loop's op name states through `loop_scope`, or None."""
     found = _STATED.search(op_name)
     return (found.group(1), float(found.group(2))) if found else None
+
+
+def branch_scope(runs: Sequence[int]) -> str:
+    """The scope name stating that branch i of the conditional inside it runs runs[i] of every
+    sum(runs) times the conditional runs (integers >= 0, one per branch, sum >= 1)."""
+    if not runs or any(int(r) != r or r < 0 for r in runs) or sum(runs) < 1:
+        raise ValueError(f"branch_scope: runs {tuple(runs)} must be integers >= 0, sum >= 1")
+    return BRANCH_RUNS + "".join(f"_{int(r)}" for r in runs)
+
+
+def stated_branch_runs(op_name: str) -> tuple[int, ...] | None:
+    """The runs of each branch stated through `branch_scope`, read from a conditional's op name
+    (ending in cond or switch) or from that of an instruction in one of its branches (the
+    compiler may rename the conditional itself); None if not stated."""
+    found = _BRANCH_RUNS.search(op_name)
+    return tuple(int(r) for r in found.group(1).split("_")[1:]) if found else None
 
 
 def grouped_rows_scope(share: float) -> str:

@@ -14,7 +14,8 @@ count, and a `conditional` as its most expensive branch. A step that runs its la
 * Its *own* cost is the inclusive cost minus what XLA attributed to the control flow inside it:
   each while's body + condition once, each conditional's most expensive branch, each call.
 * The counted cost is then own + sum over whiles of trips x (body + condition) + the most
-  expensive branch of each conditional + each call, recursively. The trip counts are those the
+  expensive branch of each conditional (or each branch by the share of runs its scope
+  states, `r1.loop_scopes.branch_scope`) + each call, recursively. The trip counts are those the
   compiler proved (`known_trip_count` in the while's backend config, which the CPU compiler
   keeps for every `lax.scan` and `fori_loop`), or, where the backend config does not carry it
   (the TPU compiler's), read from the loop itself: the condition compares a counter in the
@@ -69,7 +70,7 @@ from r1.aot.memory_spaces import (
     result_shape,
     shape_bytes,
 )
-from r1.loop_scopes import DECODE, stated_row_share, stated_runs
+from r1.loop_scopes import DECODE, stated_branch_runs, stated_row_share, stated_runs
 
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -330,7 +331,8 @@ def _control_flow(
             if "branch_computations" in many:
                 callees = [r.strip().lstrip("%") for r in many["branch_computations"].split(",")]
             else:
-                callees = [refs["true_computation"], refs["false_computation"]]
+                # In branch-index order: a predicate's false branch is branch 0.
+                callees = [refs["false_computation"], refs["true_computation"]]
         found.append(
             (
                 kind,
@@ -341,6 +343,23 @@ def _control_flow(
             )
         )
     return found
+
+
+def _branch_runs(
+    comps: dict[str, Computation], op_name: str, branches: list[str]
+) -> tuple[int, ...] | None:
+    """The runs of each branch of a conditional as its scope states them
+    (`r1.loop_scopes.branch_scope`), on the conditional's op name or on the op names of the
+    instructions in its branches (the TPU compiler renames some conditionals); None if not
+    stated or not one per branch."""
+    names = [op_name] + [
+        found.group(1)
+        for branch in branches
+        for line in comps[branch].lines[1:]
+        if (found := _OP_NAME.search(line))
+    ]
+    runs = next((r for r in map(stated_branch_runs, names) if r is not None), None)
+    return runs if runs is not None and len(runs) == len(branches) else None
 
 
 def _runs(trips: int | None, op_name: str) -> float | None:
@@ -381,9 +400,14 @@ def count_loops(hlo_text: str) -> LoopCount:
                 own = own - inclusive(callees[0])
                 total = total + counted(callees[0])
             else:
-                xla, ours = Cost(), Cost()
-                for branch in callees:
-                    xla, ours = xla.most(inclusive(branch)), ours.most(counted(branch))
+                xla = functools.reduce(Cost.most, [inclusive(branch) for branch in callees])
+                branches = [counted(branch) for branch in callees]
+                runs = _branch_runs(comps, op, callees)
+                if runs is None:  # the costliest branch, as XLA counts it
+                    ours = functools.reduce(Cost.most, branches)
+                else:  # each branch by its stated share (`r1.loop_scopes.branch_scope`)
+                    shares = [branch.times(r / sum(runs)) for branch, r in zip(branches, runs)]
+                    ours = functools.reduce(Cost.__add__, shares)
                 own, total = own - xla, total + ours
         return own.most(Cost()) + total
 

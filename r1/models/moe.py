@@ -15,15 +15,8 @@ Functional core (pure functions of arrays; the routing ones live in `r1.models.r
 Stateful shell: `MoE` (the layer, with `RoutingBias` state) and
 `update_model_routing_biases` (applies the bias update to every MoE layer of a model).
 
-Grouped matmuls (`grouped_ffn(impl="auto")`, chosen by the platform of the ambient mesh): on
-GPU `jax.lax.ragged_dot` lowers to a native grouped matmul. On CPU, and on TPU with jax 0.10.2 /
-libtpu 0.0.52, XLA lowers `ragged_dot` densely (a `convolution` producing [experts, rows, out]:
-every expert applied to every row, then a select; E_local times the routed FLOPs). So on TPU
-`grouped_ffn` uses the Pallas megablox kernel (`gmm`, with `tgmm` for the weight gradient: one
-`tpu_custom_call` per matmul, cost 2*m*k*n), run in interpret mode elsewhere for tests; on CPU a
-blocked equivalent: rows are padded per expert to a multiple of a tile size and each tile is
-multiplied by its expert's weights in one batched matmul. All give the same numbers; FLOPs grow
-with experts-per-token, not with the number of experts.
+Grouped matmuls: `r1.models.grouped_matmul` (megablox on TPU, ragged_dot on GPU, blocked on
+CPU).
 
 Expert parallelism: under an active mesh the expert computation runs in `jax.shard_map`. Tokens
 are all-gathered over the mesh axes that shard the expert weights (`expert`, and `tensor` for
@@ -48,6 +41,7 @@ from jax.sharding import PartitionSpec
 
 from r1.loop_scopes import grouped_rows_scope
 from r1.models.config import ModelConfig
+from r1.models.grouped_matmul import GMM_IMPLS, block_size, grouped_ffn, resolve_gmm_impl
 from r1.models.layers import MLP, dtype_of, param
 from r1.models.routing import (
     RoutingStats,
@@ -60,7 +54,7 @@ from r1.models.routing import (
     total_balance_loss,
     update_routing_bias,
 )
-from r1.sharding import _active_mesh, compute_platform, logical_to_spec, relayout, rule_axes
+from r1.sharding import _active_mesh, logical_to_spec, relayout, rule_axes
 
 __all__ = [  # with the routing core of r1.models.routing, re-exported
     "GMM_IMPLS",
@@ -83,9 +77,6 @@ __all__ = [  # with the routing core of r1.models.routing, re-exported
     "update_routing_bias",
 ]
 
-GMM_IMPLS = ("auto", "ragged_dot", "blocked", "megablox")
-_RAGGED_DOT_PLATFORMS = ("gpu", "cuda", "rocm")
-
 
 class RoutingBias(nnx.Variable):
     """Auxiliary-loss-free balancing bias `e_score_correction_bias`: float32[E].
@@ -93,186 +84,6 @@ class RoutingBias(nnx.Variable):
     State, not a parameter: `nnx.state(model, nnx.Param)` excludes it, so optimizers and
     gradients never touch it; it changes only through `update_routing_bias`.
     """
-
-
-# ------------------------------------------------------------------------ grouped matmuls
-def resolve_gmm_impl(impl: str) -> str:
-    if impl not in GMM_IMPLS:
-        raise ValueError(f"grouped matmul impl {impl!r}: expected one of {GMM_IMPLS}")
-    if impl != "auto":
-        return impl
-    # The mesh's platform, not the default backend: compiling ahead of time for a TPU topology
-    # on a CPU host must pick the TPU kernel.
-    platform = compute_platform()
-    if platform == "tpu":
-        return "megablox"
-    return "ragged_dot" if platform in _RAGGED_DOT_PLATFORMS else "blocked"
-
-
-def _swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
-    return jax.nn.silu(gate) * up
-
-
-def _scaled(h: jax.Array, row_scale: jax.Array | None) -> jax.Array:
-    return h if row_scale is None else h * row_scale[:, None].astype(h.dtype)
-
-
-def _ragged_ffn(x, group_sizes, w_gate, w_up, w_down, row_scale=None):
-    if w_up is None:  # joined [G, D, 2, F]: one grouped matmul for gate and up
-        g, d, _, f = w_gate.shape
-        gate_up = jax.lax.ragged_dot(x, w_gate.reshape(g, d, 2 * f), group_sizes)
-        gate_up = gate_up.reshape(x.shape[0], 2, f)
-        gate, up = gate_up[:, 0], gate_up[:, 1]
-    else:
-        gate = jax.lax.ragged_dot(x, w_gate, group_sizes)
-        up = jax.lax.ragged_dot(x, w_up, group_sizes)
-    return jax.lax.ragged_dot(_scaled(_swiglu(gate, up), row_scale), w_down, group_sizes)
-
-
-@dataclasses.dataclass(frozen=True)
-class _MegabloxTiling:
-    """Megablox tile sizes (m, k, n) clamped to each matmul's dims (a hashable tiling LUT: the
-    custom VJP reuses it for the transposed gmm and the weight-gradient tgmm). A dim no larger
-    than its tile is taken whole; a larger one gets the tile (a multiple of 128 on TPU; the
-    kernel masks a ragged last k or n tile)."""
-
-    tm: int = 128
-    tk: int = 512
-    tn: int = 512
-
-    whole: int = 2048  # up to this many rows are one tile (of 16)
-
-    def rows_tile(self, m: int) -> int:
-        """Rows are padded to a multiple of this: all m (rounded up to 16) when m <= whole,
-        so that a small matmul (a decode step's tokens) reads each expert's weights once,
-        else tm."""
-        rounded = max(16, -(-m // 16) * 16)
-        return rounded if rounded <= self.whole else self.tm
-
-    def __call__(self, m: int, k: int, n: int) -> tuple[int, int, int]:
-        return self.rows_tile(m), min(k, self.tk), min(n, self.tn)
-
-
-MEGABLOX_TILING = _MegabloxTiling()
-
-
-def _megablox_ffn(x, group_sizes, w_gate, w_up, w_down, tiling=MEGABLOX_TILING, row_scale=None):
-    """Grouped SwiGLU with the Pallas TPU megablox kernel (differentiable: `tgmm` for the weight
-    gradients); interpreted off TPU. Rows are zero-padded to a multiple of the row tile. The
-    kernel leaves rows outside every group unwritten (in its outputs and in its input-gradient),
-    so each gmm's input and output are masked to the grouped rows."""
-    from jax.experimental.pallas.ops.tpu.megablox import ops as megablox
-
-    interpret = compute_platform() != "tpu"
-    dt = jnp.result_type(x, w_gate, w_down, *(() if w_up is None else (w_up,)))
-    m = x.shape[0]
-    tm = tiling.rows_tile(m)
-    rows = -(-m // tm) * tm
-    sizes = group_sizes.astype(jnp.int32)
-    in_group = (jnp.arange(rows, dtype=jnp.int32) < jnp.sum(sizes))[:, None]
-
-    def gmm(lhs, rhs):
-        lhs = jnp.where(in_group, lhs, 0)
-        out = megablox.gmm(lhs, rhs.astype(dt), sizes, dt, tiling, None, None, False, interpret)
-        return jnp.where(in_group, out, 0)
-
-    xp = jnp.pad(x.astype(dt), ((0, rows - m), (0, 0)))
-    if w_up is None:  # joined [G, D, 2, F]: one gmm for gate and up
-        g, d, _, f = w_gate.shape
-        gate_up = gmm(xp, w_gate.reshape(g, d, 2 * f)).reshape(rows, 2, f)
-        gate, up = gate_up[:, 0], gate_up[:, 1]
-    else:
-        gate, up = gmm(xp, w_gate), gmm(xp, w_up)
-    if row_scale is not None:
-        row_scale = jnp.pad(row_scale, (0, rows - m))
-    return gmm(_scaled(_swiglu(gate, up), row_scale), w_down)[:m]
-
-
-def block_size(rows: int, groups: int) -> int:
-    """Tile height of the blocked grouped matmul: about rows / (4 groups), at least 1.
-
-    Padding costs at most groups * (tile - 1) rows (<= 25% extra FLOPs) and the tiles' gathered
-    weights take about 5x the expert weights.
-    """
-    return max(1, rows // (4 * groups))
-
-
-def _blocked_ffn(x, group_sizes, w_gate, w_up, w_down, tile: int | None = None, row_scale=None):
-    """Blocked grouped SwiGLU: rows padded per group to a multiple of `tile`; every tile
-    multiplies its group's weights (gathered per tile) in one batched matmul (w_up None: w_gate
-    is the joined [G, D, 2, F] weight, one batched matmul for gate and up)."""
-    m, _ = x.shape
-    g = w_gate.shape[0]
-    tile = tile or block_size(m, g)
-    n_tiles = -(-m // tile) + g  # static bound on sum_g ceil(size_g / tile)
-    rows = n_tiles * tile
-    sizes = group_sizes.astype(jnp.int32)
-    ends = jnp.cumsum(sizes)
-    starts = ends - sizes
-    padded = (sizes + tile - 1) // tile * tile
-    pad_ends = jnp.cumsum(padded)
-    pad_starts = pad_ends - padded
-    # Padded row r -> (group, source row).
-    r = jnp.arange(rows, dtype=jnp.int32)
-    group_of_r = jnp.minimum(jnp.searchsorted(pad_ends, r, side="right"), g - 1)
-    offset = r - pad_starts[group_of_r]
-    r_valid = (offset < sizes[group_of_r]) & (r < pad_ends[-1])
-    src = jnp.where(r_valid, starts[group_of_r] + offset, 0)
-    xp = jnp.where(r_valid[:, None], jnp.take(x, src, axis=0), 0).reshape(n_tiles, tile, -1)
-    tile_group = group_of_r[::tile]  # [n_tiles]
-    wg = jnp.take(w_gate, tile_group, axis=0)  # [n_tiles, D, F] (joined: [n_tiles, D, 2, F])
-    wd = jnp.take(w_down, tile_group, axis=0)  # [n_tiles, F, D]
-    if w_up is None:
-        gate_up = jnp.einsum("tmd,tdcf->tmcf", xp, wg)
-        h = _swiglu(gate_up[:, :, 0], gate_up[:, :, 1])
-    else:
-        wu = jnp.take(w_up, tile_group, axis=0)
-        h = _swiglu(jnp.einsum("tmd,tdf->tmf", xp, wg), jnp.einsum("tmd,tdf->tmf", xp, wu))
-    if row_scale is not None:
-        h = h * jnp.where(r_valid, jnp.take(row_scale, src), 0).astype(h.dtype).reshape(
-            n_tiles, tile, 1
-        )
-    yp = jnp.einsum("tmf,tfd->tmd", h, wd).reshape(rows, -1)
-    # Sorted row i -> padded row.
-    i = jnp.arange(m, dtype=jnp.int32)
-    group_of_i = jnp.minimum(jnp.searchsorted(ends, i, side="right"), g - 1)
-    dst = pad_starts[group_of_i] + (i - starts[group_of_i])
-    i_valid = i < ends[-1]
-    return jnp.where(i_valid[:, None], jnp.take(yp, jnp.where(i_valid, dst, 0), axis=0), 0)
-
-
-def grouped_ffn(
-    x: jax.Array,
-    group_sizes: jax.Array,
-    w_gate: jax.Array,
-    w_up: jax.Array | None,
-    w_down: jax.Array,
-    impl: str = "auto",
-    row_scale: jax.Array | None = None,
-) -> jax.Array:
-    """SwiGLU experts over rows sorted by expert.
-
-    x: float[M, D] rows grouped by expert (group g = the next group_sizes[g] rows; rows past
-    sum(group_sizes) belong to no expert and come back as zeros). group_sizes: int32[G].
-    w_gate, w_up: float[G, D, F], or w_gate the joined float[G, D, 2, F] ([:, :, 0] gate,
-    [:, :, 1] up; `ModelConfig.fused_projections`) and w_up None: then gate and up are one
-    grouped matmul. w_down: float[G, F, D]. Returns float[M, D].
-    impl: "ragged_dot" (`jax.lax.ragged_dot`: native on GPU, dense on CPU and TPU), "megablox"
-    (the Pallas TPU grouped-matmul kernel; interpreted elsewhere, slowly: for tests), "blocked"
-    (tiled batched matmul, any backend) or "auto" (megablox on TPU, ragged_dot on GPU, blocked
-    on CPU). megablox takes bfloat16 or float32 only. row_scale: float[M] or None; row i's
-    output is scaled by row_scale[i], applied to its [F] hidden activations before the down
-    projection (linear in them) rather than to its [D] output.
-    """
-    impl = resolve_gmm_impl(impl)
-    if impl == "megablox":
-        return _megablox_ffn(x, group_sizes, w_gate, w_up, w_down, row_scale=row_scale)
-    if impl == "ragged_dot":
-        y = _ragged_ffn(x, group_sizes, w_gate, w_up, w_down, row_scale)
-        total = jnp.sum(group_sizes)
-        in_group = jnp.arange(x.shape[0], dtype=jnp.int32) < total
-        return jnp.where(in_group[:, None], y, 0)
-    return _blocked_ffn(x, group_sizes, w_gate, w_up, w_down, row_scale=row_scale)
 
 
 def expert_ffn_dispatch(
@@ -297,7 +108,8 @@ def expert_ffn_dispatch(
     (zeros for tokens with no local assignment).
     bound_rows: the sorted row buffer holds N x min(k, E_local) rows instead of N x k (a token
     has at most min(k, E_local) local assignments, and they sort first), and the outputs are
-    added back to their tokens by a scatter: the same sums, a smaller buffer when E_local < k.
+    added back to their tokens by a scatter that drops the rows of no local expert: the same
+    sums, a smaller buffer when E_local < k, and no pass zeroing the unused rows.
     """
     n, k = topk_idx.shape
     n_local = w_gate.shape[0]
@@ -313,8 +125,13 @@ def expert_ffn_dispatch(
     if bound_rows:
         # Each row's gate weight scales its hidden activations: no [rows, D] product.
         weight = jnp.where(is_local, topk_weight.reshape(-1), 0.0)[order]
-        y_sorted = grouped_ffn(x_sorted, group_sizes, w_gate, w_up, w_down, impl, weight)
-        return jnp.zeros((n, x.shape[1]), y_sorted.dtype).at[token].add(y_sorted)
+        y_sorted = grouped_ffn(
+            x_sorted, group_sizes, w_gate, w_up, w_down, impl, row_scale=weight, zeroed=False
+        )
+        grouped = jnp.arange(token.shape[0]) < jnp.sum(group_sizes)
+        destination = jnp.where(grouped, token, n)  # n: out of bounds, dropped
+        out = jnp.zeros((n, x.shape[1]), y_sorted.dtype)
+        return out.at[destination].add(y_sorted, mode="drop")
     y_sorted = grouped_ffn(x_sorted, group_sizes, w_gate, w_up, w_down, impl)
     inverse = jnp.zeros_like(order).at[order].set(jnp.arange(n * k, dtype=order.dtype))
     y = jnp.take(y_sorted, inverse, axis=0).reshape(n, k, -1)  # [N, k, D]

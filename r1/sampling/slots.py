@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from r1.loop_scopes import DECODE, loop_scope
+from r1.loop_scopes import DECODE, branch_scope, loop_scope
 from r1.sampling.kv_cache import (
     ROUTE_AXES,
     Cache,
@@ -138,10 +138,19 @@ def slot_decode(
             cache=refill_rows(state.cache, prompt_cache, take, prompt),
         )
 
+    # For the cost report (`r1.loop_scopes`), in the worst case the decode scope states (every
+    # row at full length): the refill is taken on the steps where rows start, and window j
+    # serves the steps of segment j in each of the rows' waves.
+    steps = expected_decode_steps([new] * rows, slots)
+    refills = expected_refill_steps([new] * rows, slots)
+    ends = config.segment_ends()
+    window_runs = tuple(end - start for start, end in zip((0, *ends[:-1]), ends))
+
     def body(state: SlotState) -> SlotState:
-        state = jax.lax.cond(
-            jnp.any(~state.active) & (state.next_row < rows), refill, lambda s: s, state
-        )
+        with jax.named_scope(branch_scope((steps - refills, refills))):
+            state = jax.lax.cond(
+                jnp.any(~state.active) & (state.next_row < rows), refill, lambda s: s, state
+            )
         active, index = state.active, state.index
         safe_row = jnp.minimum(state.row, rows - 1)
         forced = None if forced_lengths is None else forced_lengths[safe_row]
@@ -168,7 +177,7 @@ def slot_decode(
             active[:, None],
             state.cache,
             prompt_len + index,
-            window=(jnp.minimum(wide, len(windows) - 1), windows),
+            window=(jnp.minimum(wide, len(windows) - 1), windows, window_runs),
             with_routes=record,
         )
         logits, cache = fed[:2]
@@ -213,18 +222,30 @@ def slot_decode(
         cache=init_cache(cfg, slots, prompt_len + new, config.cache_dtype),
         routes=init_routes(cfg, rows, new) if record else None,
     )
-    with jax.named_scope(decode_scope(expected_decode_steps([new] * rows, slots))):
+    with jax.named_scope(decode_scope(steps)):
         return jax.lax.while_loop(lambda s: jnp.any(s.active) | (s.next_row < rows), body, state)
+
+
+def _schedule(lengths: Sequence[int], slots: int) -> list[tuple[int, int]]:
+    """(start, end) decode steps of rows of these lengths (tokens each, queue order) through
+    `slots` slots: list scheduling, each row to the slot that frees first."""
+    free_at = [0] * max(1, min(slots, len(lengths)))
+    heapq.heapify(free_at)
+    spans = []
+    for length in lengths:
+        start = heapq.heappop(free_at)
+        spans.append((start, start + int(length)))
+        heapq.heappush(free_at, start + int(length))
+    return spans
 
 
 def expected_decode_steps(lengths: Sequence[int], slots: int) -> int:
     """The decode steps the slot loop takes for rows of these lengths (tokens each, queue
-    order) with `slots` slots: list scheduling, each row to the slot that frees first."""
-    free_at = [0] * max(1, min(slots, len(lengths)))
-    heapq.heapify(free_at)
-    end = 0
-    for length in lengths:
-        start = heapq.heappop(free_at)
-        end = max(end, start + int(length))
-        heapq.heappush(free_at, start + int(length))
-    return end
+    order) with `slots` slots (`_schedule`)."""
+    return max((end for _, end in _schedule(lengths, slots)), default=0)
+
+
+def expected_refill_steps(lengths: Sequence[int], slots: int) -> int:
+    """The decode steps on which the slot loop refills (some row starts) for rows of these
+    lengths with `slots` slots (`_schedule`)."""
+    return len({start for start, _ in _schedule(lengths, slots)})

@@ -10,6 +10,7 @@ from flax import nnx
 
 from r1 import aot
 from r1.aot.cost import optimized_hlo
+from r1.loop_scopes import branch_scope, stated_branch_runs
 from r1.models.transformer import Transformer
 from r1.sampling.kv_cache import forward_with_cache, init_cache
 from r1.sampling.sampler import SamplingConfig, sample
@@ -46,6 +47,46 @@ def test_scan_while_and_conditional_are_counted_by_their_runs():
     assert count.decode_steps == 10 and not count.uncounted
     assert count.decode_total.flops == pytest.approx(10 * MATMUL, rel=0.01)
     assert count.total.bytes > 3 * count.as_compiled.bytes
+
+
+def test_conditionals_count_each_branch_by_the_runs_their_scope_states():
+    """Inside a 4-step decode loop: a cond whose true branch (2 products) runs 1 of 4 steps,
+    and a switch whose branches (0, 1, 2 products) run 1, 2, 1 of 4: 2 + 4 products counted
+    instead of the 8 + 8 of the costliest branches. The statement is also read from the
+    branches' instructions when the compiler renamed the conditional."""
+
+    def program(w, x, stop):
+        def body(s):
+            v, i = s
+            with jax.named_scope(branch_scope((3, 1))):
+                v = jax.lax.cond(i % 4 == 0, lambda u: jnp.tanh((u @ w[0]) @ w[1]), jnp.tanh, v)
+            branches = [jnp.tanh, lambda u: jnp.tanh(u @ w[2]), lambda u: (u @ w[3]) @ w[4]]
+            with jax.named_scope(branch_scope((1, 2, 1))):
+                v = jax.lax.switch(jnp.minimum(i % 3, 2), branches, v)
+            return v, i + 1
+
+        with jax.named_scope(decode_scope(4)):
+            return jax.lax.while_loop(lambda s: s[1] < stop, body, (x, 0))[0]
+
+    text = _compiled(program, jnp.ones((5, 64, 64)), jnp.ones((8, 64)), 4).as_text()
+    assert aot.count_loops(text).total.flops == pytest.approx(6 * MATMUL, rel=0.02)
+    renamed = re.sub(
+        r"( conditional\(.*op_name=\")[^\"]*", lambda m: m.group(1) + "conditional.17", text
+    )
+    assert renamed != text
+    assert aot.count_loops(renamed).total.flops == pytest.approx(6 * MATMUL, rel=0.02)
+    unstated = re.sub(r"branch_runs(_\d+)+/", "", text)
+    assert aot.count_loops(unstated).total.flops == pytest.approx(16 * MATMUL, rel=0.02)
+
+
+def test_stated_branch_runs_belong_to_the_innermost_conditional():
+    assert stated_branch_runs("jit(f)/while/body/branch_runs_5_1/cond") == (5, 1)
+    assert stated_branch_runs("jit(f)/branch_runs_5_1/cond/branch_1_fun/dot_general") == (5, 1)
+    inner = "jit(f)/branch_runs_5_1/cond/branch_1_fun/cond/branch_0_fun/dot_general"
+    assert stated_branch_runs(inner) is None  # an unstated conditional inside a stated one
+    assert stated_branch_runs("jit(f)/branch_runs_5_1/and") is None
+    with pytest.raises(ValueError, match="branch_scope"):
+        branch_scope((0, 0))
 
 
 def test_trip_counts_are_read_from_the_loop_when_the_compiler_does_not_annotate_them():

@@ -541,3 +541,31 @@ def test_bounded_rows_dispatch_equals_the_full_buffer(impl):
         full, bounded = run(False), run(True)
         assert float(jnp.abs(full).max()) > 0
         np.testing.assert_allclose(bounded, full, rtol=1e-5, atol=1e-6)
+
+
+def test_bounded_rows_dispatch_drops_the_ungrouped_rows(monkeypatch):
+    """The bounded buffer asks its grouped matmul not to zero the rows past the grouped ones
+    (megablox leaves them unwritten) and drops them in its scatter: NaN there changes nothing."""
+    grouped_ffn = moe_lib.grouped_ffn
+
+    def garbage_outside(x, group_sizes, *args, zeroed=True, **kwargs):
+        y = grouped_ffn(x, group_sizes, *args, **kwargs)
+        grouped = (jnp.arange(x.shape[0]) < jnp.sum(group_sizes))[:, None]
+        return y if zeroed else jnp.where(grouped, y, jnp.nan)
+
+    rng = np.random.default_rng(4)
+    n, k, d, f, local = 6, 4, 8, 4, 2
+    idx = jnp.asarray(np.stack([rng.permutation(8)[:k] for _ in range(n)]), jnp.int32)
+    weight = jnp.asarray(rng.random((n, k)), jnp.float32)
+    keep = jnp.ones((n, k), bool)
+    x = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+    w = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((local, d, f),) * 2]
+    w_down = jnp.asarray(rng.normal(size=(local, f, d)), jnp.float32)
+    run = lambda bound: moe_lib.expert_ffn_dispatch(  # noqa: E731
+        x, idx, weight, keep, *w, w_down, 2, "blocked", bound_rows=bound
+    )
+    full = run(False)
+    monkeypatch.setattr(moe_lib, "grouped_ffn", garbage_outside)
+    bounded = run(True)
+    assert bool(jnp.all(jnp.isfinite(bounded))) and float(jnp.abs(full).max()) > 0
+    np.testing.assert_allclose(bounded, full, rtol=1e-5, atol=1e-6)

@@ -15,12 +15,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from r1 import sharding
-from r1.models import moe as moe_lib
+from r1.models import grouped_matmul as gmm_lib
 from r1.models.moe import MoE, grouped_ffn, resolve_gmm_impl
 from r1.testing import tiny_moe_config
 
 SIZES = (7, 0, 13, 1, 9)  # uneven, one empty group; 30 of 40 rows grouped, 10 past the groups
-SMALL_TILES = moe_lib._MegabloxTiling(16, 16, 8, whole=0)  # several row/k/n tiles, ragged k, n
+SMALL_TILES = gmm_lib._MegabloxTiling(16, 16, 8, whole=0)  # several row/k/n tiles, ragged k, n
 
 
 def _case(fused: bool, m: int = 40, d: int = 24, f: int = 12, dtype=jnp.float32):
@@ -55,7 +55,7 @@ def test_megablox_matches_blocked_and_ragged_dot(fused):
         "megablox": lambda *a: grouped_ffn(*a, impl="megablox"),
     }
     if not fused:
-        impls["megablox_small_tiles"] = lambda *a: moe_lib._megablox_ffn(*a, tiling=SMALL_TILES)
+        impls["megablox_small_tiles"] = lambda *a: gmm_lib._megablox_ffn(*a, tiling=SMALL_TILES)
     for name, ffn in impls.items():
         y, grads = _value_and_grads(ffn, *args)
         np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5, err_msg=name)
