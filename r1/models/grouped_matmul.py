@@ -21,7 +21,14 @@ import jax.numpy as jnp
 
 from r1.sharding import compute_platform
 
-__all__ = ["GMM_IMPLS", "MEGABLOX_TILING", "block_size", "grouped_ffn", "resolve_gmm_impl"]
+__all__ = [
+    "GMM_IMPLS",
+    "MEGABLOX_TILING",
+    "block_size",
+    "dense_ffn",
+    "grouped_ffn",
+    "resolve_gmm_impl",
+]
 
 GMM_IMPLS = ("auto", "ragged_dot", "blocked", "megablox")
 _RAGGED_DOT_PLATFORMS = ("gpu", "cuda", "rocm")
@@ -193,6 +200,32 @@ def _blocked_ffn(x, group_sizes, w_gate, w_up, w_down, tile: int | None = None, 
     dst = pad_starts[group_of_i] + (i - starts[group_of_i])
     i_valid = i < ends[-1]
     return jnp.where(i_valid[:, None], jnp.take(yp, jnp.where(i_valid, dst, 0), axis=0), 0)
+
+
+def dense_ffn(
+    x: jax.Array,
+    scale: jax.Array,
+    w_gate: jax.Array,
+    w_up: jax.Array | None,
+    w_down: jax.Array,
+) -> jax.Array:
+    """sum_g scale[:, g] * SwiGLU_g(x): every row through every expert, no sorting.
+
+    x: float[M, D]; scale: float[M, G] (0 where row and expert are not paired); w_* as in
+    `grouped_ffn`. Returns float[M, D]. The scale multiplies the [F] hidden activations before
+    the down projection, so the G experts' down projections are one [M, G F] x [G F, D] product.
+    Costs M x G rows of expert work: for few rows and few experts (a decode step's tokens on a
+    device holding G <= k experts, where the sorted buffer has M x G rows too) it avoids the
+    sorted buffer's gather and scatter.
+    """
+    if w_up is None:  # joined [G, D, 2, F]
+        gate_up = jnp.einsum("md,gdcf->mgcf", x, w_gate)
+        gate, up = gate_up[:, :, 0], gate_up[:, :, 1]
+    else:
+        gate = jnp.einsum("md,gdf->mgf", x, w_gate)
+        up = jnp.einsum("md,gdf->mgf", x, w_up)
+    h = _swiglu(gate, up) * scale[:, :, None].astype(gate.dtype)
+    return jnp.einsum("mgf,gfd->md", h, w_down)
 
 
 def grouped_ffn(

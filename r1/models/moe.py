@@ -41,7 +41,13 @@ from jax.sharding import PartitionSpec
 
 from r1.loop_scopes import grouped_rows_scope
 from r1.models.config import ModelConfig
-from r1.models.grouped_matmul import GMM_IMPLS, block_size, grouped_ffn, resolve_gmm_impl
+from r1.models.grouped_matmul import (
+    GMM_IMPLS,
+    block_size,
+    dense_ffn,
+    grouped_ffn,
+    resolve_gmm_impl,
+)
 from r1.models.layers import MLP, dtype_of, param
 from r1.models.routing import (
     RoutingStats,
@@ -139,6 +145,27 @@ def expert_ffn_dispatch(
     return jnp.einsum("nkd,nk->nd", y, weight)
 
 
+def expert_ffn_dense(
+    x: jax.Array,
+    topk_idx: jax.Array,
+    topk_weight: jax.Array,
+    keep: jax.Array,
+    w_gate: jax.Array,
+    w_up: jax.Array | None,
+    w_down: jax.Array,
+    expert_offset: jax.Array | int = 0,
+) -> jax.Array:
+    """`expert_ffn_dispatch`'s sums (same arguments, no impl) with every token through every
+    local expert, each scaled by the token's gate weight for it (0 where not chosen or not
+    kept): `dense_ffn`, N x E_local rows. For E_local <= k that is the bounded buffer's row
+    count, without its sort, gather and scatter."""
+    n_local = w_gate.shape[0]
+    local_id = (topk_idx - expert_offset)[:, :, None]
+    chosen = local_id == jnp.arange(n_local)[None, None, :]  # [N, k, E_local]
+    scale = jnp.sum(jnp.where(chosen & keep[:, :, None], topk_weight[:, :, None], 0.0), axis=1)
+    return dense_ffn(x, scale, w_gate, w_up, w_down)
+
+
 # ------------------------------------------------------------------- expert parallelism
 def _spec_axes(entry) -> tuple[str, ...]:
     if entry is None:
@@ -218,10 +245,13 @@ def _routed_experts(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, impl, 
             # N x min(k, E_local) when bounded), stated for the cost report.
             k, local = idx.shape[1], wg.shape[0]
             buffer = min(k, local) if whole_tokens else k
-            with jax.named_scope(grouped_rows_scope(min(1.0, k * local / (e * buffer)))):
-                y = expert_ffn_dispatch(
-                    x, idx, weight, keep, wg, wu, wd, offset, impl, bound_rows=whole_tokens
-                )
+            if whole_tokens and local <= k:  # N x E_local rows either way: no sorted buffer
+                y = expert_ffn_dense(x, idx, weight, keep, wg, wu, wd, offset)
+            else:
+                with jax.named_scope(grouped_rows_scope(min(1.0, k * local / (e * buffer)))):
+                    y = expert_ffn_dispatch(
+                        x, idx, weight, keep, wg, wu, wd, offset, impl, bound_rows=whole_tokens
+                    )
             if gather_axes:
                 y = jax.lax.psum_scatter(y, gather_axes, scatter_dimension=0, tiled=True)
             return y

@@ -569,3 +569,24 @@ def test_bounded_rows_dispatch_drops_the_ungrouped_rows(monkeypatch):
     bounded = run(True)
     assert bool(jnp.all(jnp.isfinite(bounded))) and float(jnp.abs(full).max()) > 0
     np.testing.assert_allclose(bounded, full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("joined", [False, True], ids=["split", "joined"])
+def test_dense_local_experts_equal_the_dispatch(joined):
+    """`expert_ffn_dense` (every token through every local expert, scaled by its gate weight
+    for it) gives `expert_ffn_dispatch`'s sums: chosen, unchosen and dropped assignments."""
+    rng = np.random.default_rng(5)
+    n, k, d, f, experts, local = 10, 3, 16, 8, 8, 2
+    idx = jnp.asarray(np.stack([rng.permutation(experts)[:k] for _ in range(n)]), jnp.int32)
+    weight = jnp.asarray(rng.random((n, k)), jnp.float32)
+    keep = jnp.asarray(rng.random((n, k)) > 0.2)
+    x = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+    w_gate, w_up = (jnp.asarray(rng.normal(size=(local, d, f)) / 4, jnp.float32) for _ in "gu")
+    w_down = jnp.asarray(rng.normal(size=(local, f, d)) / 4, jnp.float32)
+    weights = (jnp.stack([w_gate, w_up], axis=2), None) if joined else (w_gate, w_up)
+    for offset in (0, 3, 6):
+        args = (x, idx, weight, keep, *weights, w_down, offset)
+        dispatched = moe_lib.expert_ffn_dispatch(*args, "blocked")
+        assert float(jnp.abs(dispatched).max()) > 0
+        dense = moe_lib.expert_ffn_dense(*args)
+        np.testing.assert_allclose(dense, dispatched, rtol=1e-5, atol=1e-6)

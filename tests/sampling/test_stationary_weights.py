@@ -18,15 +18,16 @@ MESH = sharding.MeshConfig(data=1, fsdp=2, expert=2, tensor=2)
 
 
 @pytest.mark.parametrize(
-    "model, slots",
-    [("moe", 0), ("moe", 4), ("dense", 0)],
+    "model, slots, k",
+    [("moe", 0, 6), ("moe", 4, 2), ("dense", 0, 0)],
     ids=["mla-moe-static", "mla-moe-slots", "gqa-static"],
 )
-def test_stationary_weights_sample_the_same_tokens(devices, model, slots):
+def test_stationary_weights_sample_the_same_tokens(devices, model, slots, k):
     mesh = sharding.make_mesh(MESH, devices)
-    # Six experts per token of 8, 4 on each expert shard: the decode's row buffer is bounded
-    # by the local experts (`expert_ffn_dispatch(bound_rows=True)`).
-    moe = dict(num_experts_per_tok=6, n_group=1, topk_group=1)
+    # Of 8 experts, 4 on each expert shard. Six per token: every token through every local
+    # expert (`expert_ffn_dense`). Two per token: the sorted row buffer bounded by the local
+    # experts (`expert_ffn_dispatch(bound_rows=True)`).
+    moe = dict(num_experts_per_tok=k, n_group=1, topk_group=1)
     cfg = testing.tiny_moe_config(**moe) if model == "moe" else testing.tiny_dense_config()
     graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
     with sharding.use_mesh(mesh):
