@@ -118,10 +118,10 @@ def _megablox_ffn(
     gradients); interpreted off TPU. Rows are zero-padded to a multiple of the row tile.
 
     The kernel leaves rows outside every group unwritten, in its outputs and in its
-    input-gradient, and reads only the grouped rows of its inputs (each output row depends on
-    its own input row only, and `tgmm` selects the grouped rows). So whatever those rows hold
-    stays in them: each gmm's input-gradient is masked to the grouped rows, and the result
-    only where `zeroed` (else its rows past sum(group_sizes) are unspecified)."""
+    input-gradient, and what those rows of its inputs hold reaches no row it writes (an output
+    row depends on its own input row only; `tgmm` selects the grouped rows). So they need no
+    zeroing on the way in: each gmm's input-gradient is masked to the grouped rows, and the
+    result only where `zeroed` (else its rows past sum(group_sizes) are unspecified)."""
     from jax.experimental.pallas.ops.tpu.megablox import ops as megablox
 
     interpret = compute_platform() != "tpu"
