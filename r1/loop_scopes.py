@@ -15,12 +15,13 @@ the kernel visits only the grouped rows, but its own cost estimate is that of th
 buffer. The dispatch runs under `grouped_rows_scope(share)` and the cost report scales the
 kernels' row-proportional cost by it (`stated_row_share`).
 
-A conditional whose branches run on known shares of the steps that reach it runs directly
-inside `jax.named_scope(branch_scope(runs))`: branch i (a `lax.cond`'s false branch is 0, its
-true branch 1; a `lax.switch`'s in its order) runs runs[i] of every sum(runs) times. The slot
-decode states its refill (taken on the steps where a row starts) and its attention windows
-(each serving its segment's steps). Without a statement the cost report charges the most
-expensive branch every time, as XLA does.
+A conditional whose branches run at most known shares of the times it runs (an upper bound
+on the costly ones, as a loop states its most runs) runs directly inside
+`jax.named_scope(branch_scope(runs))`: branch i (a `lax.cond`'s false branch is 0, its true
+branch 1; a `lax.switch`'s in its order) runs runs[i] of every sum(runs) times. The slot
+decode states its refill: of the loop's stated steps, at most one per row that waits for a
+slot, plus the first. Without a statement the cost report charges the most expensive branch
+every time, as XLA does.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ DECODE = "decode_loop"
 GROUPED_ROWS = "grouped_rows"
 BRANCH_RUNS = "branch_runs"
 _STATED = re.compile(r"([A-Za-z_]+)_x(\d+(?:\.\d+)?)/while$")
-# A conditional's own op name, or that of an instruction whose innermost conditional it is.
-_BRANCH_RUNS = re.compile(
-    BRANCH_RUNS + r"((?:_\d+)+)/(?:cond|switch)"
-    r"(?:$|/branch_\d+_fun/(?!(?:.*/)?(?:cond|switch)/branch_\d+_fun/))"
+_CONDITIONAL = re.compile(r"/(?:cond|switch)$")
+# A conditional's own op name; an instruction's whose innermost conditional states its runs.
+_BRANCH_RUNS_OWN = re.compile(BRANCH_RUNS + r"((?:_\d+)+)/(?:cond|switch)$")
+_BRANCH_RUNS_INSIDE = re.compile(
+    BRANCH_RUNS + r"((?:_\d+)+)/(?:cond|switch)/branch_\d+_fun/"
+    r"(?!(?:.*/)?(?:cond|switch)/branch_\d+_fun/)"
 )
 _ROW_SHARE = re.compile(GROUPED_ROWS + r"_x(\d+(?:\.\d+)?)(?:/|$)")
 
@@ -62,12 +65,18 @@ def branch_scope(runs: Sequence[int]) -> str:
     return BRANCH_RUNS + "".join(f"_{int(r)}" for r in runs)
 
 
-def stated_branch_runs(op_name: str) -> tuple[int, ...] | None:
-    """The runs of each branch stated through `branch_scope`, read from a conditional's op name
-    (ending in cond or switch) or from that of an instruction in one of its branches (the
-    compiler may rename the conditional itself); None if not stated."""
-    found = _BRANCH_RUNS.search(op_name)
+def stated_branch_runs(op_name: str, inside: bool = False) -> tuple[int, ...] | None:
+    """The runs of each branch stated through `branch_scope`: read from a conditional's op name
+    (ending in cond or switch), or with `inside` from that of an instruction in one of its
+    branches (the compiler may rename a conditional), the statement of the instruction's
+    innermost conditional; None if that conditional states none."""
+    found = (_BRANCH_RUNS_INSIDE if inside else _BRANCH_RUNS_OWN).search(op_name)
     return tuple(int(r) for r in found.group(1).split("_")[1:]) if found else None
+
+
+def names_a_conditional(op_name: str) -> bool:
+    """Whether `op_name` is a conditional's own, as JAX names it (ending in cond or switch)."""
+    return bool(_CONDITIONAL.search(op_name))
 
 
 def grouped_rows_scope(share: float) -> str:

@@ -70,7 +70,13 @@ from r1.aot.memory_spaces import (
     result_shape,
     shape_bytes,
 )
-from r1.loop_scopes import DECODE, stated_branch_runs, stated_row_share, stated_runs
+from r1.loop_scopes import (
+    DECODE,
+    names_a_conditional,
+    stated_branch_runs,
+    stated_row_share,
+    stated_runs,
+)
 
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -349,17 +355,19 @@ def _branch_runs(
     comps: dict[str, Computation], op_name: str, branches: list[str]
 ) -> tuple[int, ...] | None:
     """The runs of each branch of a conditional as its scope states them
-    (`r1.loop_scopes.branch_scope`), on the conditional's op name or on the op names of the
-    instructions in its branches (the TPU compiler renames some conditionals); None if not
-    stated or not one per branch."""
-    names = [op_name] + [
-        found.group(1)
+    (`r1.loop_scopes.branch_scope`): on the conditional's op name, or where the compiler
+    renamed the conditional (the TPU compiler does), on the op names of the instructions in its
+    branches; None if not stated, or not one per branch."""
+    if names_a_conditional(op_name):
+        runs = stated_branch_runs(op_name)
+        return runs if runs is not None and len(runs) == len(branches) else None
+    inside = (
+        stated_branch_runs(found.group(1), inside=True)
         for branch in branches
         for line in comps[branch].lines[1:]
         if (found := _OP_NAME.search(line))
-    ]
-    runs = next((r for r in map(stated_branch_runs, names) if r is not None), None)
-    return runs if runs is not None and len(runs) == len(branches) else None
+    )
+    return next((r for r in inside if r is not None and len(r) == len(branches)), None)
 
 
 def _runs(trips: int | None, op_name: str) -> float | None:

@@ -35,6 +35,8 @@ _RAGGED_DOT_PLATFORMS = ("gpu", "cuda", "rocm")
 
 
 def resolve_gmm_impl(impl: str) -> str:
+    """The grouped-matmul implementation `impl` names (one of GMM_IMPLS), "auto" resolved by
+    the platform of the ambient mesh: megablox on TPU, ragged_dot on GPU, blocked elsewhere."""
     if impl not in GMM_IMPLS:
         raise ValueError(f"grouped matmul impl {impl!r}: expected one of {GMM_IMPLS}")
     if impl != "auto":
@@ -143,8 +145,9 @@ def _megablox_ffn(
         gate, up = gate_up[:, 0], gate_up[:, 1]
     else:
         gate, up = gmm(xp, w_gate), gmm(xp, w_up)
-    if row_scale is not None:
-        row_scale = jnp.pad(row_scale, (0, rows - m))
+    if row_scale is not None:  # its gradient too is taken over the ungrouped rows' values
+        row_scale = jnp.pad(row_scale, (0, rows - m))[:, None]
+        row_scale = _grouped_rows_gradient(row_scale, in_group)[:, 0]
     y = gmm(_scaled(_swiglu(gate, up), row_scale), w_down)[:m]
     return jnp.where(in_group[:m], y, 0) if zeroed else y
 

@@ -70,6 +70,7 @@ __all__ = [  # with the routing core of r1.models.routing, re-exported
     "block_size",
     "capacity_keep_mask",
     "expert_capacity",
+    "expert_ffn_dense",
     "expert_ffn_dispatch",
     "grouped_ffn",
     "load_diagnostics",
@@ -157,8 +158,10 @@ def expert_ffn_dense(
 ) -> jax.Array:
     """`expert_ffn_dispatch`'s sums (same arguments, no impl) with every token through every
     local expert, each scaled by the token's gate weight for it (0 where not chosen or not
-    kept): `dense_ffn`, N x E_local rows. For E_local <= k that is the bounded buffer's row
-    count, without its sort, gather and scatter."""
+    kept): `dense_ffn`, N x E_local rows of plain products (no grouped-matmul impl). For
+    E_local <= k that is the bounded buffer's row count, without its sort, gather and scatter;
+    it does E_local x N x (gate, up, down) products where the grouped matmuls do only the
+    routed ones, so per operation it trades bytes for flops."""
     n_local = w_gate.shape[0]
     local_id = (topk_idx - expert_offset)[:, :, None]
     chosen = local_id == jnp.arange(n_local)[None, None, :]  # [N, k, E_local]
@@ -245,7 +248,8 @@ def _routed_experts(x, topk_idx, topk_weight, keep, w_gate, w_up, w_down, impl, 
             # N x min(k, E_local) when bounded), stated for the cost report.
             k, local = idx.shape[1], wg.shape[0]
             buffer = min(k, local) if whole_tokens else k
-            if whole_tokens and local <= k:  # N x E_local rows either way: no sorted buffer
+            # N x E_local rows either way: no sorted buffer (nor the layer's gmm_impl).
+            if whole_tokens and local <= k:
                 y = expert_ffn_dense(x, idx, weight, keep, wg, wu, wd, offset)
             else:
                 with jax.named_scope(grouped_rows_scope(min(1.0, k * local / (e * buffer)))):

@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from r1.loop_scopes import branch_scope
 from r1.models.attention import MASK_VALUE, SegmentMask
 from r1.models.attention_kernels import attend as kernel_attend
 from r1.models.attention_kernels import pallas_interpret
@@ -225,14 +224,12 @@ def _read(array: jax.Array, layer_pos) -> jax.Array:
 
 def _in_window(window, attend, operands):
     """attend(*arrays) over the first w slots of each (array, slot axis) in `operands`: w =
-    sizes[i] for window = (i, sizes) or (i, sizes, runs) with i traced (a `lax.switch`, one
-    branch per size; runs, the decode steps each window serves, stated for the cost report:
-    `r1.loop_scopes.branch_scope`), or every slot when window is None. Slots past w must be
-    masked out (exact zeros in softmax)."""
+    sizes[i] for window = (i, sizes) with i traced (a `lax.switch`, one branch per size), or
+    every slot when window is None. Slots past w must be masked out (exact zeros in softmax)."""
     arrays = tuple(array for array, _ in operands)
     if window is None:
         return attend(*arrays)
-    index, sizes, *runs = window
+    index, sizes = window
 
     def branch(size):
         def run(*arrays):
@@ -243,10 +240,7 @@ def _in_window(window, attend, operands):
 
         return run
 
-    if not runs:
-        return jax.lax.switch(index, [branch(size) for size in sizes], *arrays)
-    with jax.named_scope(branch_scope(runs[0])):
-        return jax.lax.switch(index, [branch(size) for size in sizes], *arrays)
+    return jax.lax.switch(index, [branch(size) for size in sizes], *arrays)
 
 
 def _gqa_cached(
@@ -406,7 +400,7 @@ def forward_with_cache(
     token_mask: jax.Array,
     cache: Cache,
     index: jax.Array | int,
-    window: tuple | None = None,
+    window: tuple[jax.Array, tuple[int, ...]] | None = None,
     with_routes: bool = False,
     last_logits_only: bool = False,
 ) -> tuple[jax.Array, Cache] | tuple[jax.Array, Cache, jax.Array]:
@@ -417,8 +411,7 @@ def forward_with_cache(
     a decode step T = 1 at index = prompt length + step. index int32[B] (T = 1): each row at
     its own slot (the slot decode, whose rows are at different token indices); row b attends
     to its valid slots up to index[b]. window: (i, sizes) for a decode step, attention reads
-    only the first sizes[i] slots (i traced: the caller knows no row attends past them); or
-    (i, sizes, runs), runs[j] the decode steps window j serves (for the cost report).
+    only the first sizes[i] slots (i traced: the caller knows no row attends past them).
     with_routes: also return the experts each MoE layer's router picked for each token,
     (logits, cache, routes int32[B, T, M, k]) with M = `ModelConfig.num_moe_layers` in forward
     order (best expert first; padding tokens get their router's choice too, the caller masks

@@ -138,13 +138,10 @@ def slot_decode(
             cache=refill_rows(state.cache, prompt_cache, take, prompt),
         )
 
-    # For the cost report (`r1.loop_scopes`), in the worst case the decode scope states (every
-    # row at full length): the refill is taken on the steps where rows start, and window j
-    # serves the steps of segment j in each of the rows' waves.
+    # For the cost report (`r1.loop_scopes`): the loop's most steps (every row at full length)
+    # and, of them, at most one refill per row that waits for a slot, plus the first.
     steps = expected_decode_steps([new] * rows, slots)
-    refills = expected_refill_steps([new] * rows, slots)
-    ends = config.segment_ends()
-    window_runs = tuple(end - start for start, end in zip((0, *ends[:-1]), ends))
+    refills = min(steps, rows - slots + 1)
 
     def body(state: SlotState) -> SlotState:
         with jax.named_scope(branch_scope((steps - refills, refills))):
@@ -177,7 +174,7 @@ def slot_decode(
             active[:, None],
             state.cache,
             prompt_len + index,
-            window=(jnp.minimum(wide, len(windows) - 1), windows, window_runs),
+            window=(jnp.minimum(wide, len(windows) - 1), windows),
             with_routes=record,
         )
         logits, cache = fed[:2]
@@ -226,26 +223,14 @@ def slot_decode(
         return jax.lax.while_loop(lambda s: jnp.any(s.active) | (s.next_row < rows), body, state)
 
 
-def _schedule(lengths: Sequence[int], slots: int) -> list[tuple[int, int]]:
-    """(start, end) decode steps of rows of these lengths (tokens each, queue order) through
-    `slots` slots: list scheduling, each row to the slot that frees first."""
-    free_at = [0] * max(1, min(slots, len(lengths)))
-    heapq.heapify(free_at)
-    spans = []
-    for length in lengths:
-        start = heapq.heappop(free_at)
-        spans.append((start, start + int(length)))
-        heapq.heappush(free_at, start + int(length))
-    return spans
-
-
 def expected_decode_steps(lengths: Sequence[int], slots: int) -> int:
     """The decode steps the slot loop takes for rows of these lengths (tokens each, queue
-    order) with `slots` slots (`_schedule`)."""
-    return max((end for _, end in _schedule(lengths, slots)), default=0)
-
-
-def expected_refill_steps(lengths: Sequence[int], slots: int) -> int:
-    """The decode steps on which the slot loop refills (some row starts) for rows of these
-    lengths with `slots` slots (`_schedule`)."""
-    return len({start for start, _ in _schedule(lengths, slots)})
+    order) with `slots` slots: list scheduling, each row to the slot that frees first."""
+    free_at = [0] * max(1, min(slots, len(lengths)))
+    heapq.heapify(free_at)
+    end = 0
+    for length in lengths:
+        start = heapq.heappop(free_at)
+        end = max(end, start + int(length))
+        heapq.heappush(free_at, start + int(length))
+    return end

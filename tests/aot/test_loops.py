@@ -10,6 +10,8 @@ from flax import nnx
 
 from r1 import aot
 from r1.aot.cost import optimized_hlo
+from r1.aot.hlo_text import parse_computations
+from r1.aot.loops import _branch_runs, _control_flow
 from r1.loop_scopes import branch_scope, stated_branch_runs
 from r1.models.transformer import Transformer
 from r1.sampling.kv_cache import forward_with_cache, init_cache
@@ -61,6 +63,7 @@ def test_conditionals_count_each_branch_by_the_runs_their_scope_states():
             with jax.named_scope(branch_scope((3, 1))):
                 v = jax.lax.cond(i % 4 == 0, lambda u: jnp.tanh((u @ w[0]) @ w[1]), jnp.tanh, v)
             branches = [jnp.tanh, lambda u: jnp.tanh(u @ w[2]), lambda u: (u @ w[3]) @ w[4]]
+            # The statement is what is counted, whatever the index computed here.
             with jax.named_scope(branch_scope((1, 2, 1))):
                 v = jax.lax.switch(jnp.minimum(i % 3, 2), branches, v)
             return v, i + 1
@@ -80,11 +83,15 @@ def test_conditionals_count_each_branch_by_the_runs_their_scope_states():
 
 
 def test_stated_branch_runs_belong_to_the_innermost_conditional():
-    assert stated_branch_runs("jit(f)/while/body/branch_runs_5_1/cond") == (5, 1)
-    assert stated_branch_runs("jit(f)/branch_runs_5_1/cond/branch_1_fun/dot_general") == (5, 1)
-    inner = "jit(f)/branch_runs_5_1/cond/branch_1_fun/cond/branch_0_fun/dot_general"
-    assert stated_branch_runs(inner) is None  # an unstated conditional inside a stated one
-    assert stated_branch_runs("jit(f)/branch_runs_5_1/and") is None
+    outer = "jit(f)/while/body/branch_runs_5_1/cond"
+    assert stated_branch_runs(outer) == (5, 1)
+    assert stated_branch_runs(outer + "/branch_1_fun/cond") is None  # unstated, inside
+    assert stated_branch_runs(outer + "/branch_1_fun/branch_runs_2_3/cond") == (2, 3)
+    inside = lambda name: stated_branch_runs(name, inside=True)  # noqa: E731
+    assert inside(outer + "/branch_1_fun/dot_general") == (5, 1)
+    assert inside(outer + "/branch_1_fun/cond/branch_0_fun/dot_general") is None
+    assert inside(outer + "/branch_1_fun/branch_runs_2_3/cond/branch_0_fun/dot") == (2, 3)
+    assert inside("jit(f)/branch_runs_5_1/and") is None
     with pytest.raises(ValueError, match="branch_scope"):
         branch_scope((0, 0))
 
@@ -187,6 +194,32 @@ def test_decode_loop_total_is_one_decode_step_times_the_steps():
     assert count.decode_total.flops == pytest.approx(new * count.decode_step.flops)
     assert count.decode_step.flops == pytest.approx(alone.total.flops, rel=0.1)
     assert count.total.flops > count.decode_total.flops  # + the prefill
+
+
+def test_slot_decode_states_its_refill_runs():
+    """The compiled slot decode's refill conditional carries the runs the counter reads: 6 rows
+    of 8 tokens through 4 slots take at most 16 steps, of which at most 3 refill (the first,
+    and one per row that waited)."""
+    cfg = tiny_dense_config(num_layers=2).replace(scan_layers=True)
+    graphdef, state = _abstract(cfg)
+    config = SamplingConfig(
+        max_new_tokens=8, greedy=True, slots=4, decode_segments=2, unstack_layers=False
+    )
+
+    def rollout(state, prompts):
+        model = nnx.merge(graphdef, state)
+        return sample(model, prompts, prompts > 0, jax.random.key(0), config).tokens
+
+    text = _compiled(rollout, state, jnp.ones((6, 4), jnp.int32)).as_text()
+    header, comps = parse_computations(text)
+    stated = [
+        _branch_runs(comps, op, callees)
+        for name in comps
+        for kind, callees, _, _, op in _control_flow(comps, name)
+        if kind == "conditional"
+    ]
+    assert aot.count_loops(text).decode_steps == 16
+    assert (13, 3) in stated
 
 
 def test_pallas_kernels_count_the_flops_and_bytes_they_state():

@@ -547,8 +547,10 @@ def test_bounded_rows_dispatch_drops_the_ungrouped_rows(monkeypatch):
     """The bounded buffer asks its grouped matmul not to zero the rows past the grouped ones
     (megablox leaves them unwritten) and drops them in its scatter: NaN there changes nothing."""
     grouped_ffn = moe_lib.grouped_ffn
+    asked = []
 
     def garbage_outside(x, group_sizes, *args, zeroed=True, **kwargs):
+        asked.append(zeroed)
         y = grouped_ffn(x, group_sizes, *args, **kwargs)
         grouped = (jnp.arange(x.shape[0]) < jnp.sum(group_sizes))[:, None]
         return y if zeroed else jnp.where(grouped, y, jnp.nan)
@@ -567,6 +569,7 @@ def test_bounded_rows_dispatch_drops_the_ungrouped_rows(monkeypatch):
     full = run(False)
     monkeypatch.setattr(moe_lib, "grouped_ffn", garbage_outside)
     bounded = run(True)
+    assert asked == [False]
     assert bool(jnp.all(jnp.isfinite(bounded))) and float(jnp.abs(full).max()) > 0
     np.testing.assert_allclose(bounded, full, rtol=1e-5, atol=1e-6)
 

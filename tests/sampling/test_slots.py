@@ -13,7 +13,7 @@ from r1 import sharding, testing
 from r1.models.transformer import Transformer
 from r1.sampling import SamplingConfig
 from r1.sampling.sampler import left_pad, make_sampler
-from r1.sampling.slots import expected_decode_steps, expected_refill_steps
+from r1.sampling.slots import expected_decode_steps
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]]
 GROUP = 4  # N = 12 rows
@@ -115,10 +115,6 @@ def test_expected_decode_steps_is_list_scheduling():
     assert expected_decode_steps([1, 1, 1, 1, 4], 2) == 6  # the long row starts last
     assert expected_decode_steps([3, 3, 3], 1) == 9
     assert expected_decode_steps([3, 5, 2], 8) == 5
-    # Refills: the distinct steps at which rows start.
-    assert expected_refill_steps([4, 1, 1, 1, 1], 2) == 4  # steps 0, 1, 2, 3
-    assert expected_refill_steps([3, 3, 3, 3], 2) == 2  # two waves: steps 0 and 3
-    assert expected_refill_steps([3, 5, 2], 8) == 1
 
 
 def test_slots_config_validation():
