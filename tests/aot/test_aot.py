@@ -246,6 +246,9 @@ def test_aot_report_lists_the_judge_bytes(tmp_path):
     _save_random_judge(tmp_path)
     config = configlib.load_config(TINY)
     config.model_rewards = (("judge", 1.0, {"path": str(tmp_path)}),)
+    # One prompt width and short completions: the judge's bytes do not depend on them, and
+    # each width is a branch of the compiled step.
+    config.data.buckets, config.rl.max_new_tokens = (48,), 16
     report = aot.run(config, TINY, "v5e:2x2", loop_costs=False)
     assert report.fits
     judge = report.frozen_by_name["judge"]
