@@ -145,7 +145,7 @@ def _megablox_ffn(
         gate, up = gate_up[:, 0], gate_up[:, 1]
     else:
         gate, up = gmm(xp, w_gate), gmm(xp, w_up)
-    if row_scale is not None:  # its gradient too is taken over the ungrouped rows' values
+    if row_scale is not None:  # its gradient, too, masked to the grouped rows
         row_scale = jnp.pad(row_scale, (0, rows - m))[:, None]
         row_scale = _grouped_rows_gradient(row_scale, in_group)[:, 0]
     y = gmm(_scaled(_swiglu(gate, up), row_scale), w_down)[:m]
