@@ -17,15 +17,17 @@ counted (`r1.aot.loops`), split into the rollout and the update.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.experimental.compilation_cache import compilation_cache
 
 from r1 import sharding
 from r1.aot.hlo_buffers import read_dump
@@ -108,8 +110,31 @@ def optimized_hlo(lowered: Any) -> str:
     """The optimized HLO text of a lowered program, compiled with the HLO dumped to a temporary
     directory (`Compiled.as_text()` cannot serialise some TPU programs' async ops)."""
     with tempfile.TemporaryDirectory(prefix="r1_aot_") as dump:
-        lowered.compile({"xla_dump_to": dump, "xla_dump_hlo_as_text": True})
+        compile_dumped(lowered, dump)
         return read_dump(dump, "after_optimizations.txt")
+
+
+def compile_dumped(lowered: Any, directory: str) -> Any:
+    """`lowered.compile()` with the optimized HLO and the buffer assignment dumped as text to
+    `directory` (`read_dump` reads them). The persistent compilation cache (set by
+    `JAX_COMPILATION_CACHE_DIR` or `jax_compilation_cache_dir`) is off for this compile: on a
+    cache hit the executable is loaded, not compiled, and the compiler dumps no buffer
+    assignment (the report's largest buffers); and a pod program's serialized executable is
+    hundreds of MB, written for nothing."""
+    with _persistent_cache_off():
+        return lowered.compile({"xla_dump_to": directory, "xla_dump_hlo_as_text": True})
+
+
+@contextlib.contextmanager
+def _persistent_cache_off() -> Iterator[None]:
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # jax decides once whether to use the cache, then keeps it
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+        compilation_cache.reset_cache()
 
 
 def decode_weight_bytes(program: Program) -> int:

@@ -45,6 +45,7 @@ from r1.aot.cost import (
     ChipSpec,
     StepCost,
     chip_for,
+    compile_dumped,
     devices_per_chip,
     roofline_seconds,
     step_cost,
@@ -382,11 +383,10 @@ def compile_report(
     error = ""
     compiled = None
     with tempfile.TemporaryDirectory(prefix="r1_aot_") as dump:
-        options = {"xla_dump_to": dump, "xla_dump_hlo_as_text": True}
         with sharding.use_mesh(program.mesh):
             lowered = program.step.lower(*program.args())
         try:
-            compiled = lowered.compile(options)
+            compiled = compile_dumped(lowered, dump)
         except Exception as err:  # the TPU compiler's out-of-memory error
             message = str(err)
             if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:

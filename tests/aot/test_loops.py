@@ -322,3 +322,36 @@ def test_bytes_are_hbm_bytes_with_on_chip_buffers_left_out():
     # (XLA's model gives each custom call, here the stubbed async pair, a cost of -1.)
     count = aot.count_loops(SLICE_PREFETCH_PROGRAM)
     assert count.total.bytes == pytest.approx(256 * 512 * 2 + 16 * 256 * 2 + 16 * 512 * 2, abs=2)
+
+
+def test_dumped_compiles_bypass_a_persistent_compilation_cache(tmp_path):
+    """With `JAX_COMPILATION_CACHE_DIR` set (as users set it on TPU VMs) a second compile of a
+    program would load the cached executable, and the compiler would dump no buffer
+    assignment; the AOT reports' compiles turn the persistent cache off, and leave it on."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    from r1.aot.cost import compile_dumped
+    from r1.aot.hlo_buffers import read_dump
+
+    settings = {
+        "jax_compilation_cache_dir": str(tmp_path / "cache"),
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
+    before = {name: getattr(jax.config, name) for name in settings}
+    lowered = jax.jit(lambda x: jnp.tanh(x @ x.T).sum()).lower(jnp.ones((8, 16)))
+    try:
+        for name, value in settings.items():
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()
+        lowered.compile()  # fills the cache
+        assert any((tmp_path / "cache").iterdir())
+        for run in ("first", "second"):
+            compile_dumped(lowered, str(tmp_path / run))
+            assert "allocation" in read_dump(str(tmp_path / run), "buffer-assignment.txt"), run
+            assert "ENTRY" in read_dump(str(tmp_path / run), "after_optimizations.txt"), run
+        assert jax.config.jax_enable_compilation_cache
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()
