@@ -22,7 +22,11 @@ def _run_compilation_cache() -> str:
     os.makedirs(root, exist_ok=True)
     for name in os.listdir(root):
         old = os.path.join(root, name)
-        if time.time() - os.path.getmtime(old) > 86400:
+        try:
+            stale = time.time() - os.path.getmtime(old) > 86400
+        except OSError:  # removed meanwhile by the other worker
+            continue
+        if stale:
             shutil.rmtree(old, ignore_errors=True)
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex
     return os.path.join(root, run)

@@ -84,10 +84,12 @@ def test_model_blockwise_equals_dense(make_cfg):
         logits = nnx.merge(gd, p, rest)(tokens, **kwargs)
         return jnp.sum(jnp.where(jnp.asarray(valid)[..., None], logits * weights, 0.0)), logits
 
-    (l_d, lg_d), g_d = jax.value_and_grad(lambda p: loss(graphdef, p), has_aux=True)(params)
-    (l_b, lg_b), g_b = jax.jit(
-        jax.value_and_grad(lambda p: loss(block_graphdef, p), has_aux=True)
-    )(params)
+    (l_d, lg_d), g_d = jax.jit(jax.value_and_grad(lambda p: loss(graphdef, p), has_aux=True))(
+        params
+    )
+    (l_b, lg_b), g_b = jax.jit(jax.value_and_grad(lambda p: loss(block_graphdef, p), has_aux=True))(
+        params
+    )
     np.testing.assert_allclose(np.asarray(lg_b)[valid], np.asarray(lg_d)[valid], atol=1e-4)
     np.testing.assert_allclose(float(l_b), float(l_d), rtol=1e-4)
     for gb, gd in zip(jax.tree.leaves(g_b), jax.tree.leaves(g_d)):
@@ -117,9 +119,9 @@ def test_chunked_token_logprobs_matches_full(chunk):
         logp, ent = fn(h, w)
         return jnp.sum(logp * coef[0] + ent * coef[1]), (logp, ent)
 
-    (l_f, (lp_f, e_f)), g_f = jax.value_and_grad(
-        lambda *a: loss(full, *a), (0, 1), has_aux=True
-    )(hidden, w)
+    (l_f, (lp_f, e_f)), g_f = jax.value_and_grad(lambda *a: loss(full, *a), (0, 1), has_aux=True)(
+        hidden, w
+    )
     (l_c, (lp_c, e_c)), g_c = jax.jit(
         jax.value_and_grad(lambda *a: loss(chunked, *a), (0, 1), has_aux=True)
     )(hidden, w)

@@ -155,8 +155,8 @@ def test_mtp_weights_round_trip(tmp_path):
     cfg2, model2 = hf.load(str(tmp_path))
     assert cfg2.num_mtp_layers == 1
     tokens = jnp.asarray(testing.random_tokens(0, 2, 9, cfg.vocab_size))
-    a = model.forward(tokens, with_mtp=True)
-    b = model2.forward(tokens, with_mtp=True)
+    forward = nnx.jit(lambda m, t: m.forward(t, with_mtp=True))  # eager: op by op, slow
+    a, b = forward(model, tokens), forward(model2, tokens)
     assert len(a.mtp_logits) == 1
     for x, y in [(a.logits, b.logits), (a.mtp_logits[0], b.mtp_logits[0])]:
         x, y = np.asarray(x), np.asarray(y)  # b is sharded over 8 devices: summation order differs

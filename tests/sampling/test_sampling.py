@@ -20,6 +20,13 @@ def _model(name, seed=0):
     return Transformer(CONFIGS[name](), rngs=nnx.Rngs(seed))
 
 
+@nnx.jit
+def _forward(model, tokens):
+    """The full forward the sampler is checked against, compiled once per model and length
+    (run eagerly, the MoE model's forward dispatches op by op: seconds per call)."""
+    return model(tokens)
+
+
 def _run(model, config, prompts=PROMPTS, bucket=8, seed=0, row_ids=None):
     tokens, mask = left_pad(prompts, bucket, 0)
     graphdef, state = nnx.split(model)
@@ -39,7 +46,7 @@ def test_greedy_equals_full_forward_argmax(name):
         # One causal forward over prompt + completion: position p's logits are those of the
         # prefix ending at p, so each generated token must be the argmax after its prefix.
         completion = [int(t) for t in out.tokens[row]]
-        logits = model(jnp.asarray([list(prompt) + completion]))[0]
+        logits = _forward(model, jnp.asarray([list(prompt) + completion]))[0]
         for t in range(steps):
             position = len(prompt) + t - 1
             assert int(jnp.argmax(logits[position])) == completion[t], (row, t)
@@ -59,7 +66,7 @@ def test_sampled_logprobs_equal_teacher_forcing(name):
     for row in range(len(PROMPTS) * 2):
         prompt = PROMPTS[row // 2]
         completion = np.asarray(out.tokens[row])[np.asarray(out.mask[row])].tolist()
-        logits = model(jnp.asarray([prompt + completion]))[0]
+        logits = _forward(model, jnp.asarray([prompt + completion]))[0]
         start = len(prompt) - 1
         step_logits = logits[start : start + len(completion)]
         idx = jnp.asarray(completion)[:, None]
@@ -268,9 +275,10 @@ def test_bfloat16_model_samples_a_batch_on_cpu(name):
     assert bool(jnp.all(jnp.isfinite(out.logprobs)))
     checked = 0
     for row, prompt in enumerate(PROMPTS):
-        logits = model(jnp.asarray([prompt]))[0, -1].astype(jnp.float32)
+        logits = _forward(model, jnp.asarray([prompt]))[0, -1].astype(jnp.float32)
         top = jnp.sort(logits)[-2:]
-        stable = int(jnp.argmax(model32(jnp.asarray([prompt]))[0, -1])) == int(jnp.argmax(logits))
+        first32 = _forward(model32, jnp.asarray([prompt]))[0, -1]
+        stable = int(jnp.argmax(first32)) == int(jnp.argmax(logits))
         if stable and float(top[1] - top[0]) > 0.05:
             assert int(out.tokens[row, 0]) == int(jnp.argmax(logits)), row
             checked += 1
