@@ -119,8 +119,8 @@ def compile_dumped(lowered: Any, directory: str) -> Any:
     `directory` (`read_dump` reads them). The persistent compilation cache (set by
     `JAX_COMPILATION_CACHE_DIR` or `jax_compilation_cache_dir`) is off for this compile: on a
     cache hit the executable is loaded, not compiled, and the compiler dumps no buffer
-    assignment (the report's largest buffers); and a pod program's serialized executable is
-    hundreds of MB, written for nothing."""
+    assignment (the report's largest buffers); and a pod program's serialized executable would
+    take room in the cache for nothing."""
     with _persistent_cache_off():
         return lowered.compile({"xla_dump_to": directory, "xla_dump_hlo_as_text": True})
 

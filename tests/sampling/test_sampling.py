@@ -23,7 +23,7 @@ def _model(name, seed=0):
 @nnx.jit
 def _forward(model, tokens):
     """The full forward the sampler is checked against, compiled once per model and length
-    (run eagerly, the MoE model's forward dispatches op by op: seconds per call)."""
+    (run eagerly, the MoE model's forward dispatches op by op, slowly)."""
     return model(tokens)
 
 
