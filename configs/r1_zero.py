@@ -325,7 +325,10 @@ def deepseek_v3() -> ml_collections.ConfigDict:
     c.train.topology, c.train.slices = "v5p:8x8x16", 1
     # Not configlib.TPU_KERNELS: with the splash kernel on MLA and fused projections the step
     # needs 132 GiB per chip (issue 24's AOT; the XLA attention fits in 59.9). The MoE still runs
-    # the megablox grouped matmuls (gmm_impl "auto" on TPU).
+    # the megablox grouped matmuls (gmm_impl "auto" on TPU). The decode's attention over the
+    # latent cache runs the Pallas latent kernel (each row's cache read once, up to its own
+    # length, the scores on chip).
+    c.model.decode_attention_impl = "pallas"
     c.optimizer.learning_rate = 3e-6
     c.train.steps = 5200
     c.train.checkpoint_every = 50

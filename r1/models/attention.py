@@ -81,6 +81,7 @@ class Attention(nnx.Module):
         self.scale = hd**-0.5
         self.block_size = cfg.attention_block_size
         self.attention_impl = cfg.attention_impl
+        self.use_decode_kernel = cfg.use_decode_kernel
 
     def _fused_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x: float[B, T, D] -> q [B, T, H, hd], k, v [B, T, K, hd] (biased, not rotated) from

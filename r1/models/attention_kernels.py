@@ -1,8 +1,9 @@
 """The self-attention kernel behind `ModelConfig.attention_impl`: one entry point, `attend`.
 
 Training and prefill self-attention (GQA and MLA's expanded form) go through `attend`; decode
-against the KV cache has its own kernel (`r1.sampling.decode_kernel`, "pallas" GQA models) or
-the XLA form. The three choices compute the same function of (q, k, v, mask):
+against the KV cache has its own kernels (`r1.sampling.decode_kernel`, GQA and MLA, chosen by
+`ModelConfig.decode_attention_impl`) or the XLA form. The three choices compute the same
+function of (q, k, v, mask):
 
   "xla"     `attention.dot_product_attention` (einsums, float32 softmax, a dense [B, T, S]
             mask), or `attention.blockwise_attention` (pure-JAX flash, custom VJP) for a

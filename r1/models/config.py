@@ -18,6 +18,7 @@ ATTENTION_TYPES = ("gqa", "mla")
 # attention_block_size), "cudnn" (jax.nn.dot_product_attention's fused GPU kernel), "pallas"
 # (a Pallas flash/splash kernel for TPU).
 ATTENTION_IMPLS = ("xla", "cudnn", "pallas")
+DECODE_ATTENTION_IMPLS = ("auto", "xla", "pallas")
 SCORING_FUNCS = ("sigmoid", "softmax")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -64,6 +65,7 @@ EXECUTION_FIELDS = (
     "moe_token_chunk_size",
     "scan_layers",
     "attention_impl",
+    "decode_attention_impl",
     "fused_projections",
     "aux_loss_alpha",
     "bias_update_rate",
@@ -113,11 +115,16 @@ class ModelConfig:
     # convert both ways.
     scan_layers: bool = False
     # attention_impl: the kernel training / prefill self-attention runs through (one of
-    # ATTENTION_IMPLS); with "pallas" a GQA model's decode attention against the KV cache also
-    # runs a Pallas kernel (r1.sampling.decode_kernel), else the XLA form. fused_projections:
-    # q/k/v (MLA: the projections of x) and the MLP / expert gate and up weights are stored
-    # joined and run as one GEMM each; HF checkpoints are split and joined at the boundary.
+    # ATTENTION_IMPLS).
+    # decode_attention_impl: what a decode step's attention against the KV cache runs:
+    # "pallas" a Pallas kernel (r1.sampling.decode_kernel: GQA, and MLA's absorbed attention
+    # over the latent cache), "xla" the XLA form, "auto" the kernel when attention_impl is
+    # "pallas" (so a model can decode through the kernel while training through XLA attention).
+    # fused_projections: q/k/v (MLA: the projections of x) and the MLP / expert gate and up
+    # weights are stored joined and run as one GEMM each; HF checkpoints are split and joined
+    # at the boundary.
     attention_impl: str = "xla"
+    decode_attention_impl: str = "auto"
     fused_projections: bool = False
     attention_type: str = "gqa"
     # Multi-head Latent Attention (attention_type="mla").
@@ -167,6 +174,11 @@ class ModelConfig:
             f"expected one of {ATTENTION_IMPLS}, got {self.attention_impl!r}",
         )
         need(
+            self.decode_attention_impl in DECODE_ATTENTION_IMPLS,
+            "decode_attention_impl",
+            f"expected one of {DECODE_ATTENTION_IMPLS}, got {self.decode_attention_impl!r}",
+        )
+        need(
             self.attention_type in ATTENTION_TYPES,
             "attention_type",
             f"expected one of {ATTENTION_TYPES}, got {self.attention_type!r}",
@@ -208,6 +220,13 @@ class ModelConfig:
             )
 
     # ------------------------------------------------------------------ derived quantities
+    @property
+    def use_decode_kernel(self) -> bool:
+        """Whether decode attention against the KV cache runs the Pallas kernel
+        (`decode_attention_impl`)."""
+        impl = self.decode_attention_impl
+        return impl == "pallas" or (impl == "auto" and self.attention_impl == "pallas")
+
     @property
     def is_moe(self) -> bool:
         return self.n_routed_experts > 0

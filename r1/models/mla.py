@@ -72,6 +72,10 @@ def mla_softmax_scale(cfg: ModelConfig) -> float:
     return scale
 
 
+# The absorbed attention's layout: where the decode's cache rows are.
+_AT_CACHE = ("cache_batch", "length", "cache_heads", None)
+
+
 def _masked_softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
     """scores: float32[B, H, T, S], mask: bool[B, T, S] -> float32 probabilities.
 
@@ -165,6 +169,7 @@ class MLAttention(nnx.Module):
         self.scale = mla_softmax_scale(cfg)
         self.block_size = cfg.attention_block_size
         self.attention_impl = cfg.attention_impl
+        self.use_decode_kernel = cfg.use_decode_kernel
 
     # ------------------------------------------------------------------ projections
     def _rope(self, x: jax.Array, positions: jax.Array) -> jax.Array:
@@ -352,19 +357,29 @@ class MLAttention(nnx.Module):
         k_rope: [B, S, R] (rotated), mask: bool[B, T, S] -> float[B, T, D].
         """
         mask = dense_mask(mask)
-        w_uk, w_uv = self._split_kv_b()
-        q_latent = jnp.einsum("bthn,chn->bthc", q_nope, w_uk)
-        # The attention runs where the cache rows are (`cache_batch`); the projections on
-        # either side may split rows differently (`r1.sharding.STATIONARY_DECODE_RULES`).
-        at_cache = ("cache_batch", "length", "cache_heads", None)
-        q_latent = relayout(q_latent, ("batch", "length", "act_heads", "kv_lora"), at_cache)
-        q_rope = relayout(q_rope, ("batch", "length", "act_heads", None), at_cache)
+        q_latent, q_rope = self.latent_queries(q_nope, q_rope)
         scores = jnp.einsum(
             "bthc,bsc->bhts", q_latent, kv_latent, preferred_element_type=jnp.float32
         ) + jnp.einsum("bthr,bsr->bhts", q_rope, k_rope, preferred_element_type=jnp.float32)
         probs = _masked_softmax(scores * self.scale, mask).astype(kv_latent.dtype)
-        o_latent = jnp.einsum("bhts,bsc->bthc", probs, kv_latent)
-        o_latent = relayout(o_latent, at_cache, ("batch", "length", "act_heads", "kv_lora"))
+        return self.latent_output(jnp.einsum("bhts,bsc->bthc", probs, kv_latent))
+
+    def latent_queries(self, q_nope: jax.Array, q_rope: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The absorbed attention's queries where the cache rows are: q_nope [B, T, H, N],
+        q_rope [B, T, H, R] -> q_latent [B, T, H, C] (q_nope @ W_UK^T), q_rope, laid out as
+        ("cache_batch", "length", "cache_heads", None)."""
+        w_uk, _ = self._split_kv_b()
+        q_latent = jnp.einsum("bthn,chn->bthc", q_nope, w_uk)
+        # The attention runs where the cache rows are (`cache_batch`); the projections on
+        # either side may split rows differently (`r1.sharding.STATIONARY_DECODE_RULES`).
+        q_latent = relayout(q_latent, ("batch", "length", "act_heads", "kv_lora"), _AT_CACHE)
+        return q_latent, relayout(q_rope, ("batch", "length", "act_heads", None), _AT_CACHE)
+
+    def latent_output(self, o_latent: jax.Array) -> jax.Array:
+        """The attention-weighted latent [B, T, H, C], laid out where the cache rows are, ->
+        float[B, T, D] (through W_UV and o_proj)."""
+        _, w_uv = self._split_kv_b()
+        o_latent = relayout(o_latent, _AT_CACHE, ("batch", "length", "act_heads", "kv_lora"))
         attn = jnp.einsum("bthc,chv->bthv", o_latent, w_uv)
         return self.output(shard(attn, ("batch", "length", "act_heads", None)))
 

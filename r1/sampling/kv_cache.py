@@ -4,8 +4,9 @@ Layout, one entry per block of `model.layers` (a list, so each block's cache is 
 variable): for an unscanned model one entry per decoder layer,
   GQA: {"k": float[B, KV, D, S], "v": float[B, KV, S, D]}   keys pre-transposed, so a decode
        step reads them as a matmul operand without XLA copying the whole cache.
-  MLA: {"kv_latent": float[B, S, C], "k_rope": float[B, S, R]}   only the compressed latent and
-       the shared rope key, C + R values per token and layer (the point of MLA).
+  MLA: {"latent_rope": float[B, S, C + R]}   only the compressed latent and the shared rope
+       key, joined ([latent | rope key]), C + R values per token and layer (the point of MLA);
+       one array, so one write per token and a decode kernel reads each slot as one row.
 and for a model with `scan_layers` one entry per `LayerStack`, the same arrays with a leading
 [n_layers] axis; the scan over the block writes each layer's new slots into the stacked arrays
 in place (the cache is the scan's carry). Plus `valid: bool[B, S]`, the slots holding real
@@ -13,9 +14,11 @@ in place (the cache is the scan's carry). Plus `valid: bool[B, S]`, the slots ho
 
 In the static decode all rows write the same slot range at each call (prompts are left-padded
 to a common length), so writes are `dynamic_update_slice`s at one scalar index. A decode step's
-GQA attention over the cache runs as the Pallas kernel of `r1.sampling.decode_kernel` for
-models with attention_impl="pallas" (cache windows of a multiple of 128 slots), else as XLA
-dots (`_decode_attention`). In the slot
+attention over the cache runs a Pallas kernel of `r1.sampling.decode_kernel` for models whose
+`ModelConfig.use_decode_kernel` holds (decode_attention_impl "pallas", or "auto" with
+attention_impl "pallas"): GQA over each cache window of a multiple of 128 slots, MLA over the
+whole latent cache with every row read up to its own last valid slot (no window is cut). Else
+XLA dots (`_decode_attention`, `MLAttention.attend_latent`). In the slot
 decode (`r1.sampling.slots`) each row is at its own token index: a decode step's one token per
 row is scattered to slot `index[b]` of row b.
 """
@@ -46,16 +49,16 @@ MLA_AXES = ("cache_batch", None, None)
 PROMPT_AXES = {
     "k": (None, "act_kv_heads", None, "cache_prompt_length"),
     "v": (None, "act_kv_heads", "cache_prompt_length", None),
-    "kv_latent": (None, "cache_prompt_length", None),
-    "k_rope": (None, "cache_prompt_length", None),
+    "latent_rope": (None, "cache_prompt_length", None),
 }
 
 
 def _layer_entry(cfg: ModelConfig, lead: tuple[int, ...], batch: int, max_len: int, dt) -> Cache:
     if cfg.attention_type == "mla":
         return {
-            "kv_latent": jnp.zeros((*lead, batch, max_len, cfg.kv_lora_rank), dt),
-            "k_rope": jnp.zeros((*lead, batch, max_len, cfg.qk_rope_head_dim), dt),
+            "latent_rope": jnp.zeros(
+                (*lead, batch, max_len, cfg.kv_lora_rank + cfg.qk_rope_head_dim), dt
+            ),
         }
     kv, d = cfg.num_kv_heads, cfg.head_dim
     return {
@@ -97,8 +100,8 @@ def cache_bytes_per_token(cache: Cache) -> int:
 
 # The slot (sequence) axis of each cache entry, and its rank, in an unscanned layer's cache
 # (a scanned block's arrays have one more, leading, axis).
-SLOT_AXIS = {"k": 3, "v": 2, "kv_latent": 1, "k_rope": 1, "valid": 1}
-LAYER_RANK = {"k": 4, "v": 4, "kv_latent": 3, "k_rope": 3, "valid": 2}
+SLOT_AXIS = {"k": 3, "v": 2, "latent_rope": 1, "valid": 1}
+LAYER_RANK = {"k": 4, "v": 4, "latent_rope": 3, "valid": 2}
 
 
 def _lead(name: str, array: jax.Array) -> int:
@@ -179,7 +182,7 @@ def by_position(cache: Cache) -> Cache:
 
 
 def _constrain(layer: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    axes = {"k": GQA_K_AXES, "v": GQA_V_AXES, "kv_latent": MLA_AXES, "k_rope": MLA_AXES}
+    axes = {"k": GQA_K_AXES, "v": GQA_V_AXES, "latent_rope": MLA_AXES}
     return {
         name: shard(value, (None,) * _lead(name, value) + axes[name])
         for name, value in layer.items()
@@ -269,7 +272,7 @@ def _gqa_cached(
 
         def attend(k_cache, v_cache, mask):
             if (
-                attn.attention_impl == "pallas"
+                attn.use_decode_kernel
                 and decode_kernel.supports(k_cache)
                 and qg.dtype == k_cache.dtype  # a narrower cache (fp8) stays on the XLA form
             ):
@@ -326,26 +329,46 @@ def _decode_attention(q, k_cache, v_cache, mask, scale):
 def _mla_cached(
     attn, x, positions, entry, index, mask, layer_pos=None, window=None, prefill_mask=None
 ):
-    """Caches only the latent + rope key and attends in the absorbed (latent) form; a prefill
-    with `prefill_mask` (see `_gqa_cached`) in the expanded form through the kernel."""
+    """Caches only the latent + rope key (joined, one write) and attends in the absorbed
+    (latent) form; a prefill with `prefill_mask` (see `_gqa_cached`) in the expanded form
+    through the kernel."""
     q_nope, q_rope, kv_latent, k_rope = attn.project(x, positions)  # one GEMM when fused
-    latent_all = _write(entry["kv_latent"], kv_latent, index, 1, layer_pos)
-    rope_all = _write(entry["k_rope"], k_rope, index, 1, layer_pos)
-    latent, rope = _read(latent_all, layer_pos), _read(rope_all, layer_pos)
+    c = kv_latent.shape[-1]
+    joined = _write(
+        entry["latent_rope"], jnp.concatenate([kv_latent, k_rope], axis=-1), index, 1, layer_pos
+    )
     if window is not None and x.shape[1] != 1:
         raise ValueError("attention windows are for decoding (one token per row)")
     if prefill_mask is not None:
-        latent, rope = (
-            a.astype(entry["kv_latent"].dtype).astype(x.dtype) for a in (kv_latent, k_rope)
-        )
+        latent, rope = (a.astype(joined.dtype).astype(x.dtype) for a in (kv_latent, k_rope))
         out = attn.attend_expanded(q_nope, q_rope, latent, rope, prefill_mask)
-        return out, {"kv_latent": latent_all, "k_rope": rope_all}
+        return out, {"latent_rope": joined}
+    if (
+        attn.use_decode_kernel
+        and x.shape[1] == 1
+        and decode_kernel.latent_supports(joined)
+        and q_nope.dtype == joined.dtype  # a narrower cache (fp8) stays on the XLA form
+    ):
+        # Every row reads the cache only up to its own last valid slot, so no window is cut;
+        # a stacked block's cache is read in place at its layer.
+        q_latent, q_rope = attn.latent_queries(q_nope, q_rope)
+        o_latent = decode_kernel.latent_decode_attention(
+            q_latent[:, 0],
+            q_rope[:, 0],
+            joined,
+            mask[:, 0],
+            attn.scale,
+            layer_pos,
+            pallas_interpret(),
+        )
+        out = attn.latent_output(o_latent[:, None])
+        return out, {"latent_rope": joined}
 
-    def attend(latent, rope, mask):
-        return attn.attend_latent(q_nope, q_rope, latent, rope, mask)
+    def attend(cache, mask):
+        return attn.attend_latent(q_nope, q_rope, cache[..., :c], cache[..., c:], mask)
 
-    out = _in_window(window, attend, ((latent, 1), (rope, 1), (mask, 2)))
-    return out, {"kv_latent": latent_all, "k_rope": rope_all}
+    out = _in_window(window, attend, ((_read(joined, layer_pos), 1), (mask, 2)))
+    return out, {"latent_rope": joined}
 
 
 def _cached_layer(
@@ -419,7 +442,8 @@ def forward_with_cache(
     the last position only, float32[B, 1, V] (a left-padded prompt's next token: the prefill
     then never makes the [B, T, V] logits of a whole prompt). A prefill (index the int 0,
     T > 1) with `ModelConfig.attention_impl` other than "xla" runs the prompt's self-attention
-    through that kernel (`_prefill_mask`); decode steps always attend in XLA.
+    through that kernel (`_prefill_mask`); decode steps attend over the cache through the
+    decode kernels (`ModelConfig.use_decode_kernel`) or in XLA.
     """
     if with_routes and model.config.num_moe_layers == 0:
         raise ValueError("forward_with_cache: with_routes needs a model with MoE layers")

@@ -194,7 +194,7 @@ def test_mla_cache_holds_only_latent_and_rope_key():
     cache = init_cache(cfg, batch=2, max_len=10, dtype="bfloat16")
     expected = (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * cfg.num_layers * 2
     assert cache_bytes_per_token(cache) == expected
-    assert set(cache["layers"][0]) == {"kv_latent", "k_rope"}
+    assert set(cache["layers"][0]) == {"latent_rope"}
     dense = testing.tiny_dense_config()
     gqa = init_cache(dense, batch=2, max_len=10)
     assert cache_bytes_per_token(gqa) == 2 * dense.num_kv_heads * dense.head_dim * 2 * 4
