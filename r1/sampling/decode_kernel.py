@@ -158,10 +158,10 @@ def decode_attention(
 LATENT_KERNEL_NAME = "r1_latent_decode_attention"
 
 
-def latent_supports(latent: jax.Array) -> bool:
-    """Whether the latent kernel takes a cache of this shape ([..., S, C]): S a multiple of
-    LANES."""
-    return slot_tile(latent.shape[-2]) > 0
+def latent_supports(cache: jax.Array) -> bool:
+    """Whether the latent kernel takes a joined latent cache of this shape ([..., S, C + R]): S
+    a multiple of LANES."""
+    return slot_tile(cache.shape[-2]) > 0
 
 
 def row_ends(mask: jax.Array) -> jax.Array:
@@ -194,8 +194,8 @@ def _latent_kernel(
 ):
     """One (row, slot tile) step of the online softmax over the latent cache; refs as
     `_latent_call` lays out. Step t reads slot tile t x parts + part; tiles past the row's last
-    valid slot are skipped (their index map repeats the row's last tile, so nothing is fetched
-    for them either). Writes the unnormalised output, running max and sum."""
+    valid slot are skipped (their index map repeats this part's last tile of the row, so
+    nothing is fetched for them either). Writes the unnormalised output, running max and sum."""
     del layer_ref
     row, step = pl.program_id(0), pl.program_id(1)
 
