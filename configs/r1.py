@@ -41,7 +41,8 @@ Sections:
   generate `general_examples` synthetic replies), and `judge`: a generative judge for the rows
   no rule checks (`tasks`; with `data.answer_words_fraction` > 0 procedural rows get their
   answer in words, task "<task>_words"): `path` (a judge directory), or "" with `train_steps`
-  > 0 to train the tiny judge of r1/judge/data.py inside the stage first.
+  > 0 to train the tiny judge of r1/judge/data.py inside the stage first, on
+  `train_batch_size` synthetic pairs per step.
 * sft (stage 3b): SFT sections as cold_start (from the base, on traces + general rows).
 * reward_model (stage 4a): the RM trainer's `model` (its own backbone), `init`, `data`, `rm`,
   `optimizer`, `train`, `eval` (configs/reward_model.py); it uses the policy's tokenizer;
@@ -167,7 +168,7 @@ def _base() -> ml_collections.ConfigDict:
         filters=ml_collections.ConfigDict(rm_defaults.filters.to_dict()),
         general_files="",
         general_examples=0,
-        judge=_cd(path="", tasks=(), batch_size=16, train_steps=0),
+        judge=_cd(path="", tasks=(), batch_size=16, train_steps=0, train_batch_size=64),
     )
     c.rejection.data.answer_words_fraction = 0.0
     c.rejection.select.correct_reward = "arithmetic"
@@ -266,7 +267,7 @@ def tiny() -> ml_collections.ConfigDict:
     # ("twenty-one"), which exact match cannot grade; a tiny judge, trained in the stage on
     # synthetic verdicts (~30 s), grades them.
     c.rejection.data.answer_words_fraction = 0.25
-    c.rejection.judge.update(tasks=("add_words",), train_steps=1500)
+    c.rejection.judge.update(tasks=("add_words",), train_steps=1500, train_batch_size=32)
 
     c.sft.data.update(seq_len=128, num_epochs=0)
     c.sft.sft.update(batch_size=8, num_microbatches=1)
@@ -330,6 +331,7 @@ def mini() -> ml_collections.ConfigDict:
     c.rejection.data.num_prompts = 2048
     c.rejection.sampling.update(max_new_tokens=192, prompts_per_batch=64)
     c.rejection.general_examples = 768
+    c.rejection.judge.train_batch_size = 64  # the measured run's judge (docs/r1_pipeline.md)
 
     c.sft.data.update(seq_len=256)
     c.sft.sft.update(batch_size=16)

@@ -1,5 +1,6 @@
-"""Test rig: 8 fake CPU devices (set before jax is imported), strict rank promotion, and one
-persistent compilation cache per test run."""
+"""Test rig: 8 fake CPU devices (set before jax is imported), strict rank promotion, one
+persistent compilation cache per test run, and programs compiled without XLA's backend
+optimizations unless a test is marked `full_optimizations`."""
 
 import atexit
 import os
@@ -39,6 +40,20 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Most tests compile many small programs and run each a few times, so XLA's backend
+    optimizations (LLVM's, on CPU) cost them more time than they save: each test compiles with
+    `jax_disable_most_optimizations`, which changes code generation, not what a program
+    computes. A test marked `full_optimizations` compiles as users do: the TPU compiles, whose
+    byte and memory counts are the result, and the CPU tests whose time is long loops of one
+    program. The flag is read at each compile and set here before the test's fixtures (a
+    module's fixture follows its first test's mark); tests that start entry points as
+    subprocesses leave them at jax's defaults."""
+    full = item.get_closest_marker("full_optimizations") is not None
+    jax.config.update("jax_disable_most_optimizations", not full)
 
 
 @pytest.fixture(scope="session")

@@ -189,9 +189,10 @@ def rejection_config(config: Any, hf_path: str, judge_path: str = "") -> ml_coll
 
 def stage_judge(config: Any, directory: str) -> tuple[str, dict[str, Any]]:
     """The judge of stage 3 (`config.rejection.judge`): ("", {}) when no task is judged; its
-    `path` when one is given; otherwise the tiny judge trained here for `train_steps` steps on
-    synthetic verdicts (r1/judge/data.py) and saved to `directory/judge` (kept across
-    re-runs: a saved judge with its report is reused). Returns (path, its report)."""
+    `path` when one is given; otherwise the tiny judge trained here for `train_steps` steps of
+    `train_batch_size` synthetic verdicts (r1/judge/data.py) and saved to `directory/judge`
+    (kept across re-runs: a saved judge with its report is reused). Returns (path, its
+    report)."""
     section = config.rejection.get("judge", None)
     if section is None or not tuple(section.tasks):
         return "", {}
@@ -202,12 +203,14 @@ def stage_judge(config: Any, directory: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(
             "config.rejection.judge: tasks are judged but neither path nor train_steps > 0 is set"
         )
+    batch = int(section.train_batch_size)
+    if batch < 1:
+        raise ValueError(f"config.rejection.judge.train_batch_size: expected >= 1, got {batch}")
+    train = judge_data.TrainJudgeConfig(steps=steps, batch_size=batch, seed=int(config.seed))
     target = os.path.join(directory, "judge")
     report_path = os.path.join(target, "judge_report.json")
     if not os.path.exists(report_path):
-        trained = judge_data.train_tiny_judge(
-            judge_data.TrainJudgeConfig(steps=steps, seed=int(config.seed))
-        )
+        trained = judge_data.train_tiny_judge(train)
         if is_main():
             partial = target + ".partial"
             shutil.rmtree(partial, ignore_errors=True)

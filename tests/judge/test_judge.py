@@ -442,7 +442,8 @@ def test_grpo_like_step_with_judge_is_one_program_on_the_mesh(devices):
 # ----------------------------------------------------------------------------- trained judge
 @pytest.fixture(scope="module")
 def trained():
-    return JD.train_tiny_judge()
+    # Half the default batch: half the training time, measured agreement 0.867 (docs/judge.md).
+    return JD.train_tiny_judge(JD.TrainJudgeConfig(batch_size=32))
 
 
 def test_number_words_round_trip():
@@ -461,6 +462,7 @@ def test_number_words_round_trip():
 
 
 @pytest.mark.slow
+@pytest.mark.full_optimizations  # a long training loop of one program
 def test_tiny_trained_judge_agrees_with_the_truth(trained):
     """Held-out (reference, prediction) pairs never trained on; measured agreement: see
     docs/judge.md (the assertion leaves a margin below it)."""
@@ -474,4 +476,4 @@ def test_tiny_trained_judge_agrees_with_the_truth(trained):
         assert judge.score([held_out[i]])[0][0] == scores[i]
 
 
-AGREEMENT_FLOOR = 0.82  # measured 0.89 (docs/judge.md)
+AGREEMENT_FLOOR = 0.82  # measured 0.867 at batch 32 (docs/judge.md)

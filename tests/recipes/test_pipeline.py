@@ -192,6 +192,18 @@ def test_sub_configs_are_what_the_trainers_accept(variant):
         assert config.all_scenarios_rl.train.steps == 1700
 
 
+def test_stage_judge_settings_are_checked_before_training(tmp_path):
+    config = configlib.load_config(str(ROOT / "configs/r1.py:tiny"))
+    assert config.rejection.judge.train_batch_size == 32
+    config.rejection.judge.train_batch_size = 0
+    with pytest.raises(ValueError, match=r"rejection\.judge\.train_batch_size: expected >= 1"):
+        pipeline.stage_judge(config, str(tmp_path))
+    config.rejection.judge.train_steps = 0
+    with pytest.raises(ValueError, match="neither path nor train_steps"):
+        pipeline.stage_judge(config, str(tmp_path))
+    assert not os.listdir(tmp_path)
+
+
 def test_unknown_section_is_named(tmp_path):
     config = configlib.load_config(str(ROOT / "configs/r1.py:tiny"))
     values = config.to_dict()
