@@ -46,12 +46,13 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 def pytest_runtest_setup(item):
     """Most tests compile many small programs and run each a few times, so XLA's backend
     optimizations (LLVM's, on CPU) cost them more time than they save: each test compiles with
-    `jax_disable_most_optimizations`, which changes code generation, not what a program
-    computes. A test marked `full_optimizations` compiles as users do: the TPU compiles, whose
-    byte and memory counts are the result, and the CPU tests whose time is long loops of one
-    program. The flag is read at each compile and set here before the test's fixtures (a
-    module's fixture follows its first test's mark); tests that start entry points as
-    subprocesses leave them at jax's defaults."""
+    `jax_disable_most_optimizations`, which changes how the backend generates code, not the
+    program's operations. A test marked `full_optimizations` compiles as users do: the TPU
+    compiles, whose byte and memory counts are the result; the CPU tests whose time is long
+    loops of one program; and tests that compare their own results with those of entry points
+    they start as subprocesses (which compile at jax's defaults) to the bit. The flag is read
+    at each compile and set here before the test's fixtures (a module's fixture follows its
+    first test's mark)."""
     full = item.get_closest_marker("full_optimizations") is not None
     jax.config.update("jax_disable_most_optimizations", not full)
 

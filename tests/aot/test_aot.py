@@ -22,7 +22,8 @@ from r1.rl import config as rl_config
 from r1.train.config import make_optimizer
 from r1.train.state import abstract_train_state, init_train_state, train_state_shardings
 
-# TPU compiles, whose byte and memory counts are what these tests check (tests/conftest.py).
+# Compiled programs whose byte, flop and memory counts these tests check, TPU compiles
+# among them: compiled as users compile them (tests/conftest.py).
 pytestmark = pytest.mark.full_optimizations
 
 TINY = "configs/r1_zero.py:tiny"
@@ -152,7 +153,8 @@ def test_tiny_grpo_step_compiles_with_rule_sharded_params(topology, devices_expe
     _libtpu()
     config = configlib.load_config(TINY)
     # One prompt width and 32 rows: the TPU compile takes longer with each width (a branch of
-    # the step) and with more rows, and neither changes what is checked.
+    # the step) and with more rows. Loop counts over width branches: tests/aot/test_loops.py;
+    # the DeepSeek-V3 pod step below compiles several widths.
     config.data.buckets, config.rl.prompts_per_step = (48,), 4
     counted = topology == "v5e:2x2"
     if not counted:

@@ -138,8 +138,8 @@ SLICE_INVARIANT = ("loss", "loss/policy", "loss/kl", "valid_token_frac", "grad_n
 def test_bucketed_step_gives_the_update_of_the_full_width_step(devices):
     """length_buckets=3 with 4 micro-batches: the same parameters (SGD: the update is the
     gradient) and loss metrics as without buckets, one program, and the same on the 8-device
-    mesh with one micro-batch per mini-batch; the completions are the forced long-tail
-    lengths."""
+    mesh with 2 micro-batches (length-ranked rows interleaved over the sharded rows); the
+    completions are the forced long-tail lengths."""
     cfg = testing.tiny_dense_config()
     optimizer = optax.sgd(0.5)
     graphdef, state = init_train_state(
@@ -172,10 +172,8 @@ def test_bucketed_step_gives_the_update_of_the_full_width_step(devices):
     )
     assert moved > 1e-4  # the update is not trivially zero
 
-    # On the mesh, one micro-batch per mini-batch: each mini-batch at the width of its
-    # longest row.
     mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, expert=2))
-    config = _config(3, 1)
+    config = _config(3, 2)
     sharded = make_grpo_step(graphdef, optimizer, config, token_reward, mesh, state, batch)
     with sharding.use_mesh(mesh):
         mesh_state, mesh_metrics, _ = sharded(state, batch)
