@@ -1,6 +1,5 @@
-"""Test rig: 8 fake CPU devices (set before jax is imported), strict rank promotion, one
-persistent compilation cache per test run, and programs compiled without XLA's backend
-optimizations unless a test is marked `full_optimizations`."""
+"""Test rig: 8 fake CPU devices (set before jax is imported), strict rank promotion, and one
+persistent compilation cache per test run."""
 
 import atexit
 import os
@@ -40,21 +39,6 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    """Most tests compile many small programs and run each a few times, so XLA's backend
-    optimizations (LLVM's, on CPU) cost them more time than they save: each test compiles with
-    `jax_disable_most_optimizations`, which changes how the backend generates code, not the
-    program's operations. A test marked `full_optimizations` compiles as users do: the TPU
-    compiles, whose byte and memory counts are the result; the CPU tests whose time is long
-    loops of one program; and tests that compare their own results with those of entry points
-    they start as subprocesses (which compile at jax's defaults) to the bit. The flag is read
-    at each compile and set here before the test's fixtures (a module's fixture follows its
-    first test's mark)."""
-    full = item.get_closest_marker("full_optimizations") is not None
-    jax.config.update("jax_disable_most_optimizations", not full)
 
 
 @pytest.fixture(scope="session")

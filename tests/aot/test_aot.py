@@ -22,10 +22,6 @@ from r1.rl import config as rl_config
 from r1.train.config import make_optimizer
 from r1.train.state import abstract_train_state, init_train_state, train_state_shardings
 
-# Compiled programs whose byte, flop and memory counts these tests check, TPU compiles
-# among them: compiled as users compile them (tests/conftest.py).
-pytestmark = pytest.mark.full_optimizations
-
 TINY = "configs/r1_zero.py:tiny"
 REPO = str(configlib.REPO_ROOT)
 

@@ -19,10 +19,6 @@ from r1.sampling.sampler import SamplingConfig, sample
 from r1.sampling.slots import decode_scope
 from r1.testing import tiny_dense_config, tiny_moe_config
 
-# Compiled programs whose byte, flop and memory counts these tests check, TPU compiles
-# among them: compiled as users compile them (tests/conftest.py).
-pytestmark = pytest.mark.full_optimizations
-
 MATMUL = 2 * 8 * 64 * 64  # flops of one [8, 64] x [64, 64] product
 
 

@@ -21,10 +21,6 @@ import toy_job
 from r1 import checkpoint as ckpt_lib
 from r1.train.loop import DataChanged
 
-# The unbroken run is compiled here and the killed ones in subprocesses at jax's defaults, and
-# their rows must agree to the bit: the same optimizations on both sides (tests/conftest.py).
-pytestmark = pytest.mark.full_optimizations
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 STEPS, EVERY = 12, 3

@@ -462,7 +462,6 @@ def test_number_words_round_trip():
 
 
 @pytest.mark.slow
-@pytest.mark.full_optimizations  # a long training loop of one program
 def test_tiny_trained_judge_agrees_with_the_truth(trained):
     """Held-out (reference, prediction) pairs never trained on; measured agreement: see
     docs/judge.md (the assertion leaves a margin below it)."""

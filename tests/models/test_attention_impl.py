@@ -160,7 +160,6 @@ def test_transformer_and_prefill_with_pallas_equal_xla(kind):
     )
 
 
-@pytest.mark.full_optimizations
 def test_sft_step_compiled_for_tpu_runs_the_pallas_kernel():
     """The SFT trainer's real step (MLA + MoE, fsdp over v5e:2x2) with attention_impl='pallas'
     compiles for a TPU topology with the splash kernel inside: the compiled HLO holds the Mosaic

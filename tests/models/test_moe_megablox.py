@@ -146,7 +146,6 @@ def _expert_convolutions(text: str, groups: int, rows: int) -> list[str]:
     return found
 
 
-@pytest.mark.full_optimizations
 def test_tpu_auto_lowers_to_megablox_not_a_dense_product():
     pytest.importorskip("libtpu")
     from r1.aot import topology_devices

@@ -369,7 +369,6 @@ def test_small_real_run(tmp_path):
 
 # ----------------------------------------------------------------------------- tiny, end to end
 @pytest.mark.slow
-@pytest.mark.full_optimizations  # a long training loop of one program
 def test_tiny_student_improves(tmp_path):
     """configs/distill.py:tiny as shipped: the random student scores about 0 before SFT on the
     teacher's traces and clearly more after."""

@@ -94,7 +94,6 @@ def test_sampler_with_the_kernel_samples_what_xla_samples(devices, monkeypatch):
     np.testing.assert_allclose(out["pallas"].logprobs, out["xla"].logprobs, atol=1e-4)
 
 
-@pytest.mark.full_optimizations
 def test_decode_loop_compiled_for_tpu_runs_the_kernel_and_reads_less():
     """The tiny GRPO config's rollout compiled for v5e:2x2 with attention_impl='pallas': each
     decode loop runs the kernel for its layer, and a decode step counts fewer HBM bytes than
@@ -289,7 +288,6 @@ def test_decode_attention_impl_chooses_the_decode_kernel_and_is_checked():
         cfg.replace(decode_attention_impl="cudnn")
 
 
-@pytest.mark.full_optimizations
 def test_mla_decode_loop_compiled_for_tpu_runs_the_latent_kernel_and_reads_less():
     """A DeepSeek-V3-style model's rollout (MLA + MoE, a scanned block, slots, the weights-
     stationary layout) compiled for v5e:2x2 with decode_attention_impl='pallas': the decode

@@ -82,7 +82,6 @@ def test_relayout_keeps_the_values_and_ends_in_the_target_layout(devices):
     )
 
 
-@pytest.mark.full_optimizations
 def test_relayout_moves_by_all_to_all_where_one_constraint_replicates():
     """On a 64-chip TPU mesh (fsdp 4, expert 8, tensor 2) XLA turns the one-constraint move
     into an all-reduce of the replicated array (the DeepSeek-V3 decode's 134 MB per layer and
