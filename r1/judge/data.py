@@ -223,7 +223,8 @@ def judge_model_config(vocab_size: int, train: TrainJudgeConfig) -> ModelConfig:
 @dataclasses.dataclass
 class TrainedJudge:
     """`train_tiny_judge`'s result: the model, its tokenizer, the judge config, the final
-    training loss, the held-out agreement with the truth and the training seconds."""
+    training loss, the held-out agreement with the truth, the training seconds and the
+    training settings (None when the judge was not trained by `train_tiny_judge`)."""
 
     model: Transformer
     tokenizer: DemoTokenizer
@@ -232,6 +233,7 @@ class TrainedJudge:
     agreement: float
     unparseable: int
     seconds: float
+    train: TrainJudgeConfig | None = None
 
 
 def train_tiny_judge(
@@ -291,15 +293,15 @@ def train_tiny_judge(
     truth = np.asarray([p["correct"] for p in held_out])
     agreement = float(np.mean((scores > 0.5) == truth))
     return TrainedJudge(
-        model, tokenizer, config, loss, agreement, int(np.sum(info["unparseable"])), seconds
+        model, tokenizer, config, loss, agreement, int(np.sum(info["unparseable"])), seconds, train
     )
 
 
 def save_judge(trained: TrainedJudge, out: str) -> dict[str, Any]:
     """Writes the judge to `out`: the model in Hugging Face layout (config.json, safetensors),
     its tokenizer (`judge_tokenizer.json`), its `JudgeConfig` (`judge_config.json`, read by
-    `Judge.load`) and `judge_report.json` (loss, held-out agreement, seconds). Returns the
-    report."""
+    `Judge.load`) and `judge_report.json` (loss, held-out agreement, seconds, and under "train"
+    the `TrainJudgeConfig` it was trained with, when known). Returns the report."""
     from r1.models import hf  # noqa: PLC0415 - only needed when saving
 
     hf.save(trained.model, path=out)
@@ -312,6 +314,8 @@ def save_judge(trained: TrainedJudge, out: str) -> dict[str, Any]:
         "held_out_unparseable": trained.unparseable,
         "train_seconds": trained.seconds,
     }
+    if trained.train is not None:
+        report["train"] = dataclasses.asdict(trained.train)
     with open(os.path.join(out, "judge_report.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report

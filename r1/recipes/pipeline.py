@@ -61,10 +61,13 @@ from r1.recipes.stages import (
     run_stages,
     write_jsonl,
 )
+from r1.rejection import experiment as rejection_experiment
 from r1.rejection.experiment import run_from_config
 from r1.rl import config as grpo_sections
 from r1.rl import trainer as rl_trainer
+from r1.rm import config as rm_sections
 from r1.rm.trainer import train_rm
+from r1.sft import config as sft_sections
 from r1.sft.trainer import train_sft
 from r1.train import build
 from r1.train.export import export_model
@@ -187,17 +190,13 @@ def rejection_config(config: Any, hf_path: str, judge_path: str = "") -> ml_coll
     return ml_collections.ConfigDict(out)
 
 
-def stage_judge(config: Any, directory: str) -> tuple[str, dict[str, Any]]:
-    """The judge of stage 3 (`config.rejection.judge`): ("", {}) when no task is judged; its
-    `path` when one is given; otherwise the tiny judge trained here for `train_steps` steps of
-    `train_batch_size` synthetic verdicts (r1/judge/data.py) and saved to `directory/judge`
-    (kept across re-runs: a saved judge with its report is reused). Returns (path, its
-    report)."""
+def judge_training(config: Any) -> judge_data.TrainJudgeConfig | None:
+    """How stage 3 trains its judge (`config.rejection.judge`): None when no task is judged or
+    `path` names a judge. Raises ValueError naming the field when a judge is needed and the
+    settings cannot train one."""
     section = config.rejection.get("judge", None)
-    if section is None or not tuple(section.tasks):
-        return "", {}
-    if str(section.path):
-        return build.resolve_path(str(section.path)), {}
+    if section is None or not tuple(section.tasks) or str(section.path):
+        return None
     steps = int(section.train_steps)
     if steps < 1:
         raise ValueError(
@@ -206,7 +205,51 @@ def stage_judge(config: Any, directory: str) -> tuple[str, dict[str, Any]]:
     batch = int(section.train_batch_size)
     if batch < 1:
         raise ValueError(f"config.rejection.judge.train_batch_size: expected >= 1, got {batch}")
-    train = judge_data.TrainJudgeConfig(steps=steps, batch_size=batch, seed=int(config.seed))
+    return judge_data.TrainJudgeConfig(steps=steps, batch_size=batch, seed=int(config.seed))
+
+
+# The config fields that set a stage-3 judge's training (`judge_training`).
+_JUDGE_FIELDS = {
+    "steps": "config.rejection.judge.train_steps",
+    "batch_size": "config.rejection.judge.train_batch_size",
+    "seed": "config.seed",
+}
+
+
+def _check_saved_judge(report: Mapping[str, Any], train: Any, target: str) -> None:
+    """Raises ValueError when the judge saved in `target` was trained otherwise than `train`
+    asks; a report without the record (a judge saved before it was kept) is reused, with a
+    warning."""
+    saved = report.get("train")
+    if saved is None:
+        log.warning("%s records no training settings; reusing it as it is", target)
+        return
+    wanted = json.loads(json.dumps(dataclasses.asdict(train)))
+    changed = sorted(k for k in wanted.keys() | saved.keys() if wanted.get(k) != saved.get(k))
+    if changed:
+        differences = ", ".join(
+            f"{_JUDGE_FIELDS.get(k, 'TrainJudgeConfig.' + k)}: saved {saved.get(k)!r}, "
+            f"config {wanted.get(k)!r}"
+            for k in changed
+        )
+        raise ValueError(
+            f"the stage-3 judge saved in {target} was trained with other settings "
+            f"({differences}); set them back, or remove {target} to train a new judge"
+        )
+
+
+def stage_judge(config: Any, directory: str) -> tuple[str, dict[str, Any]]:
+    """The judge of stage 3 (`config.rejection.judge`): ("", {}) when no task is judged; its
+    `path` when one is given; otherwise the tiny judge trained here for `train_steps` steps of
+    `train_batch_size` synthetic verdicts (r1/judge/data.py) and saved to `directory/judge`
+    (kept across re-runs: a saved judge is reused when its report records the same training
+    settings, and an error names the ones that differ). Returns (path, its report)."""
+    section = config.rejection.get("judge", None)
+    if section is None or not tuple(section.tasks):
+        return "", {}
+    if str(section.path):
+        return build.resolve_path(str(section.path)), {}
+    train = judge_training(config)
     target = os.path.join(directory, "judge")
     report_path = os.path.join(target, "judge_report.json")
     if not os.path.exists(report_path):
@@ -219,7 +262,9 @@ def stage_judge(config: Any, directory: str) -> tuple[str, dict[str, Any]]:
             os.replace(partial, target)
         barrier("stage_judge")
     with open(report_path) as f:
-        return target, json.load(f)
+        report = json.load(f)
+    _check_saved_judge(report, train, target)
+    return target, report
 
 
 def reward_model_config(config: Any) -> ml_collections.ConfigDict:
@@ -240,6 +285,91 @@ def reward_model_config(config: Any) -> ml_collections.ConfigDict:
         eval=_dict(section.eval),
     )
     return ml_collections.ConfigDict(out)
+
+
+def reward_model_steps(config: Any) -> tuple[int, int]:
+    """Stage 4's GRPO steps (`all_scenarios_rl.train.steps`) and how many of the last of them
+    the reward model joins (`rm_steps`, 0..steps)."""
+    section = config.all_scenarios_rl
+    total, rm_steps = int(section.train.steps), int(section.rm_steps)
+    if not 0 <= rm_steps <= total:
+        raise ValueError(
+            f"config.all_scenarios_rl.rm_steps: expected 0..train.steps={total}, got {rm_steps}"
+        )
+    return total, rm_steps
+
+
+def check_stage_configs(config: Any, num_devices: int | None = None) -> None:
+    """Derives every stage's trainer config from `config` as the stages do, with placeholder
+    paths for what earlier stages make (nothing is opened), and parses each as its trainer
+    does, with the mesh checked against `num_devices`: a bad value in any stage's section
+    fails before stage 1 trains. Raises ValueError (TypeError for a value of the wrong type)
+    naming the stage, its sections and the field (the trainer's name for it, e.g.
+    `config.rl.group_size`)."""
+
+    def made_by(stage: str) -> str:
+        return os.path.join(f"<{stage}>", "export")
+
+    def check(stage: str, sections: str, *parses: Callable[[], Any]) -> None:
+        try:
+            for parse in parses:
+                parse()
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{stage} ({sections}): {err}") from err
+
+    base = str(config.init.hf_path)
+    check(
+        STAGES[0],
+        "config.cold_start",
+        lambda: sft_sections.parse(
+            sft_config(config, config.cold_start, base, ["<traces>"]), num_devices
+        ),
+    )
+    check(
+        STAGES[0],
+        "config.eval",
+        lambda: runner.EvalConfig.from_config(config.eval.eval, "config.eval.eval"),
+    )
+    check(
+        STAGES[1],
+        "config.reasoning_rl",
+        lambda: grpo_sections.parse(
+            rl_config(config, config.reasoning_rl, made_by(STAGES[0])), num_devices
+        ),
+    )
+    judge = config.rejection.get("judge", None)
+    judge_path = "<judge>" if judge is not None and tuple(judge.tasks) else ""
+    check(
+        STAGES[2],
+        "config.rejection",
+        lambda: judge_training(config),
+        lambda: rejection_experiment.parse_config(
+            rejection_config(config, made_by(STAGES[1]), judge_path), num_devices
+        ),
+    )
+    check(
+        STAGES[2],
+        "config.sft",
+        lambda: sft_sections.parse(sft_config(config, config.sft, base, ["<traces>"]), num_devices),
+    )
+    section = config.all_scenarios_rl
+    total, rm_steps = reward_model_steps(config)
+    start = made_by(STAGES[2])
+    rm_kwargs = {"path": "<reward model>", "region": str(section.rm_region)}
+    model_rewards = (("reward_model", float(section.rm_weight), rm_kwargs),) if rm_steps else ()
+    phases = [rl_config(config, section, start, model_rewards=model_rewards)]
+    if total - rm_steps > 0:
+        phases.append(rl_config(config, section, start, steps=total - rm_steps))
+    check(
+        STAGES[3],
+        "config.reward_model",
+        lambda: rm_sections.parse(reward_model_config(config), num_devices),
+    )
+    check(
+        STAGES[3],
+        "config.all_scenarios_rl",
+        *(lambda cfg=cfg: grpo_sections.parse(cfg, num_devices) for cfg in phases),
+    )
 
 
 # ----------------------------------------------------------------------------- shared steps
@@ -490,11 +620,7 @@ def make_stages(config: Any, workdir: str, restart: bool = False) -> list[Stage]
         section = config.all_scenarios_rl
         rm_export, rm_metrics = ensure_reward_model(config, workdir, restart)
         start = path(outputs, STAGES[2], "export")
-        total, rm_steps = int(section.train.steps), int(section.rm_steps)
-        if not 0 <= rm_steps <= total:
-            raise ValueError(
-                f"config.all_scenarios_rl.rm_steps: expected 0..train.steps={total}, got {rm_steps}"
-            )
+        total, rm_steps = reward_model_steps(config)
         run_dir = os.path.join(directory, "rl")
         # Rule rewards only, then the reward model joins for the last rm_steps steps (R1: the
         # last 400 of 1,700, against reward hacking). One run directory: the second call
@@ -582,6 +708,7 @@ def run_pipeline(config: Any, workdir: str, restart: bool = False) -> dict[str, 
             "eval",
         ),
     )
+    check_stage_configs(config, num_devices=jax.device_count())
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     if is_main():

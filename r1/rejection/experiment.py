@@ -198,14 +198,23 @@ def parse_sections(config: Any) -> tuple[DataSection, SamplingSection, SelectCon
     return data, sampling, select_cfg
 
 
-def run_from_config(
-    config: Any, workdir: str, config_name: str = "", restart: bool = False
-) -> dict[str, Any]:
-    """Builds mesh, tokenizer, policy (`config.init.hf_path`), prompts and rewards from an
-    experiment config (configs/rejection_sample.py) and runs `run` in `workdir` (restart: see
-    `run`)."""
+@dataclasses.dataclass(frozen=True)
+class RejectionSettings:
+    """A rejection-sampling config (configs/rejection_sample.py), parsed and checked."""
+
+    experiment: configlib.Experiment
+    data: DataSection
+    sampling: SamplingSection
+    select: SelectConfig
+    judge: JudgeSection
+    rewards: RewardSpec
+
+
+def parse_config(config: Any, num_devices: int | None = None) -> RejectionSettings:
+    """Every check `run_from_config` makes before it opens a file: the sections' fields, the
+    mesh against `num_devices`, a checkpoint named, the rewards known. Errors name the field."""
     experiment = configlib.parse_experiment(
-        config, num_devices=jax.device_count(), extra_sections=EXTRA_SECTIONS
+        config, num_devices=num_devices, extra_sections=EXTRA_SECTIONS
     )
     data, sampling_section, select_cfg = parse_sections(config)
     judge_section = configlib.to_dataclass(
@@ -214,6 +223,18 @@ def run_from_config(
     if not config.init.hf_path:
         raise ValueError("config.init.hf_path: rejection sampling needs a checkpoint to sample")
     spec = RewardSpec.from_config(config.rewards)
+    return RejectionSettings(experiment, data, sampling_section, select_cfg, judge_section, spec)
+
+
+def run_from_config(
+    config: Any, workdir: str, config_name: str = "", restart: bool = False
+) -> dict[str, Any]:
+    """Builds mesh, tokenizer, policy (`config.init.hf_path`), prompts and rewards from an
+    experiment config (configs/rejection_sample.py) and runs `run` in `workdir` (restart: see
+    `run`)."""
+    settings = parse_config(config, num_devices=jax.device_count())
+    experiment, data, sampling_section = settings.experiment, settings.data, settings.sampling
+    select_cfg, judge_section, spec = settings.select, settings.judge, settings.rewards
     mesh = sharding.make_mesh(experiment.mesh)
     tokenizer = build.build_tokenizer(str(config.tokenizer.kind), str(config.tokenizer.path))
     build.check_vocab(

@@ -4,6 +4,7 @@ pipeline end to end through the command line, killed during stage 2 and resumed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -136,6 +137,7 @@ def test_general_rows_are_formatted_and_polite():
 @pytest.mark.parametrize("variant", ["tiny", "mini", "qwen2_5_7b"])
 def test_sub_configs_are_what_the_trainers_accept(variant):
     config = configlib.load_config(str(ROOT / f"configs/r1.py:{variant}"))
+    pipeline.check_stage_configs(config)  # what run_pipeline checks before stage 1
     task = (config.task.name, dict(config.task.kwargs))
 
     sft = pipeline.sft_config(config, config.cold_start, "/ckpt/base", ["/d/a.jsonl"])
@@ -202,6 +204,77 @@ def test_stage_judge_settings_are_checked_before_training(tmp_path):
     with pytest.raises(ValueError, match="neither path nor train_steps"):
         pipeline.stage_judge(config, str(tmp_path))
     assert not os.listdir(tmp_path)
+
+
+def _saved_judge(directory, train):
+    """A stage-3 judge directory whose report records `train` (None: no record)."""
+    target = directory / "judge"
+    target.mkdir()
+    report = {"loss": 0.1, "held_out_agreement": 0.9, "held_out_unparseable": 0}
+    if train is not None:
+        report["train"] = train
+    (target / "judge_report.json").write_text(json.dumps(report))
+    return target
+
+
+def test_a_saved_judge_is_reused_only_with_the_settings_it_was_trained_with(tmp_path):
+    config = configlib.load_config(str(ROOT / "configs/r1.py:tiny"))
+    wanted = dataclasses.asdict(pipeline.judge_training(config))
+    assert wanted["batch_size"] == 32 and wanted["seed"] == config.seed
+
+    same = tmp_path / "same"
+    same.mkdir()
+    target = _saved_judge(same, wanted)
+    path, report = pipeline.stage_judge(config, str(same))
+    assert path == str(target) and report["train"] == wanted
+
+    other = tmp_path / "other"
+    other.mkdir()
+    _saved_judge(other, {**wanted, "batch_size": 64, "learning_rate": 1e-3})
+    with pytest.raises(ValueError) as err:
+        pipeline.stage_judge(config, str(other))
+    message = str(err.value)
+    assert "config.rejection.judge.train_batch_size: saved 64, config 32" in message
+    assert "TrainJudgeConfig.learning_rate: saved 0.001, config 0.003" in message
+    assert "train_steps" not in message and f"remove {other / 'judge'}" in message
+    assert (other / "judge" / "judge_report.json").exists()  # nothing saved is touched
+
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    target = _saved_judge(legacy, None)
+    assert pipeline.stage_judge(config, str(legacy))[0] == str(target)
+
+
+def test_a_bad_value_in_any_stage_fails_before_stage_1(tmp_path):
+    config = configlib.load_config(str(ROOT / "configs/r1.py:tiny"))
+    pipeline.check_stage_configs(config, num_devices=8)
+    cases = [
+        ("all_scenarios_rl", "rl", "group_size", 0, r"4_all_scenarios_rl .*config\.rl\.group_size"),
+        ("all_scenarios_rl", None, "rm_steps", 10**6, r"config\.all_scenarios_rl\.rm_steps"),
+        (
+            "rejection",
+            "sampling",
+            "num_samples",
+            "four",
+            r"3_rejection_sft \(config\.rejection\): config\.sampling",
+        ),
+        (
+            "sft",
+            "optimizer",
+            "learning_rate",
+            "x",
+            r"3_rejection_sft \(config\.sft\): config\.optimizer",
+        ),
+        ("reasoning_rl", "rl", "advantage", "ppo", r"2_reasoning_rl .*config\.rl\.advantage"),
+        ("eval", "eval", "max_new_tokens", 0, r"1_cold_start .*config\.eval\.eval"),
+    ]
+    for section, sub, field, value, match in cases:
+        values = configlib.load_config(str(ROOT / "configs/r1.py:tiny")).to_dict()
+        (values[section] if sub is None else values[section][sub])[field] = value
+        workdir = tmp_path / f"{section}_{field}"
+        with pytest.raises((TypeError, ValueError), match=match):
+            pipeline.run_pipeline(ml_collections.ConfigDict(values), str(workdir))
+        assert not workdir.exists()
 
 
 def test_unknown_section_is_named(tmp_path):
