@@ -216,7 +216,9 @@ _JUDGE_FIELDS = {
 }
 
 
-def _check_saved_judge(report: Mapping[str, Any], train: Any, target: str) -> None:
+def _check_saved_judge(
+    report: Mapping[str, Any], train: judge_data.TrainJudgeConfig, target: str
+) -> None:
     """Raises ValueError when the judge saved in `target` was trained otherwise than `train`
     asks; a report without the record (a judge saved before it was kept) is reused, with a
     warning."""
@@ -224,17 +226,23 @@ def _check_saved_judge(report: Mapping[str, Any], train: Any, target: str) -> No
     if saved is None:
         log.warning("%s records no training settings; reusing it as it is", target)
         return
+    if not isinstance(saved, Mapping):
+        raise ValueError(
+            f"{target}/judge_report.json: 'train' is not a mapping ({saved!r}); remove {target} "
+            "to train a new judge"
+        )
     wanted = json.loads(json.dumps(dataclasses.asdict(train)))
     changed = sorted(k for k in wanted.keys() | saved.keys() if wanted.get(k) != saved.get(k))
     if changed:
         differences = ", ".join(
             f"{_JUDGE_FIELDS.get(k, 'TrainJudgeConfig.' + k)}: saved {saved.get(k)!r}, "
-            f"config {wanted.get(k)!r}"
+            f"asked {wanted.get(k)!r}"
             for k in changed
         )
         raise ValueError(
             f"the stage-3 judge saved in {target} was trained with other settings "
-            f"({differences}); set them back, or remove {target} to train a new judge"
+            f"({differences}); remove {target} to train a new judge with these, or run with "
+            "the settings it was trained with"
         )
 
 
@@ -299,13 +307,49 @@ def reward_model_steps(config: Any) -> tuple[int, int]:
     return total, rm_steps
 
 
+def all_scenarios_configs(
+    config: Any, start: str, reward_model: str, general: Sequence[str]
+) -> tuple[ml_collections.ConfigDict | None, ml_collections.ConfigDict]:
+    """Stage 4's GRPO configs from `start` (stage 3's export), one run directory for both: the
+    rule phase, rule rewards only for `train.steps - rm_steps` steps (None when rm_steps is all
+    of them), then the whole run to `train.steps`, the reward model at `reward_model` joining
+    for the last `rm_steps` steps (R1: the last 400 of 1,700, against reward hacking). With it
+    come stage 3's general rows (`general`: their files) as `general_fraction` of the prompts:
+    rule rewards score the reasoning prompts, the reward model only the general ones."""
+    section = config.all_scenarios_rl
+    total, rm_steps = reward_model_steps(config)
+    rule_phase = None
+    if total - rm_steps > 0:
+        rule_phase = rl_config(config, section, start, steps=total - rm_steps)
+        # A re-run of the pipeline meets the second phase's checkpoints (general prompts).
+        rule_phase.data.allow_changed = rm_steps > 0
+    fraction = float(section.get("general_fraction", 0.0))
+    rm_kwargs = {"path": reward_model, "region": str(section.rm_region)}
+    if fraction > 0:
+        rm_kwargs["rows"] = "general"
+    model_rewards = (("reward_model", float(section.rm_weight), rm_kwargs),)
+    whole = rl_config(config, section, start, model_rewards=model_rewards if rm_steps else ())
+    if rm_steps and fraction > 0:
+        if not general:
+            raise ValueError(
+                "config.all_scenarios_rl.general_fraction > 0 needs stage 3's general rows"
+            )
+        whole.data.general_files = ",".join(general)
+        whole.data.general_fraction = fraction
+        # The general prompts join the run the rule phase checkpointed: by design.
+        whole.data.allow_changed = True
+    return rule_phase, whole
+
+
 def check_stage_configs(config: Any, num_devices: int | None = None) -> None:
     """Derives every stage's trainer config from `config` as the stages do, with placeholder
     paths for what earlier stages make (nothing is opened), and parses each as its trainer
     does, with the mesh checked against `num_devices`: a bad value in any stage's section
-    fails before stage 1 trains. Raises ValueError (TypeError for a value of the wrong type)
-    naming the stage, its sections and the field (the trainer's name for it, e.g.
-    `config.rl.group_size`)."""
+    fails before stage 1 trains, finished stages' sections included. Raises what the parser
+    raised (ValueError; TypeError for a value of the wrong type; AttributeError or KeyError for
+    a missing field), its message prefixed with the stage (or "the reward model", which the
+    evaluation of general prompts may train before stage 1) and its section; the field keeps
+    the trainer's name for it, e.g. `config.rl.group_size`."""
 
     def made_by(stage: str) -> str:
         return os.path.join(f"<{stage}>", "export")
@@ -314,7 +358,7 @@ def check_stage_configs(config: Any, num_devices: int | None = None) -> None:
         try:
             for parse in parses:
                 parse()
-        except (TypeError, ValueError) as err:
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise type(err)(f"{stage} ({sections}): {err}") from err
 
     base = str(config.init.hf_path)
@@ -352,24 +396,21 @@ def check_stage_configs(config: Any, num_devices: int | None = None) -> None:
         "config.sft",
         lambda: sft_sections.parse(sft_config(config, config.sft, base, ["<traces>"]), num_devices),
     )
-    section = config.all_scenarios_rl
-    total, rm_steps = reward_model_steps(config)
-    start = made_by(STAGES[2])
-    rm_kwargs = {"path": "<reward model>", "region": str(section.rm_region)}
-    model_rewards = (("reward_model", float(section.rm_weight), rm_kwargs),) if rm_steps else ()
-    phases = [rl_config(config, section, start, model_rewards=model_rewards)]
-    if total - rm_steps > 0:
-        phases.append(rl_config(config, section, start, steps=total - rm_steps))
     check(
-        STAGES[3],
+        "the reward model",
         "config.reward_model",
         lambda: rm_sections.parse(reward_model_config(config), num_devices),
     )
-    check(
-        STAGES[3],
-        "config.all_scenarios_rl",
-        *(lambda cfg=cfg: grpo_sections.parse(cfg, num_devices) for cfg in phases),
-    )
+
+    def stage_4() -> None:
+        phases = all_scenarios_configs(
+            config, made_by(STAGES[2]), "<reward model>", ["<general rows>"]
+        )
+        for cfg in phases:
+            if cfg is not None:
+                grpo_sections.parse(cfg, num_devices)
+
+    check(STAGES[3], "config.all_scenarios_rl", stage_4)
 
 
 # ----------------------------------------------------------------------------- shared steps
@@ -617,37 +658,14 @@ def make_stages(config: Any, workdir: str, restart: bool = False) -> list[Stage]
         }
 
     def all_scenarios_rl(directory: str, outputs: Mapping) -> dict[str, Any]:
-        section = config.all_scenarios_rl
         rm_export, rm_metrics = ensure_reward_model(config, workdir, restart)
         start = path(outputs, STAGES[2], "export")
-        total, rm_steps = reward_model_steps(config)
-        run_dir = os.path.join(directory, "rl")
-        # Rule rewards only, then the reward model joins for the last rm_steps steps (R1: the
-        # last 400 of 1,700, against reward hacking). One run directory: the second call
-        # resumes the first's checkpoint.
-        if total - rm_steps > 0:
-            rule_phase = rl_config(config, section, start, steps=total - rm_steps)
-            # A re-run of the pipeline meets the second phase's checkpoints (general prompts).
-            rule_phase.data.allow_changed = rm_steps > 0
-            run_grpo(rule_phase, run_dir, restart)
-        # With the reward model come the general prompts (stage 3's general rows): rule rewards
-        # score the reasoning prompts, the reward model only the general ones.
-        fraction = float(section.get("general_fraction", 0.0))
         general = [os.path.join(workdir, g) for g in outputs[STAGES[2]].get("general", [])]
-        rm_kwargs = {"path": rm_export, "region": str(section.rm_region)}
-        if fraction > 0:
-            rm_kwargs["rows"] = "general"
-        model_rewards = (("reward_model", float(section.rm_weight), rm_kwargs),)
-        cfg = rl_config(config, section, start, model_rewards=model_rewards if rm_steps else ())
-        if rm_steps and fraction > 0:
-            if not general:
-                raise ValueError(
-                    "config.all_scenarios_rl.general_fraction > 0 needs stage 3's general rows"
-                )
-            cfg.data.general_files = ",".join(general)
-            cfg.data.general_fraction = fraction
-            # The general prompts join the run the rule-only phase checkpointed: by design.
-            cfg.data.allow_changed = True
+        rule_phase, cfg = all_scenarios_configs(config, start, rm_export, general)
+        run_dir = os.path.join(directory, "rl")
+        # One run directory: the whole run resumes the rule phase's checkpoint.
+        if rule_phase is not None:
+            run_grpo(rule_phase, run_dir, restart)
         run_grpo(cfg, run_dir, restart)
         export = os.path.join(directory, "export")
         step = grpo_export(cfg, run_dir, export)

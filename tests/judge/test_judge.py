@@ -278,9 +278,15 @@ def test_judge_load_errors_are_clear_at_start(tmp_path):
 
 def test_save_and_load_round_trip(tmp_path):
     model = _judge_model(seed=3)
-    trained = JD.TrainedJudge(model, TOKENIZER, CONFIG, 0.0, 0.0, 0, 0.0)
-    JD.save_judge(trained, str(tmp_path))
+    settings = JD.TrainJudgeConfig(steps=7, batch_size=5, learning_rate=1e-3)
+    trained = JD.TrainedJudge(model, TOKENIZER, CONFIG, 0.0, 0.0, 0, 0.0, settings)
+    report = JD.save_judge(trained, str(tmp_path))
     assert os.path.exists(tmp_path / "config.json")
+    saved = json.loads((tmp_path / "judge_report.json").read_text())
+    assert saved == report and saved["train"] == dataclasses.asdict(settings)
+    untrained = tmp_path / "untrained"
+    report = JD.save_judge(dataclasses.replace(trained, train=None), str(untrained))
+    assert "train" not in report
     loaded = J.Judge.load(str(tmp_path))
     assert loaded.config == CONFIG and loaded.identity["model"] == str(tmp_path)
     memory = J.Judge.from_model(model, TOKENIZER, CONFIG, name="memory")
@@ -466,6 +472,7 @@ def test_tiny_trained_judge_agrees_with_the_truth(trained):
     """Held-out (reference, prediction) pairs never trained on; measured agreement: see
     docs/judge.md (the assertion leaves a margin below it)."""
     assert trained.agreement >= AGREEMENT_FLOOR, trained.agreement
+    assert trained.train == JD.TrainJudgeConfig(batch_size=32)  # what save_judge records
     held_out = JD.verdict_pairs(7, 64, "test")
     judge = J.Judge.from_model(trained.model, trained.tokenizer, trained.config, name="tiny")
     scores, info = judge.score(held_out)

@@ -234,8 +234,8 @@ def test_a_saved_judge_is_reused_only_with_the_settings_it_was_trained_with(tmp_
     with pytest.raises(ValueError) as err:
         pipeline.stage_judge(config, str(other))
     message = str(err.value)
-    assert "config.rejection.judge.train_batch_size: saved 64, config 32" in message
-    assert "TrainJudgeConfig.learning_rate: saved 0.001, config 0.003" in message
+    assert "config.rejection.judge.train_batch_size: saved 64, asked 32" in message
+    assert "TrainJudgeConfig.learning_rate: saved 0.001, asked 0.003" in message
     assert "train_steps" not in message and f"remove {other / 'judge'}" in message
     assert (other / "judge" / "judge_report.json").exists()  # nothing saved is touched
 
@@ -245,36 +245,91 @@ def test_a_saved_judge_is_reused_only_with_the_settings_it_was_trained_with(tmp_
     assert pipeline.stage_judge(config, str(legacy))[0] == str(target)
 
 
-def test_a_bad_value_in_any_stage_fails_before_stage_1(tmp_path):
-    config = configlib.load_config(str(ROOT / "configs/r1.py:tiny"))
-    pipeline.check_stage_configs(config, num_devices=8)
-    cases = [
-        ("all_scenarios_rl", "rl", "group_size", 0, r"4_all_scenarios_rl .*config\.rl\.group_size"),
-        ("all_scenarios_rl", None, "rm_steps", 10**6, r"config\.all_scenarios_rl\.rm_steps"),
+def _tiny_with(section: str, sub: str | None, field: str, value) -> ml_collections.ConfigDict:
+    """configs/r1.py:tiny with `config.section[.sub].field` set to `value` (deleted when None)."""
+    values = configlib.load_config(str(ROOT / "configs/r1.py:tiny")).to_dict()
+    target = values[section] if sub is None else values[section][sub]
+    if value is None:
+        del target[field]
+    else:
+        target[field] = value
+    return ml_collections.ConfigDict(values)
+
+
+@pytest.mark.parametrize(
+    "section, sub, field, value, match",
+    [
+        (
+            "cold_start",
+            "sft",
+            "batch_size",
+            0,
+            r"^1_cold_start \(config\.cold_start\): config\.sft",
+        ),
+        (
+            "eval",
+            "eval",
+            "max_new_tokens",
+            0,
+            r"^1_cold_start \(config\.eval\): config\.eval\.eval",
+        ),
+        ("reasoning_rl", "rl", "advantage", "ppo", r"^2_reasoning_rl .*config\.rl\.advantage"),
         (
             "rejection",
             "sampling",
             "num_samples",
             "four",
-            r"3_rejection_sft \(config\.rejection\): config\.sampling",
+            r"^3_rejection_sft \(config\.rejection\): config\.sampling",
         ),
         (
             "sft",
             "optimizer",
             "learning_rate",
             "x",
-            r"3_rejection_sft \(config\.sft\): config\.optimizer",
+            r"^3_rejection_sft \(config\.sft\): config\.optimizer",
         ),
-        ("reasoning_rl", "rl", "advantage", "ppo", r"2_reasoning_rl .*config\.rl\.advantage"),
-        ("eval", "eval", "max_new_tokens", 0, r"1_cold_start .*config\.eval\.eval"),
-    ]
-    for section, sub, field, value, match in cases:
-        values = configlib.load_config(str(ROOT / "configs/r1.py:tiny")).to_dict()
-        (values[section] if sub is None else values[section][sub])[field] = value
-        workdir = tmp_path / f"{section}_{field}"
-        with pytest.raises((TypeError, ValueError), match=match):
-            pipeline.run_pipeline(ml_collections.ConfigDict(values), str(workdir))
-        assert not workdir.exists()
+        (
+            "reward_model",
+            "rm",
+            "bogus",
+            1,
+            r"^the reward model \(config\.reward_model\): config\.rm",
+        ),
+        (
+            "all_scenarios_rl",
+            "rl",
+            "group_size",
+            0,
+            r"^4_all_scenarios_rl .*config\.rl\.group_size",
+        ),
+        (
+            "all_scenarios_rl",
+            None,
+            "rm_steps",
+            10**6,
+            r"^4_all_scenarios_rl .*config\.all_scenarios_rl\.rm_steps",
+        ),
+        (
+            "all_scenarios_rl",
+            None,
+            "general_fraction",
+            1.5,
+            r"^4_all_scenarios_rl .*general_fraction",
+        ),
+        ("all_scenarios_rl", None, "rm_region", None, r"^4_all_scenarios_rl .*rm_region"),
+    ],
+)
+def test_a_bad_value_in_any_stage_is_named_before_stage_1(section, sub, field, value, match):
+    pipeline.check_stage_configs(configlib.load_config(str(ROOT / "configs/r1.py:tiny")), 8)
+    with pytest.raises((AttributeError, TypeError, ValueError), match=match):
+        pipeline.check_stage_configs(_tiny_with(section, sub, field, value), num_devices=8)
+
+
+def test_the_pipeline_checks_every_stage_before_it_runs(tmp_path):
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"^4_all_scenarios_rl .*config\.rl\.group_size"):
+        pipeline.run_pipeline(_tiny_with("all_scenarios_rl", "rl", "group_size", 0), str(workdir))
+    assert not workdir.exists()
 
 
 def test_unknown_section_is_named(tmp_path):
