@@ -24,7 +24,7 @@ from typing import Any
 import ml_collections
 
 from r1 import logging as r1_logging
-from r1.recipes import pipeline, stage_eval
+from r1.recipes import pipeline, pipeline_configs, stage_eval
 from r1.recipes.stages import Stage, atomic_json, is_main, run_stages
 
 ZERO = "r1_zero"
@@ -47,8 +47,8 @@ def without_language(rewards: Any) -> Any:
 
 def ablation_config(config: Any, start: str) -> ml_collections.ConfigDict:
     """The reasoning stage's GRPO config from `start` with the language term removed."""
-    cfg = pipeline.rl_config(config, config.reasoning_rl, start)
-    rewards = pipeline.reward_entries(cfg.rewards)
+    cfg = pipeline_configs.rl_config(config, config.reasoning_rl, start)
+    rewards = pipeline_configs.reward_entries(cfg.rewards)
     del cfg.rewards
     cfg.rewards = without_language(rewards)
     return cfg

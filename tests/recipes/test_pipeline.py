@@ -20,7 +20,7 @@ import pytest
 
 from r1 import configlib, rewards
 from r1.data import procedural, templates
-from r1.recipes import comparisons, pipeline, stages
+from r1.recipes import comparisons, pipeline, pipeline_configs, stages
 from r1.rejection import experiment as rejection_experiment
 from r1.rl import config as rl_sections
 from r1.rm import config as rm_config
@@ -137,15 +137,15 @@ def test_general_rows_are_formatted_and_polite():
 @pytest.mark.parametrize("variant", ["tiny", "mini", "qwen2_5_7b"])
 def test_sub_configs_are_what_the_trainers_accept(variant):
     config = configlib.load_config(str(ROOT / f"configs/r1.py:{variant}"))
-    pipeline.check_stage_configs(config)  # what run_pipeline checks before stage 1
+    pipeline_configs.check_stage_configs(config)  # what run_pipeline checks before stage 1
     task = (config.task.name, dict(config.task.kwargs))
 
-    sft = pipeline.sft_config(config, config.cold_start, "/ckpt/base", ["/d/a.jsonl"])
+    sft = pipeline_configs.sft_config(config, config.cold_start, "/ckpt/base", ["/d/a.jsonl"])
     sections = sft_config.parse(sft)
     assert sections.data.source == "files" and sections.data.files == ("/d/a.jsonl",)
     assert sections.train.export and sft.init.hf_path == "/ckpt/base"
 
-    rl = pipeline.rl_config(config, config.reasoning_rl, "/s1/export")
+    rl = pipeline_configs.rl_config(config, config.reasoning_rl, "/s1/export")
     rl_sections.parse(rl)
     assert (rl.data.task, dict(rl.data.task_kwargs)) == task
     if variant in ("tiny", "mini"):
@@ -160,7 +160,7 @@ def test_sub_configs_are_what_the_trainers_accept(variant):
     assert rl.init.hf_path == "/s1/export" and rl.model_rewards == ()
 
     model_rewards = (("reward_model", 0.5, {"path": "/rm", "region": "summary"}),)
-    rl4 = pipeline.rl_config(
+    rl4 = pipeline_configs.rl_config(
         config, config.all_scenarios_rl, "/s3", steps=7, model_rewards=model_rewards
     )
     assert rl4.train.steps == 7 and rl4.rl.temperature == 0.7
@@ -170,8 +170,8 @@ def test_sub_configs_are_what_the_trainers_accept(variant):
     judged = tuple(config.rejection.judge.tasks)
     if judged:
         with pytest.raises(ValueError, match="judge.tasks is set but no judge path"):
-            pipeline.rejection_config(config, "/s2/export")
-    rej = pipeline.rejection_config(config, "/s2/export", "/s3/judge" if judged else "")
+            pipeline_configs.rejection_config(config, "/s2/export")
+    rej = pipeline_configs.rejection_config(config, "/s2/export", "/s3/judge" if judged else "")
     configlib.parse_experiment(rej, extra_sections=rejection_experiment.EXTRA_SECTIONS)
     data, sampling, select = rejection_experiment.parse_sections(rej)
     assert data.source == "procedural" and data.task == task[0]
@@ -184,7 +184,7 @@ def test_sub_configs_are_what_the_trainers_accept(variant):
     if variant in ("tiny", "mini"):  # the judged slice of stage 3 (issue 10)
         assert judged == (f"{task[0]}_words",) and data.answer_words_fraction > 0
 
-    rm = pipeline.reward_model_config(config)
+    rm = pipeline_configs.reward_model_config(config)
     rm_config.parse(rm)
     assert dict(rm.tokenizer) == dict(rl.tokenizer)  # the RM reads the policy's token ids
     assert dict(rm.model) == dict(config.reward_model.model)
@@ -219,7 +219,7 @@ def _saved_judge(directory, train):
 
 def test_a_saved_judge_is_reused_only_with_the_settings_it_was_trained_with(tmp_path):
     config = configlib.load_config(str(ROOT / "configs/r1.py:tiny"))
-    wanted = dataclasses.asdict(pipeline.judge_training(config))
+    wanted = dataclasses.asdict(pipeline_configs.judge_training(config))
     assert wanted["batch_size"] == 32 and wanted["seed"] == config.seed
 
     same = tmp_path / "same"
@@ -320,9 +320,9 @@ def _tiny_with(section: str, sub: str | None, field: str, value) -> ml_collectio
     ],
 )
 def test_a_bad_value_in_any_stage_is_named_before_stage_1(section, sub, field, value, match):
-    pipeline.check_stage_configs(configlib.load_config(str(ROOT / "configs/r1.py:tiny")), 8)
+    pipeline_configs.check_stage_configs(configlib.load_config(str(ROOT / "configs/r1.py:tiny")), 8)
     with pytest.raises((AttributeError, TypeError, ValueError), match=match):
-        pipeline.check_stage_configs(_tiny_with(section, sub, field, value), num_devices=8)
+        pipeline_configs.check_stage_configs(_tiny_with(section, sub, field, value), num_devices=8)
 
 
 def test_the_pipeline_checks_every_stage_before_it_runs(tmp_path):

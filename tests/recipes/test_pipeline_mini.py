@@ -12,7 +12,7 @@ import pytest
 
 from r1 import configlib, rewards
 from r1.data import procedural, templates
-from r1.recipes import comparisons, pipeline, pipeline_data, stage_eval
+from r1.recipes import comparisons, pipeline_configs, pipeline_data, stage_eval
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -276,7 +276,7 @@ def test_general_scores_are_the_same_on_a_mesh_and_unsharded(tmp_path):
     eval_config = EvalConfig(num_samples=2, max_new_tokens=24, batch_size=2, bucket_multiple=16)
     base = str(ROOT / "assets/demo_base")
     policy_cfg = configlib.parse_experiment(
-        ml_collections.ConfigDict(pipeline.common_sections(config, base)),
+        ml_collections.ConfigDict(pipeline_configs.common_sections(config, base)),
         num_devices=jax.device_count(),
         extra_sections=("init", "tokenizer"),
     ).model

@@ -17,7 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from r1 import configlib
-from r1.recipes import distill, pipeline
+from r1.recipes import distill, pipeline_configs
 from r1.rl import config as rl_config
 from r1.rl.grpo import GRPOLossConfig
 from r1.rl.step import GRPOConfig
@@ -131,9 +131,13 @@ def test_pipeline_stage_configs_parse(variant):
     """The four-stage pipeline's SFT, GRPO and reward-model sub-configs (configs/r1.py)."""
     config = configlib.load_config(str(ROOT / f"configs/r1.py:{variant}"))
     for section in (config.cold_start, config.sft):
-        exp = sft_config.parse(pipeline.sft_config(config, section, "/ckpt", ["/d/a.jsonl"]))
+        exp = sft_config.parse(
+            pipeline_configs.sft_config(config, section, "/ckpt", ["/d/a.jsonl"])
+        )
         assert exp.data.files == ("/d/a.jsonl",) and exp.train.export
-    reasoning = rl_config.parse(pipeline.rl_config(config, config.reasoning_rl, "/s1/export"))
+    reasoning = rl_config.parse(
+        pipeline_configs.rl_config(config, config.reasoning_rl, "/s1/export")
+    )
     assert reasoning.init.hf_path == "/s1/export"
     if variant in ("tiny", "mini"):  # the procedural task
         assert reasoning.rl.accuracy_reward == "arithmetic_tokens" and not reasoning.data.files
@@ -141,12 +145,12 @@ def test_pipeline_stage_configs_parse(variant):
         assert reasoning.rl.accuracy_reward == "math,code" and reasoning.data.files
         labels = {t.label for t in reasoning.rewards.terms}
         assert {"math", "code", "math.language", "code.language"} <= labels
-    stage4 = pipeline.rl_config(config, config.all_scenarios_rl, "/s3/export", steps=3)
+    stage4 = pipeline_configs.rl_config(config, config.all_scenarios_rl, "/s3/export", steps=3)
     stage4.data.update(general_files="/g.jsonl", general_fraction=0.25)
     exp = rl_config.parse(stage4)
     assert exp.rl.temperature == 0.7 and exp.train.steps == 3
     assert exp.data.general_fraction == 0.25
-    rm = rm_config.parse(pipeline.reward_model_config(config))
+    rm = rm_config.parse(pipeline_configs.reward_model_config(config))
     assert rm.rm.region == "summary"
 
 
