@@ -23,6 +23,7 @@ STAGES = ("1_cold_start", "2_reasoning_rl", "3_rejection_sft", "4_all_scenarios_
 
 
 def as_plain(value: Any) -> Any:
+    """A ConfigDict section as a plain dict (other values unchanged)."""
     return value.to_dict() if hasattr(value, "to_dict") else value
 
 
@@ -51,6 +52,7 @@ def reward_entries(rewards: Any) -> Any:
 
 
 def task_of(config: Any) -> tuple[str, dict[str, Any]]:
+    """The pipeline's procedural task: (`config.task.name`, its kwargs)."""
     return str(config.task.name), dict(as_plain(config.task.kwargs))
 
 
