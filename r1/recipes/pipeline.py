@@ -91,6 +91,7 @@ SUMMARY_TABLE = "eval_summary.md"
 REWARD_MODEL_DIR = "reward_model"
 
 
+# The config fields that set a stage-3 judge's training (`judge_training`).
 _JUDGE_FIELDS = {
     "steps": "config.rejection.judge.train_steps",
     "batch_size": "config.rejection.judge.train_batch_size",

@@ -149,7 +149,6 @@ def judge_training(config: Any) -> judge_data.TrainJudgeConfig | None:
     return judge_data.TrainJudgeConfig(steps=steps, batch_size=batch, seed=int(config.seed))
 
 
-# The config fields that set a stage-3 judge's training (`judge_training`).
 def reward_model_config(config: Any) -> ml_collections.ConfigDict:
     """The RM trainer's config (configs/reward_model.py layout): its own model section, the
     policy's tokenizer and mesh."""
@@ -170,18 +169,6 @@ def reward_model_config(config: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(out)
 
 
-def reward_model_steps(config: Any) -> tuple[int, int]:
-    """Stage 4's GRPO steps (`all_scenarios_rl.train.steps`) and how many of the last of them
-    the reward model joins (`rm_steps`, 0..steps)."""
-    section = config.all_scenarios_rl
-    total, rm_steps = int(section.train.steps), int(section.rm_steps)
-    if not 0 <= rm_steps <= total:
-        raise ValueError(
-            f"config.all_scenarios_rl.rm_steps: expected 0..train.steps={total}, got {rm_steps}"
-        )
-    return total, rm_steps
-
-
 def all_scenarios_configs(
     config: Any, start: str, reward_model: str, general: Sequence[str]
 ) -> tuple[ml_collections.ConfigDict | None, ml_collections.ConfigDict]:
@@ -192,7 +179,11 @@ def all_scenarios_configs(
     come stage 3's general rows (`general`: their files) as `general_fraction` of the prompts:
     rule rewards score the reasoning prompts, the reward model only the general ones."""
     section = config.all_scenarios_rl
-    total, rm_steps = reward_model_steps(config)
+    total, rm_steps = int(section.train.steps), int(section.rm_steps)
+    if not 0 <= rm_steps <= total:
+        raise ValueError(
+            f"config.all_scenarios_rl.rm_steps: expected 0..train.steps={total}, got {rm_steps}"
+        )
     rule_phase = None
     if total - rm_steps > 0:
         rule_phase = rl_config(config, section, start, steps=total - rm_steps)
